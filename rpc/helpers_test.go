@@ -200,3 +200,5 @@ func compact(s string) string {
 	}
 	return b.String()
 }
+
+func sleepMS(n int) { time.Sleep(time.Duration(n) * time.Millisecond) }
