@@ -1,0 +1,420 @@
+// Package transport owns kamd's SIP sockets (UDP, TCP, TLS), a bounded
+// worker pool, and the production core.Sender.
+package transport
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/kamgo/kamgo/modules/core"
+)
+
+// Handler processes one parsed message on a worker goroutine.
+type Handler interface {
+	HandleRequest(m *core.Msg)
+	HandleReply(m *core.Msg)
+}
+
+// Config tunes the transport.
+type Config struct {
+	Workers   int // goroutines running scripts; default 4×GOMAXPROCS
+	QueueLen  int // jobs waiting for a worker before kamd answers 503
+	TLSConfig *tls.Config
+	// IdleTimeout closes TCP/TLS connections without traffic.
+	IdleTimeout time.Duration
+	MaxConns    int
+}
+
+type job struct {
+	data   []byte      // raw datagram (UDP), parsed by the worker
+	msg    sip.Message // already parsed (stream transports)
+	sock   core.Socket
+	proto  string
+	src    *net.UDPAddr
+	remote string
+	connID string
+	at     time.Time
+}
+
+// Transport implements core.Sender over real sockets.
+type Transport struct {
+	env     *core.Env
+	h       Handler
+	cfg     Config
+	log     *slog.Logger
+	jobs    chan job
+	udp     []*udpSock
+	conns   sync.Map // key proto:ip:port and conn id → *streamConn
+	nconns  atomic.Int64
+	lns     []net.Listener
+	wg      sync.WaitGroup
+	closing atomic.Bool
+	resolv  *resolver
+
+	dropped *core.Counter
+	badMsgs *core.Counter
+}
+
+type udpSock struct {
+	sock core.Socket
+	conn *net.UDPConn
+}
+
+// New creates a transport that hands messages to h.
+func New(env *core.Env, h Handler, cfg Config) *Transport {
+	if cfg.Workers <= 0 {
+		cfg.Workers = 4 * runtime.GOMAXPROCS(0)
+	}
+	if cfg.QueueLen <= 0 {
+		cfg.QueueLen = 4096
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 10 * time.Minute
+	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = 4096
+	}
+	return &Transport{env: env, h: h, cfg: cfg, log: env.Log, jobs: make(chan job, cfg.QueueLen),
+		resolv:  &resolver{cache: map[string]resolved{}},
+		dropped: env.Stats.Counter("core", "drop_requests"), badMsgs: env.Stats.Counter("core", "err_requests")}
+}
+
+// Listen binds every socket; a port 0 is replaced with the bound port in
+// the returned list (tests use it for free ports).
+func (t *Transport) Listen(ctx context.Context, socks []core.Socket) ([]core.Socket, error) {
+	out := make([]core.Socket, 0, len(socks))
+	for _, s := range socks {
+		addr := net.JoinHostPort(s.IP, strconv.Itoa(s.Port))
+		switch s.Proto {
+		case "udp":
+			ua, err := net.ResolveUDPAddr("udp", addr)
+			if err != nil {
+				return nil, err
+			}
+			c, err := net.ListenUDP("udp", ua)
+			if err != nil {
+				t.Close()
+				return nil, fmt.Errorf("listen %s: %w", s, err)
+			}
+			_ = c.SetReadBuffer(4 << 20)
+			_ = c.SetWriteBuffer(4 << 20)
+			s.Port = c.LocalAddr().(*net.UDPAddr).Port
+			t.udp = append(t.udp, &udpSock{sock: s, conn: c})
+		case "tcp", "tls":
+			ln, err := net.Listen("tcp", addr)
+			if err != nil {
+				t.Close()
+				return nil, fmt.Errorf("listen %s: %w", s, err)
+			}
+			s.Port = ln.Addr().(*net.TCPAddr).Port
+			if s.Proto == "tls" {
+				if t.cfg.TLSConfig == nil {
+					ln.Close()
+					t.Close()
+					return nil, fmt.Errorf("listen %s: no TLS certificate configured (core_param tls_certificate / tls_private_key)", s)
+				}
+				ln = tls.NewListener(ln, t.cfg.TLSConfig)
+			}
+			t.lns = append(t.lns, ln)
+			sock := s
+			t.wg.Add(1)
+			go t.acceptLoop(ln, sock)
+		default:
+			t.Close()
+			return nil, fmt.Errorf("listen %s: protocol %s is not supported yet", s, s.Proto)
+		}
+		out = append(out, s)
+	}
+	for _, u := range t.udp {
+		t.wg.Add(1)
+		go t.udpLoop(u)
+	}
+	for i := 0; i < t.cfg.Workers; i++ {
+		t.wg.Add(1)
+		go t.worker()
+	}
+	return out, nil
+}
+
+// Close stops every socket and waits for the workers.
+func (t *Transport) Close() {
+	if t.closing.Swap(true) {
+		return
+	}
+	for _, u := range t.udp {
+		u.conn.Close()
+	}
+	for _, ln := range t.lns {
+		ln.Close()
+	}
+	t.conns.Range(func(k, v any) bool {
+		v.(*streamConn).c.Close()
+		return true
+	})
+	close(t.jobs)
+	t.wg.Wait()
+}
+
+func (t *Transport) udpLoop(u *udpSock) {
+	defer t.wg.Done()
+	buf := make([]byte, 65535)
+	for {
+		n, src, err := u.conn.ReadFromUDP(buf)
+		if err != nil {
+			if t.closing.Load() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		if n < 4 || isKeepalive(buf[:n]) {
+			continue // CRLF keepalives and runts
+		}
+		data := make([]byte, n)
+		copy(data, buf[:n])
+		t.enqueue(job{data: data, sock: u.sock, proto: "udp", src: src, remote: src.String(), at: time.Now()})
+	}
+}
+
+func isKeepalive(b []byte) bool {
+	return len(bytes.Trim(b, "\r\n\x00 ")) == 0
+}
+
+// enqueue hands a job to the workers; when they are saturated, requests
+// get a 503 rather than waiting forever.
+func (t *Transport) enqueue(j job) {
+	if t.closing.Load() {
+		return
+	}
+	select {
+	case t.jobs <- j:
+	default:
+		t.dropped.Inc()
+		t.overload(j)
+	}
+}
+
+func (t *Transport) overload(j job) {
+	msg := j.msg
+	if msg == nil {
+		var err error
+		if msg, err = sip.NewParser().ParseSIP(j.data); err != nil {
+			return
+		}
+	}
+	req, ok := msg.(*sip.Request)
+	if !ok || req.IsAck() || req.Via() == nil {
+		return
+	}
+	m := t.newMsg(j)
+	m.Req = req
+	m.FixVia()
+	res := core.BuildReply(req, 503, "Service Unavailable", []sip.Header{sip.NewHeader("Retry-After", "1")})
+	_ = t.Send(m.ReplyOutgoing(res, core.OutReply))
+}
+
+func (t *Transport) newMsg(j job) *core.Msg {
+	ip, port := core.HostPort(j.remote)
+	return &core.Msg{Env: t.env, Proto: j.proto, SrcIP: ip, SrcPort: port, Local: j.sock, ConnID: j.connID, Arrived: j.at}
+}
+
+func (t *Transport) worker() {
+	defer t.wg.Done()
+	parser := sip.NewParser()
+	for j := range t.jobs {
+		t.process(parser, j)
+	}
+}
+
+func (t *Transport) process(parser *sip.Parser, j job) {
+	msg := j.msg
+	if msg == nil {
+		var err error
+		msg, err = parser.ParseSIP(j.data)
+		if err != nil {
+			t.badMsgs.Inc()
+			t.log.Debug("unparsable message dropped", "src", j.remote, "proto", j.proto, "err", err)
+			t.rejectUnparsable(j, err)
+			return
+		}
+	}
+	m := t.newMsg(j)
+	defer func() {
+		// Nothing a message does may take the daemon down.
+		if r := recover(); r != nil {
+			t.log.Error("panic while handling message", "panic", r, "src", j.remote)
+		}
+	}()
+	switch x := msg.(type) {
+	case *sip.Request:
+		m.Req = x
+		if reason := missingHeaders(x); reason != "" {
+			t.badMsgs.Inc()
+			if x.Via() != nil && !x.IsAck() {
+				m.FixVia()
+				_ = t.Send(m.ReplyOutgoing(core.BuildReply(x, 400, reason, nil), core.OutReply))
+			}
+			return
+		}
+		if j.proto != "udp" {
+			forceRport(m)
+		}
+		t.h.HandleRequest(m)
+	case *sip.Response:
+		m.Res = x
+		if x.Via() == nil || x.CSeq() == nil {
+			t.badMsgs.Inc()
+			return
+		}
+		t.h.HandleReply(m)
+	}
+}
+
+// forceRport records the source port of stream connections in the Via so
+// replies find the connection back.
+func forceRport(m *core.Msg) {
+	v := m.Req.Via()
+	if v == nil {
+		return
+	}
+	v.Params.Remove("rport")
+	v.Params.Add("rport", strconv.Itoa(m.SrcPort))
+	if !v.Params.Has("received") {
+		v.Params.Add("received", m.SrcIP)
+	}
+}
+
+func missingHeaders(r *sip.Request) string {
+	switch {
+	case r.Via() == nil:
+		return "Bad Request - missing Via"
+	case r.From() == nil:
+		return "Bad Request - missing From"
+	case r.To() == nil:
+		return "Bad Request - missing To"
+	case r.CallID() == nil:
+		return "Bad Request - missing Call-ID"
+	case r.CSeq() == nil:
+		return "Bad Request - missing CSeq"
+	case !strings.EqualFold(string(r.CSeq().MethodName), string(r.Method)) && !(r.IsAck() && r.CSeq().MethodName == sip.INVITE):
+		return "Bad Request - CSeq method mismatch"
+	}
+	return ""
+}
+
+// rejectUnparsable answers 400 when the start line and Via are readable
+// enough to route a reply; otherwise the message is dropped.
+func (t *Transport) rejectUnparsable(j job, perr error) {
+	if j.data == nil {
+		return
+	}
+	res, dst, ok := badRequestReply(j.data, perr)
+	if !ok {
+		return
+	}
+	o := &core.Outgoing{Kind: core.OutReply, Msg: res, Dst: core.Target{Proto: j.proto, Host: "", Port: 0}}
+	ip, port := core.HostPort(j.remote)
+	o.Dst.Host, o.Dst.Port = ip, port
+	if j.proto == "udp" && dst.Port != 0 {
+		// Reply to the source address: the Via could not be trusted.
+		o.Dst.Port = port
+	}
+	o.ConnID = j.connID
+	_ = t.Send(o)
+}
+
+// Send implements core.Sender. It serialises synchronously: callers may
+// change the message as soon as it returns.
+func (t *Transport) Send(o *core.Outgoing) error {
+	var sb strings.Builder
+	sb.Grow(1024)
+	o.Msg.StringWrite(&sb)
+	data := []byte(sb.String())
+	switch o.Dst.Proto {
+	case "udp", "":
+		ip, err := t.resolv.resolve(o.Dst.Host)
+		if err != nil {
+			return err
+		}
+		u := t.udpFor(ip)
+		if u == nil {
+			return fmt.Errorf("no UDP socket to send to %s", o.Dst)
+		}
+		_, err = u.conn.WriteToUDP(data, &net.UDPAddr{IP: ip, Port: o.Dst.Port})
+		return err
+	case "tcp", "tls":
+		c, err := t.streamFor(o)
+		if err != nil {
+			return err
+		}
+		return c.write(data)
+	}
+	return fmt.Errorf("cannot send over %q", o.Dst.Proto)
+}
+
+func (t *Transport) udpFor(ip net.IP) *udpSock {
+	v4 := ip.To4() != nil
+	for _, u := range t.udp {
+		if (net.ParseIP(u.sock.IP).To4() != nil) == v4 {
+			return u
+		}
+	}
+	if len(t.udp) > 0 {
+		return t.udp[0]
+	}
+	return nil
+}
+
+type resolved struct {
+	ip  net.IP
+	exp time.Time
+}
+
+type resolver struct {
+	mu    sync.Mutex
+	cache map[string]resolved
+}
+
+func (r *resolver) resolve(host string) (net.IP, error) {
+	host = strings.Trim(host, "[]")
+	if ip := net.ParseIP(host); ip != nil {
+		return ip, nil
+	}
+	r.mu.Lock()
+	c, ok := r.cache[host]
+	r.mu.Unlock()
+	if ok && time.Now().Before(c.exp) {
+		return c.ip, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	ips, err := net.DefaultResolver.LookupIPAddr(ctx, host)
+	if err != nil || len(ips) == 0 {
+		return nil, fmt.Errorf("cannot resolve %q: %v", host, err)
+	}
+	ip := ips[0].IP
+	for _, a := range ips {
+		if a.IP.To4() != nil {
+			ip = a.IP
+			break
+		}
+	}
+	r.mu.Lock()
+	r.cache[host] = resolved{ip: ip, exp: time.Now().Add(60 * time.Second)}
+	r.mu.Unlock()
+	return ip, nil
+}
+
+var _ io.Writer = (*streamConn)(nil)

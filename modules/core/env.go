@@ -1,0 +1,263 @@
+package core
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// OutKind says why a message leaves kamd; route tests record it.
+type OutKind uint8
+
+const (
+	OutReply        OutKind = iota // a locally generated reply (sl, tm)
+	OutForward                     // a stateless forward of a request (forward())
+	OutRelayedReply                // a received reply passed on (stateless or tm)
+	OutBranch                      // a request sent by a tm transaction branch
+	OutLocalRequest                // a request kamd originates (uac, tm CANCEL/ACK)
+)
+
+func (k OutKind) String() string {
+	return [...]string{"reply", "forward", "relayed_reply", "branch", "local_request"}[k]
+}
+
+// Target is where a message goes: proto is udp, tcp, tls, ws or wss.
+type Target struct {
+	Proto string
+	Host  string
+	Port  int
+}
+
+func (t Target) String() string {
+	return t.Proto + ":" + net.JoinHostPort(t.Host, strconv.Itoa(t.Port))
+}
+
+// URI renders the target as a SIP URI, as route tests show it.
+func (t Target) URI() string {
+	s := "sip:" + net.JoinHostPort(t.Host, strconv.Itoa(t.Port))
+	if t.Proto != "" && t.Proto != "udp" {
+		s += ";transport=" + t.Proto
+	}
+	return s
+}
+
+// Outgoing is one message handed to the Sender.
+type Outgoing struct {
+	Kind OutKind
+	Msg  sip.Message
+	Dst  Target
+	// ConnID names the connection a reply should use on reliable transports
+	// (the one its request came on); empty means "open or reuse by Dst".
+	ConnID string
+	// Branch is the tm branch index for OutBranch.
+	Branch int
+}
+
+// Sender is the one door through which every effect leaves kamd. The
+// transport implements it; route tests replace it with a recorder.
+type Sender interface {
+	Send(o *Outgoing) error
+}
+
+// Socket is a local listening socket.
+type Socket struct {
+	Proto string
+	IP    string
+	Port  int
+	// Advertise overrides the host written into Via and Record-Route.
+	Advertise string
+}
+
+func (s Socket) String() string {
+	return s.Proto + ":" + net.JoinHostPort(s.IP, strconv.Itoa(s.Port))
+}
+
+// Host is the address written into our Via and Record-Route.
+func (s Socket) Host() string {
+	if s.Advertise != "" {
+		return s.Advertise
+	}
+	return s.IP
+}
+
+// ParseSocket parses Kamailio's "proto:addr:port" listen syntax.
+func ParseSocket(spec string) (Socket, error) {
+	parts := strings.SplitN(spec, ":", 2)
+	if len(parts) != 2 {
+		return Socket{}, fmt.Errorf("listen %q: want proto:addr:port", spec)
+	}
+	proto := strings.ToLower(parts[0])
+	switch proto {
+	case "udp", "tcp", "tls", "ws", "wss":
+	default:
+		return Socket{}, fmt.Errorf("listen %q: unknown protocol %q (udp, tcp, tls, ws, wss)", spec, parts[0])
+	}
+	host, port, err := net.SplitHostPort(parts[1])
+	if err != nil {
+		// Kamailio allows "udp:1.2.3.4" with the default port.
+		host, port = parts[1], "5060"
+		if proto == "tls" || proto == "wss" {
+			port = "5061"
+		}
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p > 65535 {
+		return Socket{}, fmt.Errorf("listen %q: bad port %q", spec, port)
+	}
+	if net.ParseIP(strings.Trim(host, "[]")) == nil {
+		return Socket{}, fmt.Errorf("listen %q: %q is not an IP address", spec, host)
+	}
+	return Socket{Proto: proto, IP: strings.Trim(host, "[]"), Port: p}, nil
+}
+
+// Router runs script callbacks; the Starlark engine implements it. Prog is
+// the script version a transaction is pinned to (opaque to modules).
+type Router interface {
+	Current() any
+	Run(prog any, callback string, rt RouteType, m *Msg) error
+	// HasCallback reports whether prog defines the named callback.
+	HasCallback(prog any, callback string) bool
+}
+
+// Clock is injectable so route tests can fix time.
+type Clock interface {
+	Now() time.Time
+	AfterFunc(d time.Duration, f func()) Timer
+}
+
+// Timer is what Clock.AfterFunc returns.
+type Timer interface{ Stop() bool }
+
+type realClock struct{}
+
+func (realClock) Now() time.Time                            { return time.Now() }
+func (realClock) AfterFunc(d time.Duration, f func()) Timer { return time.AfterFunc(d, f) }
+
+// RealClock is the wall clock.
+var RealClock Clock = realClock{}
+
+// Env is what modules are built against: services shared by all of them.
+type Env struct {
+	Sender  Sender
+	Router  Router
+	Log     *slog.Logger
+	Clock   Clock
+	Sockets []Socket
+	Aliases []string // extra names for is_myself
+	Stats   *Stats
+	Shv     *SharedVars
+	// Publish emits an event to RPC subscribers (nil-safe via Emit).
+	Publish func(topic string, data any)
+	// DBPath is the SQLite file for modules that store state.
+	DBPath string
+
+	mu      sync.Mutex
+	modules map[string]*Module
+}
+
+// Emit publishes an event if an event hub is attached.
+func (e *Env) Emit(topic string, data any) {
+	if e.Publish != nil {
+		e.Publish(topic, data)
+	}
+}
+
+// NewEnv returns an Env with defaults suitable for tests.
+func NewEnv(sender Sender) *Env {
+	return &Env{
+		Sender: sender,
+		Log:    slog.Default(),
+		Clock:  RealClock,
+		Stats:  NewStats(),
+		Shv:    NewSharedVars(),
+	}
+}
+
+// SetModule records a built module so others can find it by name.
+func (e *Env) SetModule(m *Module) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.modules == nil {
+		e.modules = map[string]*Module{}
+	}
+	e.modules[m.Name] = m
+}
+
+// Module returns a built module by name.
+func (e *Env) Module(name string) *Module {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.modules[name]
+}
+
+// SocketFor picks the local socket to send from for a protocol (first match).
+func (e *Env) SocketFor(proto string) (Socket, bool) {
+	for _, s := range e.Sockets {
+		if s.Proto == proto {
+			return s, true
+		}
+	}
+	return Socket{}, false
+}
+
+// IsMyself is true when host[:port] names one of our sockets or aliases.
+func (e *Env) IsMyself(host string, port int) bool {
+	host = strings.Trim(strings.ToLower(host), "[]")
+	for _, a := range e.Aliases {
+		if strings.EqualFold(a, host) {
+			return true
+		}
+	}
+	for _, s := range e.Sockets {
+		if s.IP == host || strings.EqualFold(s.Advertise, host) {
+			if port == 0 || port == s.Port || (port == 5060 && s.Port == 5060) {
+				return true
+			}
+			if port == 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// SharedVars backs $shv: values shared by every callback.
+type SharedVars struct {
+	mu sync.RWMutex
+	m  map[string]Val
+}
+
+func NewSharedVars() *SharedVars { return &SharedVars{m: map[string]Val{}} }
+
+func (s *SharedVars) Get(name string) Val {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	v, ok := s.m[name]
+	if !ok {
+		return Int(0) // Kamailio: an unset $shv reads as 0
+	}
+	return v
+}
+
+func (s *SharedVars) Set(name string, v Val) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.m[name] = v
+}
+
+// Snapshot copies all values (for RPC and route tests).
+func (s *SharedVars) Snapshot() map[string]Val {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make(map[string]Val, len(s.m))
+	for k, v := range s.m {
+		out[k] = v
+	}
+	return out
+}

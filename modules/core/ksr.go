@@ -1,0 +1,270 @@
+package core
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"strconv"
+	"strings"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// ErrExit ends the running callback without error (KSR.x.exit, KSR.x.drop).
+var ErrExit = errors.New("exit")
+
+// The core KSR functions (KSR.*, KSR.pv.*, KSR.hdr.*) are exported like any
+// module's, under the names "", "pv" and "hdr".
+func init() {
+	Register("", coreModule)
+	Register("pv", pvModule)
+	Register("hdr", hdrModule)
+}
+
+func B(b bool) (Val, error) { return Bool(b), nil }
+
+// IntRet maps a Go success flag to KEMI's 1 / -1.
+func IntRet(ok bool) Val {
+	if ok {
+		return Int(1)
+	}
+	return Int(-1)
+}
+
+var methodLetters = map[byte]string{
+	'I': "INVITE", 'A': "ACK", 'B': "BYE", 'C': "CANCEL", 'R': "REGISTER", 'M': "MESSAGE",
+	'O': "OPTIONS", 'S': "SUBSCRIBE", 'P': "PUBLISH", 'N': "NOTIFY", 'U': "UPDATE", 'E': "PRACK",
+	'F': "REFER", 'K': "KDMQ", 'G': "GET", 'T': "POST", 'V': "PUT", 'D': "DELETE",
+}
+
+func isMethod(m *Msg, list string) bool {
+	meth := m.Method()
+	for _, x := range strings.Split(list, "|") {
+		if strings.EqualFold(strings.TrimSpace(x), meth) {
+			return true
+		}
+	}
+	return false
+}
+
+func methodFunc(name string) Func {
+	return Func{Name: "is_" + name, Ret: RetBool, Doc: "true if the method is " + name,
+		Fn: func(m *Msg, _ []Val) (Val, error) { return Bool(strings.EqualFold(m.Method(), name)), nil }}
+}
+
+func protoFunc(name string, protos ...string) Func {
+	return Func{Name: "is_" + name, Ret: RetBool, Doc: "true if received over " + strings.Join(protos, " or "),
+		Fn: func(m *Msg, _ []Val) (Val, error) {
+			for _, p := range protos {
+				if m.Proto == p {
+					return Bool(true), nil
+				}
+			}
+			return Bool(false), nil
+		}}
+}
+
+func logFunc(name string, level slog.Level) Func {
+	return Func{Name: name, Args: []ArgType{ArgStr}, Ret: RetNone,
+		Doc: "log at " + name + " (no PV expansion; a trailing newline is trimmed)",
+		Fn: func(m *Msg, a []Val) (Val, error) {
+			scriptLog(m, level, a[0].S)
+			return Null, nil
+		}}
+}
+
+func scriptLog(m *Msg, level slog.Level, text string) {
+	m.Env.Log.Log(nil, level, strings.TrimRight(text, "\r\n"), "at", m.Pos())
+}
+
+var logLevels = map[string]slog.Level{
+	"dbg": slog.LevelDebug, "info": slog.LevelInfo, "notice": slog.LevelInfo,
+	"warn": slog.LevelWarn, "err": slog.LevelError, "crit": slog.LevelError + 4,
+}
+
+func flagFunc(name, doc string, f func(m *Msg, bit uint64) bool) Func {
+	return Func{Name: name, Args: []ArgType{ArgInt}, Ret: RetBool, Doc: doc,
+		Fn: func(m *Msg, a []Val) (Val, error) {
+			if a[0].I < 0 || a[0].I > 63 {
+				return Null, fmt.Errorf("flag %d out of range 0..63", a[0].I)
+			}
+			return Bool(f(m, 1<<uint(a[0].I))), nil
+		}}
+}
+
+func coreModule(env *Env) *Module {
+	fns := []Func{
+		{Name: "is_method", Args: []ArgType{ArgStr}, Ret: RetBool, Doc: "method equals arg (or one of \"A|B\"), case-insensitive",
+			Fn: func(m *Msg, a []Val) (Val, error) { return Bool(isMethod(m, a[0].S)), nil }},
+		{Name: "is_method_in", Args: []ArgType{ArgStr}, Ret: RetBool, Doc: "method is one of the letters (I=INVITE A=ACK B=BYE C=CANCEL R=REGISTER M=MESSAGE O=OPTIONS S=SUBSCRIBE P=PUBLISH N=NOTIFY U=UPDATE E=PRACK F=REFER ...)",
+			Fn: func(m *Msg, a []Val) (Val, error) {
+				meth := m.Method()
+				for i := 0; i < len(a[0].S); i++ {
+					name, ok := methodLetters[a[0].S[i]]
+					if !ok {
+						return Null, fmt.Errorf("is_method_in: unknown method letter %q", a[0].S[i])
+					}
+					if name == meth {
+						return Bool(true), nil
+					}
+				}
+				return Bool(false), nil
+			}},
+	}
+	for _, meth := range []string{"INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "SUBSCRIBE", "PUBLISH", "NOTIFY", "REFER", "INFO", "UPDATE", "PRACK", "MESSAGE", "KDMQ", "GET", "POST", "PUT", "DELETE"} {
+		fns = append(fns, methodFunc(meth))
+	}
+	fns = append(fns,
+		protoFunc("UDP", "udp"), protoFunc("TCP", "tcp"), protoFunc("TLS", "tls"), protoFunc("WS", "ws"),
+		protoFunc("WSS", "wss"), protoFunc("WSX", "ws", "wss"), protoFunc("TCPX", "tcp", "tls", "ws", "wss"),
+		Func{Name: "is_IPv4", Ret: RetBool, Doc: "source address is IPv4", Fn: func(m *Msg, _ []Val) (Val, error) { return B(!strings.Contains(m.SrcIP, ":")) }},
+		Func{Name: "is_IPv6", Ret: RetBool, Doc: "source address is IPv6", Fn: func(m *Msg, _ []Val) (Val, error) { return B(strings.Contains(m.SrcIP, ":")) }},
+		Func{Name: "is_src_port", Args: []ArgType{ArgInt}, Ret: RetBool, Doc: "source port equals arg", Fn: func(m *Msg, a []Val) (Val, error) { return B(int64(m.SrcPort) == a[0].I) }},
+		Func{Name: "is_dst_port", Args: []ArgType{ArgInt}, Ret: RetBool, Doc: "local receiving port equals arg", Fn: func(m *Msg, a []Val) (Val, error) { return B(int64(m.Local.Port) == a[0].I) }},
+		Func{Name: "seturi", Args: []ArgType{ArgStr}, Ret: RetBool, Doc: "rewrite the whole R-URI", Fn: func(m *Msg, a []Val) (Val, error) { return Bool(true), m.SetRURI(a[0].S) }},
+		Func{Name: "setuser", Args: []ArgType{ArgStr}, Ret: RetBool, Doc: "rewrite the R-URI user", Fn: func(m *Msg, a []Val) (Val, error) { return Bool(true), m.SetRURIUser(a[0].S) }},
+		Func{Name: "sethost", Args: []ArgType{ArgStr}, Ret: RetBool, Doc: "rewrite the R-URI host", Fn: func(m *Msg, a []Val) (Val, error) { return Bool(true), m.SetRURIHost(a[0].S) }},
+		Func{Name: "setdsturi", Args: []ArgType{ArgStr}, Ret: RetBool, Doc: "set $du (next hop); an invalid URI is an error (Kamailio returns True)", Fn: func(m *Msg, a []Val) (Val, error) { return Bool(true), m.SetDstURI(a[0].S) }},
+		Func{Name: "resetdsturi", Ret: RetBool, Doc: "clear $du", Fn: func(m *Msg, _ []Val) (Val, error) { m.DstURI = ""; return Bool(true), nil }},
+		Func{Name: "isdsturiset", Ret: RetBool, Doc: "true if $du is set", Fn: func(m *Msg, _ []Val) (Val, error) { return B(m.DstURI != "") }},
+		Func{Name: "forward", Ret: RetInt, Routes: RouteRequest | RouteFailure | RouteBranch, Doc: "forward statelessly to $du, else the R-URI; 1 ok, -1 error",
+			Fn: func(m *Msg, _ []Val) (Val, error) { return forward(m, "") }},
+		Func{Name: "forward_uri", Args: []ArgType{ArgStr}, Ret: RetInt, Routes: RouteRequest | RouteFailure | RouteBranch, Doc: "forward statelessly to the given URI",
+			Fn: func(m *Msg, a []Val) (Val, error) { return forward(m, a[0].S) }},
+		Func{Name: "force_rport", Ret: RetBool, Doc: "reply to the source port (RFC 3581) even without ;rport",
+			Fn: func(m *Msg, _ []Val) (Val, error) {
+				if m.Req != nil && m.Req.Via() != nil {
+					v := m.Req.Via()
+					v.Params.Remove("rport")
+					v.Params.Add("rport", strconv.Itoa(m.SrcPort))
+					if !v.Params.Has("received") {
+						v.Params.Add("received", m.SrcIP)
+					}
+				}
+				return Bool(true), nil
+			}},
+		Func{Name: "is_myself", Args: []ArgType{ArgStr}, Ret: RetBool, Doc: "URI or host names one of our sockets or aliases",
+			Fn: func(m *Msg, a []Val) (Val, error) {
+				s := a[0].S
+				if strings.HasPrefix(strings.ToLower(s), "sip") && strings.Contains(s, ":") {
+					u, err := ParseURI(s)
+					if err != nil {
+						return Bool(false), nil
+					}
+					return B(m.Env.IsMyself(u.Host, u.Port))
+				}
+				h, p := HostPort(s)
+				return B(m.Env.IsMyself(h, p))
+			}},
+		Func{Name: "is_myself_ruri", Ret: RetBool, Doc: "R-URI host is local",
+			Fn: func(m *Msg, _ []Val) (Val, error) {
+				if m.Req == nil {
+					return Bool(false), nil
+				}
+				return B(m.Env.IsMyself(m.Req.Recipient.Host, m.Req.Recipient.Port))
+			}},
+		Func{Name: "is_myself_srcip", Ret: RetBool, Doc: "source IP is one of ours",
+			Fn: func(m *Msg, _ []Val) (Val, error) { return B(m.Env.IsMyself(m.SrcIP, 0)) }},
+		flagFunc("setflag", "set message flag", func(m *Msg, b uint64) bool { m.Flags |= b; return true }),
+		flagFunc("resetflag", "reset message flag", func(m *Msg, b uint64) bool { m.Flags &^= b; return true }),
+		flagFunc("isflagset", "test message flag", func(m *Msg, b uint64) bool { return m.Flags&b != 0 }),
+		logFunc("dbg", slog.LevelDebug), logFunc("info", slog.LevelInfo), logFunc("notice", slog.LevelInfo),
+		logFunc("warn", slog.LevelWarn), logFunc("err", slog.LevelError), logFunc("crit", slog.LevelError+4),
+		Func{Name: "log", Args: []ArgType{ArgStr, ArgStr}, Ret: RetNone, Doc: "(level, text): level dbg|info|notice|warn|err|crit; unknown logs at err",
+			Fn: func(m *Msg, a []Val) (Val, error) {
+				lvl, ok := logLevels[a[0].S]
+				if !ok {
+					lvl = slog.LevelError
+				}
+				scriptLog(m, lvl, a[1].S)
+				return Null, nil
+			}},
+		Func{Name: "set_drop", Ret: RetNone, Doc: "drop the reply/branch/onsend message when the callback ends",
+			Fn: func(m *Msg, _ []Val) (Val, error) { m.Dropped = true; return Null, nil }},
+	)
+	return &Module{Name: "", Doc: "core KSR functions", Funcs: fns}
+}
+
+// StatelessBranch derives the Via branch of a stateless forward so that a
+// retransmission (and the CANCEL of an INVITE) maps to the same branch (RFC 3261 16.11).
+func StatelessBranch(req *sip.Request) string {
+	h := fnv.New64a()
+	if v := req.Via(); v != nil {
+		if b, ok := v.Params.Get("branch"); ok && strings.HasPrefix(b, "z9hG4bK") {
+			h.Write([]byte(b))
+			h.Write([]byte(v.SentBy()))
+		} else {
+			// RFC 2543 peers: fall back to the transaction-identifying headers.
+			if c := req.CallID(); c != nil {
+				h.Write([]byte(*c))
+			}
+			if f := req.From(); f != nil {
+				t, _ := f.Params.Get("tag")
+				h.Write([]byte(t))
+			}
+			if cs := req.CSeq(); cs != nil {
+				h.Write([]byte(strconv.FormatUint(uint64(cs.SeqNo), 10)))
+			}
+			h.Write([]byte(req.Recipient.String()))
+		}
+	}
+	return "z9hG4bKsl" + strconv.FormatUint(h.Sum64(), 36)
+}
+
+// OurVia builds the Via kamd puts on a request leaving from sock.
+func OurVia(sock Socket, branch string) *sip.ViaHeader {
+	v := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0",
+		Transport: strings.ToUpper(sock.Proto), Host: sock.Host(), Port: sock.Port, Params: sip.NewParams()}
+	v.Params.Add("branch", branch)
+	return v
+}
+
+// SendRequest prepends our Via to req, hands it to the Sender and removes
+// the Via again, so the script's message is left as it was.
+func (m *Msg) SendRequest(req *sip.Request, dst Target, kind OutKind, branch string, idx int) error {
+	sock, ok := m.Env.SocketFor(dst.Proto)
+	if !ok {
+		return fmt.Errorf("no %s socket to send to %s", dst.Proto, dst)
+	}
+	via := OurVia(sock, branch)
+	req.PrependHeader(via)
+	err := m.Env.Sender.Send(&Outgoing{Kind: kind, Msg: req, Dst: dst, Branch: idx})
+	popTopVia(req)
+	return err
+}
+
+func popTopVia(msg sip.Message) {
+	if r, ok := msg.(headerRemover); ok {
+		r.RemoveHeader("Via")
+	}
+}
+
+// PopTopVia removes the first Via header (ours, on relayed replies).
+func PopTopVia(msg sip.Message) { popTopVia(msg) }
+
+func forward(m *Msg, uri string) (Val, error) {
+	if m.Req == nil {
+		return Null, ErrNoRequest
+	}
+	var dst Target
+	if uri != "" {
+		u, err := ParseURI(uri)
+		if err != nil {
+			return Null, err
+		}
+		dst = TargetOf(&u)
+	} else {
+		var err error
+		if dst, err = m.NextHop(); err != nil {
+			return Null, err
+		}
+	}
+	if err := m.SendRequest(m.Req, dst, OutForward, StatelessBranch(m.Req), 0); err != nil {
+		m.Env.Log.Warn("forward failed", "dst", dst.String(), "err", err, "at", m.Pos())
+		return Int(-1), nil
+	}
+	m.Forwarded = true
+	m.Env.Stats.Counter("core", "fwd_requests").Inc()
+	return Int(1), nil
+}

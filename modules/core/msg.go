@@ -1,0 +1,325 @@
+package core
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// Msg is the context of one callback run: the SIP message plus what the
+// script has decided so far. KSR functions receive it instead of a global.
+type Msg struct {
+	Env *Env
+	Req *sip.Request  // set for requests
+	Res *sip.Response // set for replies
+
+	Proto   string // udp, tcp, tls, ws, wss
+	SrcIP   string
+	SrcPort int
+	Local   Socket // the socket it arrived on
+	ConnID  string // reliable-transport connection it arrived on
+	Arrived time.Time
+
+	DstURI    string // $du
+	Flags     uint64
+	Vars      map[string]Val // $var: per message
+	RouteType RouteType
+	Prog      any // script version handling this message
+
+	// ReplyCode is the last reply code sent for this request ($T_reply_code in request_route).
+	ReplyCode int
+	Replied   bool
+	Forwarded bool
+	Dropped   bool // set_drop
+
+	// Names registered with t_on_failure/t_on_reply/t_on_branch.
+	OnFailure, OnReply, OnBranch, OnBranchFailure string
+
+	// Tx is the tm transaction bound to this message, if any.
+	Tx any
+	// Ext holds per-message data of modules, keyed by module name.
+	Ext map[string]any
+	// ReplyHeaders are added to the next locally generated reply (hdr.append_to_reply).
+	ReplyHeaders []sip.Header
+	// Where reports the script position of the current KSR call, for logs.
+	Where func() string
+}
+
+// Message returns the SIP message, request or reply.
+func (m *Msg) Message() sip.Message {
+	if m.Req != nil {
+		return m.Req
+	}
+	if m.Res != nil {
+		return m.Res
+	}
+	return nil
+}
+
+// IsRequest is true for requests.
+func (m *Msg) IsRequest() bool { return m.Req != nil }
+
+// Method is the request method, or the CSeq method of a reply.
+func (m *Msg) Method() string {
+	if m.Req != nil {
+		return string(m.Req.Method)
+	}
+	if m.Res != nil {
+		if cs := m.Res.CSeq(); cs != nil {
+			return string(cs.MethodName)
+		}
+	}
+	return ""
+}
+
+// Pos is the current script position ("route.star:12") or "".
+func (m *Msg) Pos() string {
+	if m.Where != nil {
+		return m.Where()
+	}
+	return ""
+}
+
+// SetExt stores module data on the message.
+func (m *Msg) SetExt(key string, v any) {
+	if m.Ext == nil {
+		m.Ext = map[string]any{}
+	}
+	m.Ext[key] = v
+}
+
+// ErrNoRequest is returned by request-only functions running on a reply.
+var ErrNoRequest = errors.New("not a SIP request")
+
+// CheckText rejects CR, LF and NUL in script-supplied header values, URIs
+// and reasons: sipgo serialises them verbatim, which allows injection.
+func CheckText(what, s string) error {
+	if i := strings.IndexAny(s, "\r\n\x00"); i >= 0 {
+		return fmt.Errorf("%s contains a CR, LF or NUL character at offset %d: %q", what, i, s)
+	}
+	return nil
+}
+
+// ParseURI parses a SIP URI given by a script.
+func ParseURI(s string) (sip.Uri, error) {
+	var u sip.Uri
+	if err := CheckText("URI", s); err != nil {
+		return u, err
+	}
+	if !strings.HasPrefix(strings.ToLower(s), "sip:") && !strings.HasPrefix(strings.ToLower(s), "sips:") {
+		return u, fmt.Errorf("invalid SIP URI %q: want sip: or sips:", s)
+	}
+	if err := sip.ParseUri(s, &u); err != nil {
+		return u, fmt.Errorf("invalid SIP URI %q: %v", s, err)
+	}
+	if u.Host == "" {
+		return u, fmt.Errorf("invalid SIP URI %q: no host", s)
+	}
+	return u, nil
+}
+
+// TargetOf turns a URI into a transport destination (RFC 3263 without DNS
+// SRV: transport param, sips → tls, default ports).
+func TargetOf(u *sip.Uri) Target {
+	t := Target{Proto: "udp", Host: u.Host, Port: u.Port}
+	if tp, ok := u.UriParams.Get("transport"); ok && tp != "" {
+		t.Proto = strings.ToLower(tp)
+	}
+	if strings.EqualFold(u.Scheme, "sips") {
+		t.Proto = "tls"
+	}
+	if maddr, ok := u.UriParams.Get("maddr"); ok && maddr != "" {
+		t.Host = maddr
+	}
+	if t.Port == 0 {
+		t.Port = 5060
+		if t.Proto == "tls" || t.Proto == "wss" {
+			t.Port = 5061
+		}
+	}
+	return t
+}
+
+// NextHop is where a request goes: $du if set, else the R-URI.
+func (m *Msg) NextHop() (Target, error) {
+	if m.Req == nil {
+		return Target{}, ErrNoRequest
+	}
+	if m.DstURI != "" {
+		u, err := ParseURI(m.DstURI)
+		if err != nil {
+			return Target{}, fmt.Errorf("$du: %w", err)
+		}
+		return TargetOf(&u), nil
+	}
+	return TargetOf(&m.Req.Recipient), nil
+}
+
+// ViaTarget is where a reply goes according to a Via (RFC 3261 18.2.2, RFC 3581).
+func ViaTarget(v *sip.ViaHeader) Target {
+	t := Target{Proto: strings.ToLower(v.Transport), Host: v.Host, Port: v.Port}
+	if maddr, ok := v.Params.Get("maddr"); ok && maddr != "" {
+		t.Host = maddr
+	} else if rcv, ok := v.Params.Get("received"); ok && rcv != "" {
+		t.Host = rcv
+	}
+	if rp, ok := v.Params.Get("rport"); ok && rp != "" {
+		if p, err := strconv.Atoi(rp); err == nil {
+			t.Port = p
+		}
+	}
+	if t.Port == 0 {
+		t.Port = 5060
+		if t.Proto == "tls" || t.Proto == "wss" {
+			t.Port = 5061
+		}
+	}
+	return t
+}
+
+// FixVia adds received/rport to the top Via of a received request (RFC 3261
+// 18.2.1, RFC 3581), so replies find their way back through NAT.
+func (m *Msg) FixVia() {
+	if m.Req == nil {
+		return
+	}
+	v := m.Req.Via()
+	if v == nil {
+		return
+	}
+	if rp, ok := v.Params.Get("rport"); ok && rp == "" {
+		v.Params.Remove("rport")
+		v.Params.Add("rport", strconv.Itoa(m.SrcPort))
+		if !v.Params.Has("received") {
+			v.Params.Add("received", m.SrcIP)
+		}
+		return
+	}
+	if v.Host != m.SrcIP && !v.Params.Has("received") {
+		v.Params.Add("received", m.SrcIP)
+	}
+}
+
+// ReplyOutgoing addresses a reply to request m.
+func (m *Msg) ReplyOutgoing(res *sip.Response, kind OutKind) *Outgoing {
+	o := &Outgoing{Kind: kind, Msg: res}
+	if v := m.Req.Via(); v != nil {
+		o.Dst = ViaTarget(v)
+	} else {
+		o.Dst = Target{Proto: m.Proto, Host: m.SrcIP, Port: m.SrcPort}
+	}
+	if m.Proto != "udp" {
+		// Reliable transports answer on the connection the request came on.
+		o.ConnID = m.ConnID
+		o.Dst = Target{Proto: m.Proto, Host: m.SrcIP, Port: m.SrcPort}
+	} else if o.Dst.Proto != "udp" {
+		o.Dst.Proto = "udp"
+	}
+	return o
+}
+
+// ToTag is a deterministic To-tag for local replies, so retransmitted
+// requests get the same tag (as Kamailio's sl does).
+func ToTag(req *sip.Request) string {
+	h := fnv.New64a()
+	if c := req.CallID(); c != nil {
+		h.Write([]byte(*c))
+	}
+	if f := req.From(); f != nil {
+		t, _ := f.Params.Get("tag")
+		h.Write([]byte(t))
+	}
+	if v := req.Via(); v != nil {
+		b, _ := v.Params.Get("branch")
+		h.Write([]byte(b))
+	}
+	if cs := req.CSeq(); cs != nil {
+		h.Write([]byte(strconv.FormatUint(uint64(cs.SeqNo), 10)))
+	}
+	return "kg" + strconv.FormatUint(h.Sum64(), 36)
+}
+
+// ServerHeader is added to local replies, as Kamailio's server_header does.
+var ServerHeader = "kamd (kamgo)"
+
+// BuildReply builds a local reply to req (RFC 3261 8.2.6).
+func BuildReply(req *sip.Request, code int, reason string, extra []sip.Header) *sip.Response {
+	res := sip.NewResponse(code, reason)
+	res.SipVersion = req.SipVersion
+	for _, h := range req.GetHeaders("Via") {
+		res.AppendHeader(sip.HeaderClone(h))
+	}
+	if h := req.From(); h != nil {
+		res.AppendHeader(sip.HeaderClone(h))
+	}
+	if h := req.To(); h != nil {
+		to := sip.HeaderClone(h).(*sip.ToHeader)
+		if code > 100 && !to.Params.Has("tag") {
+			to.Params.Add("tag", ToTag(req))
+		}
+		res.AppendHeader(to)
+	}
+	if h := req.CallID(); h != nil {
+		res.AppendHeader(sip.HeaderClone(h))
+	}
+	if h := req.CSeq(); h != nil {
+		res.AppendHeader(sip.HeaderClone(h))
+	}
+	if code == 100 {
+		for _, h := range req.GetHeaders("Timestamp") {
+			res.AppendHeader(sip.HeaderClone(h))
+		}
+	}
+	for _, h := range extra {
+		res.AppendHeader(h)
+	}
+	res.AppendHeader(sip.NewHeader("Server", ServerHeader))
+	res.SetBody(nil)
+	if res.ContentLength() == nil {
+		cl := sip.ContentLengthHeader(0)
+		res.AppendHeader(&cl)
+	}
+	return res
+}
+
+// SendReply sends a stateless local reply to the request in m. ACKs are never answered.
+func (m *Msg) SendReply(code int, reason string) error {
+	if m.Req == nil {
+		return ErrNoRequest
+	}
+	if m.Req.IsAck() {
+		return nil
+	}
+	if code < 100 || code > 699 {
+		return fmt.Errorf("invalid reply code %d (100-699)", code)
+	}
+	if err := CheckText("reason", reason); err != nil {
+		return err
+	}
+	res := BuildReply(m.Req, code, reason, m.ReplyHeaders)
+	m.ReplyHeaders = nil
+	if err := m.Env.Sender.Send(m.ReplyOutgoing(res, OutReply)); err != nil {
+		return err
+	}
+	m.ReplyCode = code
+	if code >= 200 {
+		m.Replied = true
+	}
+	return nil
+}
+
+// HostPort splits "host:port" leniently (port 0 when absent).
+func HostPort(s string) (string, int) {
+	h, p, err := net.SplitHostPort(s)
+	if err != nil {
+		return s, 0
+	}
+	n, _ := strconv.Atoi(p)
+	return h, n
+}

@@ -1,0 +1,96 @@
+package core
+
+import (
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// Stats is Kamailio's statistics registry: named counters in groups
+// ("core:rcv_requests"), read by stats.get_statistics.
+type Stats struct {
+	mu sync.RWMutex
+	m  map[string]*Counter
+}
+
+// Counter is one statistic.
+type Counter struct {
+	v atomic.Int64
+	// NoReset marks gauges that stats.reset_statistics leaves alone.
+	NoReset bool
+}
+
+func (c *Counter) Inc()         { c.v.Add(1) }
+func (c *Counter) Add(n int64)  { c.v.Add(n) }
+func (c *Counter) Set(n int64)  { c.v.Store(n) }
+func (c *Counter) Value() int64 { return c.v.Load() }
+
+func NewStats() *Stats { return &Stats{m: map[string]*Counter{}} }
+
+// Counter returns (creating it if needed) the counter "group:name".
+func (s *Stats) Counter(group, name string) *Counter {
+	key := group + ":" + name
+	s.mu.RLock()
+	c := s.m[key]
+	s.mu.RUnlock()
+	if c != nil {
+		return c
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c = s.m[key]; c == nil {
+		c = &Counter{}
+		s.m[key] = c
+	}
+	return c
+}
+
+// Get returns counters matching Kamailio's selectors: "all", "group:" or a name.
+func (s *Stats) Get(selectors ...string) map[string]int64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := map[string]int64{}
+	for key, c := range s.m {
+		group, name, _ := strings.Cut(key, ":")
+		for _, sel := range selectors {
+			if sel == "all" || sel == group || sel == group+":" || sel == name || sel == key {
+				out[key] = c.Value()
+				break
+			}
+		}
+	}
+	return out
+}
+
+// Reset zeroes matching counters (gauges excepted) and returns how many.
+func (s *Stats) Reset(selectors ...string) int {
+	n := 0
+	for key := range s.Get(selectors...) {
+		s.mu.RLock()
+		c := s.m[key]
+		s.mu.RUnlock()
+		if c != nil && !c.NoReset {
+			c.Set(0)
+			n++
+		}
+	}
+	return n
+}
+
+// Groups lists the known groups.
+func (s *Stats) Groups() []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	seen := map[string]bool{}
+	for key := range s.m {
+		g, _, _ := strings.Cut(key, ":")
+		seen[g] = true
+	}
+	out := make([]string, 0, len(seen))
+	for g := range seen {
+		out = append(out, g)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,65 @@
+package core
+
+import "strconv"
+
+// Kind is the dynamic type of a Val, mirroring KEMI's xval.
+type Kind uint8
+
+const (
+	KNull Kind = iota
+	KInt
+	KStr
+	KBool
+)
+
+// Val is a KEMI value passed to and returned from exported functions. It is
+// a plain struct so that calls through the export table do not allocate.
+type Val struct {
+	K Kind
+	I int64
+	S string
+}
+
+var Null = Val{}
+
+func Int(i int) Val    { return Val{K: KInt, I: int64(i)} }
+func Str(s string) Val { return Val{K: KStr, S: s} }
+func Bool(b bool) Val {
+	if b {
+		return Val{K: KBool, I: 1}
+	}
+	return Val{K: KBool}
+}
+
+func (v Val) IsNull() bool { return v.K == KNull }
+
+// Truth is KEMI's int convention: > 0 is success.
+func (v Val) Truth() bool { return v.I > 0 }
+
+// String renders the value as Kamailio would print it in a log line.
+func (v Val) String() string {
+	switch v.K {
+	case KInt:
+		return strconv.FormatInt(v.I, 10)
+	case KStr:
+		return v.S
+	case KBool:
+		if v.I != 0 {
+			return "true"
+		}
+		return "false"
+	}
+	return "<null>"
+}
+
+// AsInt converts like Kamailio's str2sint: strings that are not numbers give ok=false.
+func (v Val) AsInt() (int64, bool) {
+	switch v.K {
+	case KInt, KBool:
+		return v.I, true
+	case KStr:
+		i, err := strconv.ParseInt(v.S, 10, 64)
+		return i, err == nil
+	}
+	return 0, false
+}

@@ -1,0 +1,407 @@
+// Package starlark compiles, validates, freezes, versions and runs kamd's
+// routing scripts, and builds the KSR tree from the modules' export tables.
+package starlark
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kamgo/kamgo/modules/core"
+	sk "go.starlark.net/starlark"
+	"go.starlark.net/starlarkstruct"
+	"go.starlark.net/syntax"
+)
+
+// Callback names Kamailio's KEMI uses by default.
+const (
+	RequestRoute = "ksr_request_route"
+	ReplyRoute   = "ksr_reply_route"
+	OnsendRoute  = "ksr_onsend_route"
+	ModInit      = "mod_init"
+)
+
+// DefaultMaxSteps bounds one callback run; a routing script of a few dozen
+// KSR calls uses well under a thousand steps.
+const DefaultMaxSteps = 1_000_000
+
+var fileOptions = &syntax.FileOptions{Set: true, TopLevelControl: true, While: false, Recursion: false, GlobalReassign: false}
+
+// Config is what a script's top level (the config phase) declares.
+type Config struct {
+	Listen     []core.Socket
+	Aliases    []string
+	ModParams  []ModParam
+	CoreParams map[string]core.Val
+}
+
+// ModParam is one modparam() call.
+type ModParam struct {
+	Module, Name string
+	Value        core.Val
+	Pos          string
+}
+
+// Program is one loaded, frozen version of a script.
+type Program struct {
+	Version  int
+	Path     string
+	SHA256   string
+	LoadedAt time.Time
+	Config   Config
+	MaxSteps uint64
+
+	globals   sk.StringDict
+	callbacks map[string]*sk.Function
+}
+
+// Callback returns the named function or nil.
+func (p *Program) Callback(name string) *sk.Function { return p.callbacks[name] }
+
+// Engine owns the modules' KSR tree and the current program.
+type Engine struct {
+	Env     *core.Env
+	Modules []*core.Module
+
+	ksr      *starlarkstruct.Module
+	funcs    map[string]*core.Func // native names for KSR.x.modf
+	params   map[string]map[string]*core.Param
+	current  atomic.Pointer[Program]
+	mu       sync.Mutex // serialises loads
+	versions []*Program // kept for status and rollback, newest last
+	nextVer  int
+	pool     sync.Pool
+	// MaxSteps is the default step limit when the script sets none.
+	MaxSteps uint64
+	// OnLoad, when set, is told about every load attempt (for events).
+	OnLoad func(p *Program, err error)
+}
+
+// KeepVersions is how many previous versions app_starlark.rollback can reach.
+const KeepVersions = 5
+
+// New builds every registered module against env and the KSR tree.
+func New(env *core.Env) *Engine {
+	e := &Engine{Env: env, funcs: map[string]*core.Func{}, params: map[string]map[string]*core.Param{}, MaxSteps: DefaultMaxSteps}
+	env.Router = e
+	for _, f := range core.Factories() {
+		m := f(env)
+		env.SetModule(m)
+		e.Modules = append(e.Modules, m)
+	}
+	e.Modules = append(e.Modules, e.xModule())
+	e.buildKSR()
+	e.pool.New = func() any { return e.newThread() }
+	return e
+}
+
+func (e *Engine) buildKSR() {
+	members := sk.StringDict{}
+	sub := map[string]sk.StringDict{}
+	for _, mod := range e.Modules {
+		ps := map[string]*core.Param{}
+		for i := range mod.Params {
+			ps[mod.Params[i].Name] = &mod.Params[i]
+		}
+		e.params[mod.Name] = ps
+		for i := range mod.Funcs {
+			f := &mod.Funcs[i]
+			var b sk.Value = e.builtin(mod.Name, f)
+			if mod.Name == "x" && f.Name == "modf" {
+				b = sk.NewBuiltin("x.modf", e.modf)
+			}
+			if mod.Name == "" {
+				members[f.Name] = b
+			} else {
+				if sub[mod.Name] == nil {
+					sub[mod.Name] = sk.StringDict{}
+				}
+				sub[mod.Name][f.Name] = b
+			}
+			// Native names for modf: module functions win over core sub-modules.
+			if _, dup := e.funcs[f.Name]; !dup || (mod.Name != "pv" && mod.Name != "hdr") {
+				if mod.Name != "x" {
+					e.funcs[f.Name] = f
+				}
+			}
+		}
+	}
+	for name, d := range sub {
+		m := &starlarkstruct.Module{Name: name, Members: d}
+		m.Freeze()
+		members[name] = m
+	}
+	e.ksr = &starlarkstruct.Module{Name: "KSR", Members: members}
+	e.ksr.Freeze()
+}
+
+// Funcs lists every KSR function as module.name with its entry (api_list).
+func (e *Engine) Funcs() []FuncInfo {
+	var out []FuncInfo
+	for _, mod := range e.Modules {
+		for i := range mod.Funcs {
+			out = append(out, FuncInfo{Module: mod.Name, Func: &mod.Funcs[i]})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Module != out[j].Module {
+			return out[i].Module < out[j].Module
+		}
+		return out[i].Func.Name < out[j].Func.Name
+	})
+	return out
+}
+
+// FuncInfo names a KSR function.
+type FuncInfo struct {
+	Module string
+	Func   *core.Func
+}
+
+// Path is how a script calls it: KSR.name or KSR.mod.name.
+func (f FuncInfo) Path() string {
+	if f.Module == "" {
+		return "KSR." + f.Func.Name
+	}
+	return "KSR." + f.Module + "." + f.Func.Name
+}
+
+// Current is the program new messages run with.
+func (e *Engine) Current() any {
+	if p := e.current.Load(); p != nil {
+		return p
+	}
+	return nil
+}
+
+// Program returns the current program (nil before the first load).
+func (e *Engine) Program() *Program { return e.current.Load() }
+
+// Versions returns the loaded versions, newest last.
+func (e *Engine) Versions() []*Program {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]*Program(nil), e.versions...)
+}
+
+// HasCallback implements core.Router.
+func (e *Engine) HasCallback(prog any, name string) bool {
+	p, _ := prog.(*Program)
+	return p != nil && p.callbacks[name] != nil
+}
+
+// LoadFile compiles path and, on success, makes it current.
+func (e *Engine) LoadFile(path string) (*Program, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		err = fmt.Errorf("%s: %v", path, err)
+		if e.OnLoad != nil {
+			e.OnLoad(nil, err)
+		}
+		return nil, err
+	}
+	return e.Load(path, src)
+}
+
+// Load compiles src, runs its config phase, checks every callback name and
+// only then swaps it in. A failure changes nothing.
+func (e *Engine) Load(path string, src []byte) (*Program, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	p, err := e.Compile(path, src)
+	if err == nil {
+		e.applyParams(p)
+		e.nextVer++
+		p.Version = e.nextVer
+		e.install(p)
+	}
+	if e.OnLoad != nil {
+		e.OnLoad(p, err)
+	}
+	return p, err
+}
+
+func (e *Engine) install(p *Program) {
+	e.versions = append(e.versions, p)
+	if len(e.versions) > KeepVersions+1 {
+		e.versions = e.versions[len(e.versions)-KeepVersions-1:]
+	}
+	e.current.Store(p)
+}
+
+// Rollback makes the previous version current again.
+func (e *Engine) Rollback() (*Program, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	cur := e.current.Load()
+	for i := len(e.versions) - 1; i >= 0; i-- {
+		if e.versions[i] == cur && i > 0 {
+			prev := e.versions[i-1]
+			e.versions = e.versions[:i]
+			e.applyParams(prev)
+			e.current.Store(prev)
+			return prev, nil
+		}
+	}
+	return nil, errors.New("no previous version to roll back to")
+}
+
+func (e *Engine) applyParams(p *Program) {
+	for _, mp := range p.Config.ModParams {
+		if prm := e.params[mp.Module][mp.Name]; prm != nil && prm.Set != nil {
+			// Checked in Compile; a Set error here would be a module bug.
+			if err := prm.Set(mp.Value); err != nil {
+				e.Env.Log.Error("modparam", "module", mp.Module, "name", mp.Name, "err", err)
+			}
+		}
+	}
+}
+
+// Check compiles and validates without installing (kamd -c).
+func (e *Engine) Check(path string, src []byte) (*Program, error) { return e.Compile(path, src) }
+
+// Compile builds a Program from source without installing it.
+func (e *Engine) Compile(path string, src []byte) (*Program, error) {
+	sum := sha256.Sum256(src)
+	f, err := fileOptions.Parse(path, src, 0)
+	if err != nil {
+		return nil, err
+	}
+	pre := e.predeclared()
+	prog, err := sk.FileProgram(f, pre.Has)
+	if err != nil {
+		return nil, err
+	}
+	refs, err := scanRefs(f)
+	if err != nil {
+		return nil, err
+	}
+	cfg := &Config{CoreParams: map[string]core.Val{}}
+	th := &sk.Thread{Name: "config " + path, Print: e.printer(), Load: e.loader(filepath.Dir(path))}
+	th.SetLocal(cfgKey, cfg)
+	th.SetMaxExecutionSteps(e.MaxSteps)
+	globals, err := prog.Init(th, pre)
+	if err != nil {
+		return nil, evalErr(err)
+	}
+	globals.Freeze()
+	p := &Program{Path: path, SHA256: hex.EncodeToString(sum[:]), LoadedAt: time.Now(), Config: *cfg,
+		globals: globals, callbacks: map[string]*sk.Function{}, MaxSteps: e.MaxSteps}
+	if v, ok := cfg.CoreParams["max_steps"]; ok {
+		p.MaxSteps = uint64(v.I)
+	}
+	for name, v := range globals {
+		if fn, ok := v.(*sk.Function); ok {
+			if fn.NumParams() > 1 {
+				if name == RequestRoute || name == ReplyRoute || name == OnsendRoute || refs.callbacks[name] != "" {
+					return nil, fmt.Errorf("%s: callback %s takes %d parameters; want none or one (msg)", fn.Position(), name, fn.NumParams())
+				}
+				continue
+			}
+			p.callbacks[name] = fn
+		}
+	}
+	if p.callbacks[RequestRoute] == nil {
+		return nil, fmt.Errorf("%s:1:1: the script defines no %s(msg) function", path, RequestRoute)
+	}
+	for _, name := range sortedKeys(refs.callbacks) {
+		if p.callbacks[name] == nil {
+			return nil, fmt.Errorf("%s: callback %q is named here but the script defines no function %s", refs.callbacks[name], name, name)
+		}
+	}
+	if init := p.callbacks[ModInit]; init != nil {
+		th := &sk.Thread{Name: "mod_init", Print: e.printer()}
+		th.SetMaxExecutionSteps(p.MaxSteps)
+		if _, err := sk.Call(th, init, nil, nil); err != nil {
+			return nil, evalErr(err)
+		}
+	}
+	return p, nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// evalErr turns a Starlark runtime error into "file:line:col: message" plus its backtrace.
+func evalErr(err error) error {
+	var ee *sk.EvalError
+	if errors.As(err, &ee) {
+		pos := ""
+		if len(ee.CallStack) > 0 {
+			pos = ee.CallStack[len(ee.CallStack)-1].Pos.String() + ": "
+		}
+		return &ScriptError{Msg: pos + ee.Msg, Backtrace: ee.Backtrace(), Cause: ee}
+	}
+	return err
+}
+
+// ScriptError is a runtime error with its Starlark backtrace.
+type ScriptError struct {
+	Msg       string
+	Backtrace string
+	Cause     error
+}
+
+func (e *ScriptError) Error() string { return e.Msg }
+func (e *ScriptError) Unwrap() error { return e.Cause }
+
+type refs struct {
+	callbacks map[string]string // name -> position of first reference
+}
+
+// Functions whose first argument names a script callback.
+var callbackSetters = map[string]bool{"t_on_failure": true, "t_on_reply": true, "t_on_branch": true, "t_on_branch_failure": true}
+
+// scanRefs finds callback names and PV names given as literals, so typos
+// fail the load instead of a message at runtime (Kamailio #3572).
+func scanRefs(f *syntax.File) (*refs, error) {
+	r := &refs{callbacks: map[string]string{}}
+	var firstErr error
+	syntax.Walk(f, func(n syntax.Node) bool {
+		call, ok := n.(*syntax.CallExpr)
+		if !ok || firstErr != nil || len(call.Args) == 0 {
+			return true
+		}
+		dot, ok := call.Fn.(*syntax.DotExpr)
+		if !ok {
+			return true
+		}
+		lit, ok := call.Args[0].(*syntax.Literal)
+		if !ok || lit.Token != syntax.STRING {
+			return true
+		}
+		s, _ := lit.Value.(string)
+		name := dot.Name.Name
+		owner := ""
+		if x, ok := dot.X.(*syntax.DotExpr); ok {
+			owner = x.Name.Name
+		}
+		switch {
+		case owner == "tm" && callbackSetters[name]:
+			if s != "" {
+				if _, seen := r.callbacks[s]; !seen {
+					r.callbacks[s] = lit.TokenPos.String()
+				}
+			}
+		case owner == "pv":
+			if _, err := core.ParsePV(s); err != nil {
+				firstErr = fmt.Errorf("%s: %v", lit.TokenPos, err)
+			}
+		}
+		return true
+	})
+	return r, firstErr
+}
