@@ -50,7 +50,6 @@ func TestAuthHTTP(t *testing.T) {
 	}
 }
 
-
 func TestAuthWebsocket(t *testing.T) {
 	ts := startServer(t, Config{Tokens: map[string]Role{"adm-token": RoleAdmin, "ro-token": RoleReadOnly}})
 	ctx := context.Background()
