@@ -191,3 +191,33 @@ func TestSlowSubscriberDropped(t *testing.T) {
 	}
 	t.Logf("final dropped event delivered: %v", sawDropped)
 }
+
+// TestKeepalive: a peer that answers pings (by reading) stays connected; a
+// peer that never reads stops answering pings and is disconnected.
+func TestKeepalive(t *testing.T) {
+	ts := startServer(t, Config{}, func(s *Server) {
+		s.pingPeriod = 50 * time.Millisecond
+		s.pongWait = 300 * time.Millisecond
+		s.dropGrace = 100 * time.Millisecond
+	})
+	alive, err := Dial(ts.wsURL(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alive.Close()
+	silent := wsDial(t, ts.wsURL(), nil)
+	time.Sleep(time.Second)
+	if _, err := alive.Call(context.Background(), "test.void", nil); err != nil {
+		t.Fatalf("reading client was disconnected: %v", err)
+	}
+	silent.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		if _, _, err := silent.ReadMessage(); err != nil {
+			var ne interface{ Timeout() bool }
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatal("silent client still connected")
+			}
+			break
+		}
+	}
+}
