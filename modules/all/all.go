@@ -3,4 +3,5 @@ package all
 
 import (
 	_ "github.com/kamgo/kamgo/modules/sl"
+	_ "github.com/kamgo/kamgo/modules/tm"
 )

@@ -1,0 +1,743 @@
+package tm
+
+import (
+	"fmt"
+	"regexp"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/kamgo/kamgo/modules/core"
+)
+
+// newTx creates and registers the transaction for m's request.
+func (t *TM) newTx(m *core.Msg, key string) *Tx {
+	origin := &core.Msg{Env: m.Env, Req: m.Req.Clone(), Proto: m.Proto, SrcIP: m.SrcIP, SrcPort: m.SrcPort,
+		Local: m.Local, ConnID: m.ConnID, Arrived: m.Arrived}
+	s := settingsOf(m)
+	tx := &Tx{tm: t, key: key, id: branchID(key, t.seq.Add(1)), origin: origin, prog: m.Prog,
+		invite:    m.Req.IsInvite(),
+		frTimeout: nz(s.fr, time.Duration(t.frTimer.Load())*time.Millisecond),
+		frInv:     nz(s.frInv, time.Duration(t.frInvTimer.Load())*time.Millisecond)}
+	t.mu.Lock()
+	t.txs[key] = tx
+	t.clients[tx.id] = tx
+	t.mu.Unlock()
+	t.st.created.Inc()
+	t.st.current.Inc()
+	m.Tx = tx
+	return tx
+}
+
+// release forgets the transaction after the wait timer.
+func (tx *Tx) scheduleRelease() {
+	if tx.deleted {
+		return
+	}
+	wait := time.Duration(tx.tm.waitTimer.Load()) * time.Millisecond
+	if tx.invite && tx.lastCode >= 300 && tx.origin.Proto == "udp" && !tx.acked {
+		wait = 64 * T1 // Timer H: wait for the ACK
+	}
+	tx.after(wait, tx.release)
+}
+
+func (tx *Tx) release() {
+	tx.mu.Lock()
+	if tx.deleted {
+		tx.mu.Unlock()
+		return
+	}
+	tx.deleted = true
+	tx.stopTimers()
+	tx.mu.Unlock()
+	t := tx.tm
+	t.mu.Lock()
+	if t.txs[tx.key] == tx {
+		delete(t.txs, tx.key)
+	}
+	delete(t.clients, tx.id)
+	t.mu.Unlock()
+	t.st.freed.Inc()
+	t.st.current.Add(-1)
+}
+
+func (t *TM) newtran(m *core.Msg) (core.Val, error) {
+	if m.Req == nil {
+		return core.Null, core.ErrNoRequest
+	}
+	if m.Tx != nil {
+		return core.Int(-10), nil
+	}
+	if m.Req.IsAck() {
+		return core.Int(-1), nil
+	}
+	key := txKey(m.Req, methodKey(m.Req))
+	if tx := t.lookup(key); tx != nil {
+		tx.retransmitLastReply()
+		return core.Int(0), nil
+	}
+	t.newTx(m, key)
+	return core.Int(1), nil
+}
+
+func (t *TM) checkTrans(m *core.Msg) core.Val {
+	if m.Res != nil {
+		_, tx, _ := t.matchReply(m.Res)
+		return core.IntRet(tx != nil)
+	}
+	if m.Req == nil {
+		return core.Int(-1)
+	}
+	tx := t.lookup(txKey(m.Req, methodKey(m.Req)))
+	switch {
+	case tx == nil:
+		return core.Int(-1)
+	case m.Req.IsCancel():
+		return core.Int(1)
+	case m.Req.IsAck():
+		tx.mu.Lock()
+		neg := tx.lastCode >= 300
+		tx.mu.Unlock()
+		if neg {
+			return core.Int(0)
+		}
+		return core.Int(1)
+	}
+	tx.retransmitLastReply()
+	return core.Int(0)
+}
+
+// onRequest absorbs what tm owns before the script runs: retransmissions
+// of requests with a transaction, ACKs to negative replies of ours, and
+// CANCELs of a pending INVITE (which it propagates). Kamailio leaves this
+// to t_check_trans() in the script; doing it here cannot be forgotten.
+func (t *TM) onRequest(m *core.Msg) bool {
+	req := m.Req
+	tx := t.lookup(txKey(req, methodKey(req)))
+	if tx == nil {
+		return false
+	}
+	switch {
+	case req.IsAck():
+		tx.mu.Lock()
+		neg := tx.lastCode >= 300
+		if neg {
+			tx.acked = true
+		}
+		tx.mu.Unlock()
+		return neg // an ACK to a 2xx has its own branch and is routed by the script
+	case req.IsCancel():
+		t.cancel(m, tx)
+		return true
+	}
+	tx.retransmitLastReply()
+	return true
+}
+
+func (tx *Tx) isCanceled() bool {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	return tx.canceled
+}
+
+// cancel answers a CANCEL and propagates it to pending branches.
+func (t *TM) cancel(m *core.Msg, tx *Tx) {
+	_ = m.SendReply(200, "OK")
+	t.st.canceled.Inc()
+	tx.mu.Lock()
+	if tx.finalSent {
+		tx.mu.Unlock()
+		return
+	}
+	tx.canceled = true
+	var todo []*branch
+	for _, b := range tx.branches {
+		if !b.final && !b.cancelled {
+			b.cancelled = true
+			todo = append(todo, b)
+		}
+	}
+	tx.mu.Unlock()
+	for _, b := range todo {
+		tx.sendCancel(b)
+	}
+	if len(todo) == 0 {
+		// Nothing was relayed yet (or everything failed): answer 487 ourselves.
+		_ = tx.Reply(m, 487, "Request Terminated")
+	}
+}
+
+func (tx *Tx) sendCancel(b *branch) {
+	c := sip.NewRequest(sip.CANCEL, *b.req.Recipient.Clone())
+	c.SipVersion = b.req.SipVersion
+	c.AppendHeader(sip.HeaderClone(b.req.Via()))
+	for _, h := range b.req.GetHeaders("Route") {
+		c.AppendHeader(sip.HeaderClone(h))
+	}
+	mf := sip.MaxForwardsHeader(70)
+	c.AppendHeader(&mf)
+	for _, name := range []string{"From", "To", "Call-ID"} {
+		if h := b.req.GetHeader(name); h != nil {
+			c.AppendHeader(sip.HeaderClone(h))
+		}
+	}
+	cs := &sip.CSeqHeader{SeqNo: b.req.CSeq().SeqNo, MethodName: sip.CANCEL}
+	c.AppendHeader(cs)
+	c.SetBody(nil)
+	if err := tx.tm.env.Sender.Send(&core.Outgoing{Kind: core.OutLocalRequest, Msg: c, Dst: b.dst, Branch: b.idx}); err != nil {
+		tx.tm.env.Log.Warn("tm: cannot send CANCEL", "dst", b.dst.String(), "err", err)
+	}
+}
+
+// relay is t_relay(): create the transaction if needed and add a branch.
+func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
+	if m.Req == nil {
+		return core.Null, core.ErrNoRequest
+	}
+	req := m.Req
+	if req.IsAck() {
+		// ACKs to 2xx are end to end: forward statelessly.
+		dst, err := nextHop(m, to)
+		if err != nil {
+			return core.Null, err
+		}
+		if err := m.SendRequest(req, dst, core.OutForward, core.StatelessBranch(req), 0); err != nil {
+			t.env.Log.Warn("tm: cannot forward ACK", "dst", dst.String(), "err", err)
+			return core.Int(-1), nil
+		}
+		m.Forwarded = true
+		return core.Int(1), nil
+	}
+	if req.IsCancel() {
+		if tx := t.lookup(txKey(req, "INVITE")); tx != nil {
+			t.cancel(m, tx)
+			m.Forwarded = true
+			return core.Int(1), nil
+		}
+	}
+	tx, _ := m.Tx.(*Tx)
+	if tx == nil {
+		key := txKey(req, methodKey(req))
+		if old := t.lookup(key); old != nil {
+			old.retransmitLastReply()
+			return core.Int(0), nil
+		}
+		tx = t.newTx(m, key)
+	}
+	dst, err := nextHop(m, to)
+	if err != nil {
+		return core.Null, err
+	}
+	tx.mu.Lock()
+	if tx.finalSent {
+		tx.mu.Unlock()
+		return core.Int(-1), nil
+	}
+	if m.RouteType != core.RouteFailure {
+		tx.onFailure, tx.onReply, tx.onBranch = m.OnFailure, m.OnReply, m.OnBranch
+		tx.flags = m.Flags
+		tx.relayReq = req.Clone()
+	}
+	if s, ok := m.Ext["tm"].(*settings); ok {
+		tx.frInv, tx.frTimeout = nz(s.frInv, tx.frInv), nz(s.fr, tx.frTimeout)
+	}
+	firstSend := len(tx.branches) == 0 && tx.invite
+	tx.mu.Unlock()
+	if firstSend && tx.lastCode == 0 {
+		// RFC 3261 16.2: a stateful proxy answers INVITE with 100 at once.
+		_ = tx.sendLocal(100, "Trying", true)
+	}
+	if err := tx.addBranch(m, req, dst); err != nil {
+		t.env.Log.Warn("tm: relay failed", "dst", dst.String(), "err", err, "at", m.Pos())
+		tx.mu.Lock()
+		pending := tx.pending()
+		tx.mu.Unlock()
+		if !pending && m.RouteType != core.RouteFailure {
+			// Like Kamailio, the script is expected to answer (sl_reply_error);
+			// free the transaction state.
+			tx.after(0, tx.release)
+			m.Tx = nil
+		}
+		return core.Int(-1), nil
+	}
+	m.Forwarded = true
+	t.st.relayed.Inc()
+	return core.Int(1), nil
+}
+
+func nextHop(m *core.Msg, to *core.Target) (core.Target, error) {
+	if to != nil {
+		return *to, nil
+	}
+	return m.NextHop()
+}
+
+// addBranch runs the branch route (if any), then sends a new branch.
+func (tx *Tx) addBranch(m *core.Msg, req *sip.Request, dst core.Target) error {
+	breq := req.Clone()
+	tx.mu.Lock()
+	onBranch := tx.onBranch
+	idx := len(tx.branches)
+	tx.mu.Unlock()
+	if onBranch != "" && tx.tm.env.Router != nil {
+		bm := &core.Msg{Env: m.Env, Req: breq, Proto: m.Proto, SrcIP: m.SrcIP, SrcPort: m.SrcPort, Local: m.Local,
+			DstURI: m.DstURI, Flags: m.Flags, Tx: tx, Vars: m.Vars}
+		if err := tx.tm.env.Router.Run(tx.prog, onBranch, core.RouteBranch, bm); err != nil {
+			tx.tm.env.Log.Error("tm: branch route failed", "route", onBranch, "err", err)
+		}
+		if bm.Dropped {
+			return fmt.Errorf("branch dropped by %s", onBranch)
+		}
+		if bm.DstURI != m.DstURI {
+			if d, err := bm.NextHop(); err == nil {
+				dst = d
+			}
+		}
+	}
+	sock, ok := tx.tm.env.SocketFor(dst.Proto)
+	if !ok {
+		return fmt.Errorf("no %s socket", dst.Proto)
+	}
+	b := &branch{idx: idx, dst: dst, via: tx.id + "." + strconv.Itoa(idx)}
+	breq.PrependHeader(core.OurVia(sock, b.via))
+	b.req = breq
+	tx.mu.Lock()
+	tx.branches = append(tx.branches, b)
+	tx.mu.Unlock()
+	if err := tx.send(b); err != nil {
+		tx.mu.Lock()
+		b.final, b.code = true, 0
+		tx.mu.Unlock()
+		return err
+	}
+	tx.mu.Lock()
+	tx.armBranch(b)
+	tx.mu.Unlock()
+	return nil
+}
+
+func (tx *Tx) send(b *branch) error {
+	return tx.tm.env.Sender.Send(&core.Outgoing{Kind: core.OutBranch, Msg: b.req, Dst: b.dst, Branch: b.idx})
+}
+
+// armBranch starts retransmission (UDP) and final-response timers. Called with tx.mu held.
+func (tx *Tx) armBranch(b *branch) {
+	if b.dst.Proto == "udp" {
+		interval := T1
+		var retr func()
+		retr = func() {
+			tx.mu.Lock()
+			if b.final || tx.deleted || (tx.invite && b.code > 0) {
+				tx.mu.Unlock()
+				return
+			}
+			if interval < T2 || tx.invite {
+				interval *= 2
+			}
+			if !tx.invite && interval > T2 {
+				interval = T2
+			}
+			b.retr = tx.after(interval, retr)
+			tx.mu.Unlock()
+			_ = tx.send(b)
+		}
+		b.retr = tx.after(interval, retr)
+	}
+	b.fr = tx.after(tx.frTimeout, func() { tx.branchTimeout(b) })
+}
+
+// branchTimeout is fr_timer / fr_inv_timer firing: the branch fails with 408.
+func (tx *Tx) branchTimeout(b *branch) {
+	tx.mu.Lock()
+	if b.final || tx.deleted {
+		tx.mu.Unlock()
+		return
+	}
+	provisional := b.code > 0 && b.code < 200
+	b.final, b.timedOut, b.code = true, true, 408
+	tx.mu.Unlock()
+	tx.tm.st.timeouts.Inc()
+	if provisional && tx.invite {
+		tx.sendCancel(b)
+	}
+	tx.maybeComplete()
+}
+
+func (tx *Tx) retransmitLastReply() {
+	tx.mu.Lock()
+	r := tx.lastReply
+	tx.mu.Unlock()
+	if r != nil {
+		tx.sendUp(r, core.OutReply)
+	}
+}
+
+// sendUp sends a reply to the caller.
+func (tx *Tx) sendUp(res *sip.Response, kind core.OutKind) {
+	o := tx.origin.ReplyOutgoing(res, kind)
+	if err := tx.tm.env.Sender.Send(o); err != nil {
+		tx.tm.env.Log.Warn("tm: cannot send reply", "dst", o.Dst.String(), "err", err)
+		return
+	}
+	tx.tm.st.rplSent.Inc()
+}
+
+// sendLocal sends a locally generated reply upstream.
+func (tx *Tx) sendLocal(code int, reason string, provisionalOK bool) error {
+	res := core.BuildReply(tx.origin.Req, code, reason, nil)
+	tx.tm.st.rplGenerated.Inc()
+	return tx.relayUp(res, core.OutReply)
+}
+
+// Reply implements core.TxReplier: a stateful local reply (t_reply, and
+// sl.send_reply when a transaction exists).
+func (tx *Tx) Reply(m *core.Msg, code int, reason string) error {
+	if code < 100 || code > 699 {
+		return fmt.Errorf("invalid reply code %d (100-699)", code)
+	}
+	if err := core.CheckText("reason", reason); err != nil {
+		return err
+	}
+	res := core.BuildReply(tx.origin.Req, code, reason, m.ReplyHeaders)
+	m.ReplyHeaders = nil
+	tx.tm.st.rplGenerated.Inc()
+	if err := tx.relayUp(res, core.OutReply); err != nil {
+		return err
+	}
+	m.ReplyCode = code
+	if code >= 200 {
+		m.Replied = true
+		tx.cancelPending()
+	}
+	return nil
+}
+
+// relayUp sends a reply upstream and updates the transaction state.
+func (tx *Tx) relayUp(res *sip.Response, kind core.OutKind) error {
+	tx.mu.Lock()
+	is2xx := res.StatusCode >= 200 && res.StatusCode < 300
+	if tx.finalSent && !(is2xx && tx.invite) {
+		// After a final reply only further 2xx to an INVITE (forking) may go up.
+		code := tx.lastCode
+		tx.mu.Unlock()
+		return fmt.Errorf("a final reply was already sent (%d)", code)
+	}
+	final := res.StatusCode >= 200
+	if final && !tx.finalSent {
+		tx.finalSent = true
+		tx.state = stCompleted
+		tx.lastCode = res.StatusCode
+		tx.lastReply = res
+		tx.tm.st.codes[res.StatusCode/100].Inc()
+		tx.scheduleRelease()
+		if tx.invite && res.StatusCode >= 300 && tx.origin.Proto == "udp" {
+			tx.retransmitFinal(res)
+		}
+	} else if !final && !tx.finalSent {
+		tx.lastReply = res
+		if tx.lastCode < res.StatusCode {
+			tx.lastCode = res.StatusCode
+		}
+	}
+	tx.mu.Unlock()
+	tx.sendUp(res, kind)
+	return nil
+}
+
+// retransmitFinal is Timer G: resend a negative final INVITE reply until
+// the ACK comes. Called with tx.mu held.
+func (tx *Tx) retransmitFinal(res *sip.Response) {
+	interval := T1
+	var g func()
+	g = func() {
+		tx.mu.Lock()
+		if tx.acked || tx.deleted {
+			tx.mu.Unlock()
+			return
+		}
+		interval *= 2
+		if interval > T2 {
+			interval = T2
+		}
+		tx.after(interval, g)
+		tx.mu.Unlock()
+		tx.sendUp(res, core.OutReply)
+	}
+	tx.after(interval, g)
+}
+
+// cancelPending CANCELs branches still waiting after a final reply went up.
+func (tx *Tx) cancelPending() {
+	tx.mu.Lock()
+	var todo []*branch
+	for _, b := range tx.branches {
+		if !b.final && !b.cancelled && tx.invite {
+			b.cancelled = true
+			todo = append(todo, b)
+		}
+	}
+	tx.mu.Unlock()
+	for _, b := range todo {
+		tx.sendCancel(b)
+	}
+}
+
+// matchReply finds the transaction and branch of a received reply by our Via branch.
+func (t *TM) matchReply(res *sip.Response) (*branch, *Tx, bool) {
+	v := res.Via()
+	if v == nil {
+		return nil, nil, false
+	}
+	id, _ := v.Params.Get("branch")
+	dot := -1
+	for i := len(id) - 1; i >= 0; i-- {
+		if id[i] == '.' {
+			dot = i
+			break
+		}
+	}
+	if dot < 0 {
+		return nil, nil, false
+	}
+	idx, err := strconv.Atoi(id[dot+1:])
+	if err != nil {
+		return nil, nil, false
+	}
+	t.mu.Lock()
+	tx := t.clients[id[:dot]]
+	t.mu.Unlock()
+	if tx == nil {
+		return nil, nil, false
+	}
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	if idx < 0 || idx >= len(tx.branches) {
+		return nil, nil, false
+	}
+	b := tx.branches[idx]
+	if cs := res.CSeq(); cs == nil || (cs.MethodName != b.req.Method && !(cs.MethodName == sip.CANCEL)) {
+		return nil, nil, false
+	}
+	return b, tx, true
+}
+
+// onReply handles a reply for one of our branches.
+func (t *TM) onReply(m *core.Msg) bool {
+	res := m.Res
+	b, tx, ok := t.matchReply(res)
+	if !ok {
+		return false
+	}
+	t.st.rplReceived.Inc()
+	if res.CSeq().MethodName == sip.CANCEL {
+		return true // the reply to our own CANCEL ends here
+	}
+	code := res.StatusCode
+	tx.mu.Lock()
+	if b.final {
+		tx.mu.Unlock()
+		if code >= 200 && code < 300 && tx.invite {
+			// A 2xx after the branch gave up (or a 2xx retransmission) still goes up.
+			core.PopTopVia(res)
+			tx.sendUp(res, core.OutRelayedReply)
+		} else if code >= 300 && tx.invite {
+			tx.ackBranch(b, res)
+		}
+		return true
+	}
+	if b.code == 0 || code >= 200 {
+		if b.retr != nil && (code >= 200 || tx.invite) {
+			b.retr.Stop()
+		}
+	}
+	b.code = code
+	if code >= 100 && code < 200 && tx.invite && b.fr != nil {
+		// A provisional moves an INVITE branch to fr_inv_timer.
+		b.fr.Stop()
+		b.fr = tx.after(tx.frInv, func() { tx.branchTimeout(b) })
+	}
+	if code >= 200 {
+		b.final = true
+		b.reply = res
+		if b.fr != nil {
+			b.fr.Stop()
+		}
+	}
+	onReply, prog := tx.onReply, tx.prog
+	tx.mu.Unlock()
+
+	if code >= 300 && tx.invite {
+		tx.ackBranch(b, res)
+	}
+	if onReply != "" && t.env.Router != nil {
+		m.Tx = tx
+		m.ReplyCode = code
+		if err := t.env.Router.Run(prog, onReply, core.RouteTmReply, m); err != nil {
+			t.env.Log.Error("tm: onreply route failed", "route", onReply, "err", err)
+		}
+		if m.Dropped && code < 200 {
+			return true
+		}
+	}
+	switch {
+	case code == 100:
+		// Hop by hop: we sent our own 100 already.
+	case code < 200:
+		core.PopTopVia(res)
+		_ = tx.relayUp(res, core.OutRelayedReply)
+	case code < 300:
+		core.PopTopVia(res)
+		_ = tx.relayUp(res, core.OutRelayedReply)
+		tx.cancelPending()
+	default:
+		tx.maybeComplete()
+	}
+	return true
+}
+
+// ackBranch sends the hop-by-hop ACK for a negative INVITE reply (RFC 3261 17.1.1.3).
+func (tx *Tx) ackBranch(b *branch, res *sip.Response) {
+	ack := sip.NewRequest(sip.ACK, *b.req.Recipient.Clone())
+	ack.SipVersion = b.req.SipVersion
+	ack.AppendHeader(sip.HeaderClone(b.req.Via()))
+	for _, h := range b.req.GetHeaders("Route") {
+		ack.AppendHeader(sip.HeaderClone(h))
+	}
+	mf := sip.MaxForwardsHeader(70)
+	ack.AppendHeader(&mf)
+	if h := b.req.From(); h != nil {
+		ack.AppendHeader(sip.HeaderClone(h))
+	}
+	if h := res.To(); h != nil {
+		ack.AppendHeader(sip.HeaderClone(h))
+	}
+	if h := b.req.CallID(); h != nil {
+		ack.AppendHeader(sip.HeaderClone(h))
+	}
+	ack.AppendHeader(&sip.CSeqHeader{SeqNo: b.req.CSeq().SeqNo, MethodName: sip.ACK})
+	ack.SetBody(nil)
+	if err := tx.tm.env.Sender.Send(&core.Outgoing{Kind: core.OutLocalRequest, Msg: ack, Dst: b.dst, Branch: b.idx}); err != nil {
+		tx.tm.env.Log.Warn("tm: cannot send ACK", "dst", b.dst.String(), "err", err)
+	}
+}
+
+// maybeComplete runs when a branch failed: once every branch is final,
+// run the failure route (which may add branches) or relay the best reply.
+func (tx *Tx) maybeComplete() {
+	tx.mu.Lock()
+	if tx.pending() || tx.finalSent || tx.inFailure || tx.deleted {
+		tx.mu.Unlock()
+		return
+	}
+	win, code := tx.best()
+	onFailure := tx.onFailure
+	tx.onFailure = "" // armed once, like Kamailio: re-arm in the failure route
+	tx.mu.Unlock()
+	if win == nil {
+		return
+	}
+	if onFailure != "" && tx.tm.env.Router != nil {
+		tx.mu.Lock()
+		tx.inFailure = true
+		tx.mu.Unlock()
+		fm := tx.failureMsg(code, win)
+		if err := tx.tm.env.Router.Run(tx.prog, onFailure, core.RouteFailure, fm); err != nil {
+			tx.tm.env.Log.Error("tm: failure route failed", "route", onFailure, "err", err)
+		}
+		tx.mu.Lock()
+		tx.inFailure = false
+		done := tx.finalSent
+		pending := tx.pending()
+		tx.mu.Unlock()
+		if done || pending {
+			return
+		}
+		// The failure route neither replied nor relayed: send the winning reply.
+		tx.mu.Lock()
+		win, code = tx.best()
+		tx.mu.Unlock()
+	}
+	tx.relayFinal(win, code)
+}
+
+func (tx *Tx) relayFinal(win *branch, code int) {
+	if win.reply != nil && !win.timedOut {
+		res := win.reply
+		core.PopTopVia(res)
+		if res.StatusCode == 503 {
+			// RFC 3261 16.7: a 503 is not passed upstream as is.
+			res.StatusCode, res.Reason = 500, "Server Internal Error"
+		}
+		_ = tx.relayUp(res, core.OutRelayedReply)
+		return
+	}
+	reason := "Request Timeout"
+	if code != 408 {
+		reason = "Server Internal Error"
+		code = 500
+	}
+	_ = tx.sendLocal(code, reason, false)
+}
+
+// failureMsg is the message the failure route sees: the request as relayed.
+func (tx *Tx) failureMsg(code int, win *branch) *core.Msg {
+	tx.mu.Lock()
+	req := tx.relayReq
+	flags := tx.flags
+	tx.mu.Unlock()
+	if req == nil {
+		req = tx.origin.Req
+	}
+	o := tx.origin
+	return &core.Msg{Env: o.Env, Req: req.Clone(), Proto: o.Proto, SrcIP: o.SrcIP, SrcPort: o.SrcPort,
+		Local: o.Local, ConnID: o.ConnID, Arrived: o.Arrived, Tx: tx, ReplyCode: code, Flags: flags,
+		Ext: map[string]any{"tm.branch": win}}
+}
+
+func (t *TM) branchTest(m *core.Msg, f func(b *branch) bool) core.Val {
+	b, _ := m.Ext["tm.branch"].(*branch)
+	tx, _ := m.Tx.(*Tx)
+	if b == nil || tx == nil {
+		return core.Int(-1)
+	}
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	return core.IntRet(f(b))
+}
+
+func (t *TM) anyBranch(m *core.Msg, f func(b *branch) bool) core.Val {
+	tx, _ := m.Tx.(*Tx)
+	if tx == nil {
+		return core.Int(-1)
+	}
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	for _, b := range tx.branches {
+		if f(b) {
+			return core.Int(1)
+		}
+	}
+	return core.Int(-1)
+}
+
+var (
+	reMu    sync.Mutex
+	reCache = map[string]*regexp.Regexp{}
+)
+
+func compileStatus(s string) (*regexp.Regexp, error) {
+	reMu.Lock()
+	defer reMu.Unlock()
+	if re, ok := reCache[s]; ok {
+		return re, nil
+	}
+	re, err := regexp.Compile("^(?:" + s + ")$")
+	if err != nil {
+		return nil, fmt.Errorf("t_check_status: bad regex %q: %v", s, err)
+	}
+	if len(reCache) < 256 {
+		reCache[s] = re
+	}
+	return re, nil
+}

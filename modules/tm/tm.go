@@ -1,0 +1,284 @@
+// Package tm is Kamailio's tm module: the stateful proxy core
+// (RFC 3261 §16/§17): transactions, retransmissions, final-response timers,
+// CANCEL, serial forking through failure routes, and reply routes.
+package tm
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kamgo/kamgo/modules/core"
+)
+
+func init() { core.Register("tm", New) }
+
+// TM is one tm module instance.
+type TM struct {
+	env *core.Env
+
+	mu      sync.Mutex
+	txs     map[string]*Tx // server key → tx
+	clients map[string]*Tx // our branch id → tx
+	seq     atomic.Uint64
+
+	frTimer    atomic.Int64 // ms
+	frInvTimer atomic.Int64 // ms
+	waitTimer  atomic.Int64 // ms
+
+	st struct {
+		created, freed, rplReceived, rplGenerated, rplSent, relayed, canceled, timeouts *core.Counter
+		current                                                                         *core.Counter
+		codes                                                                           [7]*core.Counter
+	}
+}
+
+type settings struct {
+	frInv, fr time.Duration
+}
+
+// New builds the tm module.
+func New(env *core.Env) *core.Module {
+	t := &TM{env: env, txs: map[string]*Tx{}, clients: map[string]*Tx{}}
+	t.frTimer.Store(30000)
+	t.frInvTimer.Store(120000)
+	t.waitTimer.Store(5000)
+	s := env.Stats
+	t.st.created = s.Counter("tm", "created")
+	t.st.freed = s.Counter("tm", "freed")
+	t.st.rplReceived = s.Counter("tm", "rpl_received")
+	t.st.rplGenerated = s.Counter("tm", "rpl_generated")
+	t.st.rplSent = s.Counter("tm", "rpl_sent")
+	t.st.relayed = s.Counter("tm", "relayed")
+	t.st.canceled = s.Counter("tm", "canceled")
+	t.st.timeouts = s.Counter("tm", "timeouts")
+	t.st.current = s.Counter("tm", "current")
+	t.st.current.NoReset = true
+	for i := 1; i <= 6; i++ {
+		t.st.codes[i] = s.Counter("tm", strconv.Itoa(i)+"xx")
+	}
+	msInt := func(dst *atomic.Int64, name string) func(core.Val) error {
+		return func(v core.Val) error {
+			if v.I <= 0 {
+				return fmt.Errorf("%s must be a positive number of milliseconds", name)
+			}
+			dst.Store(v.I)
+			return nil
+		}
+	}
+	i := core.ArgInt
+	s1 := []core.ArgType{core.ArgStr}
+	reqRoutes := core.RouteRequest | core.RouteFailure
+	return &core.Module{
+		Name: "tm",
+		Doc:  "stateful transactions",
+		Params: []core.Param{
+			{Name: "fr_timer", Type: i, Default: core.Int(30000), Doc: "ms to wait for a final reply when no provisional came", Set: msInt(&t.frTimer, "fr_timer")},
+			{Name: "fr_inv_timer", Type: i, Default: core.Int(120000), Doc: "ms to wait for a final reply to an INVITE after a provisional", Set: msInt(&t.frInvTimer, "fr_inv_timer")},
+			{Name: "wait_timer", Type: i, Default: core.Int(5000), Doc: "ms a finished transaction is kept to absorb retransmissions", Set: msInt(&t.waitTimer, "wait_timer")},
+		},
+		Funcs: []core.Func{
+			{Name: "t_relay", Ret: core.RetInt, Routes: reqRoutes, Doc: "relay statefully to $du or the R-URI; 1 ok, 0 retransmission absorbed, <0 error",
+				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) { return t.relay(m, nil) }},
+			{Name: "t_relay_to_proxy", Args: s1, Ret: core.RetInt, Routes: reqRoutes, Doc: "(\"proto:host:port\") relay statefully to that address",
+				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
+					sock, err := core.ParseSocket(a[0].S)
+					if err != nil {
+						return core.Null, err
+					}
+					dst := core.Target{Proto: sock.Proto, Host: sock.IP, Port: sock.Port}
+					return t.relay(m, &dst)
+				}},
+			cbSetter("t_on_failure", func(m *core.Msg, n string) { m.OnFailure = n }),
+			cbSetter("t_on_reply", func(m *core.Msg, n string) { m.OnReply = n }),
+			cbSetter("t_on_branch", func(m *core.Msg, n string) { m.OnBranch = n }),
+			cbSetter("t_on_branch_failure", func(m *core.Msg, n string) { m.OnBranchFailure = n }),
+			{Name: "t_check_trans", Ret: core.RetInt, Doc: "requests: 0 retransmission absorbed (or ACK to a negative reply), 1 CANCEL/ACK whose INVITE transaction exists, -1 none; replies: 1/-1",
+				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) { return t.checkTrans(m), nil }},
+			{Name: "t_newtran", Ret: core.RetInt, Routes: core.RouteRequest, Doc: "create the transaction now: 1 new, 0 retransmission (absorbed), -10 already exists for this message",
+				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) { return t.newtran(m) }},
+			{Name: "t_reply", Args: []core.ArgType{i, core.ArgStr}, Ret: core.RetInt, Routes: reqRoutes, Doc: "(code, reason) stateful reply; -1 without a transaction",
+				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
+					tx, _ := m.Tx.(*Tx)
+					if tx == nil {
+						return core.Int(-1), nil
+					}
+					if err := tx.Reply(m, int(a[0].I), a[1].S); err != nil {
+						return core.Null, err
+					}
+					return core.Int(1), nil
+				}},
+			{Name: "t_send_reply", Args: []core.ArgType{i, core.ArgStr}, Ret: core.RetInt, Routes: reqRoutes, Doc: "t_newtran() then t_reply()",
+				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
+					if m.Tx == nil {
+						if v, err := t.newtran(m); err != nil || v.I <= 0 {
+							return v, err
+						}
+					}
+					if err := m.Tx.(*Tx).Reply(m, int(a[0].I), a[1].S); err != nil {
+						return core.Null, err
+					}
+					return core.Int(1), nil
+				}},
+			{Name: "t_set_fr", Args: []core.ArgType{i, i}, Ret: core.RetInt, Routes: reqRoutes | core.RouteBranch, Doc: "(fr_inv_ms, fr_ms) final-response timers for this transaction; 0 leaves one unchanged",
+				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
+					if a[0].I < 0 || a[1].I < 0 {
+						return core.Null, fmt.Errorf("t_set_fr: timers must not be negative")
+					}
+					s := settingsOf(m)
+					if a[0].I > 0 {
+						s.frInv = time.Duration(a[0].I) * time.Millisecond
+					}
+					if a[1].I > 0 {
+						s.fr = time.Duration(a[1].I) * time.Millisecond
+					}
+					if tx, ok := m.Tx.(*Tx); ok {
+						tx.mu.Lock()
+						tx.frInv, tx.frTimeout = nz(s.frInv, tx.frInv), nz(s.fr, tx.frTimeout)
+						tx.mu.Unlock()
+					}
+					return core.Int(1), nil
+				}},
+			{Name: "t_reset_fr", Ret: core.RetInt, Routes: reqRoutes, Doc: "back to the fr_timer/fr_inv_timer modparams",
+				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) {
+					m.SetExt("tm", &settings{})
+					return core.Int(1), nil
+				}},
+			{Name: "t_is_canceled", Ret: core.RetInt, Doc: "1 if the transaction was CANCELed",
+				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) {
+					tx, _ := m.Tx.(*Tx)
+					return core.IntRet(tx != nil && tx.isCanceled()), nil
+				}},
+			{Name: "t_branch_timeout", Ret: core.RetInt, Routes: core.RouteFailure, Doc: "1 if the failed branch timed out",
+				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) {
+					return t.branchTest(m, func(b *branch) bool { return b.timedOut }), nil
+				}},
+			{Name: "t_branch_replied", Ret: core.RetInt, Routes: core.RouteFailure, Doc: "1 if the failed branch received a reply",
+				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) {
+					return t.branchTest(m, func(b *branch) bool { return b.code > 0 && !b.timedOut }), nil
+				}},
+			{Name: "t_any_timeout", Ret: core.RetInt, Doc: "1 if any branch timed out",
+				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) {
+					return t.anyBranch(m, func(b *branch) bool { return b.timedOut }), nil
+				}},
+			{Name: "t_any_replied", Ret: core.RetInt, Doc: "1 if any branch received a reply",
+				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) {
+					return t.anyBranch(m, func(b *branch) bool { return b.code > 0 && !b.timedOut }), nil
+				}},
+			{Name: "t_get_status_code", Ret: core.RetInt, Doc: "the most relevant status code, or -1",
+				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) {
+					if m.Res != nil {
+						return core.Int(m.Res.StatusCode), nil
+					}
+					if m.ReplyCode > 0 {
+						return core.Int(m.ReplyCode), nil
+					}
+					return core.Int(-1), nil
+				}},
+			{Name: "t_check_status", Args: s1, Ret: core.RetInt, Doc: "(regex) match the reply status: received (onreply), winning (failure) or last sent (request)",
+				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
+					code := m.ReplyCode
+					if m.Res != nil {
+						code = m.Res.StatusCode
+					}
+					re, err := compileStatus(a[0].S)
+					if err != nil {
+						return core.Null, err
+					}
+					return core.IntRet(code > 0 && re.MatchString(strconv.Itoa(code))), nil
+				}},
+		},
+		RPC: []core.RPCMethod{{
+			Name: "tm.stats", Doc: "transaction statistics", ReadOnly: true,
+			Result:  `{"current": n, "total": n, "rpl_received": n, "rpl_generated": n, "rpl_sent": n, "6xx".."2xx": n, "created": n, "freed": n}`,
+			Handler: func(context.Context, core.RPCArgs) (any, error) { return t.stats(), nil },
+		}},
+		OnRequest: t.onRequest,
+		OnReply:   t.onReply,
+		Stop:      t.stop,
+	}
+}
+
+func nz(a, b time.Duration) time.Duration {
+	if a > 0 {
+		return a
+	}
+	return b
+}
+
+func cbSetter(name string, set func(m *core.Msg, n string)) core.Func {
+	return core.Func{Name: name, Args: []core.ArgType{core.ArgStr}, Ret: core.RetInt, CallbackArg: 0,
+		Doc: "(\"function\") name the callback; \"\" resets; an undefined name is an error (checked at load for literals)",
+		Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
+			if a[0].S != "" && m.Env.Router != nil && !m.Env.Router.HasCallback(m.Prog, a[0].S) {
+				return core.Null, fmt.Errorf("%s: the script defines no function %q", name, a[0].S)
+			}
+			set(m, a[0].S)
+			if tx, ok := m.Tx.(*Tx); ok && m.RouteType == core.RouteFailure {
+				// In a failure route the names apply to the new branches.
+				tx.mu.Lock()
+				switch name {
+				case "t_on_failure":
+					tx.onFailure = a[0].S
+				case "t_on_reply":
+					tx.onReply = a[0].S
+				case "t_on_branch":
+					tx.onBranch = a[0].S
+				}
+				tx.mu.Unlock()
+			}
+			return core.Int(1), nil
+		}}
+}
+
+func settingsOf(m *core.Msg) *settings {
+	if s, ok := m.Ext["tm"].(*settings); ok {
+		return s
+	}
+	s := &settings{}
+	m.SetExt("tm", s)
+	return s
+}
+
+func (t *TM) stats() map[string]int64 {
+	g := t.env.Stats.Get("tm")
+	out := map[string]int64{}
+	for k, v := range g {
+		out[strings.TrimPrefix(k, "tm:")] = v
+	}
+	out["total"] = out["created"]
+	return out
+}
+
+func (t *TM) stop() {
+	t.mu.Lock()
+	txs := make([]*Tx, 0, len(t.txs))
+	for _, tx := range t.txs {
+		txs = append(txs, tx)
+	}
+	t.mu.Unlock()
+	for _, tx := range txs {
+		tx.mu.Lock()
+		tx.stopTimers()
+		tx.mu.Unlock()
+	}
+}
+
+func (t *TM) lookup(key string) *Tx {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.txs[key]
+}
+
+// branchID derives our client branch prefix from the server key, so the
+// same request gives the same branches (deterministic for route tests).
+func branchID(key string, seq uint64) string {
+	h := fnv.New64a()
+	h.Write([]byte(key))
+	return "z9hG4bKkg" + strconv.FormatUint(h.Sum64(), 36) + strconv.FormatUint(seq, 36)
+}

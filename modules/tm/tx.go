@@ -1,0 +1,154 @@
+package tm
+
+import (
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/kamgo/kamgo/modules/core"
+)
+
+// RFC 3261 timer values.
+var (
+	T1 = 500 * time.Millisecond
+	T2 = 4 * time.Second
+)
+
+// txState tracks where a transaction is.
+type txState uint8
+
+const (
+	stProceeding txState = iota // waiting for final replies
+	stCompleted                 // final reply sent upstream; absorbing retransmissions
+)
+
+// Tx is a tm transaction: the server side facing the caller plus the
+// client branches it relayed to.
+type Tx struct {
+	tm  *TM
+	key string
+	id  string // branch prefix of our client branches
+
+	mu        sync.Mutex
+	origin    *core.Msg    // the request as received (for upstream replies)
+	relayReq  *sip.Request // the request as routed (failure route works on it)
+	prog      any          // script version pinned for this transaction
+	invite    bool
+	state     txState
+	branches  []*branch
+	lastReply *sip.Response
+	lastCode  int
+	finalSent bool
+	canceled  bool
+	inFailure bool
+	acked     bool
+	onFailure string
+	onReply   string
+	onBranch  string
+	frTimeout time.Duration
+	frInv     time.Duration
+	flags     uint64
+	timers    []core.Timer
+	deleted   bool
+}
+
+type branch struct {
+	idx       int
+	req       *sip.Request // with our Via on top, for retransmission and CANCEL
+	dst       core.Target
+	via       string
+	code      int // last reply code (0 none)
+	final     bool
+	timedOut  bool
+	reply     *sip.Response // final reply
+	cancelled bool
+	retr      core.Timer
+	fr        core.Timer
+}
+
+// txKey identifies the server transaction of a request (RFC 3261 17.2.3).
+func txKey(req *sip.Request, method string) string {
+	v := req.Via()
+	if v == nil {
+		return ""
+	}
+	b, _ := v.Params.Get("branch")
+	if strings.HasPrefix(b, "z9hG4bK") {
+		return b + "|" + v.SentBy() + "|" + method
+	}
+	// RFC 2543 matching: Call-ID, From tag, CSeq number, top Via, R-URI.
+	var sb strings.Builder
+	if c := req.CallID(); c != nil {
+		sb.WriteString(string(*c))
+	}
+	if f := req.From(); f != nil {
+		t, _ := f.Params.Get("tag")
+		sb.WriteString("|" + t)
+	}
+	if cs := req.CSeq(); cs != nil {
+		sb.WriteString("|" + strconv.FormatUint(uint64(cs.SeqNo), 10))
+	}
+	sb.WriteString("|" + v.Value() + "|" + method)
+	return sb.String()
+}
+
+func methodKey(req *sip.Request) string {
+	m := string(req.Method)
+	if m == "ACK" || m == "CANCEL" {
+		return "INVITE"
+	}
+	return m
+}
+
+func (t *Tx) after(d time.Duration, f func()) core.Timer {
+	tm := t.tm.env.Clock.AfterFunc(d, f)
+	t.timers = append(t.timers, tm)
+	return tm
+}
+
+func (t *Tx) stopTimers() {
+	for _, tm := range t.timers {
+		tm.Stop()
+	}
+	t.timers = nil
+}
+
+// pending reports whether any branch still waits for a final reply.
+func (t *Tx) pending() bool {
+	for _, b := range t.branches {
+		if !b.final {
+			return true
+		}
+	}
+	return false
+}
+
+// best picks the reply to send upstream when all branches failed (RFC 3261 16.7).
+func (t *Tx) best() (*branch, int) {
+	var win *branch
+	rank := func(c int) int {
+		switch {
+		case c >= 600:
+			return 0
+		case c >= 200 && c < 300:
+			return 0
+		case c == 503:
+			return 550 // 503 is never relayed as is; prefer anything else
+		}
+		return c
+	}
+	for _, b := range t.branches {
+		if !b.final {
+			continue
+		}
+		if win == nil || rank(b.code) < rank(win.code) {
+			win = b
+		}
+	}
+	if win == nil {
+		return nil, 0
+	}
+	return win, win.code
+}
