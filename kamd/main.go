@@ -12,12 +12,16 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/kamgo/kamgo/kamd/transport"
 	_ "github.com/kamgo/kamgo/modules/all"
 	"github.com/kamgo/kamgo/modules/core"
+	"github.com/kamgo/kamgo/rpc"
 	"github.com/kamgo/kamgo/starlark"
 )
 
@@ -36,16 +40,17 @@ func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
 
 type options struct {
-	file     string
-	check    bool
-	version  bool
-	listen   listFlag
-	debug    int
-	logLevel string
-	dbPath   string
-	rpcAddr  string
-	maxSteps uint64
-	workers  int
+	file      string
+	check     bool
+	version   bool
+	listen    listFlag
+	debug     int
+	logLevel  string
+	dbPath    string
+	rpcAddr   string
+	rpcTokens string
+	maxSteps  uint64
+	workers   int
 }
 
 func main() {
@@ -67,6 +72,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.logLevel, "log-level", "", "debug, info, warn or error (default info)")
 	fs.StringVar(&o.dbPath, "db", "kamgo.db", "SQLite file for modules' tables")
 	fs.StringVar(&o.rpcAddr, "rpc", "", "JSON-RPC listen address (default 127.0.0.1:8060; \"off\" disables)")
+	fs.StringVar(&o.rpcTokens, "rpc-tokens", "", "file of RPC tokens, one \"ROLE TOKEN\" per line (ROLE ro or admin); also $KAMD_RPC_TOKEN, $KAMD_RPC_TOKEN_RO")
 	fs.Uint64Var(&o.maxSteps, "max-steps", starlark.DefaultMaxSteps, "Starlark step limit per callback")
 	fs.IntVar(&o.workers, "workers", 0, "worker goroutines (default 4×CPUs)")
 	// -d is a boolean-like flag repeated as -d -d; flag.Func needs a value, so rewrite.
@@ -176,11 +182,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // daemon is a running kamd.
 type daemon struct {
-	o    *options
-	env  *core.Env
-	eng  *starlark.Engine
-	tr   *transport.Transport
-	path string
+	o          *options
+	env        *core.Env
+	eng        *starlark.Engine
+	tr         *transport.Transport
+	path       string
+	configured []core.Socket // listen sockets as configured (before port 0 is resolved)
+	workers    int
+	rpcSrv     *rpc.Server
+	reloadMu   sync.Mutex
 }
 
 func newDaemon(o *options, env *core.Env, eng *starlark.Engine, path string, src []byte) (*daemon, error) {
@@ -204,7 +214,12 @@ func newDaemon(o *options, env *core.Env, eng *starlark.Engine, path string, src
 		socks = []core.Socket{{Proto: "udp", IP: "127.0.0.1", Port: 5060}, {Proto: "tcp", IP: "127.0.0.1", Port: 5060}}
 	}
 	env.Aliases = p.Config.Aliases
-	d.tr = transport.New(env, eng, transport.Config{Workers: o.workers})
+	d.configured = socks
+	d.workers = o.workers
+	if d.workers <= 0 {
+		d.workers = 4 * runtime.GOMAXPROCS(0)
+	}
+	d.tr = transport.New(env, eng, transport.Config{Workers: d.workers})
 	bound, err := d.tr.Listen(context.Background(), socks)
 	if err != nil {
 		return nil, err
@@ -230,6 +245,10 @@ func (d *daemon) serve(ctx context.Context) error {
 			}
 		}
 	}
+	if err := d.startRPC(ctx); err != nil {
+		d.tr.Close()
+		return err
+	}
 	for _, s := range d.env.Sockets {
 		d.env.Log.Info("listening on " + s.String())
 	}
@@ -247,27 +266,17 @@ func (d *daemon) serve(ctx context.Context) error {
 					m.Stop()
 				}
 			}
+			if d.rpcSrv != nil {
+				sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				_ = d.rpcSrv.Shutdown(sctx)
+				cancel()
+			}
 			d.tr.Close()
 			return nil
 		case <-hup:
-			d.reload()
+			if _, err := d.reloadRPC(false); err != nil {
+				d.env.Log.Error("SIGHUP reload failed; the previous version keeps serving", "err", err)
+			}
 		}
 	}
-}
-
-// reload re-reads the script file; the embedded script reloads as is.
-func (d *daemon) reload() (*starlark.Program, error) {
-	var p *starlark.Program
-	var err error
-	if d.o.file == "" {
-		p, err = d.eng.Load(d.path, defaultScript)
-	} else {
-		p, err = d.eng.LoadFile(d.path)
-	}
-	if err != nil {
-		d.env.Log.Error("reload failed; the previous version keeps serving", "err", err)
-		return nil, err
-	}
-	d.env.Log.Info("script reloaded", "version", p.Version, "sha256", p.SHA256[:12])
-	return p, nil
 }

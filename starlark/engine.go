@@ -236,6 +236,23 @@ func (e *Engine) install(p *Program) {
 	e.current.Store(p)
 }
 
+// Install makes a program from Compile current (after checks the caller
+// made, such as app_starlark.reload's listen-socket comparison).
+func (e *Engine) Install(p *Program, err error) (*Program, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err == nil {
+		e.applyParams(p)
+		e.nextVer++
+		p.Version = e.nextVer
+		e.install(p)
+	}
+	if e.OnLoad != nil {
+		e.OnLoad(p, err)
+	}
+	return p, err
+}
+
 // Rollback makes the previous version current again.
 func (e *Engine) Rollback() (*Program, error) {
 	e.mu.Lock()
