@@ -1,0 +1,492 @@
+// Package rr is Kamailio's rr module: Record-Route insertion and Route
+// processing (RFC 3261 16.4, 16.6 step 4, 16.12).
+package rr
+
+import (
+	"fmt"
+	"strings"
+	"sync/atomic"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/kamgo/kamgo/modules/core"
+)
+
+func init() { core.Register("rr", New) }
+
+// Kamailio's loose_route return codes.
+const (
+	rrDriven    = 1
+	rrNotDriven = -1
+	rrError     = -1
+	rrPreloaded = -3
+)
+
+// state is what rr remembers about one message (m.Ext["rr"]).
+type state struct {
+	pending sip.HeaderParams         // add_rr_param before record_route
+	added   []*sip.RecordRouteHeader // our RRs in this message
+	routed  bool                     // loose_route consumed a Route of ours
+	params  sip.HeaderParams         // the params of that Route URI (or of the R-URI after a strict router)
+}
+
+func stateOf(m *core.Msg) *state {
+	if s, ok := m.Ext["rr"].(*state); ok {
+		return s
+	}
+	s := &state{}
+	m.SetExt("rr", s)
+	return s
+}
+
+// parseParams parses ";a=b;c" (the leading ';' is optional).
+func parseParams(s string) (sip.HeaderParams, error) {
+	if err := core.CheckText("rr params", s); err != nil {
+		return nil, err
+	}
+	out := sip.NewParams()
+	for _, p := range strings.Split(strings.TrimPrefix(strings.TrimSpace(s), ";"), ";") {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(p, "=")
+		k = strings.TrimSpace(k)
+		if k == "" || strings.ContainsAny(k, " \t<>,?\"@:") || strings.ContainsAny(v, "<>,?\" \t") {
+			return nil, fmt.Errorf("invalid URI parameter %q in %q", p, s)
+		}
+		out = append(out, sip.HeaderKV{K: k, V: v})
+	}
+	return out, nil
+}
+
+func hasParam(p sip.HeaderParams, name string) bool {
+	for _, kv := range p {
+		if strings.EqualFold(kv.K, name) {
+			return true
+		}
+	}
+	return false
+}
+
+func paramValue(p sip.HeaderParams, name string) (string, bool) {
+	for _, kv := range p {
+		if strings.EqualFold(kv.K, name) {
+			return kv.V, true
+		}
+	}
+	return "", false
+}
+
+func isStrict(u *sip.Uri) bool { return !hasParam(u.UriParams, "lr") }
+
+func is2rr(u *sip.Uri) bool { return hasParam(u.UriParams, "r2") }
+
+// routes returns the Route headers in order, turning untyped ones (added
+// as generic text) into typed ones so they can be edited.
+func routes(msg sip.Message) ([]*sip.RouteHeader, error) {
+	var out []*sip.RouteHeader
+	changed := false
+	hs := append([]sip.Header(nil), core.Headers(msg)...)
+	for i, h := range hs {
+		if !core.HeaderIs(h, "route") {
+			continue
+		}
+		if rh, ok := h.(*sip.RouteHeader); ok {
+			out = append(out, rh)
+			continue
+		}
+		parsed, err := core.ParseHeaderText("Route: " + h.Value())
+		if err != nil {
+			return nil, err
+		}
+		var typed []sip.Header
+		for _, p := range parsed {
+			rh, ok := p.(*sip.RouteHeader)
+			if !ok {
+				return nil, fmt.Errorf("unparsable Route header %q", h.Value())
+			}
+			out = append(out, rh)
+			typed = append(typed, rh)
+		}
+		hs = append(hs[:i], append(typed, hs[i+1:]...)...)
+		changed = true
+	}
+	if changed {
+		core.SetHeaders(msg, hs)
+	}
+	return out, nil
+}
+
+func removeHeaders(msg sip.Message, drop ...sip.Header) {
+	hs := core.Headers(msg)
+	out := make([]sip.Header, 0, len(hs))
+outer:
+	for _, h := range hs {
+		for _, d := range drop {
+			if h == d {
+				continue outer
+			}
+		}
+		out = append(out, h)
+	}
+	core.SetHeaders(msg, out)
+}
+
+// insertBefore puts hs before the first header named name, or after the
+// last Via when there is none.
+func insertBefore(msg sip.Message, name string, add []sip.Header) {
+	old := core.Headers(msg)
+	at, lastVia := -1, 0
+	c := core.CanonicalHeader(name)
+	for i, h := range old {
+		if at < 0 && core.HeaderIs(h, c) {
+			at = i
+		}
+		if core.HeaderIs(h, "via") {
+			lastVia = i + 1
+		}
+	}
+	if at < 0 {
+		at = lastVia
+	}
+	out := make([]sip.Header, 0, len(old)+len(add))
+	out = append(out, old[:at]...)
+	out = append(out, add...)
+	out = append(out, old[at:]...)
+	core.SetHeaders(msg, out)
+}
+
+// maddrURI is Kamailio's get_maddr_uri: a maddr param turns the hop into sip:maddr[:port].
+func maddrURI(u *sip.Uri) string {
+	if ma, ok := paramValue(u.UriParams, "maddr"); ok && ma != "" {
+		s := "sip:" + ma
+		if u.Port > 0 {
+			s += fmt.Sprintf(":%d", u.Port)
+		}
+		return s
+	}
+	return u.String()
+}
+
+type module struct {
+	env      *core.Env
+	fromTag  atomic.Bool
+	doubleRR atomic.Bool
+	fullLR   atomic.Bool
+}
+
+func (r *module) myself(u *sip.Uri) bool { return r.env.IsMyself(u.Host, u.Port) }
+
+func (r *module) rrURI(sock core.Socket, ftag string, double bool, extra sip.HeaderParams) sip.Uri {
+	u := sip.Uri{Scheme: "sip", Host: sock.Host(), Port: sock.Port, UriParams: sip.NewParams()}
+	if sock.Proto != "" && sock.Proto != "udp" {
+		u.UriParams = append(u.UriParams, sip.HeaderKV{K: "transport", V: sock.Proto})
+	}
+	if double {
+		u.UriParams = append(u.UriParams, sip.HeaderKV{K: "r2", V: "on"})
+	}
+	lr := ""
+	if r.fullLR.Load() {
+		lr = "on"
+	}
+	u.UriParams = append(u.UriParams, sip.HeaderKV{K: "lr", V: lr})
+	if ftag != "" && r.fromTag.Load() {
+		u.UriParams = append(u.UriParams, sip.HeaderKV{K: "ftag", V: ftag})
+	}
+	u.UriParams = append(u.UriParams, extra...)
+	return u
+}
+
+func (r *module) recordRoute(m *core.Msg, params string) (core.Val, error) {
+	if m.Req == nil {
+		return core.Null, core.ErrNoRequest
+	}
+	extra, err := parseParams(params)
+	if err != nil {
+		return core.Null, err
+	}
+	st := stateOf(m)
+	if st.added != nil {
+		r.env.Log.Warn("rr: double attempt to record-route", "at", m.Pos())
+		return core.Int(-1), nil
+	}
+	in := m.Local
+	if in.Port == 0 || in.IP == "" {
+		s, ok := r.env.SocketFor(m.Proto)
+		if !ok {
+			r.env.Log.Warn("rr: no socket for record_route", "proto", m.Proto, "at", m.Pos())
+			return core.Int(-1), nil
+		}
+		in = s
+	}
+	ftag := ""
+	if f := m.Req.From(); f != nil {
+		ftag, _ = f.Params.Get("tag")
+	}
+	extra = append(extra, st.pending...)
+	st.pending = nil
+	var out core.Socket
+	double := false
+	if r.doubleRR.Load() {
+		if dst, err := m.NextHop(); err == nil {
+			if s, ok := r.env.SocketFor(dst.Proto); ok && (s.Proto != in.Proto || s.IP != in.IP || s.Port != in.Port) {
+				out, double = s, true
+			}
+		}
+	}
+	var add []sip.Header
+	if double {
+		// The RR nearest to the callee names the socket facing it.
+		h := &sip.RecordRouteHeader{Address: r.rrURI(out, ftag, true, extra.Clone())}
+		st.added = append(st.added, h)
+		add = append(add, h)
+	}
+	h := &sip.RecordRouteHeader{Address: r.rrURI(in, ftag, double, extra.Clone())}
+	st.added = append(st.added, h)
+	add = append(add, h)
+	insertBefore(m.Req, "record-route", add)
+	return core.Int(1), nil
+}
+
+func (r *module) addRRParam(m *core.Msg, params string) (core.Val, error) {
+	if m.Req == nil {
+		return core.Null, core.ErrNoRequest
+	}
+	ps, err := parseParams(params)
+	if err != nil {
+		return core.Null, err
+	}
+	st := stateOf(m)
+	if st.added == nil {
+		st.pending = append(st.pending, ps...)
+		return core.Int(1), nil
+	}
+	for _, h := range st.added {
+		h.Address.UriParams = append(h.Address.UriParams, ps...)
+	}
+	return core.Int(1), nil
+}
+
+func (r *module) setRURI(m *core.Msg, u string) error {
+	if err := m.SetRURI(u); err != nil {
+		return fmt.Errorf("rr: cannot use Route %q as R-URI: %w", u, err)
+	}
+	return nil
+}
+
+// looseRoute implements loose_route; looseOnly is Kamailio's mode 1.
+func (r *module) looseRoute(m *core.Msg, looseOnly bool) (int, error) {
+	if m.Req == nil {
+		return 0, core.ErrNoRequest
+	}
+	st := stateOf(m)
+	st.routed, st.params = false, nil
+	rts, err := routes(m.Req)
+	if err != nil {
+		r.env.Log.Warn("rr: bad Route header", "err", err, "at", m.Pos())
+		return rrError, nil
+	}
+	if len(rts) == 0 {
+		return rrNotDriven, nil
+	}
+	to := m.Req.To()
+	if to == nil {
+		return rrError, nil
+	}
+	preloaded := !to.Params.Has("tag")
+	if !preloaded && !looseOnly && r.myself(&m.Req.Recipient) {
+		return r.afterStrict(m, st, rts)
+	}
+	return r.afterLoose(m, st, rts, preloaded)
+}
+
+func (r *module) afterStrict(m *core.Msg, st *state, rts []*sip.RouteHeader) (int, error) {
+	i := 0
+	if r.doubleRR.Load() && is2rr(&rts[0].Address) && r.myself(&rts[0].Address) {
+		removeHeaders(m.Req, rts[0])
+		i = 1
+		if len(rts) < 2 {
+			return rrNotDriven, nil
+		}
+	}
+	st.routed, st.params = true, m.Req.Recipient.UriParams.Clone()
+	next := rts[i]
+	if isStrict(&next.Address) {
+		// Strict router next, too: behave like one.
+		if err := r.setRURI(m, maddrURI(&next.Address)); err != nil {
+			return rrError, err
+		}
+		removeHeaders(m.Req, next)
+		return rrDriven, nil
+	}
+	if err := m.SetDstURI(maddrURI(&next.Address)); err != nil {
+		return rrError, err
+	}
+	// Recover from the previous strict router: the last Route is the real R-URI.
+	last := rts[len(rts)-1]
+	if err := r.setRURI(m, last.Address.String()); err != nil {
+		return rrError, err
+	}
+	removeHeaders(m.Req, last)
+	return rrDriven, nil
+}
+
+func (r *module) afterLoose(m *core.Msg, st *state, rts []*sip.RouteHeader, preloaded bool) (int, error) {
+	next := rts[0]
+	if r.myself(&next.Address) {
+		st.routed, st.params = true, next.Address.UriParams.Clone()
+		drop := []sip.Header{next}
+		i := 1
+		if r.doubleRR.Load() && is2rr(&next.Address) && len(rts) > 1 {
+			drop = append(drop, rts[1])
+			i = 2
+		}
+		removeHeaders(m.Req, drop...)
+		if i >= len(rts) {
+			if preloaded {
+				return rrPreloaded, nil
+			}
+			return rrDriven, nil
+		}
+		next = rts[i]
+	}
+	if isStrict(&next.Address) {
+		// handle_sr: the R-URI goes to the end of the Route set, the
+		// strict router into the R-URI.
+		ruri := &sip.RouteHeader{Address: *m.Req.Recipient.Clone()}
+		if err := r.setRURI(m, maddrURI(&next.Address)); err != nil {
+			return rrError, err
+		}
+		hs := core.Headers(m.Req)
+		lastRoute := -1
+		for i, h := range hs {
+			if core.HeaderIs(h, "route") {
+				lastRoute = i
+			}
+		}
+		out := make([]sip.Header, 0, len(hs)+1)
+		for i, h := range hs {
+			if h != next {
+				out = append(out, h)
+			}
+			if i == lastRoute {
+				out = append(out, ruri)
+			}
+		}
+		core.SetHeaders(m.Req, out)
+		return rrDriven, nil
+	}
+	if err := m.SetDstURI(maddrURI(&next.Address)); err != nil {
+		return rrError, err
+	}
+	return rrDriven, nil
+}
+
+// routedParams are the params of our Route URI consumed by loose_route in
+// this message, or those of a top Route that names us.
+func (r *module) routedParams(m *core.Msg) (sip.HeaderParams, bool) {
+	if m.Req == nil {
+		return nil, false
+	}
+	st := stateOf(m)
+	if st.routed {
+		return st.params, true
+	}
+	if rt, _ := routes(m.Req); len(rt) > 0 && r.myself(&rt[0].Address) {
+		return rt[0].Address.UriParams, true
+	}
+	return nil, false
+}
+
+// New builds the rr module.
+func New(env *core.Env) *core.Module {
+	r := &module{env: env}
+	r.fromTag.Store(true)
+	r.doubleRR.Store(true)
+	boolParam := func(name, doc string, def bool, b *atomic.Bool) core.Param {
+		d := 0
+		if def {
+			d = 1
+		}
+		return core.Param{Name: name, Type: core.ArgInt, Default: core.Int(d), Doc: doc,
+			Set: func(v core.Val) error {
+				if v.I != 0 && v.I != 1 {
+					return fmt.Errorf("%s must be 0 or 1, got %d", name, v.I)
+				}
+				b.Store(v.I == 1)
+				return nil
+			}}
+	}
+	lr := func(m *core.Msg, loose bool) (core.Val, error) {
+		ret, err := r.looseRoute(m, loose)
+		if err != nil {
+			return core.Null, err
+		}
+		return core.Int(ret), nil
+	}
+	routesReq := core.RouteRequest | core.RouteFailure | core.RouteBranch
+	return &core.Module{
+		Name: "rr",
+		Doc:  "Record-Route and Route processing",
+		Params: []core.Param{
+			boolParam("append_fromtag", "add ;ftag=<From-tag> to Record-Route (needed by is_direction)", true, &r.fromTag),
+			boolParam("enable_double_rr", "two Record-Routes (with ;r2=on) when the request leaves on another socket", true, &r.doubleRR),
+			boolParam("enable_full_lr", "write ;lr=on instead of ;lr", false, &r.fullLR),
+		},
+		Funcs: []core.Func{
+			{Name: "record_route", Ret: core.RetInt, Routes: routesReq,
+				Doc: "add Record-Route for the receiving socket (two when the next hop uses another socket); 1 ok, -1 error or already done",
+				Fn:  func(m *core.Msg, _ []core.Val) (core.Val, error) { return r.recordRoute(m, "") }},
+			{Name: "record_route_params", Args: []core.ArgType{core.ArgStr}, Ret: core.RetInt, Routes: routesReq,
+				Doc: "(\";p=v\") record_route with extra URI params",
+				Fn:  func(m *core.Msg, a []core.Val) (core.Val, error) { return r.recordRoute(m, a[0].S) }},
+			{Name: "add_rr_param", Args: []core.ArgType{core.ArgStr}, Ret: core.RetInt, Routes: routesReq,
+				Doc: "(\";p=v\") add params to this message's Record-Route, before or after record_route",
+				Fn:  func(m *core.Msg, a []core.Val) (core.Val, error) { return r.addRRParam(m, a[0].S) }},
+			{Name: "loose_route", Ret: core.RetInt, Routes: routesReq,
+				Doc: "process the Route set: 1 routed (our Routes removed, $du or R-URI set), -1 no Route/error, -3 preloaded Route of ours only",
+				Fn:  func(m *core.Msg, _ []core.Val) (core.Val, error) { return lr(m, false) }},
+			{Name: "loose_route_preloaded", Ret: core.RetInt, Routes: routesReq,
+				Doc: "loose routing only (no strict-router recovery); 1 if the request carried a preloaded Route to us and nothing else, else -1",
+				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) {
+					ret, err := r.looseRoute(m, true)
+					if err != nil {
+						return core.Null, err
+					}
+					return core.IntRet(ret == rrPreloaded), nil
+				}},
+			{Name: "check_route_param", Args: []core.ArgType{core.ArgStr}, Ret: core.RetInt, Routes: routesReq,
+				Doc: "(regex) 1 if the params of our Route URI (\";a=b;c\") match, after loose_route; -1 otherwise",
+				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
+					re, err := core.CompileRegex(a[0].S)
+					if err != nil {
+						return core.Null, err
+					}
+					ps, ok := r.routedParams(m)
+					if !ok || len(ps) == 0 {
+						return core.Int(-1), nil
+					}
+					return core.IntRet(re.MatchString(";" + ps.ToString(';'))), nil
+				}},
+			{Name: "is_direction", Args: []core.ArgType{core.ArgStr}, Ret: core.RetInt, Routes: routesReq,
+				Doc: "(\"downstream\"|\"upstream\") compare the From tag with our Route's ftag, after loose_route; 1 match, -1 not",
+				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
+					want := strings.ToLower(a[0].S)
+					if want != "downstream" && want != "upstream" {
+						return core.Null, fmt.Errorf("is_direction: want \"downstream\" or \"upstream\", got %q", a[0].S)
+					}
+					dir := "downstream"
+					if ps, ok := r.routedParams(m); ok {
+						if ftag, _ := paramValue(ps, "ftag"); ftag != "" {
+							if f := m.Req.From(); f != nil {
+								if tag, _ := f.Params.Get("tag"); tag != "" && tag != ftag {
+									dir = "upstream"
+								}
+							}
+						}
+					}
+					return core.IntRet(dir == want), nil
+				}},
+		},
+	}
+}

@@ -1,0 +1,303 @@
+// Package siputils is Kamailio's siputils module: message and URI tests,
+// R-URI parameter edits, URI comparison and options_reply.
+package siputils
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/kamgo/kamgo/modules/core"
+)
+
+func init() { core.Register("siputils", New) }
+
+func paramIndex(p sip.HeaderParams, name string) int {
+	for i, kv := range p {
+		if strings.EqualFold(kv.K, name) {
+			return i
+		}
+	}
+	return -1
+}
+
+// parseURI accepts sip:, sips:, tel: and tels: URIs (what Kamailio's parse_uri accepts).
+func parseURI(s string) (*sip.Uri, error) {
+	if err := core.CheckText("URI", s); err != nil {
+		return nil, err
+	}
+	s = strings.TrimSpace(s)
+	if strings.HasPrefix(s, "<") && strings.HasSuffix(s, ">") {
+		s = s[1 : len(s)-1]
+	}
+	var u sip.Uri
+	if err := sip.ParseUri(s, &u); err != nil {
+		return nil, err
+	}
+	switch strings.ToLower(u.Scheme) {
+	case "sip", "sips":
+		if u.Host == "" || strings.ContainsAny(u.Host, " \t<>\"") {
+			return nil, fmt.Errorf("no valid host in %q", s)
+		}
+	case "tel", "tels":
+		if u.Raw() == "" {
+			return nil, fmt.Errorf("empty tel URI %q", s)
+		}
+	default:
+		return nil, fmt.Errorf("unsupported URI scheme in %q", s)
+	}
+	return &u, nil
+}
+
+func defaultPort(u *sip.Uri) int {
+	if u.Port != 0 {
+		return u.Port
+	}
+	if strings.EqualFold(u.Scheme, "sips") {
+		return 5061
+	}
+	return 5060
+}
+
+// uriEqual compares two URIs per RFC 3261 19.1.4.
+func uriEqual(a, b *sip.Uri) bool {
+	if !strings.EqualFold(a.Scheme, b.Scheme) {
+		return false
+	}
+	if a.Raw() != "" || b.Raw() != "" {
+		return strings.EqualFold(a.Raw(), b.Raw())
+	}
+	if a.User != b.User || a.Password != b.Password || !strings.EqualFold(a.Host, b.Host) || a.Port != b.Port {
+		return false
+	}
+	// transport, user, ttl, method and maddr must match if present in either;
+	// other params only when present in both.
+	for _, kv := range a.UriParams {
+		j := paramIndex(b.UriParams, kv.K)
+		if j < 0 {
+			switch strings.ToLower(kv.K) {
+			case "transport", "user", "ttl", "method", "maddr":
+				return false
+			}
+			continue
+		}
+		if !strings.EqualFold(kv.V, b.UriParams[j].V) {
+			return false
+		}
+	}
+	for _, kv := range b.UriParams {
+		if paramIndex(a.UriParams, kv.K) < 0 {
+			switch strings.ToLower(kv.K) {
+			case "transport", "user", "ttl", "method", "maddr":
+				return false
+			}
+		}
+	}
+	if len(a.Headers) != len(b.Headers) {
+		return false
+	}
+	for _, kv := range a.Headers {
+		j := paramIndex(b.Headers, kv.K)
+		if j < 0 || kv.V != b.Headers[j].V {
+			return false
+		}
+	}
+	return true
+}
+
+// aorEqual compares user, host and port (absent port = default port).
+func aorEqual(a, b *sip.Uri) bool {
+	if a.Raw() != "" || b.Raw() != "" {
+		return strings.EqualFold(a.Scheme, b.Scheme) && a.Raw() == b.Raw()
+	}
+	return a.User == b.User && strings.EqualFold(a.Host, b.Host) && defaultPort(a) == defaultPort(b)
+}
+
+// charsRet is Kamailio's convention for is_numeric & co: -2 empty, -1 bad char, 1 ok.
+func charsRet(s string, ok func(i int, c byte) bool) core.Val {
+	if s == "" {
+		return core.Int(-2)
+	}
+	for i := 0; i < len(s); i++ {
+		if !ok(i, s[i]) {
+			return core.Int(-1)
+		}
+	}
+	return core.Int(1)
+}
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+
+type options struct {
+	mu                                sync.RWMutex
+	accept, enc, lang, support, allow string
+}
+
+// New builds the siputils module.
+func New(env *core.Env) *core.Module {
+	opt := &options{accept: "*/*", lang: "en"}
+	strParam := func(name, doc, def string, dst *string) core.Param {
+		return core.Param{Name: name, Type: core.ArgStr, Default: core.Str(def), Doc: doc,
+			Set: func(v core.Val) error {
+				if err := core.CheckText(name, v.S); err != nil {
+					return err
+				}
+				opt.mu.Lock()
+				*dst = v.S
+				opt.mu.Unlock()
+				return nil
+			}}
+	}
+	s1 := []core.ArgType{core.ArgStr}
+	s2 := []core.ArgType{core.ArgStr, core.ArgStr}
+	req := func(f func(m *core.Msg, a []core.Val) (core.Val, error)) func(m *core.Msg, a []core.Val) (core.Val, error) {
+		return func(m *core.Msg, a []core.Val) (core.Val, error) {
+			if m.Req == nil {
+				return core.Null, core.ErrNoRequest
+			}
+			return f(m, a)
+		}
+	}
+	cmp := func(name string, eq func(a, b *sip.Uri) bool) core.Func {
+		return core.Func{Name: name, Args: s2, Ret: core.RetInt,
+			Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
+				u1, err1 := parseURI(a[0].S)
+				u2, err2 := parseURI(a[1].S)
+				if err1 != nil || err2 != nil {
+					return core.Int(-2), nil
+				}
+				return core.IntRet(eq(u1, u2)), nil
+			}}
+	}
+	cmpURI := cmp("cmp_uri", uriEqual)
+	cmpURI.Doc = "(u1, u2) RFC 3261 19.1.4 URI comparison: 1 equal, -1 different, -2 a URI does not parse"
+	cmpAOR := cmp("cmp_aor", aorEqual)
+	cmpAOR.Doc = "(u1, u2) compare user, host and port (default port filled in): 1 equal, -1 different, -2 parse error"
+	return &core.Module{
+		Name: "siputils",
+		Doc:  "SIP utilities: message and URI tests, R-URI params, options_reply",
+		Params: []core.Param{
+			strParam("options_accept", "Accept header of options_reply", "*/*", &opt.accept),
+			strParam("options_accept_encoding", "Accept-Encoding header of options_reply", "", &opt.enc),
+			strParam("options_accept_language", "Accept-Language header of options_reply", "en", &opt.lang),
+			strParam("options_support", "Supported header of options_reply", "", &opt.support),
+			strParam("options_allow", "Allow header of options_reply (kamgo addition; empty = no Allow header, as in Kamailio)", "", &opt.allow),
+		},
+		Funcs: []core.Func{
+			{Name: "has_totag", Ret: core.RetInt, Doc: "1 if the To header has a tag (in-dialog), -1 if not",
+				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) {
+					msg := m.Message()
+					if msg == nil || msg.To() == nil {
+						return core.Int(-1), nil
+					}
+					t, ok := msg.To().Params.Get("tag")
+					return core.IntRet(ok && t != ""), nil
+				}},
+			{Name: "is_request", Ret: core.RetInt, Doc: "1 for a request, -1 for a reply",
+				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) { return core.IntRet(m.Req != nil), nil }},
+			{Name: "is_reply", Ret: core.RetInt, Doc: "1 for a reply, -1 for a request",
+				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) { return core.IntRet(m.Res != nil), nil }},
+			{Name: "is_first_hop", Ret: core.RetInt, Doc: "1 if the message has a single Via (a request straight from its UA, or a reply back at the UAC side), -1 if not",
+				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) {
+					msg := m.Message()
+					return core.IntRet(msg != nil && len(core.FindHeaders(msg, "Via")) == 1), nil
+				}},
+			{Name: "uri_param", Args: s1, Ret: core.RetInt, Doc: "(name) 1 if the R-URI has that parameter, -1 if not",
+				Fn: req(func(m *core.Msg, a []core.Val) (core.Val, error) {
+					return core.IntRet(paramIndex(m.Req.Recipient.UriParams, a[0].S) >= 0), nil
+				})},
+			{Name: "uri_param_value", Args: s2, Ret: core.RetInt, Doc: "(name, value) 1 if the R-URI has that parameter with that value, -1 if not",
+				Fn: req(func(m *core.Msg, a []core.Val) (core.Val, error) {
+					p := m.Req.Recipient.UriParams
+					i := paramIndex(p, a[0].S)
+					return core.IntRet(i >= 0 && p[i].V == a[1].S), nil
+				})},
+			{Name: "add_uri_param", Args: s1, Ret: core.RetInt, Doc: "(\"name=value\") add a parameter to the R-URI (a leading ';' is accepted); 1 ok",
+				Fn: req(func(m *core.Msg, a []core.Val) (core.Val, error) {
+					p := strings.TrimPrefix(strings.TrimSpace(a[0].S), ";")
+					if err := core.CheckText("URI parameter", p); err != nil {
+						return core.Null, err
+					}
+					k, v, _ := strings.Cut(p, "=")
+					if k == "" || strings.ContainsAny(p, " \t;<>,?\"@") || strings.ContainsAny(k, ":") {
+						return core.Null, fmt.Errorf("add_uri_param: invalid parameter %q", a[0].S)
+					}
+					u := m.Req.Recipient
+					u.UriParams = u.UriParams.Clone()
+					u.UriParams = append(u.UriParams, sip.HeaderKV{K: k, V: v})
+					if err := m.SetRURI(u.String()); err != nil {
+						return core.Null, fmt.Errorf("add_uri_param: %v", err)
+					}
+					return core.Int(1), nil
+				})},
+			{Name: "uri_param_rm", Args: s1, Ret: core.RetInt, Doc: "(name) remove the parameter from the R-URI; 1 removed, -1 absent",
+				Fn: req(func(m *core.Msg, a []core.Val) (core.Val, error) {
+					u := m.Req.Recipient
+					p := u.UriParams.Clone()
+					n := len(p)
+					for i := paramIndex(p, a[0].S); i >= 0; i = paramIndex(p, a[0].S) {
+						p = append(p[:i], p[i+1:]...)
+					}
+					if len(p) == n {
+						return core.Int(-1), nil
+					}
+					u.UriParams = p
+					m.Req.Recipient = u
+					return core.Int(1), nil
+				})},
+			{Name: "is_uri", Args: s1, Ret: core.RetInt, Doc: "(str) 1 if a valid sip/sips/tel URI, -1 if not",
+				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
+					_, err := parseURI(a[0].S)
+					return core.IntRet(err == nil), nil
+				}},
+			{Name: "is_tel_number", Args: s1, Ret: core.RetInt, Doc: "(str) 1 if an optional '+' then digits; -1 other characters, -2 empty",
+				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
+					s := a[0].S
+					if s == "+" {
+						return core.Int(-1), nil
+					}
+					return charsRet(s, func(i int, c byte) bool { return isDigit(c) || (i == 0 && c == '+') }), nil
+				}},
+			{Name: "is_numeric", Args: s1, Ret: core.RetInt, Doc: "(str) 1 if only digits; -1 other characters, -2 empty",
+				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
+					return charsRet(a[0].S, func(_ int, c byte) bool { return isDigit(c) }), nil
+				}},
+			{Name: "is_alphanum", Args: s1, Ret: core.RetInt, Doc: "(str) 1 if only ASCII letters and digits; -1 other characters, -2 empty",
+				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
+					return charsRet(a[0].S, func(_ int, c byte) bool {
+						return isDigit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+					}), nil
+				}},
+			cmpURI, cmpAOR,
+			{Name: "options_reply", Ret: core.RetInt, Routes: core.RouteRequest,
+				Doc: "reply 200 with Accept/Accept-Encoding/Accept-Language/Supported to an OPTIONS for us (R-URI without user, host ours); -1 otherwise",
+				Fn: req(func(m *core.Msg, _ []core.Val) (core.Val, error) {
+					if m.Req.Method != sip.OPTIONS || m.Req.Recipient.User != "" ||
+						!env.IsMyself(m.Req.Recipient.Host, m.Req.Recipient.Port) {
+						return core.Int(-1), nil
+					}
+					opt.mu.RLock()
+					hs := []sip.Header{}
+					if opt.allow != "" {
+						hs = append(hs, sip.NewHeader("Allow", opt.allow))
+					}
+					hs = append(hs, sip.NewHeader("Accept", opt.accept), sip.NewHeader("Accept-Encoding", opt.enc),
+						sip.NewHeader("Accept-Language", opt.lang), sip.NewHeader("Supported", opt.support))
+					opt.mu.RUnlock()
+					m.ReplyHeaders = append(m.ReplyHeaders, hs...)
+					var err error
+					if tx, ok := m.Tx.(core.TxReplier); ok {
+						err = tx.Reply(m, 200, "OK")
+					} else {
+						err = m.SendReply(200, "OK")
+					}
+					if err != nil {
+						env.Log.Warn("options_reply failed", "err", err, "at", m.Pos())
+						return core.Int(-1), nil
+					}
+					return core.Int(1), nil
+				})},
+		},
+	}
+}
