@@ -63,7 +63,9 @@ func (e *Engine) Run(prog any, name string, rt core.RouteType, m *core.Msg) (err
 	if fn.NumParams() == 1 {
 		args = sk.Tuple{&msgValue{m: m}}
 	}
+	start := th.ExecutionSteps() // route tests count steps: see steps.go
 	_, err = sk.Call(th, fn, args, nil)
+	e.noteSteps(name, th.ExecutionSteps()-start) // route tests (steps.go)
 	if err == nil || errors.Is(err, core.ErrExit) {
 		return nil
 	}
