@@ -456,9 +456,13 @@ func New(env *core.Env) *core.Module {
 					return core.IntRet(ret == rrPreloaded), nil
 				}},
 			{Name: "check_route_param", Args: []core.ArgType{core.ArgStr}, Ret: core.RetInt, Routes: routesReq,
-				Doc: "(regex) 1 if the params of our Route URI (\";a=b;c\") match, after loose_route; -1 otherwise",
+				Doc: "(regex, case-insensitive, Go RE2) 1 if the params of our Route URI (\";a=b;c\") match, after loose_route; -1 otherwise",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					re, err := core.CompileRegex(a[0].S)
+					if _, err := core.CompileRegex(a[0].S); err != nil {
+						return core.Null, err
+					}
+					// Kamailio compiles with REG_ICASE|REG_NEWLINE.
+					re, err := core.CompileRegex("(?im)" + a[0].S)
 					if err != nil {
 						return core.Null, err
 					}
