@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
-	"github.com/kamgo/kamgo/modules/core"
 	_ "github.com/kamgo/kamgo/modules/all"
+	"github.com/kamgo/kamgo/modules/core"
 )
 
 const rtScript = `

@@ -8,7 +8,9 @@ import "sync"
 
 var stepObservers sync.Map // *Engine -> *stepObserver
 
-type stepObserver struct{ f func(callback string, steps uint64) }
+type stepObserver struct {
+	f func(callback string, steps uint64)
+}
 
 // ObserveSteps makes e report the steps every callback run uses to f
 // (called on the goroutine that ran the callback). The returned func stops it.
