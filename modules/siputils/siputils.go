@@ -106,12 +106,12 @@ func uriEqual(a, b *sip.Uri) bool {
 	return true
 }
 
-// aorEqual compares user, host and port (absent port = default port).
+// aorEqual compares scheme, user, host and port (absent port = default port).
 func aorEqual(a, b *sip.Uri) bool {
 	if a.Raw() != "" || b.Raw() != "" {
 		return strings.EqualFold(a.Scheme, b.Scheme) && a.Raw() == b.Raw()
 	}
-	return a.User == b.User && strings.EqualFold(a.Host, b.Host) && defaultPort(a) == defaultPort(b)
+	return strings.EqualFold(a.Scheme, b.Scheme) && a.User == b.User && strings.EqualFold(a.Host, b.Host) && defaultPort(a) == defaultPort(b)
 }
 
 // charsRet is Kamailio's convention for is_numeric & co: -2 empty, -1 bad char, 1 ok.
@@ -173,7 +173,7 @@ func New(env *core.Env) *core.Module {
 	cmpURI := cmp("cmp_uri", uriEqual)
 	cmpURI.Doc = "(u1, u2) RFC 3261 19.1.4 URI comparison: 1 equal, -1 different, -2 a URI does not parse"
 	cmpAOR := cmp("cmp_aor", aorEqual)
-	cmpAOR.Doc = "(u1, u2) compare user, host and port (default port filled in): 1 equal, -1 different, -2 parse error"
+	cmpAOR.Doc = "(u1, u2) compare scheme, user, host and port (default port filled in): 1 equal, -1 different, -2 parse error"
 	return &core.Module{
 		Name: "siputils",
 		Doc:  "SIP utilities: message and URI tests, R-URI params, options_reply",
