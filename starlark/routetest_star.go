@@ -265,6 +265,9 @@ func sentValue(s Sent) sk.Value {
 	case *sip.Response:
 		d["code"] = sk.MakeInt(x.StatusCode)
 		d["reason"] = sk.String(x.Reason)
+		if cs := x.CSeq(); cs != nil {
+			d["method"] = sk.String(string(cs.MethodName))
+		}
 	case *sip.Request:
 		d["method"] = sk.String(string(x.Method))
 		d["ruri"] = sk.String(x.Recipient.String())
