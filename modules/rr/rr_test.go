@@ -45,10 +45,10 @@ func TestRecordRoute(t *testing.T) {
 			want: []string{"<sip:127.0.0.1:5060;lr;ftag=ftag1;nat=yes>"}},
 		{name: "double rr udp to tcp", msg: invite,
 			setup: func(m *core.Msg) { m.DstURI = "sip:192.0.2.99:5080;transport=tcp" },
-			want: []string{"<sip:127.0.0.1:5060;transport=tcp;r2=on;lr;ftag=ftag1>", "<sip:127.0.0.1:5060;r2=on;lr;ftag=ftag1>"}},
+			want:  []string{"<sip:127.0.0.1:5060;transport=tcp;r2=on;lr;ftag=ftag1>", "<sip:127.0.0.1:5060;r2=on;lr;ftag=ftag1>"}},
 		{name: "no socket for next hop: single", msg: invite,
 			setup: func(m *core.Msg) { m.DstURI = "sip:192.0.2.99:5080;transport=tls" },
-			want: []string{"<sip:127.0.0.1:5060;lr;ftag=ftag1>"}},
+			want:  []string{"<sip:127.0.0.1:5060;lr;ftag=ftag1>"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			env, _ := newEnv()

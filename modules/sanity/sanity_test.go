@@ -34,7 +34,7 @@ func TestSanityCheck(t *testing.T) {
 			checks: 32, want: -1, reply: "SIP/2.0 400 CSeq method does not match request method"},
 		{name: "content length", msg: invite, body: "v=0\r\n", checks: 128,
 			setup: func(m *core.Msg) { m.Req.SetBody([]byte("v=0\r\n")); *m.Req.ContentLength() = 99 },
-			want: -1, reply: "SIP/2.0 400 Content-Length mis-match"},
+			want:  -1, reply: "SIP/2.0 400 Content-Length mis-match"},
 		{name: "content length ok", msg: invite, body: "v=0\r\n", checks: 128, want: 1},
 		{name: "expires illegal", msg: invite + "\nExpires: soon", checks: 256, want: -1, reply: "SIP/2.0 400 Expires value is illegal"},
 		{name: "expires ok", msg: invite + "\nExpires: 3600", checks: 256, want: 1},

@@ -44,11 +44,11 @@ func TestSearch(t *testing.T) {
 
 func TestEdits(t *testing.T) {
 	for _, tc := range []struct {
-		name    string
-		fn      string
-		args    []core.Val
-		want    int64
-		check   func(t *testing.T, m *core.Msg)
+		name  string
+		fn    string
+		args  []core.Val
+		want  int64
+		check func(t *testing.T, m *core.Msg)
 	}{
 		{"subst header with backref", "subst", []core.Val{S(`/^Subject: ([^\r\n]*)/Subject: [\1]/s`)}, 1, func(t *testing.T, m *core.Msg) {
 			if v := core.FirstHeader(m.Req, "Subject").Value(); v != "[hello]" {
