@@ -91,9 +91,42 @@ func (r received) Req() *sip.Request {
 
 // UAC is a test client on its own UDP socket.
 type UAC struct {
-	t    testing.TB
+	t    testing.TB // the test using it; never touched by readLoop
 	conn *net.UDPConn
 	in   chan received
+	bg   background
+}
+
+// background runs a reader goroutine that never calls testing.T (it may
+// outlive a subtest): it records problems, reported at cleanup.
+type background struct {
+	mu   sync.Mutex
+	errs []string
+	stop chan struct{}
+	done chan struct{}
+}
+
+func (b *background) init() {
+	b.stop = make(chan struct{})
+	b.done = make(chan struct{})
+}
+
+func (b *background) errorf(format string, args ...any) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.errs = append(b.errs, fmt.Sprintf(format, args...))
+}
+
+// shutdown closes c, waits for the reader and reports what it recorded.
+func (b *background) shutdown(t testing.TB, c io.Closer) {
+	close(b.stop)
+	c.Close()
+	<-b.done
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, e := range b.errs {
+		t.Error(e)
+	}
 }
 
 // newUAC opens a UDP socket on 127.0.0.1 with an ephemeral port.
@@ -104,26 +137,32 @@ func newUAC(t testing.TB) *UAC {
 		t.Fatal(err)
 	}
 	u := &UAC{t: t, conn: c, in: make(chan received, 64)}
+	u.bg.init()
 	go u.readLoop()
-	t.Cleanup(func() { c.Close() })
+	t.Cleanup(func() { u.bg.shutdown(t, c) })
 	return u
 }
 
 func (u *UAC) readLoop() {
+	defer close(u.bg.done)
+	defer close(u.in)
 	buf := make([]byte, 65535)
 	for {
 		n, from, err := u.conn.ReadFromUDP(buf)
 		if err != nil {
-			close(u.in)
 			return
 		}
 		raw := append([]byte(nil), buf[:n]...)
 		msg, err := sip.NewParser().ParseSIP(raw)
 		if err != nil {
-			u.t.Errorf("UAC got an unparsable datagram from %v: %v\n%s", from, err, raw)
+			u.bg.errorf("UAC got an unparsable datagram from %v: %v\n%s", from, err, raw)
 			continue
 		}
-		u.in <- received{Raw: raw, Msg: msg, From: from}
+		select {
+		case u.in <- received{Raw: raw, Msg: msg, From: from}:
+		case <-u.bg.stop:
+			return
+		}
 	}
 }
 
@@ -190,6 +229,7 @@ type TCPClient struct {
 	t    testing.TB
 	conn net.Conn
 	in   chan received
+	bg   background
 }
 
 func dialTCP(t testing.TB, k *Kamd) *TCPClient {
@@ -199,12 +239,14 @@ func dialTCP(t testing.TB, k *Kamd) *TCPClient {
 		t.Fatal(err)
 	}
 	tc := &TCPClient{t: t, conn: c, in: make(chan received, 64)}
+	tc.bg.init()
 	go tc.readLoop()
-	t.Cleanup(func() { c.Close() })
+	t.Cleanup(func() { tc.bg.shutdown(t, c) })
 	return tc
 }
 
 func (c *TCPClient) readLoop() {
+	defer close(c.bg.done)
 	defer close(c.in)
 	ps := sip.NewParser().NewSIPStream()
 	buf := make([]byte, 65535)
@@ -213,17 +255,17 @@ func (c *TCPClient) readLoop() {
 		if n > 0 {
 			raw := append([]byte(nil), buf[:n]...)
 			perr := ps.ParseSIPStream(raw, func(msg sip.Message) {
-				c.in <- received{Raw: []byte(msg.String()), Msg: msg}
+				select {
+				case c.in <- received{Raw: []byte(msg.String()), Msg: msg}:
+				case <-c.bg.stop:
+				}
 			})
 			if perr != nil && perr != sip.ErrParseSipPartial {
-				c.t.Errorf("TCP client: unparsable stream: %v", perr)
+				c.bg.errorf("TCP client: unparsable stream from kamd: %v", perr)
 				return
 			}
 		}
 		if err != nil {
-			if err != io.EOF && !strings.Contains(err.Error(), "closed") {
-				c.t.Logf("TCP client read: %v", err)
-			}
 			return
 		}
 	}
@@ -270,6 +312,7 @@ type UAS struct {
 	body   string
 	got    []received
 	notify chan struct{}
+	bg     background
 }
 
 func newUAS(t testing.TB) *UAS {
@@ -280,8 +323,9 @@ func newUAS(t testing.TB) *UAS {
 		t.Fatal(err)
 	}
 	s := &UAS{t: t, conn: c, code: 200, reason: "OK", notify: make(chan struct{}, 1)}
+	s.bg.init()
 	go s.readLoop()
-	t.Cleanup(func() { c.Close() })
+	t.Cleanup(func() { s.bg.shutdown(t, c) })
 	return s
 }
 
@@ -296,6 +340,7 @@ func (s *UAS) Answer(code int, reason string, body string, extra ...string) {
 }
 
 func (s *UAS) readLoop() {
+	defer close(s.bg.done)
 	buf := make([]byte, 65535)
 	for {
 		n, from, err := s.conn.ReadFromUDP(buf)
@@ -305,7 +350,7 @@ func (s *UAS) readLoop() {
 		raw := append([]byte(nil), buf[:n]...)
 		msg, err := sip.NewParser().ParseSIP(raw)
 		if err != nil {
-			s.t.Errorf("UAS got an unparsable datagram from %v: %v\n%s", from, err, raw)
+			s.bg.errorf("UAS got an unparsable datagram from %v: %v\n%s", from, err, raw)
 			continue
 		}
 		s.mu.Lock()
@@ -327,7 +372,7 @@ func (s *UAS) readLoop() {
 func (s *UAS) reply(req *sip.Request, code int, reason, body string, extra []string) {
 	v := req.Via()
 	if v == nil {
-		s.t.Errorf("UAS: request without Via")
+		s.bg.errorf("UAS: request without Via")
 		return
 	}
 	var b strings.Builder
@@ -361,11 +406,11 @@ func (s *UAS) reply(req *sip.Request, code int, reason, body string, extra []str
 	}
 	ip := net.ParseIP(host)
 	if ip == nil || !ip.IsLoopback() {
-		s.t.Errorf("UAS: top Via sends the reply to %s:%d, not to loopback; not sending", host, port)
+		s.bg.errorf("UAS: top Via sends the reply to %s:%d, not to loopback; not sending", host, port)
 		return
 	}
 	if _, err := s.conn.WriteToUDP([]byte(b.String()), &net.UDPAddr{IP: ip, Port: port}); err != nil {
-		s.t.Errorf("UAS reply: %v", err)
+		s.bg.errorf("UAS reply: %v", err)
 	}
 }
 
