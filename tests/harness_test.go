@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -292,7 +291,11 @@ func (k *Kamd) stop() {
 		select {
 		case <-k.done:
 			if k.err != nil {
-				t.Errorf("kamd did not exit cleanly on SIGTERM: %v", k.err)
+				why := ""
+				if strings.Contains(k.Log(), "WARNING: DATA RACE") {
+					why = " (kamd is built with -race and reported a DATA RACE: see its log below; KAMGO_E2E_NORACE=1 builds it without)"
+				}
+				t.Errorf("kamd did not exit cleanly on SIGTERM: %v%s", k.err, why)
 			}
 		case <-time.After(15 * time.Second):
 			_ = k.cmd.Process.Kill()
@@ -377,5 +380,3 @@ func runKamd(t testing.TB, args ...string) (stdout, stderr string, code int) {
 	}
 	return o.String(), e.String(), code
 }
-
-var _ = runtime.GOOS
