@@ -226,6 +226,7 @@ func newDaemon(o *options, env *core.Env, eng *starlark.Engine, path string, src
 	}
 	env.Sockets = bound
 	env.Sender = eng.WrapSender(d.tr)
+	d.tr.Start()
 	for _, m := range eng.Modules {
 		if m.Init != nil {
 			if err := m.Init(); err != nil {

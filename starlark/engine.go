@@ -356,9 +356,14 @@ func sortedKeys[V any](m map[string]V) []string {
 func evalErr(err error) error {
 	var ee *sk.EvalError
 	if errors.As(err, &ee) {
+		// The innermost frame may be a builtin (modparam, KSR.*): report
+		// the script line that called it.
 		pos := ""
-		if len(ee.CallStack) > 0 {
-			pos = ee.CallStack[len(ee.CallStack)-1].Pos.String() + ": "
+		for i := len(ee.CallStack) - 1; i >= 0; i-- {
+			if p := ee.CallStack[i].Pos; p.Filename() != "<builtin>" {
+				pos = p.String() + ": "
+				break
+			}
 		}
 		return &ScriptError{Msg: pos + ee.Msg, Backtrace: ee.Backtrace(), Cause: ee}
 	}

@@ -79,8 +79,10 @@ func (e *Engine) Run(prog any, name string, rt core.RouteType, m *core.Msg) (err
 func isStepLimit(msg string) bool { return strings.Contains(msg, "too many steps") }
 
 func posOf(ee *sk.EvalError) string {
-	if len(ee.CallStack) > 0 {
-		return ee.CallStack[len(ee.CallStack)-1].Pos.String()
+	for i := len(ee.CallStack) - 1; i >= 0; i-- {
+		if p := ee.CallStack[i].Pos; p.Filename() != "<builtin>" {
+			return p.String()
+		}
 	}
 	return "?"
 }

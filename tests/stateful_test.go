@@ -2,7 +2,6 @@ package tests
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -99,6 +98,9 @@ func startSipUAS(t testing.TB, answer ...int) *sipUAS {
 	}
 	srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
 		record(req)
+		if st, ok := tx.(*sip.ServerTx); ok {
+			st.OnCancel(func(*sip.Request) { u.events <- "canceled" })
+		}
 		dlg, err := dialogs.ReadInvite(req, tx)
 		if err != nil {
 			t.Errorf("uas: %v", err)
@@ -106,15 +108,21 @@ func startSipUAS(t testing.TB, answer ...int) *sipUAS {
 		}
 		for _, code := range u.answer {
 			if code == 0 {
-				<-tx.Done()
-				if errors.Is(tx.Err(), sip.ErrTransactionCanceled) {
-					u.events <- "canceled"
-				}
+				<-tx.Done() // held until CANCEL (OnCancel above records it)
 				return
 			}
 			if err := dlg.Respond(code, reasonOf(code), nil); err != nil {
 				t.Errorf("uas respond %d: %v", code, err)
 				return
+			}
+			if code >= 300 {
+				// sipgo consumes the ACK to a negative reply inside Respond,
+				// which returns early only when that ACK came.
+				select {
+				case <-tx.Done():
+				default:
+					u.events <- "ACK"
+				}
 			}
 		}
 		<-tx.Done()
@@ -394,6 +402,12 @@ func TestStatefulFailureRouteOnTimeout(t *testing.T) {
 		t.Fatalf("final %d, want 200 after failover", dlg.InviteResponse.StatusCode)
 	}
 	k.WaitLog(t, "failover after 408", 5*time.Second)
-	_ = dlg.Ack(ctx)
-	_ = dlg.Bye(ctx)
+	if err := dlg.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	other.waitEvent(t, "ACK", 5*time.Second)
+	if err := dlg.Bye(ctx); err != nil {
+		t.Fatalf("BYE: %v", err)
+	}
+	other.waitEvent(t, "BYE", 5*time.Second)
 }

@@ -109,6 +109,7 @@ func benchLoop(b *testing.B, raw string) {
 	defer tr.Close()
 	env.Sockets = socks
 	env.Sender = eng.WrapSender(tr)
+	tr.Start() // after Sender and Sockets are set (see Transport.Start)
 	proxy := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: socks[0].Port}
 	data := []byte(strings.Replace(raw, "127.0.0.1:5090", fmt.Sprintf("127.0.0.1:%d", cport), 1))
 	data = []byte(strings.Replace(string(data), "127.0.0.1:5080", fmt.Sprintf("127.0.0.1:%d", cport), 1))

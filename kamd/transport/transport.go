@@ -51,21 +51,30 @@ type job struct {
 
 // Transport implements core.Sender over real sockets.
 type Transport struct {
-	env     *core.Env
-	h       Handler
-	cfg     Config
-	log     *slog.Logger
-	jobs    chan job
+	env *core.Env
+	h   Handler
+	cfg Config
+	log *slog.Logger
+	// One queue per worker, chosen by the sender's address: messages from
+	// one peer are handled in order (a 180 must not overtake its 200),
+	// while different peers spread over the workers.
+	queues  []chan job
 	udp     []*udpSock
 	conns   sync.Map // key proto:ip:port and conn id → *streamConn
 	nconns  atomic.Int64
 	lns     []net.Listener
+	pending []pendingListener // started by Start
 	wg      sync.WaitGroup
 	closing atomic.Bool
 	resolv  *resolver
 
 	dropped *core.Counter
 	badMsgs *core.Counter
+}
+
+type pendingListener struct {
+	ln   net.Listener
+	sock core.Socket
 }
 
 type udpSock struct {
@@ -87,7 +96,11 @@ func New(env *core.Env, h Handler, cfg Config) *Transport {
 	if cfg.MaxConns <= 0 {
 		cfg.MaxConns = 4096
 	}
-	return &Transport{env: env, h: h, cfg: cfg, log: env.Log, jobs: make(chan job, cfg.QueueLen),
+	queues := make([]chan job, cfg.Workers)
+	for i := range queues {
+		queues[i] = make(chan job, cfg.QueueLen/cfg.Workers+1)
+	}
+	return &Transport{env: env, h: h, cfg: cfg, log: env.Log, queues: queues,
 		resolv:  &resolver{cache: map[string]resolved{}},
 		dropped: env.Stats.Counter("core", "drop_requests"), badMsgs: env.Stats.Counter("core", "err_requests")}
 }
@@ -129,24 +142,32 @@ func (t *Transport) Listen(ctx context.Context, socks []core.Socket) ([]core.Soc
 				ln = tls.NewListener(ln, t.cfg.TLSConfig)
 			}
 			t.lns = append(t.lns, ln)
-			sock := s
-			t.wg.Add(1)
-			go t.acceptLoop(ln, sock)
+			t.pending = append(t.pending, pendingListener{ln: ln, sock: s})
 		default:
 			t.Close()
 			return nil, fmt.Errorf("listen %s: protocol %s is not supported yet", s, s.Proto)
 		}
 		out = append(out, s)
 	}
+	return out, nil
+}
+
+// Start runs the readers and workers. Call it after the Env's Sender and
+// Sockets are set: workers read them without locks.
+func (t *Transport) Start() {
 	for _, u := range t.udp {
 		t.wg.Add(1)
 		go t.udpLoop(u)
 	}
-	for i := 0; i < t.cfg.Workers; i++ {
+	for _, q := range t.queues {
 		t.wg.Add(1)
-		go t.worker()
+		go t.worker(q)
 	}
-	return out, nil
+	for _, l := range t.pending {
+		t.wg.Add(1)
+		go t.acceptLoop(l.ln, l.sock)
+	}
+	t.pending = nil
 }
 
 // Close stops every socket and waits for the workers.
@@ -164,7 +185,9 @@ func (t *Transport) Close() {
 		v.(*streamConn).c.Close()
 		return true
 	})
-	close(t.jobs)
+	for _, q := range t.queues {
+		close(q)
+	}
 	t.wg.Wait()
 }
 
@@ -198,8 +221,14 @@ func (t *Transport) enqueue(j job) {
 	if t.closing.Load() {
 		return
 	}
+	// A reader racing Close may find its queue closed: drop the message.
+	defer func() { _ = recover() }()
+	h := uint32(2166136261)
+	for i := 0; i < len(j.remote); i++ {
+		h = (h ^ uint32(j.remote[i])) * 16777619
+	}
 	select {
-	case t.jobs <- j:
+	case t.queues[h%uint32(len(t.queues))] <- j:
 	default:
 		t.dropped.Inc()
 		t.overload(j)
@@ -230,10 +259,10 @@ func (t *Transport) newMsg(j job) *core.Msg {
 	return &core.Msg{Env: t.env, Proto: j.proto, SrcIP: ip, SrcPort: port, Local: j.sock, ConnID: j.connID, Arrived: j.at}
 }
 
-func (t *Transport) worker() {
+func (t *Transport) worker(q chan job) {
 	defer t.wg.Done()
 	parser := sip.NewParser()
-	for j := range t.jobs {
+	for j := range q {
 		t.process(parser, j)
 	}
 }
