@@ -87,6 +87,13 @@ func TestTorture(t *testing.T) {
 			ours, order := parseTorture(stdout.Bytes())
 			anchor, _ := parseTorture(mustRead(t, filepath.Join(filepath.Dir(runSh), "kamailio-"+proto+".txt")))
 			table := tortureTable(proto, order, ours, anchor)
+			// The runner's own notes (which Via ports it could listen on:
+			// if 5060 is taken on this host, UDP answers are not seen).
+			for _, ln := range strings.Split(stdout.String(), "\n") {
+				if strings.HasPrefix(ln, "# udp:") || strings.HasPrefix(ln, "torture:") {
+					table += ln + "\n"
+				}
+			}
 			t.Log("\n" + table)
 			if p := os.Getenv("KAMGO_TORTURE_OUT"); p != "" {
 				f, ferr := os.OpenFile(p, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
