@@ -207,24 +207,34 @@ func (e *Env) SocketFor(proto string) (Socket, bool) {
 }
 
 // IsMyself is true when host[:port] names one of our sockets or aliases.
+// A missing port means 5060 (RFC 3261 default); aliases match any port.
 func (e *Env) IsMyself(host string, port int) bool {
-	host = strings.Trim(strings.ToLower(host), "[]")
+	h := normHost(host)
 	for _, a := range e.Aliases {
-		if strings.EqualFold(a, host) {
+		if normHost(a) == h {
 			return true
 		}
 	}
+	if port == 0 {
+		port = 5060
+	}
 	for _, s := range e.Sockets {
-		if s.IP == host || strings.EqualFold(s.Advertise, host) {
-			if port == 0 || port == s.Port || (port == 5060 && s.Port == 5060) {
-				return true
-			}
-			if port == 0 {
-				return true
-			}
+		if s.Port != port {
+			continue
+		}
+		if normHost(s.IP) == h || (s.Advertise != "" && normHost(s.Advertise) == h) {
+			return true
 		}
 	}
 	return false
+}
+
+func normHost(h string) string {
+	h = strings.ToLower(strings.Trim(h, "[]"))
+	if ip := net.ParseIP(h); ip != nil {
+		return ip.String()
+	}
+	return h
 }
 
 // SharedVars backs $shv: values shared by every callback.

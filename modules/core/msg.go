@@ -250,8 +250,7 @@ var ServerHeader = "kamd (kamgo)"
 
 // BuildReply builds a local reply to req (RFC 3261 8.2.6).
 func BuildReply(req *sip.Request, code int, reason string, extra []sip.Header) *sip.Response {
-	res := sip.NewResponse(code, reason)
-	res.SipVersion = req.SipVersion
+	res := sip.NewResponse(code, reason) // always SIP/2.0, whatever the request said
 	for _, h := range req.GetHeaders("Via") {
 		res.AppendHeader(sip.HeaderClone(h))
 	}

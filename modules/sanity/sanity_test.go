@@ -22,7 +22,7 @@ func TestSanityCheck(t *testing.T) {
 	}{
 		{name: "ok defaults", msg: invite, checks: sanity.DefaultChecks, uri: 7, want: 1},
 		{name: "ruri version", msg: r("INVITE sip:bob@example.com SIP/2.0", "INVITE sip:bob@example.com SIP/3.0").Replace(invite),
-			checks: 1, want: -1, reply: "SIP/3.0 505 Version Not Supported (R-URI)"},
+			checks: 1, want: -1, reply: "SIP/2.0 505 Version Not Supported (R-URI)"},
 		{name: "ruri scheme", msg: r("INVITE sip:bob@example.com", "INVITE http://example.com/").Replace(invite),
 			checks: 2, want: -1, reply: "SIP/2.0 416 Unsupported URI Scheme in Request URI"},
 		{name: "tel scheme ok", msg: r("INVITE sip:bob@example.com", "INVITE tel:+4930123").Replace(invite), checks: 2 | 1024, uri: 1, want: 1},
