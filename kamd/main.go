@@ -57,6 +57,10 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "test" {
 		os.Exit(runTests(os.Args[2:], os.Stdout, os.Stderr))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "apidoc" {
+		apiDoc(os.Stdout)
+		return
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 

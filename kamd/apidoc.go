@@ -1,0 +1,107 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/kamgo/kamgo/modules/core"
+	"github.com/kamgo/kamgo/starlark"
+)
+
+// apiDoc renders the KSR and RPC reference from the export tables, so the
+// docs cannot drift from the code (kamd apidoc > docs/ksr-api.md; a test
+// checks the file is current).
+func apiDoc(w io.Writer) {
+	env := core.NewEnv(nil)
+	eng := starlark.New(env)
+	fmt.Fprintln(w, "# KSR and RPC reference")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Generated from the modules' export tables by `go run ./kamd apidoc > docs/ksr-api.md`; do not edit.")
+	fmt.Fprintln(w, "Return types follow KEMI: `int` (> 0 success, < 0 failure, 0 stop), `bool`, `xval` (str, int or None), `none`.")
+	fmt.Fprintln(w, "Arguments are strict: a missing, extra or wrongly typed argument is a script error.")
+	fmt.Fprintln(w)
+	mod := "\x00"
+	for _, f := range eng.Funcs() {
+		if f.Module != mod {
+			mod = f.Module
+			title := "KSR (core)"
+			if mod != "" {
+				title = "KSR." + mod
+			}
+			fmt.Fprintf(w, "\n## %s\n\n| function | returns | description |\n|---|---|---|\n", title)
+		}
+		args := f.Func.ParamsString()
+		if f.Module == "x" && f.Func.Name == "modf" {
+			args = "str, str..."
+		} else if args == "none" {
+			args = ""
+		}
+		fmt.Fprintf(w, "| `%s(%s)` | %s | %s |\n", f.Path(), args, f.Func.Ret, strings.ReplaceAll(f.Func.Doc, "|", "\\|"))
+	}
+	fmt.Fprintf(w, "\n## Module parameters (`modparam`)\n\n| module | name | type | default | description |\n|---|---|---|---|---|\n")
+	for _, m := range eng.Modules {
+		for _, p := range m.Params {
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", m.Name, p.Name, p.Type, p.Default, p.Doc)
+		}
+	}
+	fmt.Fprintf(w, "\n## Pseudo-variables\n\n| name | writable | description |\n|---|---|---|\n")
+	defs := core.PVDefs()
+	sort.Slice(defs, func(i, j int) bool {
+		a, b := strings.ToLower(defs[i].Name), strings.ToLower(defs[j].Name)
+		if a != b {
+			return a < b
+		}
+		return defs[i].Name < defs[j].Name
+	})
+	for _, d := range defs {
+		name := "$" + d.Name
+		if d.HasArg {
+			name += "(name)"
+		}
+		rw := "no"
+		if d.Set != nil {
+			rw = "yes"
+		}
+		fmt.Fprintf(w, "| `%s` | %s | %s |\n", name, rw, d.Doc)
+	}
+	fmt.Fprintf(w, "\n## RPC methods\n\nAlso built in: `system.listMethods`, `system.methodHelp`, `system.methodSignature`, `events.subscribe`, `events.unsubscribe` (see docs/rpc.md).\n\n| method | role | params | result | description |\n|---|---|---|---|---|\n")
+	type row struct{ name, role, params, result, doc string }
+	var rows []row
+	d := &daemon{}
+	for _, m := range d.methods() {
+		var ps []string
+		for _, p := range m.Params {
+			s := p.Name
+			if p.Optional {
+				s += "?"
+			}
+			if p.Variadic {
+				s += "..."
+			}
+			ps = append(ps, s)
+		}
+		rows = append(rows, row{m.Name, role(m.ReadOnly), strings.Join(ps, ", "), m.Result, m.Doc})
+	}
+	for _, mod := range eng.Modules {
+		for _, m := range mod.RPC {
+			var ps []string
+			for _, p := range m.Params {
+				ps = append(ps, p.Name)
+			}
+			rows = append(rows, row{m.Name, role(m.ReadOnly), strings.Join(ps, ", "), m.Result, m.Doc})
+		}
+	}
+	sort.Slice(rows, func(i, j int) bool { return rows[i].name < rows[j].name })
+	for _, r := range rows {
+		fmt.Fprintf(w, "| `%s` | %s | %s | `%s` | %s |\n", r.name, r.role, r.params, strings.ReplaceAll(r.result, "|", "\\|"), r.doc)
+	}
+}
+
+func role(ro bool) string {
+	if ro {
+		return "read-only"
+	}
+	return "admin"
+}
