@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	_ "embed"
 	"errors"
 	"flag"
@@ -51,6 +52,8 @@ type options struct {
 	rpcTokens string
 	maxSteps  uint64
 	workers   int
+	tlsCert   string
+	tlsKey    string
 }
 
 func main() {
@@ -79,6 +82,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.rpcTokens, "rpc-tokens", "", "file of RPC tokens, one \"ROLE TOKEN\" per line (ROLE ro or admin); also $KAMD_RPC_TOKEN, $KAMD_RPC_TOKEN_RO")
 	fs.Uint64Var(&o.maxSteps, "max-steps", starlark.DefaultMaxSteps, "Starlark step limit per callback")
 	fs.IntVar(&o.workers, "workers", 0, "worker goroutines (default 4×CPUs)")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate for tls listeners (or core_param(\"tls_certificate\", ...))")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key for tls listeners (or core_param(\"tls_private_key\", ...))")
 	// -d is a boolean-like flag repeated as -d -d; flag.Func needs a value, so rewrite.
 	var norm []string
 	for _, a := range args {
@@ -223,7 +228,11 @@ func newDaemon(o *options, env *core.Env, eng *starlark.Engine, path string, src
 	if d.workers <= 0 {
 		d.workers = 4 * runtime.GOMAXPROCS(0)
 	}
-	d.tr = transport.New(env, eng, transport.Config{Workers: d.workers})
+	tlsConf, err := loadTLS(o, p)
+	if err != nil {
+		return nil, err
+	}
+	d.tr = transport.New(env, eng, transport.Config{Workers: d.workers, TLSConfig: tlsConf})
 	bound, err := d.tr.Listen(context.Background(), socks)
 	if err != nil {
 		return nil, err
@@ -284,4 +293,27 @@ func (d *daemon) serve(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// loadTLS reads the certificate for tls listeners: flags win over the
+// script's core_param settings. No certificate means no TLS.
+func loadTLS(o *options, p *starlark.Program) (*tls.Config, error) {
+	cert, key := o.tlsCert, o.tlsKey
+	if cert == "" {
+		cert = p.Config.CoreParams["tls_certificate"].S
+	}
+	if key == "" {
+		key = p.Config.CoreParams["tls_private_key"].S
+	}
+	if cert == "" && key == "" {
+		return nil, nil
+	}
+	if cert == "" || key == "" {
+		return nil, fmt.Errorf("TLS needs both a certificate and a private key")
+	}
+	c, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return nil, fmt.Errorf("TLS certificate: %w", err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{c}, MinVersion: tls.VersionTLS12}, nil
 }

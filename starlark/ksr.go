@@ -154,7 +154,7 @@ func fromVal(v core.Val) sk.Value {
 // CoreParams the config phase accepts, with their types.
 var coreParams = map[string]core.ArgType{
 	"max_steps": core.ArgInt, "workers": core.ArgInt, "rpc_listen": core.ArgStr, "server_header": core.ArgStr,
-	"log_level": core.ArgStr, "db_path": core.ArgStr,
+	"log_level": core.ArgStr, "db_path": core.ArgStr, "tls_certificate": core.ArgStr, "tls_private_key": core.ArgStr,
 }
 
 func (e *Engine) cfgCoreParam(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []sk.Tuple) (sk.Value, error) {
