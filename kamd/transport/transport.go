@@ -6,11 +6,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"runtime"
 	"strconv"
 	"strings"
@@ -39,14 +39,46 @@ type Config struct {
 }
 
 type job struct {
-	data   []byte      // raw datagram (UDP), parsed by the worker
-	msg    sip.Message // already parsed (stream transports)
-	sock   core.Socket
-	proto  string
-	src    *net.UDPAddr
-	remote string
-	connID string
-	at     time.Time
+	data    []byte      // raw datagram (UDP), parsed by the worker
+	msg     sip.Message // already parsed (stream transports)
+	sock    core.Socket
+	proto   string
+	srcIP   string // UDP: the source, split (remote is then built only for logs)
+	srcPort int
+	remote  string // stream transports: "ip:port"
+	connID  string
+	at      time.Time
+}
+
+// source returns the sender as ip, port.
+func (j *job) source() (string, int) {
+	if j.srcIP != "" {
+		return j.srcIP, j.srcPort
+	}
+	return core.HostPort(j.remote)
+}
+
+// remoteAddr is "ip:port" for logs.
+func (j *job) remoteAddr() string {
+	if j.srcIP != "" {
+		return net.JoinHostPort(j.srcIP, strconv.Itoa(j.srcPort))
+	}
+	return j.remote
+}
+
+// peerHash picks the worker queue: one peer, one queue, so its messages stay in order.
+func (j *job) peerHash() uint32 {
+	h := uint32(2166136261)
+	key := j.remote
+	if j.srcIP != "" {
+		key = j.srcIP
+		h = (h ^ uint32(j.srcPort)) * 16777619
+		h = (h ^ uint32(j.srcPort>>8)) * 16777619
+	}
+	for i := 0; i < len(key); i++ {
+		h = (h ^ uint32(key[i])) * 16777619
+	}
+	return h
 }
 
 // Transport implements core.Sender over real sockets.
@@ -64,9 +96,12 @@ type Transport struct {
 	nconns  atomic.Int64
 	lns     []net.Listener
 	pending []pendingListener // started by Start
-	wg      sync.WaitGroup
-	closing atomic.Bool
-	resolv  *resolver
+	// inflight counts jobs queued for or running on workers; UDP readers
+	// handle a message themselves only when it is 0 (see udpLoop).
+	inflight atomic.Int64
+	wg       sync.WaitGroup
+	closing  atomic.Bool
+	resolv   *resolver
 
 	dropped *core.Counter
 	badMsgs *core.Counter
@@ -80,6 +115,7 @@ type pendingListener struct {
 type udpSock struct {
 	sock core.Socket
 	conn *net.UDPConn
+	v4   bool // sock.IP is IPv4 (udpFor, without parsing per send)
 }
 
 // New creates a transport that hands messages to h.
@@ -125,7 +161,7 @@ func (t *Transport) Listen(ctx context.Context, socks []core.Socket) ([]core.Soc
 			_ = c.SetReadBuffer(4 << 20)
 			_ = c.SetWriteBuffer(4 << 20)
 			s.Port = c.LocalAddr().(*net.UDPAddr).Port
-			t.udp = append(t.udp, &udpSock{sock: s, conn: c})
+			t.udp = append(t.udp, &udpSock{sock: s, conn: c, v4: ua.IP.To4() != nil})
 		case "tcp", "tls":
 			ln, err := net.Listen("tcp", addr)
 			if err != nil {
@@ -191,26 +227,6 @@ func (t *Transport) Close() {
 	t.wg.Wait()
 }
 
-func (t *Transport) udpLoop(u *udpSock) {
-	defer t.wg.Done()
-	buf := make([]byte, 65535)
-	for {
-		n, src, err := u.conn.ReadFromUDP(buf)
-		if err != nil {
-			if t.closing.Load() || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue
-		}
-		if n < 4 || isKeepalive(buf[:n]) {
-			continue // CRLF keepalives and runts
-		}
-		data := make([]byte, n)
-		copy(data, buf[:n])
-		t.enqueue(job{data: data, sock: u.sock, proto: "udp", src: src, remote: src.String(), at: time.Now()})
-	}
-}
-
 func isKeepalive(b []byte) bool {
 	return len(bytes.Trim(b, "\r\n\x00 ")) == 0
 }
@@ -223,13 +239,11 @@ func (t *Transport) enqueue(j job) {
 	}
 	// A reader racing Close may find its queue closed: drop the message.
 	defer func() { _ = recover() }()
-	h := uint32(2166136261)
-	for i := 0; i < len(j.remote); i++ {
-		h = (h ^ uint32(j.remote[i])) * 16777619
-	}
+	t.inflight.Add(1)
 	select {
-	case t.queues[h%uint32(len(t.queues))] <- j:
+	case t.queues[j.peerHash()%uint32(len(t.queues))] <- j:
 	default:
+		t.inflight.Add(-1)
 		t.dropped.Inc()
 		t.overload(j)
 	}
@@ -255,7 +269,7 @@ func (t *Transport) overload(j job) {
 }
 
 func (t *Transport) newMsg(j job) *core.Msg {
-	ip, port := core.HostPort(j.remote)
+	ip, port := j.source()
 	return &core.Msg{Env: t.env, Proto: j.proto, SrcIP: ip, SrcPort: port, Local: j.sock, ConnID: j.connID, Arrived: j.at}
 }
 
@@ -264,6 +278,7 @@ func (t *Transport) worker(q chan job) {
 	parser := sip.NewParser()
 	for j := range q {
 		t.process(parser, j)
+		t.inflight.Add(-1)
 	}
 }
 
@@ -274,7 +289,7 @@ func (t *Transport) process(parser *sip.Parser, j job) {
 		msg, err = parser.ParseSIP(j.data)
 		if err != nil {
 			t.badMsgs.Inc()
-			t.log.Debug("unparsable message dropped", "src", j.remote, "proto", j.proto, "err", err)
+			t.log.Debug("unparsable message dropped", "src", j.remoteAddr(), "proto", j.proto, "err", err)
 			t.rejectUnparsable(j, err)
 			return
 		}
@@ -283,7 +298,7 @@ func (t *Transport) process(parser *sip.Parser, j job) {
 	defer func() {
 		// Nothing a message does may take the daemon down.
 		if r := recover(); r != nil {
-			t.log.Error("panic while handling message", "panic", r, "src", j.remote)
+			t.log.Error("panic while handling message", "panic", r, "src", j.remoteAddr())
 		}
 	}()
 	switch x := msg.(type) {
@@ -354,7 +369,7 @@ func (t *Transport) rejectUnparsable(j job, perr error) {
 		return
 	}
 	o := &core.Outgoing{Kind: core.OutReply, Msg: res, Dst: core.Target{Proto: j.proto, Host: "", Port: 0}}
-	ip, port := core.HostPort(j.remote)
+	ip, port := j.source()
 	o.Dst.Host, o.Dst.Port = ip, port
 	if j.proto == "udp" && dst.Port != 0 {
 		// Reply to the source address: the Via could not be trusted.
@@ -364,13 +379,24 @@ func (t *Transport) rejectUnparsable(j job, perr error) {
 	_ = t.Send(o)
 }
 
+// bufPool holds serialisation buffers: a message is written once into a
+// pooled buffer and sent from it (no strings.Builder → []byte copy).
+var bufPool = sync.Pool{New: func() any { b := new(bytes.Buffer); b.Grow(2048); return b }}
+
 // Send implements core.Sender. It serialises synchronously: callers may
 // change the message as soon as it returns.
 func (t *Transport) Send(o *core.Outgoing) error {
-	var sb strings.Builder
-	sb.Grow(1024)
-	o.Msg.StringWrite(&sb)
-	data := []byte(sb.String())
+	buf := bufPool.Get().(*bytes.Buffer)
+	buf.Reset()
+	o.Msg.StringWrite(buf)
+	err := t.sendBytes(o, buf.Bytes())
+	if buf.Cap() <= 64<<10 {
+		bufPool.Put(buf)
+	}
+	return err
+}
+
+func (t *Transport) sendBytes(o *core.Outgoing, data []byte) error {
 	switch o.Dst.Proto {
 	case "udp", "":
 		ip, err := t.resolv.resolve(o.Dst.Host)
@@ -381,22 +407,23 @@ func (t *Transport) Send(o *core.Outgoing) error {
 		if u == nil {
 			return fmt.Errorf("no UDP socket to send to %s", o.Dst)
 		}
-		_, err = u.conn.WriteToUDP(data, &net.UDPAddr{IP: ip, Port: o.Dst.Port})
+		_, err = u.conn.WriteToUDPAddrPort(data, netip.AddrPortFrom(ip, uint16(o.Dst.Port)))
 		return err
 	case "tcp", "tls":
 		c, err := t.streamFor(o)
 		if err != nil {
 			return err
 		}
+		// write copies nothing: the data is on the wire when it returns.
 		return c.write(data)
 	}
 	return fmt.Errorf("cannot send over %q", o.Dst.Proto)
 }
 
-func (t *Transport) udpFor(ip net.IP) *udpSock {
-	v4 := ip.To4() != nil
+func (t *Transport) udpFor(ip netip.Addr) *udpSock {
+	v4 := ip.Is4()
 	for _, u := range t.udp {
-		if (net.ParseIP(u.sock.IP).To4() != nil) == v4 {
+		if u.v4 == v4 {
 			return u
 		}
 	}
@@ -407,7 +434,7 @@ func (t *Transport) udpFor(ip net.IP) *udpSock {
 }
 
 type resolved struct {
-	ip  net.IP
+	ip  netip.Addr
 	exp time.Time
 }
 
@@ -416,10 +443,10 @@ type resolver struct {
 	cache map[string]resolved
 }
 
-func (r *resolver) resolve(host string) (net.IP, error) {
+func (r *resolver) resolve(host string) (netip.Addr, error) {
 	host = strings.Trim(host, "[]")
-	if ip := net.ParseIP(host); ip != nil {
-		return ip, nil
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return ip.Unmap(), nil // IP literals: no allocation, no lookup
 	}
 	r.mu.Lock()
 	c, ok := r.cache[host]
@@ -431,7 +458,7 @@ func (r *resolver) resolve(host string) (net.IP, error) {
 	defer cancel()
 	ips, err := net.DefaultResolver.LookupIPAddr(ctx, host)
 	if err != nil || len(ips) == 0 {
-		return nil, fmt.Errorf("cannot resolve %q: %v", host, err)
+		return netip.Addr{}, fmt.Errorf("cannot resolve %q: %v", host, err)
 	}
 	ip := ips[0].IP
 	for _, a := range ips {
@@ -440,10 +467,12 @@ func (r *resolver) resolve(host string) (net.IP, error) {
 			break
 		}
 	}
+	addr, _ := netip.AddrFromSlice(ip)
+	addr = addr.Unmap()
 	r.mu.Lock()
-	r.cache[host] = resolved{ip: ip, exp: time.Now().Add(60 * time.Second)}
+	r.cache[host] = resolved{ip: addr, exp: time.Now().Add(60 * time.Second)}
 	r.mu.Unlock()
-	return ip, nil
+	return addr, nil
 }
 
 var _ io.Writer = (*streamConn)(nil)

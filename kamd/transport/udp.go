@@ -1,0 +1,79 @@
+package transport
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// udpBatch is how many datagrams one read may return (recvmmsg on Linux).
+const udpBatch = 16
+
+// udpLoop reads datagrams in batches. When a read returns a single
+// datagram and no worker has anything queued or running, the reader
+// handles it itself: at light and moderate load a message goes socket →
+// parse → script → socket without waking another goroutine (that handoff
+// cost more CPU than parsing and routing together). Otherwise — a backlog,
+// i.e. kamd is busy — the messages go to the per-peer worker queues as
+// before, which keeps each peer's messages in order, spreads peers over
+// the CPUs and answers 503 when a queue is full. Handling inline only when
+// the workers are idle keeps the per-peer order too: nothing from the
+// same peer can be waiting or running elsewhere.
+func (t *Transport) udpLoop(u *udpSock) {
+	defer t.wg.Done()
+	r := newBatchReader(u.conn)
+	parser := sip.NewParser()
+	var ips ipCache
+	for {
+		n, err := r.read()
+		if err != nil {
+			if t.closing.Load() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		now := time.Now()
+		for i := 0; i < n; i++ {
+			data, src := r.msg(i)
+			if len(data) < 4 || isKeepalive(data) {
+				continue // CRLF keepalives and runts
+			}
+			j := job{sock: u.sock, proto: "udp", srcIP: ips.str(src.Addr()), srcPort: int(src.Port()), at: now}
+			if n == 1 && t.inflight.Load() == 0 {
+				// The parser copies what it keeps, so the read buffer may
+				// be reused once process returns.
+				j.data = data
+				if !t.closing.Load() {
+					t.process(parser, j)
+				}
+				continue
+			}
+			j.data = append([]byte(nil), data...)
+			t.enqueue(j)
+		}
+	}
+}
+
+// ipCache keeps the strings of the last source addresses seen, so a busy
+// peer does not cost an allocation per datagram.
+type ipCache struct {
+	addr [4]netip.Addr
+	strs [4]string
+	next int
+}
+
+func (c *ipCache) str(a netip.Addr) string {
+	a = a.Unmap()
+	for i := range c.addr {
+		if c.addr[i] == a && c.strs[i] != "" {
+			return c.strs[i]
+		}
+	}
+	s := a.String()
+	c.addr[c.next], c.strs[c.next] = a, s
+	c.next = (c.next + 1) % len(c.addr)
+	return s
+}
