@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -138,27 +139,34 @@ func needTool(t *testing.T, name, pkg string) string {
 var avoidPorts = map[int]bool{5050: true, 5060: true, 5070: true, 6050: true, 19823: true}
 
 // freePort returns a port that was free on 127.0.0.1 for both UDP and TCP.
+// It picks from 20000-32767, below Linux's ephemeral range (32768-60999),
+// so that sockets other programs bind to port 0 between this check and
+// the test's own bind cannot take it.
 func freePort(t testing.TB) int {
 	t.Helper()
-	for i := 0; i < 100; i++ {
-		u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			t.Fatalf("free port: %v", err)
-		}
-		p := u.LocalAddr().(*net.UDPAddr).Port
-		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
-		u.Close()
-		if err != nil {
-			continue
-		}
-		l.Close()
-		if avoidPorts[p] {
+	for i := 0; i < 200; i++ {
+		p := 20000 + rand.IntN(12768)
+		if avoidPorts[p] || !portFree(p) {
 			continue
 		}
 		return p
 	}
 	t.Fatal("no port free for both UDP and TCP on 127.0.0.1")
 	return 0
+}
+
+func portFree(p int) bool {
+	u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: p})
+	if err != nil {
+		return false
+	}
+	defer u.Close()
+	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
 }
 
 // logBuffer collects a process's stderr; safe for concurrent use.
