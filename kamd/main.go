@@ -208,6 +208,14 @@ func newDaemon(o *options, env *core.Env, eng *starlark.Engine, path string, src
 		return nil, err
 	}
 	d := &daemon{o: o, env: env, eng: eng, path: path}
+	if dbPath := p.Config.CoreParams["db_path"].S; dbPath != "" && o.dbPath == "kamgo.db" {
+		env.DBPath = dbPath
+	}
+	db, err := core.OpenDB(env.DBPath)
+	if err != nil {
+		return nil, err
+	}
+	env.DB = db
 	socks := p.Config.Listen
 	if len(o.listen) > 0 {
 		socks = nil
@@ -286,6 +294,7 @@ func (d *daemon) serve(ctx context.Context) error {
 				cancel()
 			}
 			d.tr.Close()
+			_ = d.env.DB.Close()
 			return nil
 		case <-hup:
 			if _, err := d.reloadRPC(false); err != nil {

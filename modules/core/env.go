@@ -1,6 +1,7 @@
 package core
 
 import (
+	"database/sql"
 	"fmt"
 	"log/slog"
 	"net"
@@ -154,8 +155,10 @@ type Env struct {
 	Shv     *SharedVars
 	// Publish emits an event to RPC subscribers (nil-safe via Emit).
 	Publish func(topic string, data any)
-	// DBPath is the SQLite file for modules that store state.
+	// DBPath is the SQLite file for modules that store state; DB is it
+	// opened (nil in route tests unless a test opens one).
 	DBPath string
+	DB     *sql.DB
 
 	mu      sync.Mutex
 	modules map[string]*Module
