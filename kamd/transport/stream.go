@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/gorilla/websocket"
 	"github.com/kamgo/kamgo/modules/core"
 )
 
@@ -20,6 +21,7 @@ var connSeq atomic.Uint64
 
 type streamConn struct {
 	c      net.Conn
+	ws     *websocket.Conn // set for ws/wss connections
 	proto  string
 	id     string
 	remote string
@@ -33,6 +35,10 @@ func (s *streamConn) write(data []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	_ = s.c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if s.ws != nil {
+		// RFC 7118: one SIP message per text frame.
+		return s.ws.WriteMessage(websocket.TextMessage, data)
+	}
 	_, err := s.c.Write(data)
 	return err
 }
@@ -54,14 +60,14 @@ func (t *Transport) acceptLoop(ln net.Listener, sock core.Socket) {
 			c.Close()
 			continue
 		}
-		sc := t.register(c, sock.Proto, sock)
+		sc := t.register(c, sock.Proto, sock, nil)
 		t.wg.Add(1)
 		go t.readLoop(sc)
 	}
 }
 
-func (t *Transport) register(c net.Conn, proto string, sock core.Socket) *streamConn {
-	sc := &streamConn{c: c, proto: proto, remote: c.RemoteAddr().String(), sock: sock,
+func (t *Transport) register(c net.Conn, proto string, sock core.Socket, ws *websocket.Conn) *streamConn {
+	sc := &streamConn{c: c, ws: ws, proto: proto, remote: c.RemoteAddr().String(), sock: sock,
 		id: "c" + strconv.FormatUint(connSeq.Add(1), 10)}
 	t.nconns.Add(1)
 	t.conns.Store(sc.id, sc)
@@ -129,6 +135,10 @@ func (t *Transport) streamFor(o *core.Outgoing) (*streamConn, error) {
 		// RFC 3261 18.2.2: a reply whose connection is gone may be sent to
 		// the Via address on a new connection.
 	}
+	if o.Dst.Proto == "ws" || o.Dst.Proto == "wss" {
+		// WebSocket peers (browsers, softphones) connect to us; kamd does not dial them.
+		return nil, fmt.Errorf("no websocket connection to %s", remote)
+	}
 	sock, ok := t.env.SocketFor(o.Dst.Proto)
 	if !ok {
 		return nil, fmt.Errorf("no %s socket to connect to %s", o.Dst.Proto, remote)
@@ -147,7 +157,7 @@ func (t *Transport) streamFor(o *core.Outgoing) (*streamConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", remote, err)
 	}
-	sc := t.register(c, o.Dst.Proto, sock)
+	sc := t.register(c, o.Dst.Proto, sock, nil)
 	// Key it by the address we dialled too (RemoteAddr may differ for names).
 	t.conns.Store(connKey(o.Dst.Proto, remote), sc)
 	t.wg.Add(1)

@@ -162,14 +162,14 @@ func (t *Transport) Listen(ctx context.Context, socks []core.Socket) ([]core.Soc
 			_ = c.SetWriteBuffer(4 << 20)
 			s.Port = c.LocalAddr().(*net.UDPAddr).Port
 			t.udp = append(t.udp, &udpSock{sock: s, conn: c, v4: ua.IP.To4() != nil})
-		case "tcp", "tls":
+		case "tcp", "tls", "ws", "wss":
 			ln, err := net.Listen("tcp", addr)
 			if err != nil {
 				t.Close()
 				return nil, fmt.Errorf("listen %s: %w", s, err)
 			}
 			s.Port = ln.Addr().(*net.TCPAddr).Port
-			if s.Proto == "tls" {
+			if s.Proto == "tls" || s.Proto == "wss" {
 				if t.cfg.TLSConfig == nil {
 					ln.Close()
 					t.Close()
@@ -201,7 +201,11 @@ func (t *Transport) Start() {
 	}
 	for _, l := range t.pending {
 		t.wg.Add(1)
-		go t.acceptLoop(l.ln, l.sock)
+		if l.sock.Proto == "ws" || l.sock.Proto == "wss" {
+			go t.serveWS(l.ln, l.sock)
+		} else {
+			go t.acceptLoop(l.ln, l.sock)
+		}
 	}
 	t.pending = nil
 }
@@ -409,7 +413,7 @@ func (t *Transport) sendBytes(o *core.Outgoing, data []byte) error {
 		}
 		_, err = u.conn.WriteToUDPAddrPort(data, netip.AddrPortFrom(ip, uint16(o.Dst.Port)))
 		return err
-	case "tcp", "tls":
+	case "tcp", "tls", "ws", "wss":
 		c, err := t.streamFor(o)
 		if err != nil {
 			return err
