@@ -12,9 +12,14 @@ import (
 // udpBatch is how many datagrams one read may return (recvmmsg on Linux).
 const udpBatch = 16
 
-// udpLoop reads datagrams in batches. When a read returns a single
-// datagram and no worker has anything queued or running, the reader
-// handles it itself: at light and moderate load a message goes socket →
+// udpInline is the largest batch a reader handles itself when the workers
+// are idle: a few datagrams in a row are cheaper to run here than to hand
+// over; more mean a backlog, which the workers share.
+const udpInline = 4
+
+// udpLoop reads datagrams in batches. When a read returns a few datagrams
+// (udpInline) and no worker has anything queued or running, the reader
+// handles them itself, in order: at light and moderate load a message goes socket →
 // parse → script → socket without waking another goroutine (that handoff
 // cost more CPU than parsing and routing together). Otherwise — a backlog,
 // i.e. kamd is busy — the messages go to the per-peer worker queues as
@@ -36,13 +41,14 @@ func (t *Transport) udpLoop(u *udpSock) {
 			continue
 		}
 		now := time.Now()
+		inline := n <= udpInline && t.inflight.Load() == 0
 		for i := 0; i < n; i++ {
 			data, src := r.msg(i)
 			if len(data) < 4 || isKeepalive(data) {
 				continue // CRLF keepalives and runts
 			}
 			j := job{sock: u.sock, proto: "udp", srcIP: ips.str(src.Addr()), srcPort: int(src.Port()), at: now}
-			if n == 1 && t.inflight.Load() == 0 {
+			if inline {
 				// The parser copies what it keeps, so the read buffer may
 				// be reused once process returns.
 				j.data = data
