@@ -116,6 +116,8 @@ type udpSock struct {
 	sock core.Socket
 	conn *net.UDPConn
 	v4   bool // sock.IP is IPv4 (udpFor, without parsing per send)
+	// senders pools raw sendto state (udp_linux.go); one per concurrent Send.
+	senders sync.Pool
 }
 
 // New creates a transport that hands messages to h.
@@ -161,7 +163,9 @@ func (t *Transport) Listen(ctx context.Context, socks []core.Socket) ([]core.Soc
 			_ = c.SetReadBuffer(4 << 20)
 			_ = c.SetWriteBuffer(4 << 20)
 			s.Port = c.LocalAddr().(*net.UDPAddr).Port
-			t.udp = append(t.udp, &udpSock{sock: s, conn: c, v4: ua.IP.To4() != nil})
+			us := &udpSock{sock: s, conn: c, v4: ua.IP.To4() != nil}
+			us.senders.New = func() any { return newUDPSender(c, us.v4) }
+			t.udp = append(t.udp, us)
 		case "tcp", "tls", "ws", "wss":
 			ln, err := net.Listen("tcp", addr)
 			if err != nil {
@@ -411,7 +415,13 @@ func (t *Transport) sendBytes(o *core.Outgoing, data []byte) error {
 		if u == nil {
 			return fmt.Errorf("no UDP socket to send to %s", o.Dst)
 		}
-		_, err = u.conn.WriteToUDPAddrPort(data, netip.AddrPortFrom(ip, uint16(o.Dst.Port)))
+		to := netip.AddrPortFrom(ip, uint16(o.Dst.Port))
+		us := u.senders.Get().(*udpSender)
+		ok, err := us.send(data, to)
+		u.senders.Put(us)
+		if !ok {
+			_, err = u.conn.WriteToUDPAddrPort(data, to)
+		}
 		return err
 	case "tcp", "tls", "ws", "wss":
 		c, err := t.streamFor(o)
