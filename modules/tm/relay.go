@@ -1,6 +1,7 @@
 package tm
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -26,8 +27,49 @@ func (t *TM) newTx(m *core.Msg, key string) *Tx {
 	t.mu.Unlock()
 	t.st.created.Inc()
 	t.st.current.Inc()
+	life := t.maxLife.Load()
+	if tx.invite {
+		life = t.maxInvLife.Load()
+	}
+	tx.mu.Lock()
+	tx.after(time.Duration(life)*time.Millisecond, tx.expire)
+	tx.mu.Unlock()
 	m.Tx = tx
 	return tx
+}
+
+// expire is max_inv_lifetime/max_noninv_lifetime: a transaction that has
+// not finished by then is ended, so nothing lives forever (a t_newtran with
+// no reply, a branch whose final reply never comes).
+func (tx *Tx) expire() {
+	tx.mu.Lock()
+	if tx.deleted || tx.finalSent {
+		tx.mu.Unlock()
+		return
+	}
+	if len(tx.branches) == 0 {
+		tx.mu.Unlock()
+		tx.tm.env.Log.Warn("tm: transaction neither replied nor relayed before its lifetime ended; freed", "key", tx.key)
+		tx.release()
+		return
+	}
+	tx.onFailure = ""
+	var cancels []*branch
+	for _, b := range tx.branches {
+		if b.final {
+			continue
+		}
+		if tx.invite && b.code > 0 && b.code < 200 && !b.cancelled {
+			b.cancelled = true
+			cancels = append(cancels, b)
+		}
+		b.final, b.timedOut, b.code = true, true, 408
+	}
+	tx.mu.Unlock()
+	for _, b := range cancels {
+		tx.sendCancel(b)
+	}
+	tx.maybeComplete()
 }
 
 // release forgets the transaction after the wait timer.
@@ -40,6 +82,18 @@ func (tx *Tx) scheduleRelease() {
 		wait = 64 * T1 // Timer H: wait for the ACK
 	}
 	tx.after(wait, tx.release)
+}
+
+// releaseIfIdle frees a transaction that has no pending branch and sent
+// no final reply (a failed t_relay): nothing else would ever free it.
+func (tx *Tx) releaseIfIdle() bool {
+	tx.mu.Lock()
+	idle := !tx.pending() && !tx.finalSent
+	if idle {
+		tx.after(0, tx.release)
+	}
+	tx.mu.Unlock()
+	return idle
 }
 
 func (tx *Tx) release() {
@@ -122,8 +176,10 @@ func (t *TM) onRequest(m *core.Msg) bool {
 	case req.IsAck():
 		tx.mu.Lock()
 		neg := tx.lastCode >= 300
-		if neg {
+		if neg && !tx.acked {
+			// Timer G stops; keep absorbing ACK retransmissions for wait_timer (Timer I).
 			tx.acked = true
+			tx.after(time.Duration(t.waitTimer.Load())*time.Millisecond, tx.release)
 		}
 		tx.mu.Unlock()
 		return neg // an ACK to a 2xx has its own branch and is routed by the script
@@ -151,21 +207,40 @@ func (t *TM) cancel(m *core.Msg, tx *Tx) {
 		return
 	}
 	tx.canceled = true
-	var todo []*branch
-	for _, b := range tx.branches {
-		if !b.final && !b.cancelled {
-			b.cancelled = true
-			todo = append(todo, b)
-		}
-	}
+	todo := tx.cancelBranches()
+	idle := !tx.pending() && !tx.inFailure
 	tx.mu.Unlock()
 	for _, b := range todo {
 		tx.sendCancel(b)
 	}
-	if len(todo) == 0 {
+	if idle {
 		// Nothing was relayed yet (or everything failed): answer 487 ourselves.
 		_ = tx.Reply(m, 487, "Request Terminated")
 	}
+}
+
+// cancelBranches marks the pending branches CANCELed and returns those a
+// CANCEL may be sent to now. RFC 3261 9.1: no CANCEL before a provisional;
+// like Kamailio (cancel_b_method 1) the INVITE keeps being retransmitted and
+// the CANCEL goes out when the first provisional arrives, or the branch
+// gives up at fr_timer. Called with tx.mu held.
+func (tx *Tx) cancelBranches() []*branch {
+	if !tx.invite {
+		return nil
+	}
+	var todo []*branch
+	for _, b := range tx.branches {
+		if b.final || b.cancelled || b.cancelWait {
+			continue
+		}
+		if b.code == 0 {
+			b.cancelWait = true
+			continue
+		}
+		b.cancelled = true
+		todo = append(todo, b)
+	}
+	return todo
 }
 
 func (tx *Tx) sendCancel(b *branch) {
@@ -223,14 +298,22 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 			old.retransmitLastReply()
 			return core.Int(0), nil
 		}
-		tx = t.newTx(m, key)
 	}
+	// The destination first: an error must not leave a transaction behind.
 	dst, err := nextHop(m, to)
 	if err != nil {
+		if tx != nil && m.RouteType != core.RouteFailure {
+			tx.releaseIfIdle()
+			m.Tx = nil
+		}
 		return core.Null, err
 	}
+	if tx == nil {
+		tx = t.newTx(m, txKey(req, methodKey(req)))
+	}
 	tx.mu.Lock()
-	if tx.finalSent {
+	if tx.finalSent || (tx.canceled && len(tx.branches) > 0) {
+		// Like Kamailio (E_CANCELED): no new branches for a CANCELed transaction.
 		tx.mu.Unlock()
 		return core.Int(-1), nil
 	}
@@ -242,21 +325,16 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 	if s, ok := m.Ext["tm"].(*settings); ok {
 		tx.frInv, tx.frTimeout = nz(s.frInv, tx.frInv), nz(s.fr, tx.frTimeout)
 	}
-	firstSend := len(tx.branches) == 0 && tx.invite
+	firstSend := len(tx.branches) == 0 && tx.invite && tx.lastCode == 0
 	tx.mu.Unlock()
-	if firstSend && tx.lastCode == 0 {
+	if firstSend {
 		// RFC 3261 16.2: a stateful proxy answers INVITE with 100 at once.
 		_ = tx.sendLocal(100, "Trying", true)
 	}
 	if err := tx.addBranch(m, req, dst); err != nil {
 		t.env.Log.Warn("tm: relay failed", "dst", dst.String(), "err", err, "at", m.Pos())
-		tx.mu.Lock()
-		pending := tx.pending()
-		tx.mu.Unlock()
-		if !pending && m.RouteType != core.RouteFailure {
-			// Like Kamailio, the script is expected to answer (sl_reply_error);
-			// free the transaction state.
-			tx.after(0, tx.release)
+		if m.RouteType != core.RouteFailure && tx.releaseIfIdle() {
+			// Like Kamailio, the script is expected to answer (sl_reply_error).
 			m.Tx = nil
 		}
 		return core.Int(-1), nil
@@ -335,8 +413,8 @@ func (tx *Tx) armBranch(b *branch) {
 			if interval < T2 || tx.invite {
 				interval *= 2
 			}
-			if !tx.invite && interval > T2 {
-				interval = T2
+			if !tx.invite && (interval > T2 || b.code > 0) {
+				interval = T2 // Timer E: T2 once a provisional came (RFC 3261 17.1.2.2)
 			}
 			b.retr = tx.after(interval, retr)
 			tx.mu.Unlock()
@@ -354,11 +432,12 @@ func (tx *Tx) branchTimeout(b *branch) {
 		tx.mu.Unlock()
 		return
 	}
-	provisional := b.code > 0 && b.code < 200
+	sendCancel := tx.invite && b.code > 0 && b.code < 200 && !b.cancelled
+	b.cancelled = b.cancelled || sendCancel
 	b.final, b.timedOut, b.code = true, true, 408
 	tx.mu.Unlock()
 	tx.tm.st.timeouts.Inc()
-	if provisional && tx.invite {
+	if sendCancel {
 		tx.sendCancel(b)
 	}
 	tx.maybeComplete()
@@ -413,15 +492,18 @@ func (tx *Tx) Reply(m *core.Msg, code int, reason string) error {
 	return nil
 }
 
+var errFinalSent = errors.New("a final reply was already sent")
+
 // relayUp sends a reply upstream and updates the transaction state.
 func (tx *Tx) relayUp(res *sip.Response, kind core.OutKind) error {
 	tx.mu.Lock()
 	is2xx := res.StatusCode >= 200 && res.StatusCode < 300
-	if tx.finalSent && !(is2xx && tx.invite) {
-		// After a final reply only further 2xx to an INVITE (forking) may go up.
+	if tx.finalSent && !(is2xx && tx.invite && kind == core.OutRelayedReply) {
+		// After a final reply only further relayed 2xx to an INVITE
+		// (forking, RFC 3261 16.7 step 10) may go up; never a local one.
 		code := tx.lastCode
 		tx.mu.Unlock()
-		return fmt.Errorf("a final reply was already sent (%d)", code)
+		return fmt.Errorf("%w (%d)", errFinalSent, code)
 	}
 	final := res.StatusCode >= 200
 	if final && !tx.finalSent {
@@ -470,13 +552,7 @@ func (tx *Tx) retransmitFinal(res *sip.Response) {
 // cancelPending CANCELs branches still waiting after a final reply went up.
 func (tx *Tx) cancelPending() {
 	tx.mu.Lock()
-	var todo []*branch
-	for _, b := range tx.branches {
-		if !b.final && !b.cancelled && tx.invite {
-			b.cancelled = true
-			todo = append(todo, b)
-		}
-	}
+	todo := tx.cancelBranches()
 	tx.mu.Unlock()
 	for _, b := range todo {
 		tx.sendCancel(b)
@@ -552,6 +628,10 @@ func (t *TM) onReply(m *core.Msg) bool {
 		}
 	}
 	b.code = code
+	held := b.cancelWait && !b.cancelled && code < 200
+	if held {
+		b.cancelled = true
+	}
 	if code >= 100 && code < 200 && tx.invite && b.fr != nil {
 		// A provisional moves an INVITE branch to fr_inv_timer.
 		b.fr.Stop()
@@ -567,6 +647,9 @@ func (t *TM) onReply(m *core.Msg) bool {
 	onReply, prog := tx.onReply, tx.prog
 	tx.mu.Unlock()
 
+	if held {
+		tx.sendCancel(b)
+	}
 	if code >= 300 && tx.invite {
 		tx.ackBranch(b, res)
 	}
@@ -673,7 +756,12 @@ func (tx *Tx) relayFinal(win *branch, code int) {
 		return
 	}
 	reason := "Request Timeout"
-	if code != 408 {
+	switch {
+	case tx.isCanceled():
+		// The caller CANCELed and the branch never answered: it gets the
+		// 487 the callee would have sent.
+		code, reason = 487, "Request Terminated"
+	case code != 408:
 		reason = "Server Internal Error"
 		code = 500
 	}

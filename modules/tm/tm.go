@@ -5,6 +5,7 @@ package tm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"strconv"
@@ -30,6 +31,8 @@ type TM struct {
 	frTimer    atomic.Int64 // ms
 	frInvTimer atomic.Int64 // ms
 	waitTimer  atomic.Int64 // ms
+	maxInvLife atomic.Int64 // ms
+	maxLife    atomic.Int64 // ms
 
 	st struct {
 		created, freed, rplReceived, rplGenerated, rplSent, relayed, canceled, timeouts *core.Counter
@@ -48,6 +51,8 @@ func New(env *core.Env) *core.Module {
 	t.frTimer.Store(30000)
 	t.frInvTimer.Store(120000)
 	t.waitTimer.Store(5000)
+	t.maxInvLife.Store(180000)
+	t.maxLife.Store(32000)
 	s := env.Stats
 	t.st.created = s.Counter("tm", "created")
 	t.st.freed = s.Counter("tm", "freed")
@@ -81,6 +86,8 @@ func New(env *core.Env) *core.Module {
 			{Name: "fr_timer", Type: i, Default: core.Int(30000), Doc: "ms to wait for a final reply when no provisional came", Set: msInt(&t.frTimer, "fr_timer")},
 			{Name: "fr_inv_timer", Type: i, Default: core.Int(120000), Doc: "ms to wait for a final reply to an INVITE after a provisional", Set: msInt(&t.frInvTimer, "fr_inv_timer")},
 			{Name: "wait_timer", Type: i, Default: core.Int(5000), Doc: "ms a finished transaction is kept to absorb retransmissions", Set: msInt(&t.waitTimer, "wait_timer")},
+			{Name: "max_inv_lifetime", Type: i, Default: core.Int(180000), Doc: "ms an INVITE transaction may live before it is ended (408 on pending branches)", Set: msInt(&t.maxInvLife, "max_inv_lifetime")},
+			{Name: "max_noninv_lifetime", Type: i, Default: core.Int(32000), Doc: "ms a non-INVITE transaction may live before it is ended", Set: msInt(&t.maxLife, "max_noninv_lifetime")},
 		},
 		Funcs: []core.Func{
 			{Name: "t_relay", Ret: core.RetInt, Routes: reqRoutes, Doc: "relay statefully to $du or the R-URI; 1 ok, 0 retransmission absorbed, <0 error",
@@ -108,10 +115,7 @@ func New(env *core.Env) *core.Module {
 					if tx == nil {
 						return core.Int(-1), nil
 					}
-					if err := tx.Reply(m, int(a[0].I), a[1].S); err != nil {
-						return core.Null, err
-					}
-					return core.Int(1), nil
+					return t.reply(tx, m, a)
 				}},
 			{Name: "t_send_reply", Args: []core.ArgType{i, core.ArgStr}, Ret: core.RetInt, Routes: reqRoutes, Doc: "t_newtran() then t_reply()",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
@@ -120,10 +124,7 @@ func New(env *core.Env) *core.Module {
 							return v, err
 						}
 					}
-					if err := m.Tx.(*Tx).Reply(m, int(a[0].I), a[1].S); err != nil {
-						return core.Null, err
-					}
-					return core.Int(1), nil
+					return t.reply(m.Tx.(*Tx), m, a)
 				}},
 			{Name: "t_set_fr", Args: []core.ArgType{i, i}, Ret: core.RetInt, Routes: reqRoutes | core.RouteBranch, Doc: "(fr_inv_ms, fr_ms) final-response timers for this transaction; 0 leaves one unchanged",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
@@ -202,6 +203,18 @@ func New(env *core.Env) *core.Module {
 		OnReply:   t.onReply,
 		Stop:      t.stop,
 	}
+}
+
+// reply is t_reply: like Kamailio, a reply after the final one is -1 (logged), not a script error.
+func (t *TM) reply(tx *Tx, m *core.Msg, a []core.Val) (core.Val, error) {
+	if err := tx.Reply(m, int(a[0].I), a[1].S); err != nil {
+		if errors.Is(err, errFinalSent) {
+			t.env.Log.Error("tm: t_reply: "+err.Error(), "code", a[0].I, "at", m.Pos())
+			return core.Int(-1), nil
+		}
+		return core.Null, err
+	}
+	return core.Int(1), nil
 }
 
 func nz(a, b time.Duration) time.Duration {

@@ -63,9 +63,12 @@ type branch struct {
 	final     bool
 	timedOut  bool
 	reply     *sip.Response // final reply
-	cancelled bool
-	retr      core.Timer
-	fr        core.Timer
+	cancelled bool          // a CANCEL was sent
+	// cancelWait: the transaction was CANCELed before this branch got a
+	// provisional; the CANCEL goes out with the first one.
+	cancelWait bool
+	retr       core.Timer
+	fr         core.Timer
 }
 
 // txKey identifies the server transaction of a request (RFC 3261 17.2.3).
@@ -102,7 +105,16 @@ func methodKey(req *sip.Request) string {
 	return m
 }
 
+type noTimer struct{}
+
+func (noTimer) Stop() bool { return false }
+
+// after arms a timer that release stops. Called with t.mu held; a released
+// transaction arms none.
 func (t *Tx) after(d time.Duration, f func()) core.Timer {
+	if t.deleted {
+		return noTimer{}
+	}
 	tm := t.tm.env.Clock.AfterFunc(d, f)
 	t.timers = append(t.timers, tm)
 	return tm
@@ -125,20 +137,29 @@ func (t *Tx) pending() bool {
 	return false
 }
 
-// best picks the reply to send upstream when all branches failed (RFC 3261 16.7).
+// rank orders final replies for best(): lower wins (RFC 3261 16.7 step 6,
+// Kamailio's t_pick_branch): 6xx first, then the lowest class; in 4xx the
+// replies that help a retry (401, 407, 415, 420, 484) first; 503 after any
+// other 5xx; a branch that could not be sent (code 0) last.
+func rank(c int) int {
+	switch {
+	case c >= 200 && c < 300:
+		return 0
+	case c >= 600:
+		return 1000 + c%100
+	case c == 401 || c == 407 || c == 415 || c == 420 || c == 484:
+		return 4000
+	case c == 503:
+		return 5900
+	case c >= 300:
+		return c/100*1000 + c%100
+	}
+	return 9000
+}
+
+// best picks the reply to send upstream when all branches failed.
 func (t *Tx) best() (*branch, int) {
 	var win *branch
-	rank := func(c int) int {
-		switch {
-		case c >= 600:
-			return 0
-		case c >= 200 && c < 300:
-			return 0
-		case c == 503:
-			return 550 // 503 is never relayed as is; prefer anything else
-		}
-		return c
-	}
 	for _, b := range t.branches {
 		if !b.final {
 			continue
