@@ -14,7 +14,6 @@ import (
 	"log/slog"
 	"os"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -489,30 +488,12 @@ func splitSrc(src string) (string, int, error) {
 	return strings.Trim(ip, "[]"), port, nil
 }
 
-// missingHeaders mirrors the transport's check: such requests are answered
-// 400 before any routing, so a route test refuses them.
-func missingHeaders(r *sip.Request) string {
-	switch {
-	case r.Via() == nil:
-		return "Via"
-	case r.From() == nil:
-		return "From"
-	case r.To() == nil:
-		return "To"
-	case r.CallID() == nil:
-		return "Call-ID"
-	case r.CSeq() == nil:
-		return "CSeq"
-	}
-	return ""
-}
-
 // Request routes a request received from src over proto, as the transport
 // hands it to the engine (HandleRequest: module hooks, request route, 500 on
 // a script error).
 func (h *Harness) Request(req *sip.Request, src, proto string) (*Result, error) {
-	if miss := missingHeaders(req); miss != "" {
-		return nil, fmt.Errorf("the request has no %s header (the transport answers 400 before routing)", miss)
+	if why := core.RequestProblem(req); why != "" {
+		return nil, fmt.Errorf("the transport answers this request %q before routing", "400 "+why)
 	}
 	m, err := h.newMsg(src, proto)
 	if err != nil {
@@ -520,14 +501,7 @@ func (h *Harness) Request(req *sip.Request, src, proto string) (*Result, error) 
 	}
 	m.Req = req
 	if m.Proto != "udp" {
-		// As the transport does for stream connections.
-		if v := req.Via(); v != nil {
-			v.Params.Remove("rport")
-			v.Params.Add("rport", strconv.Itoa(m.SrcPort))
-			if !v.Params.Has("received") {
-				v.Params.Add("received", m.SrcIP)
-			}
-		}
+		m.ForceRport() // as the transport does for stream connections
 	}
 	return h.action(m, func() { h.Engine.HandleRequest(m) }), nil
 }

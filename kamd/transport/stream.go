@@ -84,7 +84,12 @@ func (t *Transport) unregister(sc *streamConn) {
 
 func (t *Transport) readLoop(sc *streamConn) {
 	defer t.wg.Done()
-	defer t.unregister(sc)
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			t.unregister(sc)
+		}
+	}()
 	parser := sip.NewParser().NewSIPStream()
 	defer parser.Close()
 	r := bufio.NewReaderSize(sc.c, 65536)
@@ -103,9 +108,17 @@ func (t *Transport) readLoop(sc *streamConn) {
 				t.enqueue(job{msg: msg, sock: sc.sock, proto: sc.proto, remote: sc.remote, connID: sc.id, at: time.Now()})
 			})
 			if perr != nil && !errors.Is(perr, sip.ErrParseSipPartial) {
-				// A broken stream cannot be resynchronised: close it.
+				// A broken stream cannot be resynchronised: answer 400 if the
+				// message is readable enough and close it, after the messages
+				// queued before it are answered.
 				t.badMsgs.Inc()
 				t.log.Debug("closing stream after parse error", "remote", sc.remote, "err", perr)
+				bad := append([]byte(nil), parser.Buffer().Bytes()...)
+				if len(bad) == 0 {
+					bad = append([]byte(nil), data...)
+				}
+				handedOff = true
+				t.enqueue(job{closeConn: sc, data: bad, sock: sc.sock, proto: sc.proto, remote: sc.remote, connID: sc.id, at: time.Now()})
 				return
 			}
 		}
@@ -188,7 +201,13 @@ func badRequestReply(data []byte, perr error) (*sip.Response, core.Target, bool)
 		var hs []sip.Header
 		hs, err := hp.ParseHeader(nil, ln)
 		if err != nil || len(hs) == 0 {
-			continue
+			// An unparsable CSeq (e.g. a number over 2^32) is echoed as it
+			// came, so the 400 still matches the client's transaction.
+			name, value, ok := bytes.Cut(ln, []byte(":"))
+			if !ok || core.CanonicalHeader(string(name)) != "cseq" {
+				continue
+			}
+			hs = []sip.Header{sip.NewHeader("CSeq", string(bytes.TrimSpace(value)))}
 		}
 		for _, h := range hs {
 			c := core.CanonicalHeader(h.Name())

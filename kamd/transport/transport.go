@@ -48,6 +48,10 @@ type job struct {
 	remote  string // stream transports: "ip:port"
 	connID  string
 	at      time.Time
+	// closeConn, set by a stream reader after a parse error, closes the
+	// connection once the messages queued before it are handled (their
+	// replies must go out first); data then holds the broken bytes.
+	closeConn *streamConn
 }
 
 // source returns the sender as ip, port.
@@ -258,6 +262,10 @@ func (t *Transport) enqueue(j job) {
 }
 
 func (t *Transport) overload(j job) {
+	if j.closeConn != nil {
+		t.unregister(j.closeConn)
+		return
+	}
 	msg := j.msg
 	if msg == nil {
 		var err error
@@ -291,6 +299,11 @@ func (t *Transport) worker(q chan job) {
 }
 
 func (t *Transport) process(parser *sip.Parser, j job) {
+	if j.closeConn != nil {
+		t.rejectUnparsable(j, nil)
+		t.unregister(j.closeConn)
+		return
+	}
 	msg := j.msg
 	if msg == nil {
 		var err error
@@ -312,7 +325,7 @@ func (t *Transport) process(parser *sip.Parser, j job) {
 	switch x := msg.(type) {
 	case *sip.Request:
 		m.Req = x
-		if reason := missingHeaders(x); reason != "" {
+		if reason := core.RequestProblem(x); reason != "" {
 			t.badMsgs.Inc()
 			if x.Via() != nil && !x.IsAck() {
 				m.FixVia()
@@ -321,7 +334,7 @@ func (t *Transport) process(parser *sip.Parser, j job) {
 			return
 		}
 		if j.proto != "udp" {
-			forceRport(m)
+			m.ForceRport()
 		}
 		t.h.HandleRequest(m)
 	case *sip.Response:
@@ -332,38 +345,6 @@ func (t *Transport) process(parser *sip.Parser, j job) {
 		}
 		t.h.HandleReply(m)
 	}
-}
-
-// forceRport records the source port of stream connections in the Via so
-// replies find the connection back.
-func forceRport(m *core.Msg) {
-	v := m.Req.Via()
-	if v == nil {
-		return
-	}
-	v.Params.Remove("rport")
-	v.Params.Add("rport", strconv.Itoa(m.SrcPort))
-	if !v.Params.Has("received") {
-		v.Params.Add("received", m.SrcIP)
-	}
-}
-
-func missingHeaders(r *sip.Request) string {
-	switch {
-	case r.Via() == nil:
-		return "Bad Request - missing Via"
-	case r.From() == nil:
-		return "Bad Request - missing From"
-	case r.To() == nil:
-		return "Bad Request - missing To"
-	case r.CallID() == nil:
-		return "Bad Request - missing Call-ID"
-	case r.CSeq() == nil:
-		return "Bad Request - missing CSeq"
-	case !strings.EqualFold(string(r.CSeq().MethodName), string(r.Method)) && !(r.IsAck() && r.CSeq().MethodName == sip.INVITE):
-		return "Bad Request - CSeq method mismatch"
-	}
-	return ""
 }
 
 // rejectUnparsable answers 400 when the start line and Via are readable

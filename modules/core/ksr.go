@@ -133,17 +133,7 @@ func coreModule(env *Env) *Module {
 		Func{Name: "forward_uri", Args: []ArgType{ArgStr}, Ret: RetInt, Routes: RouteRequest | RouteFailure | RouteBranch, Doc: "forward statelessly to the given URI",
 			Fn: func(m *Msg, a []Val) (Val, error) { return forward(m, a[0].S) }},
 		Func{Name: "force_rport", Ret: RetBool, Doc: "reply to the source port (RFC 3581) even without ;rport",
-			Fn: func(m *Msg, _ []Val) (Val, error) {
-				if m.Req != nil && m.Req.Via() != nil {
-					v := m.Req.Via()
-					v.Params.Remove("rport")
-					v.Params.Add("rport", strconv.Itoa(m.SrcPort))
-					if !v.Params.Has("received") {
-						v.Params.Add("received", m.SrcIP)
-					}
-				}
-				return Bool(true), nil
-			}},
+			Fn: func(m *Msg, _ []Val) (Val, error) { m.ForceRport(); return Bool(true), nil }},
 		Func{Name: "is_myself", Args: []ArgType{ArgStr}, Ret: RetBool, Doc: "URI or host names one of our sockets or aliases",
 			Fn: func(m *Msg, a []Val) (Val, error) {
 				s := a[0].S

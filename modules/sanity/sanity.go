@@ -157,7 +157,7 @@ func (s *module) check(m *core.Msg, checks, uriChecks int64) *failure {
 		if cs.MethodName == "" {
 			return fail(400, "Missing method in CSeq header")
 		}
-		if string(cs.MethodName) != string(req.Method) {
+		if !strings.EqualFold(string(cs.MethodName), string(req.Method)) { // sipgo upper-cases only the request-line method
 			return fail(400, "CSeq method does not match request method")
 		}
 	}
