@@ -21,9 +21,15 @@ func (t *TM) newTx(m *core.Msg, key string) *Tx {
 		invite:    m.Req.IsInvite(),
 		frTimeout: nz(s.fr, time.Duration(t.frTimer.Load())*time.Millisecond),
 		frInv:     nz(s.frInv, time.Duration(t.frInvTimer.Load())*time.Millisecond)}
+	if tx.invite {
+		tx.dlg = dlgKey(m.Req)
+	}
 	t.mu.Lock()
 	t.txs[key] = tx
 	t.clients[tx.id] = tx
+	if tx.dlg != "" {
+		t.dlgs[tx.dlg] = tx
+	}
 	t.mu.Unlock()
 	t.st.created.Inc()
 	t.st.current.Inc()
@@ -111,6 +117,9 @@ func (tx *Tx) release() {
 		delete(t.txs, tx.key)
 	}
 	delete(t.clients, tx.id)
+	if tx.dlg != "" && t.dlgs[tx.dlg] == tx {
+		delete(t.dlgs, tx.dlg)
+	}
 	t.mu.Unlock()
 	t.st.freed.Inc()
 	t.st.current.Add(-1)
@@ -145,6 +154,21 @@ func (t *TM) checkTrans(m *core.Msg) core.Val {
 	}
 	tx := t.lookup(txKey(m.Req, methodKey(m.Req)))
 	switch {
+	case tx == nil && m.Req.IsAck():
+		// An ACK to a 2xx has its own branch: match it to the INVITE
+		// transaction that relayed the 2xx (Kamailio's e2e ACK matching).
+		t.mu.Lock()
+		inv := t.dlgs[dlgKey(m.Req)]
+		t.mu.Unlock()
+		if inv != nil {
+			inv.mu.Lock()
+			ok := inv.sent2xx
+			inv.mu.Unlock()
+			if ok {
+				return core.Int(1)
+			}
+		}
+		return core.Int(-1)
 	case tx == nil:
 		return core.Int(-1)
 	case m.Req.IsCancel():
@@ -506,6 +530,9 @@ func (tx *Tx) relayUp(res *sip.Response, kind core.OutKind) error {
 		return fmt.Errorf("%w (%d)", errFinalSent, code)
 	}
 	final := res.StatusCode >= 200
+	if is2xx && tx.invite {
+		tx.sent2xx = true
+	}
 	if final && !tx.finalSent {
 		tx.finalSent = true
 		tx.state = stCompleted

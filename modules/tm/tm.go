@@ -26,6 +26,7 @@ type TM struct {
 	mu      sync.Mutex
 	txs     map[string]*Tx // server key → tx
 	clients map[string]*Tx // our branch id → tx
+	dlgs    map[string]*Tx // Call-ID|From tag|CSeq → INVITE tx (e2e ACK matching)
 	seq     atomic.Uint64
 
 	frTimer    atomic.Int64 // ms
@@ -47,7 +48,7 @@ type settings struct {
 
 // New builds the tm module.
 func New(env *core.Env) *core.Module {
-	t := &TM{env: env, txs: map[string]*Tx{}, clients: map[string]*Tx{}}
+	t := &TM{env: env, txs: map[string]*Tx{}, clients: map[string]*Tx{}, dlgs: map[string]*Tx{}}
 	t.frTimer.Store(30000)
 	t.frInvTimer.Store(120000)
 	t.waitTimer.Store(5000)

@@ -812,6 +812,29 @@ func TestTM(t *testing.T) {
 				t.Errorf("a transaction for the ACK: %v", s)
 			}
 		}},
+		{"t_check_trans matches an ACK to a relayed 2xx", `
+def ksr_request_route():
+    if KSR.is_ACK():
+        KSR.pv.seti("$shv(ct)", KSR.tm.t_check_trans())
+        return
+    KSR.tm.t_relay()
+`, func(t *testing.T, f *fixture) {
+			c := call{}
+			_, b := f.start(c)
+			f.request(c.ack("b1", true), "udp")
+			if f.shv("ct") != -1 {
+				t.Errorf("ACK before any 2xx: t_check_trans %d", f.shv("ct"))
+			}
+			f.reply(b, 200, "b1")
+			f.request(c.ack("b1", true), "udp")
+			if f.shv("ct") != 1 {
+				t.Errorf("e2e ACK: t_check_trans %d", f.shv("ct"))
+			}
+			f.request(call{callID: "other"}.ack("b1", true), "udp")
+			if f.shv("ct") != -1 {
+				t.Errorf("ACK of another call: t_check_trans %d", f.shv("ct"))
+			}
+		}},
 		{"multiple 2xx all relayed", baseScript, func(t *testing.T, f *fixture) {
 			_, b := f.start(call{})
 			f.wantCodes("first 200", f.reply(b, 200, "t1"), 200)

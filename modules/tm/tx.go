@@ -30,6 +30,7 @@ type Tx struct {
 	tm  *TM
 	key string
 	id  string // branch prefix of our client branches
+	dlg string // dlgKey of an INVITE
 
 	mu        sync.Mutex
 	origin    *core.Msg    // the request as received (for upstream replies)
@@ -44,6 +45,7 @@ type Tx struct {
 	canceled  bool
 	inFailure bool
 	acked     bool
+	sent2xx   bool // a 2xx went upstream (an e2e ACK may follow)
 	onFailure string
 	onReply   string
 	onBranch  string
@@ -95,6 +97,17 @@ func txKey(req *sip.Request, method string) string {
 	}
 	sb.WriteString("|" + v.Value() + "|" + method)
 	return sb.String()
+}
+
+// dlgKey matches an end-to-end ACK (its own branch) to the INVITE
+// transaction whose 2xx it acknowledges: Call-ID, From tag, CSeq number.
+func dlgKey(req *sip.Request) string {
+	c, f, cs := req.CallID(), req.From(), req.CSeq()
+	if c == nil || f == nil || cs == nil {
+		return ""
+	}
+	tag, _ := f.Params.Get("tag")
+	return string(*c) + "|" + tag + "|" + strconv.FormatUint(uint64(cs.SeqNo), 10)
 }
 
 func methodKey(req *sip.Request) string {
