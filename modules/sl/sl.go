@@ -3,6 +3,7 @@ package sl
 
 import (
 	"context"
+	"errors"
 
 	"github.com/kamgo/kamgo/modules/core"
 )
@@ -42,6 +43,10 @@ func New(env *core.Env) *core.Module {
 	send := func(m *core.Msg, a []core.Val) (core.Val, error) {
 		if tx, ok := m.Tx.(core.TxReplier); ok && m.Req != nil {
 			if err := tx.Reply(m, int(a[0].I), a[1].S); err != nil {
+				if errors.Is(err, core.ErrFinalReplied) {
+					env.Log.Warn("sl.send_reply: "+err.Error(), "code", a[0].I, "at", m.Pos())
+					return core.Int(-1), nil
+				}
 				return core.Null, err
 			}
 			return core.Int(1), nil

@@ -1,7 +1,6 @@
 package tm
 
 import (
-	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -346,6 +345,9 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 		tx.flags = m.Flags
 		tx.relayReq = req.Clone()
 	}
+	// The next failure route sees the $du of the latest relay, so it can
+	// tell which destination failed.
+	tx.relayDst = m.DstURI
 	if s, ok := m.Ext["tm"].(*settings); ok {
 		tx.frInv, tx.frTimeout = nz(s.frInv, tx.frInv), nz(s.fr, tx.frTimeout)
 	}
@@ -516,7 +518,7 @@ func (tx *Tx) Reply(m *core.Msg, code int, reason string) error {
 	return nil
 }
 
-var errFinalSent = errors.New("a final reply was already sent")
+var errFinalSent = core.ErrFinalReplied
 
 // relayUp sends a reply upstream and updates the transaction state.
 func (tx *Tx) relayUp(res *sip.Response, kind core.OutKind) error {
@@ -800,13 +802,14 @@ func (tx *Tx) failureMsg(code int, win *branch) *core.Msg {
 	tx.mu.Lock()
 	req := tx.relayReq
 	flags := tx.flags
+	du := tx.relayDst
 	tx.mu.Unlock()
 	if req == nil {
 		req = tx.origin.Req
 	}
 	o := tx.origin
 	return &core.Msg{Env: o.Env, Req: req.Clone(), Proto: o.Proto, SrcIP: o.SrcIP, SrcPort: o.SrcPort,
-		Local: o.Local, ConnID: o.ConnID, Arrived: o.Arrived, Tx: tx, ReplyCode: code, Flags: flags,
+		Local: o.Local, ConnID: o.ConnID, Arrived: o.Arrived, Tx: tx, ReplyCode: code, Flags: flags, DstURI: du,
 		Ext: map[string]any{"tm.branch": win}}
 }
 

@@ -35,6 +35,7 @@ type Tx struct {
 	mu        sync.Mutex
 	origin    *core.Msg    // the request as received (for upstream replies)
 	relayReq  *sip.Request // the request as routed (failure route works on it)
+	relayDst  string       // $du when it was relayed
 	prog      any          // script version pinned for this transaction
 	invite    bool
 	state     txState
