@@ -43,11 +43,11 @@ func TestProcessMaxfwd(t *testing.T) {
 			if mf := m.Req.MaxForwards(); tc.wantHdr != "" && (mf == nil || mf.Value() != tc.wantHdr) {
 				t.Fatalf("typed Max-Forwards = %v, want %q", mf, tc.wantHdr)
 			}
-			out := rec.all()
+			out := rec.All()
 			if tc.wantRpl == "" && len(out) != 0 {
-				t.Fatalf("unexpected send: %q", out[0].text)
+				t.Fatalf("unexpected send: %q", out[0].Text)
 			}
-			if tc.wantRpl != "" && (len(out) != 1 || !strings.HasPrefix(out[0].text, tc.wantRpl)) {
+			if tc.wantRpl != "" && (len(out) != 1 || !strings.HasPrefix(out[0].Text, tc.wantRpl)) {
 				t.Fatalf("sent %v, want %q", out, tc.wantRpl)
 			}
 		})
@@ -101,8 +101,8 @@ def ksr_request_route(msg):
         return
     KSR.forward()
 `, m)
-	out := rec.all()
-	if len(out) != 1 || out[0].kind != core.OutReply || !strings.HasPrefix(out[0].text, "SIP/2.0 483 Too Many Hops") {
+	out := rec.All()
+	if len(out) != 1 || out[0].Kind != core.OutReply || !strings.HasPrefix(out[0].Text, "SIP/2.0 483 Too Many Hops") {
 		t.Fatalf("want one 483 reply, got %+v", out)
 	}
 }
@@ -116,8 +116,8 @@ def ksr_request_route(msg):
         return
     KSR.forward()
 `, m)
-	out := rec.all()
-	if len(out) != 1 || out[0].kind != core.OutForward || !strings.Contains(out[0].text, "Max-Forwards: 69\r\n") {
+	out := rec.All()
+	if len(out) != 1 || out[0].Kind != core.OutForward || !strings.Contains(out[0].Text, "Max-Forwards: 69\r\n") {
 		t.Fatalf("want forward with Max-Forwards 69, got %+v", out)
 	}
 }

@@ -194,19 +194,19 @@ def ksr_request_route(msg):
 	env, rec := newEnv()
 	m := newMsg(t, env, inDialog+"\nRoute: <sip:127.0.0.1:5060;lr>,<sip:10.0.0.2:5070;lr>", "")
 	runScript(t, env, src, m)
-	out := rec.all()
-	if len(out) != 1 || out[0].kind != core.OutForward || out[0].dst.String() != "udp:10.0.0.2:5070" {
+	out := rec.All()
+	if len(out) != 1 || out[0].Kind != core.OutForward || out[0].Dst.String() != "udp:10.0.0.2:5070" {
 		t.Fatalf("in-dialog: want forward to udp:10.0.0.2:5070, got %+v", out)
 	}
-	if !strings.Contains(out[0].text, "Route: <sip:10.0.0.2:5070;lr>\r\n") || strings.Contains(out[0].text, "127.0.0.1:5060;lr>") {
-		t.Fatalf("in-dialog: our Route must be gone, next kept:\n%s", out[0].text)
+	if !strings.Contains(out[0].Text, "Route: <sip:10.0.0.2:5070;lr>\r\n") || strings.Contains(out[0].Text, "127.0.0.1:5060;lr>") {
+		t.Fatalf("in-dialog: our Route must be gone, next kept:\n%s", out[0].Text)
 	}
 	// Initial: Record-Route on the forwarded request.
 	env, rec = newEnv()
 	m = newMsg(t, env, invite, "")
 	runScript(t, env, src, m)
-	out = rec.all()
-	if len(out) != 1 || !strings.Contains(out[0].text, "Record-Route: <sip:127.0.0.1:5060;lr;ftag=ftag1>\r\n") {
+	out = rec.All()
+	if len(out) != 1 || !strings.Contains(out[0].Text, "Record-Route: <sip:127.0.0.1:5060;lr;ftag=ftag1>\r\n") {
 		t.Fatalf("initial: want RR on forwarded request, got %+v", out)
 	}
 }

@@ -60,18 +60,18 @@ func TestSanityCheck(t *testing.T) {
 			if got := mustInt(t, mod, m, "sanity_check", I(tc.checks), I(tc.uri)); got != tc.want {
 				t.Fatalf("sanity_check = %d, want %d", got, tc.want)
 			}
-			out := rec.all()
+			out := rec.All()
 			if tc.reply == "" {
 				if len(out) != 0 {
-					t.Fatalf("unexpected reply %q", out[0].text)
+					t.Fatalf("unexpected reply %q", out[0].Text)
 				}
 				return
 			}
-			if len(out) != 1 || !strings.HasPrefix(out[0].text, tc.reply) {
+			if len(out) != 1 || !strings.HasPrefix(out[0].Text, tc.reply) {
 				t.Fatalf("reply %+v, want %q", out, tc.reply)
 			}
-			if tc.replyHdr != "" && !strings.Contains(out[0].text, tc.replyHdr) {
-				t.Fatalf("reply lacks %q:\n%s", tc.replyHdr, out[0].text)
+			if tc.replyHdr != "" && !strings.Contains(out[0].Text, tc.replyHdr) {
+				t.Fatalf("reply lacks %q:\n%s", tc.replyHdr, out[0].Text)
 			}
 		})
 	}
@@ -91,13 +91,13 @@ func TestSanityDefaultsAndNoreply(t *testing.T) {
 	if got := mustInt(t, mod, m, "sanity_check_defaults"); got != -1 {
 		t.Fatalf("got %d", got)
 	}
-	if n := len(rec.all()); n != 0 {
+	if n := len(rec.All()); n != 0 {
 		t.Fatalf("noreply: %d replies sent", n)
 	}
 	if got := mustInt(t, mod, m, "sanity_reply"); got != 1 {
 		t.Fatalf("sanity_reply = %d", got)
 	}
-	if out := rec.all(); len(out) != 1 || !strings.HasPrefix(out[0].text, "SIP/2.0 400 CSeq method") {
+	if out := rec.All(); len(out) != 1 || !strings.HasPrefix(out[0].Text, "SIP/2.0 400 CSeq method") {
 		t.Fatalf("sanity_reply sent %+v", out)
 	}
 	for _, p := range []string{"default_checks", "uri_checks"} {
@@ -118,8 +118,8 @@ def ksr_request_route(msg):
         return
     KSR.forward()
 `, m)
-	out := rec.all()
-	if len(out) != 1 || out[0].kind != core.OutReply || !strings.HasPrefix(out[0].text, "SIP/2.0 400 Missing Required Header in Request") {
+	out := rec.All()
+	if len(out) != 1 || out[0].Kind != core.OutReply || !strings.HasPrefix(out[0].Text, "SIP/2.0 400 Missing Required Header in Request") {
 		t.Fatalf("want one 400 reply, got %+v", out)
 	}
 }

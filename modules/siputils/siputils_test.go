@@ -104,19 +104,19 @@ func TestOptionsReply(t *testing.T) {
 	if got := mustInt(t, mod, newMsg(t, env, notUs, ""), "options_reply"); got != -1 {
 		t.Fatalf("not us: %d", got)
 	}
-	if n := len(rec.all()); n != 0 {
+	if n := len(rec.All()); n != 0 {
 		t.Fatalf("%d replies for refused requests", n)
 	}
 	if got := mustInt(t, mod, newMsg(t, env, options, ""), "options_reply"); got != 1 {
 		t.Fatalf("options_reply: %d", got)
 	}
-	out := rec.all()
-	if len(out) != 1 || !strings.HasPrefix(out[0].text, "SIP/2.0 200 OK\r\n") {
+	out := rec.All()
+	if len(out) != 1 || !strings.HasPrefix(out[0].Text, "SIP/2.0 200 OK\r\n") {
 		t.Fatalf("got %+v", out)
 	}
 	for _, h := range []string{"Accept: */*\r\n", "Accept-Language: en\r\n", "Supported: path\r\n", "To: <sip:127.0.0.1>;tag="} {
-		if !strings.Contains(out[0].text, h) {
-			t.Errorf("reply lacks %q:\n%s", h, out[0].text)
+		if !strings.Contains(out[0].Text, h) {
+			t.Errorf("reply lacks %q:\n%s", h, out[0].Text)
 		}
 	}
 }
@@ -130,8 +130,8 @@ def ksr_request_route(msg):
         return
     KSR.sl.sl_send_reply(404, "Not here")
 `, m)
-	out := rec.all()
-	if len(out) != 1 || !strings.HasPrefix(out[0].text, "SIP/2.0 200 OK") || !strings.Contains(out[0].text, "Accept: */*") {
+	out := rec.All()
+	if len(out) != 1 || !strings.HasPrefix(out[0].Text, "SIP/2.0 200 OK") || !strings.Contains(out[0].Text, "Accept: */*") {
 		t.Fatalf("want 200 with Accept, got %+v", out)
 	}
 }

@@ -240,11 +240,11 @@ def ksr_request_route(msg):
     KSR.textops.append_hf("X-Checked: yes\r\n")
     KSR.forward()
 `, m)
-	out := rec.all()
-	if len(out) != 1 || out[0].kind != core.OutForward {
+	out := rec.All()
+	if len(out) != 1 || out[0].Kind != core.OutForward {
 		t.Fatalf("want one forward, got %+v", out)
 	}
-	s := out[0].text
+	s := out[0].Text
 	if strings.Contains(s, "X-Secret") || !strings.Contains(s, "X-Checked: yes\r\n") || !strings.Contains(s, "m=audio 4002 ") ||
 		!strings.Contains(s, "Content-Length: "+itoa(len(sdp))+"\r\n") {
 		t.Fatalf("forwarded message:\n%s", s)
