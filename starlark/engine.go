@@ -201,11 +201,7 @@ func (e *Engine) HasCallback(prog any, name string) bool {
 func (e *Engine) LoadFile(path string) (*Program, error) {
 	src, err := os.ReadFile(path)
 	if err != nil {
-		err = fmt.Errorf("%s: %v", path, err)
-		if e.OnLoad != nil {
-			e.OnLoad(nil, err)
-		}
-		return nil, err
+		return e.Install(nil, fmt.Errorf("%s: %v", path, err))
 	}
 	return e.Load(path, src)
 }
@@ -213,19 +209,7 @@ func (e *Engine) LoadFile(path string) (*Program, error) {
 // Load compiles src, runs its config phase, checks every callback name and
 // only then swaps it in. A failure changes nothing.
 func (e *Engine) Load(path string, src []byte) (*Program, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	p, err := e.Compile(path, src)
-	if err == nil {
-		e.applyParams(p)
-		e.nextVer++
-		p.Version = e.nextVer
-		e.install(p)
-	}
-	if e.OnLoad != nil {
-		e.OnLoad(p, err)
-	}
-	return p, err
+	return e.Install(e.Compile(path, src))
 }
 
 func (e *Engine) install(p *Program) {
@@ -237,7 +221,8 @@ func (e *Engine) install(p *Program) {
 }
 
 // Install makes a program from Compile current (after checks the caller
-// made, such as app_starlark.reload's listen-socket comparison).
+// made, such as app_starlark.reload's listen-socket comparison); with an
+// error it only reports the failed attempt to OnLoad.
 func (e *Engine) Install(p *Program, err error) (*Program, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
