@@ -4,20 +4,37 @@ package sl
 import (
 	"context"
 	"errors"
+	"strconv"
 
 	"github.com/kamgo/kamgo/modules/core"
 )
 
 func init() { core.Register("sl", New) }
 
+// statCodes have counters of their own, as in Kamailio's sl module.
+var statCodes = []int{200, 202, 300, 301, 302, 400, 401, 403, 404, 407, 408, 483, 500}
+
 // New builds the sl module.
 func New(env *core.Env) *core.Module {
-	sent := map[int]*core.Counter{}
-	for _, c := range []int{1, 2, 3, 4, 5, 6} {
-		sent[c] = env.Stats.Counter("sl", [...]string{"", "1xx_replies", "2xx_replies", "3xx_replies", "4xx_replies", "5xx_replies", "6xx_replies"}[c])
+	// Kamailio's sl counters: some codes on their own, the rest by class.
+	byCode := map[int]*core.Counter{}
+	for _, c := range statCodes {
+		byCode[c] = env.Stats.Counter("sl", strconv.Itoa(c)+"_replies")
+	}
+	byClass := map[int]*core.Counter{}
+	for c := 1; c <= 6; c++ {
+		byClass[c] = env.Stats.Counter("sl", strconv.Itoa(c)+"xx_replies")
 	}
 	total := env.Stats.Counter("sl", "sent_replies")
 	failed := env.Stats.Counter("sl", "failures")
+	count := func(code int) {
+		total.Inc()
+		if c := byCode[code]; c != nil {
+			c.Inc()
+		} else {
+			byClass[code/100].Inc()
+		}
+	}
 	reply := func(m *core.Msg, code int, reason string) (core.Val, error) {
 		if m.Req == nil {
 			return core.Null, core.ErrNoRequest
@@ -36,8 +53,7 @@ func New(env *core.Env) *core.Module {
 		if m.Req.IsAck() {
 			return core.Int(1), nil
 		}
-		total.Inc()
-		sent[code/100].Inc()
+		count(code)
 		return core.Int(1), nil
 	}
 	send := func(m *core.Msg, a []core.Val) (core.Val, error) {
@@ -73,9 +89,16 @@ func New(env *core.Env) *core.Module {
 		},
 		RPC: []core.RPCMethod{{
 			Name: "sl.stats", Doc: "stateless reply counters", ReadOnly: true,
-			Result: `{"200": n, "202": n, "2xx": n, "300": n, ... "xxx": n} as in Kamailio's sl.stats`,
+			Result: `{"200": n, "202": n, "2xx": n, "300": n, ... "6xx": n} as in Kamailio's sl.stats`,
 			Handler: func(ctx context.Context, _ core.RPCArgs) (any, error) {
-				return env.Stats.Get("sl"), nil
+				out := map[string]int64{}
+				for _, c := range statCodes {
+					out[strconv.Itoa(c)] = byCode[c].Value()
+				}
+				for c := 1; c <= 6; c++ {
+					out[strconv.Itoa(c)+"xx"] = byClass[c].Value()
+				}
+				return out, nil
 			}}},
 	}
 }
