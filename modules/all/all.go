@@ -2,11 +2,15 @@
 package all
 
 import (
+	_ "github.com/kamgo/kamgo/modules/htable"
+	_ "github.com/kamgo/kamgo/modules/kx"
 	_ "github.com/kamgo/kamgo/modules/maxfwd"
+	_ "github.com/kamgo/kamgo/modules/pvx"
 	_ "github.com/kamgo/kamgo/modules/rr"
 	_ "github.com/kamgo/kamgo/modules/sanity"
 	_ "github.com/kamgo/kamgo/modules/siputils"
 	_ "github.com/kamgo/kamgo/modules/sl"
 	_ "github.com/kamgo/kamgo/modules/textops"
 	_ "github.com/kamgo/kamgo/modules/tm"
+	_ "github.com/kamgo/kamgo/modules/xlog"
 )

@@ -1,0 +1,459 @@
+// Package htable is Kamailio's htable module: named in-memory hash tables
+// shared by every message and callback, with per-item expiry. Starlark
+// globals are frozen, so counters, bans and caches live here.
+package htable
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kamgo/kamgo/modules/core"
+)
+
+func init() { core.Register("htable", New) }
+
+// ErrInc is sht_inc/sht_dec's error value (Kamailio's ambiguous -255, Q5).
+const ErrInc = -255
+
+// HT is one htable module instance (one per Env).
+type HT struct {
+	env *core.Env
+
+	mu      sync.RWMutex
+	tables  map[string]*Table
+	order   []string // definition order
+	pending []error  // definition errors before Init: Init fails with them
+	inited  bool
+
+	timerInterval atomic.Int64 // seconds
+
+	tmu   sync.Mutex
+	timer core.Timer // the one sweep timer, armed while expiring items exist
+	armed bool
+}
+
+// instances maps an Env to its htable, so the global PV registry
+// ($sht...) reaches the instance of the message's Env.
+var instances sync.Map // *core.Env -> *HT
+
+// Of returns the htable instance bound to env (nil if none was built).
+func Of(env *core.Env) *HT {
+	if v, ok := instances.Load(env); ok {
+		return v.(*HT)
+	}
+	return nil
+}
+
+func errorf(format string, a ...any) error { return fmt.Errorf("htable: "+format, a...) }
+
+// New builds the htable module.
+func New(env *core.Env) *core.Module {
+	h := &HT{env: env, tables: map[string]*Table{}}
+	h.timerInterval.Store(20)
+	instances.Store(env, h)
+	return h.module()
+}
+
+// Define adds a table or updates its definition. Re-defining a table with
+// the same attributes (a script reload) keeps its data; changed attributes
+// (autoexpire, initval, updateexpire) apply from now on, the slot count stays.
+func (h *HT) Define(d *TableDef) {
+	h.mu.Lock()
+	t := h.tables[d.Name]
+	if t == nil {
+		h.tables[d.Name] = newTable(d)
+		h.order = append(h.order, d.Name)
+		h.mu.Unlock()
+		return
+	}
+	h.mu.Unlock()
+	old := t.Def()
+	if reflect.DeepEqual(old, d) {
+		return
+	}
+	nd := *d
+	if nd.Size != old.Size {
+		h.env.Log.Warn("htable: size change applies after a restart", "table", d.Name, "size", old.Size, "new", d.Size)
+	}
+	t.def.Store(&nd)
+	if nd.AutoExpire > 0 {
+		h.arm()
+	}
+}
+
+// Table returns the named table or nil.
+func (h *HT) Table(name string) *Table {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.tables[name]
+}
+
+// Tables lists the tables in definition order.
+func (h *HT) Tables() []*Table {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	out := make([]*Table, 0, len(h.order))
+	for _, n := range h.order {
+		out = append(out, h.tables[n])
+	}
+	return out
+}
+
+// table is Table for script use: an unknown name is an error.
+func (h *HT) table(name string) (*Table, error) {
+	if t := h.Table(name); t != nil {
+		return t, nil
+	}
+	h.mu.RLock()
+	known := append([]string(nil), h.order...)
+	h.mu.RUnlock()
+	sort.Strings(known)
+	if len(known) == 0 {
+		return nil, errorf("no table %q: no table is defined (modparam(\"htable\", \"htable\", \"%s=>size=8\"))", name, name)
+	}
+	return nil, errorf("no table %q (defined: %s)", name, strings.Join(known, ", "))
+}
+
+func (h *HT) now() time.Time { return h.env.Clock.Now() }
+
+// done emits expiry events and arms the sweep timer if needed.
+func (h *HT) done(gone []Expired, expiring bool) {
+	for _, e := range gone {
+		h.emitExpired(e)
+	}
+	if expiring {
+		h.arm()
+	}
+}
+
+func (h *HT) emitExpired(e Expired) {
+	var v any
+	switch e.Val.K {
+	case core.KInt:
+		v = e.Val.I
+	case core.KStr:
+		v = e.Val.S
+	}
+	h.env.Emit("htable", map[string]any{"event": "expired", "table": e.Table, "key": e.Key, "value": v})
+}
+
+// arm starts the sweep timer unless it is running.
+func (h *HT) arm() {
+	h.tmu.Lock()
+	defer h.tmu.Unlock()
+	if h.armed {
+		return
+	}
+	h.armed = true
+	h.timer = h.env.Clock.AfterFunc(time.Duration(h.timerInterval.Load())*time.Second, h.sweep)
+}
+
+// sweep removes expired items from every table and re-arms itself while
+// items with an expire time remain (so an idle htable holds no timer).
+func (h *HT) sweep() {
+	h.tmu.Lock()
+	h.armed = false
+	h.timer = nil
+	h.tmu.Unlock()
+	now := h.now()
+	var gone []Expired
+	expiring := false
+	for _, t := range h.Tables() {
+		if t.Sweep(now, &gone) {
+			expiring = true
+		}
+	}
+	h.done(gone, expiring)
+}
+
+func (h *HT) stop() {
+	h.tmu.Lock()
+	if h.timer != nil {
+		h.timer.Stop()
+		h.timer = nil
+	}
+	h.armed = false
+	h.tmu.Unlock()
+	instances.CompareAndDelete(h.env, h)
+}
+
+// ---- operations shared by KSR functions, PVs and RPC ----
+
+// Get returns the item's value, the table's initval for a missing item of
+// a table defined with one, else Null.
+func (h *HT) Get(table, key string) (core.Val, error) {
+	t, err := h.table(table)
+	if err != nil {
+		return core.Null, err
+	}
+	var gone []Expired
+	v, _, ok := t.Get(key, h.now(), &gone)
+	h.done(gone, false)
+	if !ok {
+		if d := t.Def(); d.HasInitVal {
+			return core.Val{K: core.KInt, I: d.InitVal}, nil
+		}
+	}
+	return v, nil
+}
+
+// Set stores a value; expire nil applies the table's autoexpire, else the
+// item expires after *expire seconds (0: never).
+func (h *HT) Set(table, key string, v core.Val, expire *int64) error {
+	t, err := h.table(table)
+	if err != nil {
+		return err
+	}
+	if v.K == core.KBool {
+		v = core.Val{K: core.KInt, I: v.I}
+	}
+	now := h.now()
+	var exp *time.Time
+	if expire != nil {
+		if *expire < 0 {
+			return errorf("negative expire %d", *expire)
+		}
+		e := time.Time{}
+		if *expire > 0 {
+			e = now.Add(time.Duration(*expire) * time.Second)
+		}
+		exp = &e
+	}
+	var gone []Expired
+	if v.IsNull() {
+		t.Delete(key)
+		h.done(gone, false)
+		return nil
+	}
+	expiring := t.Set(key, v, exp, now, &gone)
+	h.done(gone, expiring)
+	return nil
+}
+
+// SetExpire sets an item's expire to now+secs (0: never); false if absent.
+func (h *HT) SetExpire(table, key string, secs int64) (bool, error) {
+	t, err := h.table(table)
+	if err != nil {
+		return false, err
+	}
+	if secs < 0 {
+		return false, errorf("negative expire %d", secs)
+	}
+	now := h.now()
+	e := time.Time{}
+	if secs > 0 {
+		e = now.Add(time.Duration(secs) * time.Second)
+	}
+	var gone []Expired
+	ok := t.SetExpire(key, e, now, &gone)
+	h.done(gone, ok && secs > 0)
+	return ok, nil
+}
+
+// ExpireIn is the item's remaining lifetime in seconds (0: never or absent).
+func (h *HT) ExpireIn(table, key string) (int64, error) {
+	t, err := h.table(table)
+	if err != nil {
+		return 0, err
+	}
+	now := h.now()
+	var gone []Expired
+	_, exp, ok := t.Get(key, now, &gone)
+	h.done(gone, false)
+	if !ok || exp.IsZero() {
+		return 0, nil
+	}
+	return int64((exp.Sub(now) + time.Second - 1) / time.Second), nil
+}
+
+// Add increments an int item (creating it from initval or 0).
+func (h *HT) Add(m *core.Msg, table, key string, delta int64) (core.Val, error) {
+	t, err := h.table(table)
+	if err != nil {
+		return core.Null, err
+	}
+	var gone []Expired
+	n, ok, expiring := t.Add(key, delta, h.now(), &gone)
+	h.done(gone, expiring)
+	if !ok {
+		// Kamailio's -255 is kept for compatibility; it is also a value a
+		// counter can reach, so the error is logged too (Q5).
+		h.env.Log.Error("htable: cannot add to a str item", "table", table, "key", key, "delta", delta, "at", pos(m))
+		return core.Int(ErrInc), nil
+	}
+	return core.Val{K: core.KInt, I: n}, nil
+}
+
+func pos(m *core.Msg) string {
+	if m == nil {
+		return ""
+	}
+	return m.Pos()
+}
+
+func (h *HT) module() *core.Module {
+	s, i := core.ArgStr, core.ArgInt
+	ss := []core.ArgType{s, s}
+	sss := []core.ArgType{s, s, s}
+	one := core.Int(1)
+	fn := func(name string, args []core.ArgType, ret core.RetType, doc string, f func(m *core.Msg, a []core.Val) (core.Val, error)) core.Func {
+		return core.Func{Name: name, Args: args, Ret: ret, Doc: doc, Fn: f}
+	}
+	matchFn := func(name, doc string, byValue, remove bool) core.Func {
+		ops := "eq,ne,re,sw"
+		if remove {
+			ops = "re,sw"
+		}
+		return fn(name, sss, core.RetInt, doc, func(m *core.Msg, a []core.Val) (core.Val, error) {
+			t, err := h.table(a[0].S)
+			if err != nil {
+				return core.Null, err
+			}
+			match, err := NewMatch(a[1].S, a[2].S, ops)
+			if err != nil {
+				return core.Null, err
+			}
+			if remove {
+				t.RemoveMatching(match, byValue)
+				return one, nil
+			}
+			return core.IntRet(t.Any(match, byValue, h.now())), nil
+		})
+	}
+	reFn := func(name, doc string, byValue bool) core.Func {
+		return fn(name, ss, core.RetInt, doc, func(m *core.Msg, a []core.Val) (core.Val, error) {
+			t, err := h.table(a[0].S)
+			if err != nil {
+				return core.Null, err
+			}
+			match, err := NewMatch("re", a[1].S, "re")
+			if err != nil {
+				return core.Null, err
+			}
+			t.RemoveMatching(match, byValue)
+			return one, nil
+		})
+	}
+	funcs := []core.Func{
+		fn("sht_get", ss, core.RetXVal, "(table, key) the value (str or int); a missing item is the table's initval if it has one, else None",
+			func(m *core.Msg, a []core.Val) (core.Val, error) { return h.Get(a[0].S, a[1].S) }),
+		fn("sht_gete", ss, core.RetXVal, "(table, key) like sht_get, but \"\" instead of None",
+			func(m *core.Msg, a []core.Val) (core.Val, error) {
+				v, err := h.Get(a[0].S, a[1].S)
+				if err == nil && v.IsNull() {
+					v = core.Str("")
+				}
+				return v, err
+			}),
+		fn("sht_sets", sss, core.RetInt, "(table, key, value) store a str; 1",
+			func(m *core.Msg, a []core.Val) (core.Val, error) { return one, h.Set(a[0].S, a[1].S, a[2], nil) }),
+		fn("sht_seti", []core.ArgType{s, s, i}, core.RetInt, "(table, key, value) store an int; 1",
+			func(m *core.Msg, a []core.Val) (core.Val, error) { return one, h.Set(a[0].S, a[1].S, a[2], nil) }),
+		fn("sht_setxs", []core.ArgType{s, s, s, i}, core.RetInt, "(table, key, value, expire) store a str that expires after expire seconds (0: never); 1",
+			func(m *core.Msg, a []core.Val) (core.Val, error) { return one, h.Set(a[0].S, a[1].S, a[2], &a[3].I) }),
+		fn("sht_setxi", []core.ArgType{s, s, i, i}, core.RetInt, "(table, key, value, expire) store an int that expires after expire seconds (0: never); 1",
+			func(m *core.Msg, a []core.Val) (core.Val, error) { return one, h.Set(a[0].S, a[1].S, a[2], &a[3].I) }),
+		fn("sht_setex", []core.ArgType{s, s, i}, core.RetInt, "(table, key, expire) the item expires after expire seconds from now (0: never); 1, -1 no such item",
+			func(m *core.Msg, a []core.Val) (core.Val, error) {
+				ok, err := h.SetExpire(a[0].S, a[1].S, a[2].I)
+				return core.IntRet(ok), err
+			}),
+		fn("sht_rm", ss, core.RetInt, "(table, key) remove the item; 1 (also when absent, as Kamailio)",
+			func(m *core.Msg, a []core.Val) (core.Val, error) {
+				t, err := h.table(a[0].S)
+				if err != nil {
+					return core.Null, err
+				}
+				t.Delete(a[1].S)
+				return one, nil
+			}),
+		reFn("sht_rm_name_re", "(table, regex) remove the items whose name matches (RE2); 1", false),
+		reFn("sht_rm_value_re", "(table, regex) remove the str items whose value matches (RE2); 1", true),
+		matchFn("sht_rm_name", "(table, op, value) remove items by name: op re (regex) or sw (starts with); 1", false, true),
+		matchFn("sht_rm_value", "(table, op, value) remove str items by value: op re or sw; 1", true, true),
+		matchFn("sht_match_name", "(table, op, value) 1 if an item name matches: op eq, ne, re or sw; else -1", false, false),
+		matchFn("sht_has_name", "alias of sht_match_name", false, false),
+		matchFn("sht_match_str_value", "(table, op, value) 1 if a str item value matches: op eq, ne, re or sw; else -1", true, false),
+		matchFn("sht_has_str_value", "alias of sht_match_str_value", true, false),
+		fn("sht_inc", ss, core.RetInt, "(table, key) atomic +1, returns the new value; a missing item starts from initval or 0; -255 (and an ERR log) for a str item",
+			func(m *core.Msg, a []core.Val) (core.Val, error) { return h.Add(m, a[0].S, a[1].S, 1) }),
+		fn("sht_dec", ss, core.RetInt, "(table, key) atomic -1, as sht_inc",
+			func(m *core.Msg, a []core.Val) (core.Val, error) { return h.Add(m, a[0].S, a[1].S, -1) }),
+		fn("sht_is_null", ss, core.RetInt, "(table, key) 1 absent, -1 exists, -2 the table has an initval (never null)",
+			func(m *core.Msg, a []core.Val) (core.Val, error) {
+				t, err := h.table(a[0].S)
+				if err != nil {
+					return core.Null, err
+				}
+				if t.Def().HasInitVal {
+					return core.Int(-2), nil
+				}
+				var gone []Expired
+				_, _, ok := t.Get(a[1].S, h.now(), &gone)
+				h.done(gone, false)
+				if ok {
+					return core.Int(-1), nil
+				}
+				return one, nil
+			}),
+		fn("sht_reset", []core.ArgType{s}, core.RetInt, "(table) remove every item; 1",
+			func(m *core.Msg, a []core.Val) (core.Val, error) {
+				t, err := h.table(a[0].S)
+				if err != nil {
+					return core.Null, err
+				}
+				t.Reset()
+				return one, nil
+			}),
+	}
+	intParam := func(v core.Val) error {
+		if v.I <= 0 {
+			return errors.New("timer_interval must be a positive number of seconds")
+		}
+		h.timerInterval.Store(v.I)
+		return nil
+	}
+	return &core.Module{
+		Name: "htable",
+		Doc:  "shared in-memory hash tables with expiry",
+		Params: []core.Param{
+			{Name: "htable", Type: s, Default: core.Str(""), Doc: "define a table: \"name=>size=8;autoexpire=300;initval=0;updateexpire=1\" (repeatable)",
+				Set: h.setDefParam},
+			{Name: "timer_interval", Type: i, Default: core.Int(20), Doc: "seconds between sweeps of expired items", Set: intParam},
+		},
+		Funcs:  funcs,
+		RPC:    h.rpcMethods(),
+		Events: []string{"htable"},
+		Init: func() error {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			h.inited = true
+			err := errors.Join(h.pending...)
+			h.pending = nil
+			return err
+		},
+		Stop: h.stop,
+	}
+}
+
+// setDefParam applies one modparam("htable", "htable", spec). An invalid
+// definition fails startup (Init) and is ignored (logged) on a reload.
+func (h *HT) setDefParam(v core.Val) error {
+	d, err := ParseTableDef(v.S)
+	if err != nil {
+		h.mu.Lock()
+		if !h.inited {
+			h.pending = append(h.pending, err)
+		}
+		h.mu.Unlock()
+		return err
+	}
+	h.Define(d)
+	return nil
+}
