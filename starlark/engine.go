@@ -72,6 +72,7 @@ type Engine struct {
 
 	ksr      *starlarkstruct.Module
 	funcs    map[string]*core.Func // native names for KSR.x.modf
+	modfFns  map[string]*sk.Builtin
 	params   map[string]map[string]*core.Param
 	current  atomic.Pointer[Program]
 	mu       sync.Mutex // serialises loads
@@ -89,7 +90,7 @@ const KeepVersions = 5
 
 // New builds every registered module against env and the KSR tree.
 func New(env *core.Env) *Engine {
-	e := &Engine{Env: env, funcs: map[string]*core.Func{}, params: map[string]map[string]*core.Param{}, MaxSteps: DefaultMaxSteps}
+	e := &Engine{Env: env, funcs: map[string]*core.Func{}, modfFns: map[string]*sk.Builtin{}, params: map[string]map[string]*core.Param{}, MaxSteps: DefaultMaxSteps}
 	env.Router = e
 	for _, f := range core.Factories() {
 		m := f(env)
@@ -129,6 +130,7 @@ func (e *Engine) buildKSR() {
 			if _, dup := e.funcs[f.Name]; !dup || (mod.Name != "pv" && mod.Name != "hdr") {
 				if mod.Name != "x" {
 					e.funcs[f.Name] = f
+					e.modfFns[f.Name] = e.builtin("", f)
 				}
 			}
 		}
@@ -227,7 +229,9 @@ func (e *Engine) Install(p *Program, err error) (*Program, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if err == nil {
-		e.applyParams(p)
+		err = e.applyParams(p)
+	}
+	if err == nil {
 		e.nextVer++
 		p.Version = e.nextVer
 		e.install(p)
@@ -246,8 +250,10 @@ func (e *Engine) Rollback() (*Program, error) {
 	for i := len(e.versions) - 1; i >= 0; i-- {
 		if e.versions[i] == cur && i > 0 {
 			prev := e.versions[i-1]
+			if err := e.applyParams(prev); err != nil {
+				return nil, err
+			}
 			e.versions = e.versions[:i]
-			e.applyParams(prev)
 			e.current.Store(prev)
 			return prev, nil
 		}
@@ -255,15 +261,15 @@ func (e *Engine) Rollback() (*Program, error) {
 	return nil, errors.New("no previous version to roll back to")
 }
 
-func (e *Engine) applyParams(p *Program) {
+func (e *Engine) applyParams(p *Program) error {
 	for _, mp := range p.Config.ModParams {
 		if prm := e.params[mp.Module][mp.Name]; prm != nil && prm.Set != nil {
-			// Checked in Compile; a Set error here would be a module bug.
 			if err := prm.Set(mp.Value); err != nil {
-				e.Env.Log.Error("modparam", "module", mp.Module, "name", mp.Name, "err", err)
+				return fmt.Errorf("%s: modparam(%q, %q): %v", mp.Pos, mp.Module, mp.Name, err)
 			}
 		}
 	}
+	return nil
 }
 
 // Check compiles and validates without installing (kamd -c).
@@ -393,8 +399,11 @@ func scanRefs(f *syntax.File) (*refs, error) {
 		s, _ := lit.Value.(string)
 		name := dot.Name.Name
 		owner := ""
-		if x, ok := dot.X.(*syntax.DotExpr); ok {
+		switch x := dot.X.(type) {
+		case *syntax.DotExpr: // KSR.tm.t_on_failure
 			owner = x.Name.Name
+		case *syntax.Ident: // tm = KSR.tm; tm.t_on_failure
+			owner = x.Name
 		}
 		switch {
 		case owner == "tm" && callbackSetters[name]:

@@ -216,6 +216,11 @@ func (e *Engine) cfgModparam(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []s
 	if p.Type == core.ArgStr && v.K != core.KStr {
 		return nil, fmt.Errorf("modparam(%q, %q): want str, got %s", mod, name, val.Type())
 	}
+	if p.Check != nil {
+		if err := p.Check(v); err != nil {
+			return nil, fmt.Errorf("modparam(%q, %q): %v", mod, name, err)
+		}
+	}
 	c.ModParams = append(c.ModParams, ModParam{Module: mod, Name: name, Value: v, Pos: th.CallFrame(1).Pos.String()})
 	return sk.None, nil
 }
@@ -340,7 +345,7 @@ func (e *Engine) modf(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []sk.Tuple
 			conv[i] = s
 		}
 	}
-	v, err := sk.Call(th, e.builtin("", f), conv, nil)
+	v, err := sk.Call(th, e.modfFns[string(fname)], conv, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -118,7 +118,10 @@ type Param struct {
 	Type    ArgType
 	Default Val
 	Doc     string
-	Set     func(v Val) error
+	// Check validates a value in the config phase (so a bad value is a load
+	// error with file:line); Set applies it when the version is installed.
+	Check func(v Val) error
+	Set   func(v Val) error
 }
 
 // RPCArgs is the positional view of an RPC call's params.

@@ -424,7 +424,7 @@ func (h *HT) module() *core.Module {
 		Doc:  "shared in-memory hash tables with expiry",
 		Params: []core.Param{
 			{Name: "htable", Type: s, Default: core.Str(""), Doc: "define a table: \"name=>size=8;autoexpire=300;initval=0;updateexpire=1\" (repeatable)",
-				Set: h.setDefParam},
+				Check: func(v core.Val) error { _, err := ParseTableDef(v.S); return err }, Set: h.setDefParam},
 			{Name: "timer_interval", Type: i, Default: core.Int(20), Doc: "seconds between sweeps of expired items", Set: intParam},
 		},
 		Funcs:  funcs,

@@ -342,14 +342,14 @@ modparam("htable", "htable", "a=>size=8;colour=red")
 def ksr_request_route():
     pass
 `), starlark.HarnessOptions{})
-	if err == nil || !strings.Contains(err.Error(), `module htable: htable a: unknown attribute "colour"`) {
+	if err == nil || !strings.Contains(err.Error(), `bad.star:2:9: modparam("htable", "htable"): htable a: unknown attribute "colour"`) {
 		t.Fatalf("err %v", err)
 	}
 }
 
 // A reload applies the modparams again: an unchanged table keeps its
-// items, a changed autoexpire applies, a bad definition is logged and
-// changes nothing.
+// items, a changed autoexpire applies, and a reload with a bad definition
+// fails (file:line) and changes nothing.
 func TestReload(t *testing.T) {
 	h, err := starlark.NewHarness("htable.star", []byte(defs), starlark.HarnessOptions{})
 	if err != nil {
@@ -366,8 +366,11 @@ func TestReload(t *testing.T) {
 	if v, _ := ht.Get("t", "k"); v != core.Str("v") {
 		t.Fatalf("after an identical reload: %v", v)
 	}
+	bad := strings.Replace(defs, `"iv=>initval=0"`, `"iv=>initval=0;colour=red"`, 1)
+	if _, err := h.Engine.Load("htable.star", []byte(bad)); err == nil || !strings.Contains(err.Error(), `unknown attribute "colour"`) {
+		t.Fatalf("a reload with a bad definition: %v", err)
+	}
 	changed := strings.Replace(defs, `"t=>size=4"`, `"t=>size=4;autoexpire=30"`, 1)
-	changed = strings.Replace(changed, `"iv=>initval=0"`, `"iv=>initval=0;colour=red"`, 1)
 	if _, err := h.Engine.Load("htable.star", []byte(changed)); err != nil {
 		t.Fatal(err)
 	}

@@ -68,10 +68,16 @@ func New(env *core.Env) *core.Module {
 	for i := 1; i <= 6; i++ {
 		t.st.codes[i] = s.Counter("tm", strconv.Itoa(i)+"xx")
 	}
-	msInt := func(dst *atomic.Int64, name string) func(core.Val) error {
+	positive := func(v core.Val) error {
+		if v.I <= 0 {
+			return fmt.Errorf("must be a positive number of milliseconds, got %d", v.I)
+		}
+		return nil
+	}
+	msInt := func(dst *atomic.Int64, _ string) func(core.Val) error {
 		return func(v core.Val) error {
-			if v.I <= 0 {
-				return fmt.Errorf("%s must be a positive number of milliseconds", name)
+			if err := positive(v); err != nil {
+				return err
 			}
 			dst.Store(v.I)
 			return nil
@@ -84,11 +90,11 @@ func New(env *core.Env) *core.Module {
 		Name: "tm",
 		Doc:  "stateful transactions",
 		Params: []core.Param{
-			{Name: "fr_timer", Type: i, Default: core.Int(30000), Doc: "ms to wait for a final reply when no provisional came", Set: msInt(&t.frTimer, "fr_timer")},
-			{Name: "fr_inv_timer", Type: i, Default: core.Int(120000), Doc: "ms to wait for a final reply to an INVITE after a provisional", Set: msInt(&t.frInvTimer, "fr_inv_timer")},
-			{Name: "wait_timer", Type: i, Default: core.Int(5000), Doc: "ms a finished transaction is kept to absorb retransmissions", Set: msInt(&t.waitTimer, "wait_timer")},
-			{Name: "max_inv_lifetime", Type: i, Default: core.Int(180000), Doc: "ms an INVITE transaction may live before it is ended (408 on pending branches)", Set: msInt(&t.maxInvLife, "max_inv_lifetime")},
-			{Name: "max_noninv_lifetime", Type: i, Default: core.Int(32000), Doc: "ms a non-INVITE transaction may live before it is ended", Set: msInt(&t.maxLife, "max_noninv_lifetime")},
+			{Name: "fr_timer", Type: i, Default: core.Int(30000), Doc: "ms to wait for a final reply when no provisional came", Check: positive, Set: msInt(&t.frTimer, "fr_timer")},
+			{Name: "fr_inv_timer", Type: i, Default: core.Int(120000), Doc: "ms to wait for a final reply to an INVITE after a provisional", Check: positive, Set: msInt(&t.frInvTimer, "fr_inv_timer")},
+			{Name: "wait_timer", Type: i, Default: core.Int(5000), Doc: "ms a finished transaction is kept to absorb retransmissions", Check: positive, Set: msInt(&t.waitTimer, "wait_timer")},
+			{Name: "max_inv_lifetime", Type: i, Default: core.Int(180000), Doc: "ms an INVITE transaction may live before it is ended (408 on pending branches)", Check: positive, Set: msInt(&t.maxInvLife, "max_inv_lifetime")},
+			{Name: "max_noninv_lifetime", Type: i, Default: core.Int(32000), Doc: "ms a non-INVITE transaction may live before it is ended", Check: positive, Set: msInt(&t.maxLife, "max_noninv_lifetime")},
 		},
 		Funcs: []core.Func{
 			{Name: "t_relay", Ret: core.RetInt, Routes: reqRoutes, Doc: "relay statefully to $du or the R-URI; 1 ok, 0 retransmission absorbed, <0 error",
