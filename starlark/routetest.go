@@ -367,6 +367,11 @@ func NewHarness(path string, src []byte, opts HarnessOptions) (*Harness, error) 
 	env.Sockets = socks
 	env.Aliases = p.Config.Aliases
 	env.Sender = eng.WrapSender(h.rec)
+	// As the daemon: modules find their tables in a SQLite file (a fresh one per test).
+	if env.DB, err = core.OpenDB(env.DBPath); err != nil {
+		h.Close()
+		return nil, err
+	}
 	for _, m := range eng.Modules {
 		if m.Init != nil {
 			if err := m.Init(); err != nil {
@@ -406,6 +411,9 @@ func (h *Harness) Close() {
 	}
 	if h.stopObs != nil {
 		h.stopObs()
+	}
+	if h.Env != nil && h.Env.DB != nil {
+		_ = h.Env.DB.Close()
 	}
 	if h.dir != "" {
 		os.RemoveAll(h.dir)
