@@ -224,6 +224,10 @@ func (d *daemon) ps() []map[string]any {
 	return out
 }
 
+// defaultListen is what kamd listens on when neither -l nor the script's
+// listen() names a socket (the same as newDaemon's default in main.go).
+var defaultListen = []core.Socket{{Proto: "udp", IP: "127.0.0.1", Port: 5060}, {Proto: "tcp", IP: "127.0.0.1", Port: 5060}}
+
 func socketSet(ss []core.Socket) []string {
 	var out []string
 	for _, s := range ss {
@@ -254,8 +258,14 @@ func (d *daemon) reloadRPC(applyLive bool) (any, error) {
 		return nil, rpc.NewError(500, err.Error())
 	}
 	var notApplied []string
-	if len(d.o.listen) == 0 && len(p.Config.Listen) > 0 {
-		want, have := socketSet(p.Config.Listen), socketSet(d.configured)
+	if len(d.o.listen) == 0 {
+		// A script without listen() would get the default sockets at the
+		// next start: removing every listen() is a change too.
+		listen := p.Config.Listen
+		if len(listen) == 0 {
+			listen = defaultListen
+		}
+		want, have := socketSet(listen), socketSet(d.configured)
 		if strings.Join(want, ",") != strings.Join(have, ",") {
 			msg := fmt.Sprintf("listen sockets changed (%s → %s); they need a restart", strings.Join(have, " "), strings.Join(want, " "))
 			if !applyLive {
