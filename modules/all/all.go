@@ -6,11 +6,13 @@ import (
 	_ "github.com/kamgo/kamgo/modules/kx"
 	_ "github.com/kamgo/kamgo/modules/maxfwd"
 	_ "github.com/kamgo/kamgo/modules/pvx"
+	_ "github.com/kamgo/kamgo/modules/registrar"
 	_ "github.com/kamgo/kamgo/modules/rr"
 	_ "github.com/kamgo/kamgo/modules/sanity"
 	_ "github.com/kamgo/kamgo/modules/siputils"
 	_ "github.com/kamgo/kamgo/modules/sl"
 	_ "github.com/kamgo/kamgo/modules/textops"
 	_ "github.com/kamgo/kamgo/modules/tm"
+	_ "github.com/kamgo/kamgo/modules/usrloc"
 	_ "github.com/kamgo/kamgo/modules/xlog"
 )

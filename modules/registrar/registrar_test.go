@@ -1,0 +1,209 @@
+package registrar_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/kamgo/kamgo/modules/core"
+	"github.com/kamgo/kamgo/starlark"
+
+	_ "github.com/kamgo/kamgo/modules/all"
+)
+
+const script = `
+modparam("registrar", "max_contacts", 2)
+modparam("usrloc", "nat_bflag", 6)
+
+def ksr_request_route():
+    if KSR.is_REGISTER():
+        if KSR.hdr.is_present("X-NAT") > 0:
+            KSR.setflag(6)
+        flags = 0
+        if KSR.hdr.is_present("X-Flags") > 0:
+            flags = int(KSR.pv.get("$hdr(X-Flags)"))
+        rc = KSR.registrar.save("location", flags)
+        KSR.pv.sets("$var(rc)", str(rc))
+        if flags & 2:
+            KSR.sl.send_reply(299, "Saved " + str(rc))
+        return
+    if KSR.is_OPTIONS():
+        KSR.pv.sets("$var(reg)", str(KSR.registrar.registered("location")))
+        KSR.pv.sets("$var(fetch)", str(KSR.registrar.reg_fetch_contacts("location", "sip:alice@127.0.0.1", "p")))
+        KSR.pv.sets("$var(addr)", str(KSR.pv.get("$ulc(p=>addr)")))
+        KSR.pv.sets("$var(count)", str(KSR.pv.get("$ulc(p=>count)")))
+        KSR.pv.sets("$var(second)", str(KSR.pv.get("$ulc(p=>addr=>1)")))
+        KSR.sl.send_reply(200, "OK")
+        return
+    if KSR.is_MESSAGE():
+        KSR.pv.sets("$var(un)", str(KSR.registrar.unregister("location", "sip:alice@127.0.0.1")))
+        KSR.sl.send_reply(200, "OK")
+        return
+    KSR.pv.sets("$var(rc)", str(KSR.registrar.lookup("location")))
+    KSR.sl.send_reply(200, "OK")
+`
+
+type harness struct {
+	t   *testing.T
+	h   *starlark.Harness
+	seq int
+}
+
+func newHarness(t *testing.T) *harness {
+	h, err := starlark.NewHarness("route.star", []byte(script), starlark.HarnessOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	return &harness{t: t, h: h}
+}
+
+func (x *harness) send(method, ruri string, hdrs ...string) (*starlark.Result, *core.Msg) {
+	x.t.Helper()
+	x.seq++
+	text := fmt.Sprintf("%s %s SIP/2.0\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-%d\nFrom: <sip:alice@127.0.0.1>;tag=f%d\nTo: <sip:alice@127.0.0.1>\nMax-Forwards: 70\n",
+		method, ruri, x.seq, x.seq)
+	has := func(name string) bool {
+		for _, h := range hdrs {
+			if strings.HasPrefix(strings.ToLower(h), strings.ToLower(name)+":") {
+				return true
+			}
+		}
+		return false
+	}
+	if !has("Call-ID") {
+		text += fmt.Sprintf("Call-ID: c%d\n", x.seq)
+	}
+	if !has("CSeq") {
+		text += fmt.Sprintf("CSeq: 1 %s\n", method)
+	}
+	text += strings.Join(hdrs, "\n") + "\n"
+	msg, err := starlark.ParseMessage(text)
+	if err != nil {
+		x.t.Fatal(err)
+	}
+	r, err := x.h.Request(msg.(*sip.Request), "192.0.2.10:5060", "udp")
+	if err != nil {
+		x.t.Fatal(err)
+	}
+	if r.Error() != "" {
+		x.t.Fatalf("script error: %s", r.Error())
+	}
+	return r, r.Msg
+}
+
+func reply(t *testing.T, r *starlark.Result) *sip.Response {
+	t.Helper()
+	rs := r.Of(core.OutReply)
+	if len(rs) == 0 {
+		t.Fatal("no reply")
+	}
+	return rs[len(rs)-1].Msg.(*sip.Response)
+}
+
+func pv(m *core.Msg, name string) string {
+	p, _ := core.ParsePV(name)
+	return p.Get(m).String()
+}
+
+func TestSave(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		before   [][]string // earlier REGISTERs' extra headers
+		hdrs     []string
+		code     int
+		rc       string
+		contacts int
+		info     string
+	}{
+		{name: "insert", hdrs: []string{"Contact: <sip:alice@192.0.2.10>", "Expires: 300"}, code: 200, rc: "1", contacts: 1},
+		{name: "update", before: [][]string{{"Call-ID: r", "CSeq: 1 REGISTER", "Contact: <sip:alice@192.0.2.10>"}},
+			hdrs: []string{"Call-ID: r", "CSeq: 2 REGISTER", "Contact: <sip:alice@192.0.2.10>"}, code: 200, rc: "2", contacts: 1},
+		{name: "lower cseq", before: [][]string{{"Call-ID: r", "CSeq: 5 REGISTER", "Contact: <sip:alice@192.0.2.10>"}},
+			hdrs: []string{"Call-ID: r", "CSeq: 4 REGISTER", "Contact: <sip:alice@192.0.2.10>"}, code: 400, rc: "-1", info: "Invalid CSeq number"},
+		{name: "delete by param", before: [][]string{{"Contact: <sip:alice@192.0.2.10>"}},
+			hdrs: []string{"Contact: <sip:alice@192.0.2.10>;expires=0"}, code: 200, rc: "3", contacts: 0},
+		{name: "query", before: [][]string{{"Contact: <sip:alice@192.0.2.10>"}}, hdrs: nil, code: 200, rc: "4", contacts: 1},
+		{name: "star needs expires 0", hdrs: []string{"Contact: *", "Expires: 10"}, code: 400, rc: "-1", info: "expires not zero"},
+		{name: "star with contacts", hdrs: []string{"Contact: *, <sip:a@b>", "Expires: 0"}, code: 400, rc: "-1"},
+		{name: "too many", before: [][]string{{"Contact: <sip:alice@192.0.2.10>, <sip:alice@192.0.2.11>"}},
+			hdrs: []string{"Contact: <sip:alice@192.0.2.12>"}, code: 503, rc: "-2", info: "Too many registered contacts"},
+		{name: "replace", before: [][]string{{"Contact: <sip:alice@192.0.2.10>, <sip:alice@192.0.2.11>"}},
+			hdrs: []string{"Contact: <sip:alice@192.0.2.12>", "X-Flags: 4"}, code: 200, rc: "1", contacts: 1},
+		{name: "no reply", hdrs: []string{"Contact: <sip:alice@192.0.2.12>", "X-Flags: 2"}, code: 299, rc: "1"},
+		{name: "bad q", hdrs: []string{"Contact: <sip:alice@192.0.2.12>;q=2"}, code: 400, rc: "-1"},
+		{name: "min expires raised", hdrs: []string{"Contact: <sip:alice@192.0.2.12>;expires=5"}, code: 200, rc: "1", contacts: 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			x := newHarness(t)
+			for _, b := range c.before {
+				r, _ := x.send("REGISTER", "sip:127.0.0.1", b...)
+				if code := reply(t, r).StatusCode; code != 200 {
+					t.Fatalf("setup REGISTER: %d", code)
+				}
+			}
+			r, m := x.send("REGISTER", "sip:127.0.0.1", c.hdrs...)
+			res := reply(t, r)
+			if res.StatusCode != c.code {
+				t.Fatalf("code %d, want %d\n%s", res.StatusCode, c.code, res)
+			}
+			if got := pv(m, "$var(rc)"); got != c.rc {
+				t.Errorf("save() = %s, want %s", got, c.rc)
+			}
+			if c.code == 200 {
+				if got := len(res.GetHeaders("Contact")); got != c.contacts {
+					t.Errorf("%d Contacts in the reply, want %d\n%s", got, c.contacts, res)
+				}
+			}
+			if c.info != "" {
+				if h := res.GetHeader("P-Registrar-Error"); h == nil || !strings.Contains(h.Value(), c.info) {
+					t.Errorf("P-Registrar-Error: %v, want %q", h, c.info)
+				}
+			}
+			if c.name == "min expires raised" {
+				if v := res.GetHeader("Contact").Value(); !strings.HasSuffix(v, ";expires=60") {
+					t.Errorf("Contact %s: want expires raised to min_expires", v)
+				}
+			}
+		})
+	}
+}
+
+func TestLookupQAndNAT(t *testing.T) {
+	x := newHarness(t)
+	x.send("REGISTER", "sip:127.0.0.1", "Contact: <sip:alice@10.0.0.1:5062>;q=0.2")
+	x.send("REGISTER", "sip:127.0.0.1", "Contact: <sip:alice@10.0.0.2:5064>;q=0.9", "X-NAT: 1")
+	r, m := x.send("INVITE", "sip:alice@127.0.0.1")
+	if pv(m, "$var(rc)") != "1" {
+		t.Fatalf("lookup = %s", pv(m, "$var(rc)"))
+	}
+	if got := m.Req.Recipient.String(); got != "sip:alice@10.0.0.2:5064" {
+		t.Errorf("R-URI %s: want the q=0.9 contact", got)
+	}
+	if m.DstURI != "sip:192.0.2.10:5060" {
+		t.Errorf("$du %q: want the REGISTER's source (nat_bflag)", m.DstURI)
+	}
+	if m.Flags&(1<<6) == 0 {
+		t.Error("lookup did not set nat_bflag")
+	}
+	_ = r
+	_, m = x.send("INVITE", "sip:nobody@127.0.0.1")
+	if pv(m, "$var(rc)") != "-1" {
+		t.Errorf("unknown AoR: lookup = %s", pv(m, "$var(rc)"))
+	}
+	_, m = x.send("OPTIONS", "sip:alice@127.0.0.1")
+	for k, want := range map[string]string{"$var(reg)": "1", "$var(fetch)": "1", "$var(addr)": "sip:alice@10.0.0.2:5064", "$var(count)": "2", "$var(second)": "sip:alice@10.0.0.1:5062"} {
+		if got := pv(m, k); got != want {
+			t.Errorf("%s = %q, want %q", k, got, want)
+		}
+	}
+	_, m = x.send("MESSAGE", "sip:alice@127.0.0.1")
+	if pv(m, "$var(un)") != "1" {
+		t.Errorf("unregister = %s", pv(m, "$var(un)"))
+	}
+	_, m = x.send("OPTIONS", "sip:alice@127.0.0.1")
+	if pv(m, "$var(reg)") != "-1" || pv(m, "$var(fetch)") != "-1" {
+		t.Errorf("after unregister: registered %s fetch %s", pv(m, "$var(reg)"), pv(m, "$var(fetch)"))
+	}
+}
