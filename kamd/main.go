@@ -199,6 +199,7 @@ type daemon struct {
 	configured []core.Socket // listen sockets as configured (before port 0 is resolved)
 	workers    int
 	rpcSrv     *rpc.Server
+	rpcListen  string
 	reloadMu   sync.Mutex
 }
 
@@ -228,7 +229,7 @@ func newDaemon(o *options, env *core.Env, eng *starlark.Engine, path string, src
 		}
 	}
 	if len(socks) == 0 {
-		socks = []core.Socket{{Proto: "udp", IP: "127.0.0.1", Port: 5060}, {Proto: "tcp", IP: "127.0.0.1", Port: 5060}}
+		socks = defaultListen
 	}
 	env.Aliases = p.Config.Aliases
 	d.configured = socks
@@ -247,7 +248,10 @@ func newDaemon(o *options, env *core.Env, eng *starlark.Engine, path string, src
 	}
 	env.Sockets = bound
 	env.Sender = eng.WrapSender(d.tr)
-	d.tr.Start()
+	if err := d.buildRPC(); err != nil {
+		d.tr.Close()
+		return nil, err
+	}
 	for _, m := range eng.Modules {
 		if m.Init != nil {
 			if err := m.Init(); err != nil {
@@ -260,17 +264,21 @@ func newDaemon(o *options, env *core.Env, eng *starlark.Engine, path string, src
 }
 
 func (d *daemon) serve(ctx context.Context) error {
+	if err := d.listenRPC(ctx); err != nil {
+		d.tr.Close()
+		return err
+	}
 	for _, m := range d.eng.Modules {
 		if m.Start != nil {
 			if err := m.Start(ctx); err != nil {
+				d.tr.Close()
 				return fmt.Errorf("module %s: %w", m.Name, err)
 			}
 		}
 	}
-	if err := d.startRPC(ctx); err != nil {
-		d.tr.Close()
-		return err
-	}
+	// Sockets are bound since newDaemon; messages flow only now that the
+	// modules are initialised and started.
+	d.tr.Start()
 	for _, s := range d.env.Sockets {
 		d.env.Log.Info("listening on " + s.String())
 	}

@@ -17,9 +17,11 @@ import (
 
 var startedAt = time.Now()
 
-// startRPC builds the RPC server from the modules' export tables plus the
-// methods kamd itself owns (core.*, stats.*, app_starlark.*).
-func (d *daemon) startRPC(ctx context.Context) error {
+// buildRPC builds the RPC server from the modules' export tables plus the
+// methods kamd itself owns (core.*, stats.*, app_starlark.*), and wires the
+// event hub. It runs before any socket or module starts, so nothing can
+// publish an event while env.Publish is being set.
+func (d *daemon) buildRPC() error {
 	addr := d.o.rpcAddr
 	if addr == "" {
 		if v, ok := d.eng.Program().Config.CoreParams["rpc_listen"]; ok {
@@ -61,11 +63,20 @@ func (d *daemon) startRPC(ctx context.Context) error {
 	if err := srv.Validate(); err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", addr)
+	d.rpcSrv, d.rpcListen = srv, addr
+	return nil
+}
+
+// listenRPC binds the RPC address and serves it in the background.
+func (d *daemon) listenRPC(ctx context.Context) error {
+	srv := d.rpcSrv
+	if srv == nil {
+		return nil
+	}
+	ln, err := net.Listen("tcp", d.rpcListen)
 	if err != nil {
 		return fmt.Errorf("rpc: %w", err)
 	}
-	d.rpcSrv = srv
 	d.env.Log.Info("rpc listening on " + ln.Addr().String())
 	go func() {
 		if err := srv.Serve(ln); err != nil && ctx.Err() == nil {
@@ -163,6 +174,8 @@ func (d *daemon) methods() []rpc.Method {
 			}}),
 		admin(rpc.Method{Name: "app_starlark.rollback", Doc: "go back to the previous script version", Result: `{"old": n, "new": n}`,
 			Handler: func(context.Context, rpc.Params) (any, error) {
+				d.reloadMu.Lock()
+				defer d.reloadMu.Unlock()
 				old := d.eng.Program().Version
 				p, err := d.eng.Rollback()
 				if err != nil {

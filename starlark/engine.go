@@ -92,6 +92,10 @@ const KeepVersions = 5
 func New(env *core.Env) *Engine {
 	e := &Engine{Env: env, funcs: map[string]*core.Func{}, modfFns: map[string]*sk.Builtin{}, params: map[string]map[string]*core.Param{}, MaxSteps: DefaultMaxSteps}
 	env.Router = e
+	// Core statistics exist from the start, as in Kamailio (0 until used).
+	for _, name := range []string{"rcv_requests", "rcv_replies", "fwd_requests", "fwd_replies", "drop_requests", "drop_replies", "err_requests", "script_errors"} {
+		env.Stats.Counter("core", name)
+	}
 	for _, f := range core.Factories() {
 		m := f(env)
 		env.SetModule(m)
