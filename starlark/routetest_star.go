@@ -73,6 +73,7 @@ func testPredeclared() sk.StringDict {
 			"cancel":   sipCancel,
 			"ack":      sipAck,
 			"parse":    sipParse,
+			"digest":   sipDigest,
 		}),
 		"state": mod("state", map[string]func(*sk.Thread, *sk.Builtin, sk.Tuple, []sk.Tuple) (sk.Value, error){
 			"shv": stateShv, "rpc": stateRPC,
