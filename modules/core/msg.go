@@ -3,7 +3,6 @@ package core
 import (
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"net"
 	"strconv"
 	"strings"
@@ -295,22 +294,46 @@ func (m *Msg) ReplyOutgoing(res *sip.Response, kind OutKind) *Outgoing {
 // ToTag is a deterministic To-tag for local replies, so retransmitted
 // requests get the same tag (as Kamailio's sl does).
 func ToTag(req *sip.Request) string {
-	h := fnv.New64a()
+	// FNV-1a 64 computed inline (same value as hash/fnv, no allocations).
+	h := fnvOffset64
 	if c := req.CallID(); c != nil {
-		h.Write([]byte(*c))
+		h = fnvString(h, string(*c))
 	}
 	if f := req.From(); f != nil {
 		t, _ := f.Params.Get("tag")
-		h.Write([]byte(t))
+		h = fnvString(h, t)
 	}
 	if v := req.Via(); v != nil {
 		b, _ := v.Params.Get("branch")
-		h.Write([]byte(b))
+		h = fnvString(h, b)
 	}
 	if cs := req.CSeq(); cs != nil {
-		h.Write([]byte(strconv.FormatUint(uint64(cs.SeqNo), 10)))
+		var nb [20]byte
+		h = fnvBytes(h, strconv.AppendUint(nb[:0], uint64(cs.SeqNo), 10))
 	}
-	return "kg" + strconv.FormatUint(h.Sum64(), 36)
+	var out [2 + 13]byte
+	return string(strconv.AppendUint(append(out[:0], "kg"...), h, 36))
+}
+
+const (
+	fnvOffset64 uint64 = 14695981039346656037
+	fnvPrime64  uint64 = 1099511628211
+)
+
+func fnvString(h uint64, s string) uint64 {
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= fnvPrime64
+	}
+	return h
+}
+
+func fnvBytes(h uint64, b []byte) uint64 {
+	for _, c := range b {
+		h ^= uint64(c)
+		h *= fnvPrime64
+	}
+	return h
 }
 
 // ServerHeader is added to local replies, as Kamailio's server_header does.
@@ -319,8 +342,12 @@ var ServerHeader = "kamd (kamgo)"
 // BuildReply builds a local reply to req (RFC 3261 8.2.6).
 func BuildReply(req *sip.Request, code int, reason string, extra []sip.Header) *sip.Response {
 	res := sip.NewResponse(code, reason) // always SIP/2.0, whatever the request said
-	for _, h := range req.GetHeaders("Via") {
-		res.AppendHeader(sip.HeaderClone(h))
+	// Hot path: sipgo's GetHeaders("Via") lower-cases every header name;
+	// a type check finds the same headers without allocating.
+	for _, h := range Headers(req) {
+		if isVia(h) {
+			res.AppendHeader(sip.HeaderClone(h))
+		}
 	}
 	if h := req.From(); h != nil {
 		res.AppendHeader(sip.HeaderClone(h))
@@ -347,12 +374,27 @@ func BuildReply(req *sip.Request, code int, reason string, extra []sip.Header) *
 		res.AppendHeader(h)
 	}
 	res.AppendHeader(sip.NewHeader("Server", ServerHeader))
+	cl := sip.ContentLengthHeader(0)
+	if len(extra) == 0 && code != 100 {
+		// No header above can be a Content-Length: append it directly
+		// (SetBody would scan all headers for one first).
+		res.AppendHeader(&cl)
+		return res
+	}
 	res.SetBody(nil)
 	if res.ContentLength() == nil {
-		cl := sip.ContentLengthHeader(0)
 		res.AppendHeader(&cl)
 	}
 	return res
+}
+
+// isVia matches what GetHeaders("Via") matches, without lower-casing.
+func isVia(h sip.Header) bool {
+	if _, ok := h.(*sip.ViaHeader); ok {
+		return true
+	}
+	n := h.Name()
+	return len(n) == 3 && strings.EqualFold(n, "via")
 }
 
 // SendReply sends a stateless local reply to the request in m. ACKs are never answered.

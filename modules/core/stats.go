@@ -12,6 +12,9 @@ import (
 type Stats struct {
 	mu sync.RWMutex
 	m  map[string]*Counter
+	// byPair finds a counter without building "group:name" (an allocation
+	// per lookup on the per-message path).
+	byPair map[[2]string]*Counter
 }
 
 // Counter is one statistic.
@@ -26,23 +29,30 @@ func (c *Counter) Add(n int64)  { c.v.Add(n) }
 func (c *Counter) Set(n int64)  { c.v.Store(n) }
 func (c *Counter) Value() int64 { return c.v.Load() }
 
-func NewStats() *Stats { return &Stats{m: map[string]*Counter{}} }
+func NewStats() *Stats {
+	return &Stats{m: map[string]*Counter{}, byPair: map[[2]string]*Counter{}}
+}
 
 // Counter returns (creating it if needed) the counter "group:name".
 func (s *Stats) Counter(group, name string) *Counter {
-	key := group + ":" + name
+	pair := [2]string{group, name}
 	s.mu.RLock()
-	c := s.m[key]
+	c := s.byPair[pair]
 	s.mu.RUnlock()
 	if c != nil {
 		return c
 	}
+	key := group + ":" + name
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if c = s.m[key]; c == nil {
 		c = &Counter{}
 		s.m[key] = c
 	}
+	if s.byPair == nil {
+		s.byPair = map[[2]string]*Counter{}
+	}
+	s.byPair[pair] = c
 	return c
 }
 
