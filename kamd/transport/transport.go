@@ -71,8 +71,21 @@ func (j *job) remoteAddr() string {
 }
 
 // peerHash picks the worker queue: one peer, one queue, so its messages stay in order.
+//
+// UDP datagrams the reader has already parsed are spread by Call-ID
+// instead: what must stay in order (a 180 and its 200, an INVITE and its
+// CANCEL) shares a Call-ID, and a single busy peer — another proxy, or
+// sipp — can then use every worker rather than one.
 func (j *job) peerHash() uint32 {
 	h := uint32(2166136261)
+	if j.proto == "udp" && j.msg != nil {
+		if cid := j.msg.CallID(); cid != nil {
+			for i := 0; i < len(*cid); i++ {
+				h = (h ^ uint32((*cid)[i])) * 16777619
+			}
+			return h
+		}
+	}
 	key := j.remote
 	if j.srcIP != "" {
 		key = j.srcIP

@@ -57,7 +57,15 @@ func (t *Transport) udpLoop(u *udpSock) {
 				}
 				continue
 			}
-			j.data = append([]byte(nil), data...)
+			// A backlog: parse here (the read buffer is reused) and let
+			// the workers route, spread by Call-ID (see peerHash).
+			msg, err := parser.ParseSIP(data)
+			if err != nil {
+				j.data = data // the error path (a 400 or a drop) runs here
+				t.process(parser, j)
+				continue
+			}
+			j.msg = msg
 			t.enqueue(j)
 		}
 	}
