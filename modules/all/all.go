@@ -2,6 +2,8 @@
 package all
 
 import (
+	_ "github.com/kamgo/kamgo/modules/auth"
+	_ "github.com/kamgo/kamgo/modules/auth_db"
 	_ "github.com/kamgo/kamgo/modules/htable"
 	_ "github.com/kamgo/kamgo/modules/kx"
 	_ "github.com/kamgo/kamgo/modules/maxfwd"
