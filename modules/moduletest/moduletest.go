@@ -139,3 +139,17 @@ func RunScript(t testing.TB, env *core.Env, src string, m *core.Msg) {
 	}
 	eng.HandleRequest(m)
 }
+
+// S and I make KEMI values for calls through the export table.
+func S(s string) core.Val { return core.Str(s) }
+func I(i int) core.Val    { return core.Int(i) }
+
+// Invite is a plain INVITE (headers only) that module tests start from.
+const Invite = `INVITE sip:bob@example.com SIP/2.0
+Via: SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bK-1;rport
+From: "Alice" <sip:alice@example.com>;tag=ftag1
+To: <sip:bob@example.com>
+Call-ID: call-1@192.0.2.10
+CSeq: 1 INVITE
+Contact: <sip:alice@192.0.2.10:5070>
+Max-Forwards: 70`

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 
+	mt "github.com/kamgo/kamgo/modules/moduletest"
+
 	"github.com/kamgo/kamgo/modules/core"
 	"github.com/kamgo/kamgo/modules/rr"
 )
@@ -25,7 +27,7 @@ func routeValues(m *core.Msg) []string {
 }
 
 func TestRecordRoute(t *testing.T) {
-	withRR := invite + "\nRecord-Route: <sip:10.0.0.9;lr>"
+	withRR := mt.Invite + "\nRecord-Route: <sip:10.0.0.9;lr>"
 	for _, tc := range []struct {
 		name   string
 		msg    string
@@ -35,48 +37,48 @@ func TestRecordRoute(t *testing.T) {
 		params string   // record_route_params
 		want   []string
 	}{
-		{name: "single udp", msg: invite,
+		{name: "single udp", msg: mt.Invite,
 			want: []string{"<sip:127.0.0.1:5060;lr;ftag=ftag1>"}},
 		{name: "before existing RR", msg: withRR,
 			want: []string{"<sip:127.0.0.1:5060;lr;ftag=ftag1>", "<sip:10.0.0.9;lr>"}},
-		{name: "params before and after", msg: invite, before: []string{";a=1"}, after: []string{"b"},
+		{name: "params before and after", msg: mt.Invite, before: []string{";a=1"}, after: []string{"b"},
 			want: []string{"<sip:127.0.0.1:5060;lr;ftag=ftag1;a=1;b>"}},
-		{name: "record_route_params", msg: invite, params: ";nat=yes",
+		{name: "record_route_params", msg: mt.Invite, params: ";nat=yes",
 			want: []string{"<sip:127.0.0.1:5060;lr;ftag=ftag1;nat=yes>"}},
-		{name: "double rr udp to tcp", msg: invite,
+		{name: "double rr udp to tcp", msg: mt.Invite,
 			setup: func(m *core.Msg) { m.DstURI = "sip:192.0.2.99:5080;transport=tcp" },
 			want:  []string{"<sip:127.0.0.1:5060;transport=tcp;r2=on;lr;ftag=ftag1>", "<sip:127.0.0.1:5060;r2=on;lr;ftag=ftag1>"}},
-		{name: "no socket for next hop: single", msg: invite,
+		{name: "no socket for next hop: single", msg: mt.Invite,
 			setup: func(m *core.Msg) { m.DstURI = "sip:192.0.2.99:5080;transport=tls" },
 			want:  []string{"<sip:127.0.0.1:5060;lr;ftag=ftag1>"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			env, _ := newEnv()
+			env, _ := mt.NewEnv()
 			mod := rr.New(env)
-			m := newMsg(t, env, tc.msg, "")
+			m := mt.NewMsg(t, env, tc.msg, "")
 			if tc.setup != nil {
 				tc.setup(m)
 			}
 			for _, p := range tc.before {
-				mustInt(t, mod, m, "add_rr_param", S(p))
+				mt.MustInt(t, mod, m, "add_rr_param", mt.S(p))
 			}
 			var ret int64
 			if tc.params != "" {
-				ret = mustInt(t, mod, m, "record_route_params", S(tc.params))
+				ret = mt.MustInt(t, mod, m, "record_route_params", mt.S(tc.params))
 			} else {
-				ret = mustInt(t, mod, m, "record_route")
+				ret = mt.MustInt(t, mod, m, "record_route")
 			}
 			if ret != 1 {
 				t.Fatalf("record_route = %d", ret)
 			}
 			for _, p := range tc.after {
-				mustInt(t, mod, m, "add_rr_param", S(p))
+				mt.MustInt(t, mod, m, "add_rr_param", mt.S(p))
 			}
 			got := rrValues(m)
 			if strings.Join(got, "|") != strings.Join(tc.want, "|") {
 				t.Fatalf("RR = %q\nwant %q", got, tc.want)
 			}
-			if mustInt(t, mod, m, "record_route") != -1 {
+			if mt.MustInt(t, mod, m, "record_route") != -1 {
 				t.Fatal("second record_route should fail")
 			}
 		})
@@ -84,13 +86,13 @@ func TestRecordRoute(t *testing.T) {
 }
 
 func TestRecordRouteRejectsInjection(t *testing.T) {
-	env, _ := newEnv()
+	env, _ := mt.NewEnv()
 	mod := rr.New(env)
-	m := newMsg(t, env, invite, "")
-	if _, err := call(t, mod, m, "add_rr_param", S(";a=1\r\nX-Evil: 1")); err == nil {
+	m := mt.NewMsg(t, env, mt.Invite, "")
+	if _, err := mt.Call(t, mod, m, "add_rr_param", mt.S(";a=1\r\nX-Evil: 1")); err == nil {
 		t.Fatal("CRLF accepted")
 	}
-	if _, err := call(t, mod, m, "record_route_params", S(";a=<x>")); err == nil {
+	if _, err := mt.Call(t, mod, m, "record_route_params", mt.S(";a=<x>")); err == nil {
 		t.Fatal("'<' accepted")
 	}
 }
@@ -134,10 +136,10 @@ func TestLooseRoute(t *testing.T) {
 			want: 1, wantDU: "sip:10.0.0.2;lr", wantRURI: "sip:bob@192.0.2.20:5090", wantRoute: []string{"<sip:10.0.0.2;lr>"}, checkRE: "ftag=ftag1", checkWant: 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			env, _ := newEnv()
+			env, _ := mt.NewEnv()
 			mod := rr.New(env)
-			m := newMsg(t, env, tc.msg, "")
-			if got := mustInt(t, mod, m, "loose_route"); got != tc.want {
+			m := mt.NewMsg(t, env, tc.msg, "")
+			if got := mt.MustInt(t, mod, m, "loose_route"); got != tc.want {
 				t.Fatalf("loose_route = %d, want %d", got, tc.want)
 			}
 			if m.DstURI != tc.wantDU {
@@ -150,16 +152,16 @@ func TestLooseRoute(t *testing.T) {
 				t.Errorf("Route = %q, want %q", got, tc.wantRoute)
 			}
 			if tc.checkRE != "" {
-				if got := mustInt(t, mod, m, "check_route_param", S(tc.checkRE)); got != tc.checkWant {
+				if got := mt.MustInt(t, mod, m, "check_route_param", mt.S(tc.checkRE)); got != tc.checkWant {
 					t.Errorf("check_route_param(%q) = %d, want %d", tc.checkRE, got, tc.checkWant)
 				}
 			}
 			if tc.dir != "" {
-				if got := mustInt(t, mod, m, "is_direction", S(tc.dir)); got != 1 {
+				if got := mt.MustInt(t, mod, m, "is_direction", mt.S(tc.dir)); got != 1 {
 					t.Errorf("is_direction(%q) = %d", tc.dir, got)
 				}
 				other := map[string]string{"upstream": "downstream", "downstream": "upstream"}[tc.dir]
-				if got := mustInt(t, mod, m, "is_direction", S(other)); got != -1 {
+				if got := mt.MustInt(t, mod, m, "is_direction", mt.S(other)); got != -1 {
 					t.Errorf("is_direction(%q) = %d", other, got)
 				}
 			}
@@ -168,14 +170,14 @@ func TestLooseRoute(t *testing.T) {
 }
 
 func TestCheckRouteParamBadRegex(t *testing.T) {
-	env, _ := newEnv()
+	env, _ := mt.NewEnv()
 	mod := rr.New(env)
-	m := newMsg(t, env, inDialog+"\nRoute: <sip:127.0.0.1;lr;x=1>", "")
-	_, err := call(t, mod, m, "check_route_param", S("(unclosed"))
+	m := mt.NewMsg(t, env, inDialog+"\nRoute: <sip:127.0.0.1;lr;x=1>", "")
+	_, err := mt.Call(t, mod, m, "check_route_param", mt.S("(unclosed"))
 	if err == nil || !strings.Contains(err.Error(), "(unclosed") {
 		t.Fatalf("want error naming the regex, got %v", err)
 	}
-	if _, err := call(t, mod, m, "is_direction", S("sideways")); err == nil {
+	if _, err := mt.Call(t, mod, m, "is_direction", mt.S("sideways")); err == nil {
 		t.Fatal("is_direction accepted a bad direction")
 	}
 }
@@ -191,9 +193,9 @@ def ksr_request_route(msg):
     KSR.forward()
 `
 	// In-dialog: routed to the next Route via $du.
-	env, rec := newEnv()
-	m := newMsg(t, env, inDialog+"\nRoute: <sip:127.0.0.1:5060;lr>,<sip:10.0.0.2:5070;lr>", "")
-	runScript(t, env, src, m)
+	env, rec := mt.NewEnv()
+	m := mt.NewMsg(t, env, inDialog+"\nRoute: <sip:127.0.0.1:5060;lr>,<sip:10.0.0.2:5070;lr>", "")
+	mt.RunScript(t, env, src, m)
 	out := rec.All()
 	if len(out) != 1 || out[0].Kind != core.OutForward || out[0].Dst.String() != "udp:10.0.0.2:5070" {
 		t.Fatalf("in-dialog: want forward to udp:10.0.0.2:5070, got %+v", out)
@@ -202,9 +204,9 @@ def ksr_request_route(msg):
 		t.Fatalf("in-dialog: our Route must be gone, next kept:\n%s", out[0].Text)
 	}
 	// Initial: Record-Route on the forwarded request.
-	env, rec = newEnv()
-	m = newMsg(t, env, invite, "")
-	runScript(t, env, src, m)
+	env, rec = mt.NewEnv()
+	m = mt.NewMsg(t, env, mt.Invite, "")
+	mt.RunScript(t, env, src, m)
 	out = rec.All()
 	if len(out) != 1 || !strings.Contains(out[0].Text, "Record-Route: <sip:127.0.0.1:5060;lr;ftag=ftag1>\r\n") {
 		t.Fatalf("initial: want RR on forwarded request, got %+v", out)
