@@ -3,7 +3,6 @@ package core
 import (
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -179,27 +178,35 @@ func coreModule(env *Env) *Module {
 // StatelessBranch derives the Via branch of a stateless forward so that a
 // retransmission (and the CANCEL of an INVITE) maps to the same branch (RFC 3261 16.11).
 func StatelessBranch(req *sip.Request) string {
-	h := fnv.New64a()
+	// FNV-1a 64 computed inline: the same value as hash/fnv over the same
+	// bytes, without the hasher, []byte conversions or Via.SentBy's Sprintf.
+	h := fnvOffset64
 	if v := req.Via(); v != nil {
 		if b, ok := v.Params.Get("branch"); ok && strings.HasPrefix(b, "z9hG4bK") {
-			h.Write([]byte(b))
-			h.Write([]byte(v.SentBy()))
+			h = fnvString(h, b)
+			h = fnvString(h, v.Host) // v.SentBy() is host[:port]
+			if v.Port > 0 {
+				var nb [24]byte
+				h = fnvBytes(h, strconv.AppendInt(append(nb[:0], ':'), int64(v.Port), 10))
+			}
 		} else {
 			// RFC 2543 peers: fall back to the transaction-identifying headers.
 			if c := req.CallID(); c != nil {
-				h.Write([]byte(*c))
+				h = fnvString(h, string(*c))
 			}
 			if f := req.From(); f != nil {
 				t, _ := f.Params.Get("tag")
-				h.Write([]byte(t))
+				h = fnvString(h, t)
 			}
 			if cs := req.CSeq(); cs != nil {
-				h.Write([]byte(strconv.FormatUint(uint64(cs.SeqNo), 10)))
+				var nb [20]byte
+				h = fnvBytes(h, strconv.AppendUint(nb[:0], uint64(cs.SeqNo), 10))
 			}
-			h.Write([]byte(req.Recipient.String()))
+			h = fnvString(h, req.Recipient.String())
 		}
 	}
-	return "z9hG4bKsl" + strconv.FormatUint(h.Sum64(), 36)
+	var out [9 + 13]byte
+	return string(strconv.AppendUint(append(out[:0], "z9hG4bKsl"...), h, 36))
 }
 
 // OurVia builds the Via kamd puts on a request leaving from sock.
