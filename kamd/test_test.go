@@ -23,6 +23,10 @@ func TestRouteTestsExamples(t *testing.T) {
 	if !strings.Contains(out, "ok  \t../examples/kemi/route.star") {
 		t.Errorf("no ok line for the KEMI example:\n%s", out)
 	}
+	// The benchmark scripts are routing scripts too.
+	if code, out, errs := runTestsOut(t, "../tests/bench"); code != 0 || !strings.Contains(out, "route_stateful.star") {
+		t.Fatalf("kamd test ../tests/bench: exit %d\n%s%s", code, out, errs)
+	}
 }
 
 func TestRouteTestsDefaultScript(t *testing.T) {
