@@ -55,17 +55,17 @@ for sc in $scens; do
   fi
 done
 echo
-echo "=== summary (medians; ratio = kamd / best Kamailio flavour; lower CPU is better, higher rate is better)"
+echo "=== summary (medians; ratio = CPU / best Kamailio flavour's CPU, lower is better; max_rate: calls/s sustained ${DUR}s with 0 failures)"
 awk -v out="$out" '
   FNR==NR { if ($0 ~ /scen=/) { split($4,c,"="); split($5,m,"="); match($0,/scen=[a-z]*/); sc=substr($0,RSTART+5,RLENGTH-5);
               k=sc" "$1; n[k]++; cpu[k,n[k]]=c[2]; rss[k,n[k]]=m[2]; keys[k]=1; sc_of[k]=sc; nm[k]=$1 } next }
-  { rate[$1" "$2]=$3 }
+  { rate[$1" "$2]=$3; hr[$1" "$2]=1 }
   function med(arr,k,cnt,  i,j,t,v) { for(i=1;i<=cnt;i++) v[i]=arr[k,i]+0; for(i=1;i<=cnt;i++) for(j=i+1;j<=cnt;j++) if(v[j]<v[i]){t=v[i];v[i]=v[j];v[j]=t}
                                      return (cnt%2)?v[(cnt+1)/2]:(v[cnt/2]+v[cnt/2+1])/2 }
   END {
-    printf "%-9s %-22s %10s %8s %10s %14s\n", "scenario", "proxy", "us/call", "ratio", "peakRSS_MB", "max_rate_30s"
-    for (k in keys) { mc[k]=med(cpu,k,n[k]); mr[k]=med(rss,k,n[k]); s=sc_of[k]; if (nm[k] ~ /^kamailio/ && (!(s in best) || mc[k]<best[s])) { best[s]=mc[k]; bestr[s]=rate[k] } }
-    for (k in keys) { s=sc_of[k]; r=(k in rate)?rate[k]:"-"
+    printf "%-9s %-22s %10s %8s %10s %14s\n", "scenario", "proxy", "us/call", "ratio", "peakRSS_MB", "max_rate"
+    for (k in keys) { mc[k]=med(cpu,k,n[k]); mr[k]=med(rss,k,n[k]); s=sc_of[k]; if (nm[k] ~ /^kamailio/ && (!(s in best) || mc[k]<best[s])) best[s]=mc[k] }
+    for (k in keys) { s=sc_of[k]; r=(k in hr)?rate[k]:"-"
       printf "%-9s %-22s %10.1f %8.2f %10.1f %14s\n", s, nm[k], mc[k], (best[s]>0)?mc[k]/best[s]:0, mr[k], r }
   }' "$out/cpu.txt" "$out/maxrate.txt" 2>/dev/null | (read h; echo "$h"; sort)
 [ -f "$out/maxrate.txt" ] || true
