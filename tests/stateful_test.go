@@ -115,6 +115,13 @@ func startSipUAS(t testing.TB, answer ...int) *sipUAS {
 				t.Errorf("uas respond %d: %v", code, err)
 				return
 			}
+			if code < 200 {
+				// Ring a moment, as a phone does: sipgo's UAC handles each
+				// response on its own goroutine, so a 200 sent in the same
+				// instant could be handled before the 180 and end the
+				// transaction, dropping the 180 before the test sees it.
+				time.Sleep(100 * time.Millisecond)
+			}
 			if code >= 300 {
 				// sipgo consumes the ACK to a negative reply inside Respond,
 				// which returns early only when that ACK came.
