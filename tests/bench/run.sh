@@ -42,8 +42,11 @@ for sc in $scens; do
       best=0
       for r in $RATES; do
         n=$((r * DUR))
-        if [ $p = kamd ]; then line=$("$here/compare.sh" -k "$(kamd_cmd $sc)" -s $sc -n $n -r $r -R 1 -f none -o "$out/rate.txt" | grep "scen=$sc rate=$r" | tail -1)
-        else line=$("$here/compare.sh" -s $sc -n $n -r $r -R 1 -f $p -o "$out/rate.txt" | grep "scen=$sc rate=$r" | tail -1); fi
+        for try in 1 2; do # an empty line: a port was still busy (a proxy slow to exit); retry once
+          if [ $p = kamd ]; then line=$("$here/compare.sh" -k "$(kamd_cmd $sc)" -s $sc -n $n -r $r -R 1 -f none -o "$out/rate.txt" | grep "scen=$sc rate=$r" | tail -1)
+          else line=$("$here/compare.sh" -s $sc -n $n -r $r -R 1 -f $p -o "$out/rate.txt" | grep "scen=$sc rate=$r" | tail -1); fi
+          [ -n "$line" ] && break; sleep 5
+        done
         echo "  rate $p: $line"
         ok=$(echo "$line" | grep -o 'ok=[0-9]*' | cut -d= -f2); f=$(echo "$line" | grep -o 'failed=[0-9?]*' | cut -d= -f2)
         el=$(echo "$line" | grep -o 'elapsed_s=[0-9.]*' | cut -d= -f2)
