@@ -782,17 +782,24 @@ func wsCall(t testing.TB, ws *websocket.Conn, frame []byte) map[string]any {
 		t.Fatalf("websocket write: %v", err)
 	}
 	ws.SetReadDeadline(time.Now().Add(30 * time.Second))
-	_, data, err := ws.ReadMessage()
-	if err != nil {
-		t.Fatalf("websocket read after %q: %v", truncateStr(string(frame), 80), err)
+	for {
+		_, data, err := ws.ReadMessage()
+		if err != nil {
+			t.Fatalf("websocket read after %q: %v", truncateStr(string(frame), 80), err)
+		}
+		dec := json.NewDecoder(bytes.NewReader(data))
+		dec.UseNumber()
+		var m map[string]any
+		if err := dec.Decode(&m); err != nil {
+			t.Fatalf("websocket response is not a JSON object: %q", data)
+		}
+		// Event notifications (no id, method "event") may come first on a
+		// subscribed connection: the response is the next message with an id.
+		if _, isEvent := m["method"]; isEvent && m["id"] == nil {
+			continue
+		}
+		return m
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	var m map[string]any
-	if err := dec.Decode(&m); err != nil {
-		t.Fatalf("websocket response is not a JSON object: %q", data)
-	}
-	return m
 }
 
 func truncateStr(s string, n int) string {
