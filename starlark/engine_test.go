@@ -233,3 +233,26 @@ func TestAPIList(t *testing.T) {
 		}
 	}
 }
+
+// A request routed to kamd's own socket would come straight back: both
+// forward() and t_relay() refuse it (-1) instead of looping.
+func TestNoLoopToSelf(t *testing.T) {
+	for _, body := range []string{
+		`rc = KSR.forward_uri("sip:127.0.0.1:5060")`,
+		"KSR.setdsturi(\"sip:127.0.0.1:5060\")\n    rc = KSR.tm.t_relay()",
+	} {
+		src := "def ksr_request_route():\n    " + body + "\n    if rc < 0:\n        KSR.sl.send_reply(482, \"Loop Detected\")\n"
+		h, err := starlark.NewHarness("l.star", []byte(src), starlark.HarnessOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := h.Request(options(t, 1), "192.0.2.10:5070", "udp")
+		h.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.Sent) != 1 || !strings.HasPrefix(r.Sent[0].Text, "SIP/2.0 482 Loop Detected") {
+			t.Fatalf("%s: sent %v", body, r.Sent)
+		}
+	}
+}

@@ -231,6 +231,19 @@ func TestIsMyself(t *testing.T) {
 			t.Errorf("IsMyself(%s, %d) = %v, want %v", tc.host, tc.port, got, tc.want)
 		}
 	}
+	for _, tc := range []struct {
+		t    core.Target
+		want bool
+	}{
+		{core.Target{Proto: "udp", Host: "127.0.0.1", Port: 5060}, true},
+		{core.Target{Proto: "tcp", Host: "127.0.0.1", Port: 5060}, false}, // no tcp socket there
+		{core.Target{Proto: "udp", Host: "127.0.0.1", Port: 5070}, false},
+		{core.Target{Proto: "udp", Host: "sip.example.com", Port: 5080}, true},
+	} {
+		if got := env.IsLoop(tc.t); got != tc.want {
+			t.Errorf("IsLoop(%s) = %v, want %v", tc.t, got, tc.want)
+		}
+	}
 }
 
 func TestFixViaAndReplyTarget(t *testing.T) {

@@ -232,6 +232,18 @@ func (e *Env) IsMyself(host string, port int) bool {
 	return false
 }
 
+// IsLoop reports whether a request sent to t would reach one of kamd's own
+// sockets (same protocol, address and port).
+func (e *Env) IsLoop(t Target) bool {
+	h := normHost(t.Host)
+	for _, s := range e.Sockets {
+		if s.Port == t.Port && s.Proto == t.Proto && (normHost(s.IP) == h || (s.Advertise != "" && normHost(s.Advertise) == h)) {
+			return true
+		}
+	}
+	return false
+}
+
 func normHost(h string) string {
 	h = strings.ToLower(strings.Trim(h, "[]"))
 	if ip := net.ParseIP(h); ip != nil {

@@ -10,6 +10,11 @@ import (
 	"github.com/emiago/sipgo/sip"
 )
 
+// ErrLoop refuses to send a request to kamd's own socket: it would come
+// straight back and, routed the same way, loop until Max-Forwards runs out
+// (or forever, for a script that does not check it).
+var ErrLoop = errors.New("routing loop: the next hop is kamd itself")
+
 // ErrExit ends the running callback without error (KSR.x.exit, KSR.x.drop).
 var ErrExit = errors.New("exit")
 
@@ -220,6 +225,9 @@ func OurVia(sock Socket, branch string) *sip.ViaHeader {
 // SendRequest prepends our Via to req, hands it to the Sender and removes
 // the Via again, so the script's message is left as it was.
 func (m *Msg) SendRequest(req *sip.Request, dst Target, kind OutKind, branch string, idx int) error {
+	if m.Env.IsLoop(dst) {
+		return ErrLoop
+	}
 	sock, ok := m.Env.SocketFor(dst.Proto)
 	if !ok {
 		return fmt.Errorf("no %s socket to send to %s", dst.Proto, dst)

@@ -1,6 +1,7 @@
 package tm
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -301,6 +302,11 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 			return core.Null, err
 		}
 		if err := m.SendRequest(req, dst, core.OutForward, core.StatelessBranch(req), 0); err != nil {
+			if errors.Is(err, core.ErrLoop) {
+				// An ACK whose R-URI names kamd (sipp's, for one) has nowhere to go.
+				t.env.Log.Debug("tm: ACK not forwarded", "dst", dst.String(), "err", err)
+				return core.Int(-1), nil
+			}
 			t.env.Log.Warn("tm: cannot forward ACK", "dst", dst.String(), "err", err)
 			return core.Int(-1), nil
 		}
@@ -398,6 +404,9 @@ func (tx *Tx) addBranch(m *core.Msg, req *sip.Request, dst core.Target) error {
 				dst = d
 			}
 		}
+	}
+	if tx.tm.env.IsLoop(dst) {
+		return core.ErrLoop
 	}
 	sock, ok := tx.tm.env.SocketFor(dst.Proto)
 	if !ok {
