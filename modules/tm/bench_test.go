@@ -9,6 +9,7 @@ package tm_test
 import (
 	"io"
 	"log/slog"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -108,5 +109,45 @@ func BenchmarkStatefulInviteTransaction(b *testing.B) {
 	}
 	if s.n < 2*i {
 		b.Fatalf("sent %d messages for %d transactions", s.n, i)
+	}
+}
+
+// BenchmarkRetainedPerFinishedTx measures the heap a finished INVITE
+// transaction keeps while wait_timer holds it for retransmissions (the
+// state issue 4 compares with Kamailio's per-transaction memory).
+func BenchmarkRetainedPerFinishedTx(b *testing.B) {
+	s := &lastSender{}
+	clk := starlark.NewFixedClock(starlark.RouteTestEpoch)
+	env := core.NewEnv(s)
+	env.Clock = clk
+	env.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	env.DBPath = b.TempDir() + "/kamgo.db"
+	env.Sockets = []core.Socket{{Proto: "udp", IP: "127.0.0.1", Port: 5060}}
+	eng := starlark.New(env)
+	if _, err := eng.Load("bench.star", []byte(benchStatefulScript)); err != nil {
+		b.Fatal(err)
+	}
+	parser := sip.NewParser()
+	const n = 2000
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for b.Loop() {
+		for i := 0; i < n; i++ {
+			raw := strings.ReplaceAll(benchInviteTmpl, "BRANCH", strconv.Itoa(i)+"x"+strconv.Itoa(b.N))
+			msg, err := parser.ParseSIP([]byte(raw))
+			if err != nil {
+				b.Fatal(err)
+			}
+			eng.HandleRequest(&core.Msg{Env: env, Req: msg.(*sip.Request), Proto: "udp", SrcIP: "127.0.0.1", SrcPort: 5080, Local: env.Sockets[0]})
+			res := core.BuildReply(s.req, 200, "OK", nil)
+			eng.HandleReply(&core.Msg{Env: env, Res: res, Proto: "udp", SrcIP: "127.0.0.1", SrcPort: 5070, Local: env.Sockets[0]})
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "retained-B/tx")
+		clk.Advance(10 * time.Second) // release them all
+		runtime.GC()
+		runtime.ReadMemStats(&before)
 	}
 }

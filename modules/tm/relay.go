@@ -18,6 +18,7 @@ func (t *TM) newTx(m *core.Msg, key string) *Tx {
 		Local: m.Local, ConnID: m.ConnID, Arrived: m.Arrived}
 	s := settingsOf(m)
 	tx := &Tx{tm: t, key: key, id: branchID(key, t.seq.Add(1)), origin: origin, prog: m.Prog,
+		up:        *origin.ReplyOutgoing(nil, core.OutReply),
 		invite:    m.Req.IsInvite(),
 		frTimeout: nz(s.fr, time.Duration(t.frTimer.Load())*time.Millisecond),
 		frInv:     nz(s.frInv, time.Duration(t.frInvTimer.Load())*time.Millisecond)}
@@ -82,6 +83,17 @@ func (tx *Tx) expire() {
 func (tx *Tx) scheduleRelease() {
 	if tx.deleted {
 		return
+	}
+	// A finished transaction is kept only to absorb retransmissions (it
+	// resends lastReply): drop the copies only routing needed, so the
+	// thousands held through wait_timer stay small. The failure route
+	// cannot run any more (a final reply went up).
+	tx.relayReq = nil
+	tx.origin.Req = nil // replies go to tx.up; no local reply can follow a final one
+	for _, b := range tx.branches {
+		if b.final {
+			b.reply = nil // the winner, if any, lives on as lastReply
+		}
 	}
 	wait := time.Duration(tx.tm.waitTimer.Load()) * time.Millisecond
 	if tx.invite && tx.lastCode >= 300 && tx.origin.Proto == "udp" && !tx.acked {
@@ -337,7 +349,8 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 		}
 		return core.Null, err
 	}
-	if tx == nil {
+	created := tx == nil
+	if created {
 		tx = t.newTx(m, txKey(req, methodKey(req)))
 	}
 	tx.mu.Lock()
@@ -349,7 +362,13 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 	if m.RouteType != core.RouteFailure {
 		tx.onFailure, tx.onReply, tx.onBranch = m.OnFailure, m.OnReply, m.OnBranch
 		tx.flags = m.Flags
-		tx.relayReq = req.Clone()
+		if created {
+			// newTx has just cloned this very request: share the copy
+			// (neither is changed afterwards; the failure route clones it).
+			tx.relayReq = tx.origin.Req
+		} else {
+			tx.relayReq = req.Clone()
+		}
 	}
 	// The next failure route sees the $du of the latest relay, so it can
 	// tell which destination failed.
@@ -489,8 +508,9 @@ func (tx *Tx) retransmitLastReply() {
 
 // sendUp sends a reply to the caller.
 func (tx *Tx) sendUp(res *sip.Response, kind core.OutKind) {
-	o := tx.origin.ReplyOutgoing(res, kind)
-	if err := tx.tm.env.Sender.Send(o); err != nil {
+	o := tx.up // computed from the request's Via and connection when it arrived
+	o.Kind, o.Msg = kind, res
+	if err := tx.tm.env.Sender.Send(&o); err != nil {
 		tx.tm.env.Log.Warn("tm: cannot send reply", "dst", o.Dst.String(), "err", err)
 		return
 	}
@@ -499,9 +519,20 @@ func (tx *Tx) sendUp(res *sip.Response, kind core.OutKind) {
 
 // sendLocal sends a locally generated reply upstream.
 func (tx *Tx) sendLocal(code int, reason string, provisionalOK bool) error {
-	res := core.BuildReply(tx.origin.Req, code, reason, nil)
+	req := tx.request()
+	if req == nil {
+		return errFinalSent
+	}
+	res := core.BuildReply(req, code, reason, nil)
 	tx.tm.st.rplGenerated.Inc()
 	return tx.relayUp(res, core.OutReply)
+}
+
+// request is the request as received, or nil once the transaction finished.
+func (tx *Tx) request() *sip.Request {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	return tx.origin.Req
 }
 
 // Reply implements core.TxReplier: a stateful local reply (t_reply, and
@@ -513,7 +544,11 @@ func (tx *Tx) Reply(m *core.Msg, code int, reason string) error {
 	if err := core.CheckText("reason", reason); err != nil {
 		return err
 	}
-	res := core.BuildReply(tx.origin.Req, code, reason, m.ReplyHeaders)
+	req := tx.request()
+	if req == nil {
+		return errFinalSent
+	}
+	res := core.BuildReply(req, code, reason, m.ReplyHeaders)
 	m.ReplyHeaders = nil
 	tx.tm.st.rplGenerated.Inc()
 	if err := tx.relayUp(res, core.OutReply); err != nil {
@@ -752,6 +787,10 @@ func (tx *Tx) maybeComplete() {
 		return
 	}
 	win, code := tx.best()
+	var winReply *sip.Response
+	if win != nil {
+		winReply = win.reply
+	}
 	onFailure := tx.onFailure
 	tx.onFailure = "" // armed once, like Kamailio: re-arm in the failure route
 	tx.mu.Unlock()
@@ -762,9 +801,10 @@ func (tx *Tx) maybeComplete() {
 		tx.mu.Lock()
 		tx.inFailure = true
 		tx.mu.Unlock()
-		fm := tx.failureMsg(code, win)
-		if err := tx.tm.env.Router.Run(tx.prog, onFailure, core.RouteFailure, fm); err != nil {
-			tx.tm.env.Log.Error("tm: failure route failed", "route", onFailure, "err", err)
+		if fm := tx.failureMsg(code, win); fm != nil {
+			if err := tx.tm.env.Router.Run(tx.prog, onFailure, core.RouteFailure, fm); err != nil {
+				tx.tm.env.Log.Error("tm: failure route failed", "route", onFailure, "err", err)
+			}
 		}
 		tx.mu.Lock()
 		tx.inFailure = false
@@ -777,14 +817,15 @@ func (tx *Tx) maybeComplete() {
 		// The failure route neither replied nor relayed: send the winning reply.
 		tx.mu.Lock()
 		win, code = tx.best()
+		winReply = win.reply
 		tx.mu.Unlock()
 	}
-	tx.relayFinal(win, code)
+	tx.relayFinal(win, winReply, code)
 }
 
-func (tx *Tx) relayFinal(win *branch, code int) {
-	if win.reply != nil && !win.timedOut {
-		res := win.reply
+// relayFinal sends the winning reply up (res is win's reply, read under the lock).
+func (tx *Tx) relayFinal(win *branch, res *sip.Response, code int) {
+	if res != nil && !win.timedOut {
 		core.PopTopVia(res)
 		if res.StatusCode == 503 {
 			// RFC 3261 16.7: a 503 is not passed upstream as is.
@@ -810,11 +851,14 @@ func (tx *Tx) relayFinal(win *branch, code int) {
 func (tx *Tx) failureMsg(code int, win *branch) *core.Msg {
 	tx.mu.Lock()
 	req := tx.relayReq
+	if req == nil {
+		req = tx.origin.Req
+	}
 	flags := tx.flags
 	du := tx.relayDst
 	tx.mu.Unlock()
 	if req == nil {
-		req = tx.origin.Req
+		return nil // finished meanwhile (a CANCEL answered 487): no failure route
 	}
 	o := tx.origin
 	return &core.Msg{Env: o.Env, Req: req.Clone(), Proto: o.Proto, SrcIP: o.SrcIP, SrcPort: o.SrcPort,

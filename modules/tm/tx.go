@@ -33,10 +33,11 @@ type Tx struct {
 	dlg string // dlgKey of an INVITE
 
 	mu        sync.Mutex
-	origin    *core.Msg    // the request as received (for upstream replies)
-	relayReq  *sip.Request // the request as routed (failure route works on it)
-	relayDst  string       // $du when it was relayed
-	prog      any          // script version pinned for this transaction
+	origin    *core.Msg     // the request as received (Req dropped once finished)
+	up        core.Outgoing // where replies to the caller go
+	relayReq  *sip.Request  // the request as routed (failure route works on it)
+	relayDst  string        // $du when it was relayed
+	prog      any           // script version pinned for this transaction
 	invite    bool
 	state     txState
 	branches  []*branch
