@@ -203,6 +203,9 @@ func (t *TM) checkTrans(m *core.Msg) core.Val {
 // CANCELs of a pending INVITE (which it propagates). Kamailio leaves this
 // to t_check_trans() in the script; doing it here cannot be forgotten.
 func (t *TM) onRequest(m *core.Msg) bool {
+	if t.st.current.Value() == 0 {
+		return false // no transaction at all (stateless scripts): nothing to match
+	}
 	req := m.Req
 	tx := t.lookup(txKey(req, methodKey(req)))
 	if tx == nil {
