@@ -113,9 +113,12 @@ func (t *Transport) readLoop(sc *streamConn) {
 				// queued before it are answered.
 				t.badMsgs.Inc()
 				t.log.Debug("closing stream after parse error", "remote", sc.remote, "err", perr)
+				// The parser may have drained the broken message's first lines:
+				// answer from whichever holds a readable request, its buffer or
+				// the bytes just read.
 				bad := append([]byte(nil), parser.Buffer().Bytes()...)
-				if len(bad) == 0 {
-					bad = append([]byte(nil), data...)
+				if _, _, ok := badRequestReply(bad, perr); !ok {
+					bad = append(bad[:0], data...)
 				}
 				handedOff = true
 				t.enqueue(job{closeConn: sc, data: bad, sock: sc.sock, proto: sc.proto, remote: sc.remote, connID: sc.id, at: time.Now()})
