@@ -8,52 +8,12 @@ package starlark
 import (
 	"testing"
 
+	"github.com/kamgo/kamgo/modules/moduletest/sippmsg"
+
 	"github.com/emiago/sipgo/sip"
 	"github.com/kamgo/kamgo/modules/core"
 	_ "github.com/kamgo/kamgo/modules/sl"
 )
-
-const benchScript = `
-def ksr_request_route():
-    if KSR.is_method("REGISTER"):
-        KSR.sl.send_reply(200, "OK")
-    elif KSR.is_method_in("IABC"):
-        KSR.hdr.append("X-KEMI: I came from KEMI at 127.0.0.1\r\n")
-        KSR.sethost("127.0.0.1")
-        KSR.pv.seti("$rp", 5070)
-        KSR.forward()
-    else:
-        KSR.sl.send_reply(500, "Got no idea...")
-    return 1
-
-def ksr_reply_route():
-    return 1
-`
-
-// What sipp's built-in uac scenario and tests/bench register.xml send.
-const benchInvite = "INVITE sip:service@127.0.0.1:5060 SIP/2.0\r\n" +
-	"Via: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK-1234-1-0\r\n" +
-	"From: sipp <sip:sipp@127.0.0.1:5080>;tag=1234SIPpTag001\r\n" +
-	"To: service <sip:service@127.0.0.1:5060>\r\n" +
-	"Call-ID: 1-1234@127.0.0.1\r\n" +
-	"CSeq: 1 INVITE\r\n" +
-	"Contact: sip:sipp@127.0.0.1:5080\r\n" +
-	"Max-Forwards: 70\r\n" +
-	"Subject: Performance Test\r\n" +
-	"Content-Type: application/sdp\r\n" +
-	"Content-Length: 129\r\n\r\n" +
-	"v=0\r\no=user1 53655765 2353687637 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
-
-const benchRegister = "REGISTER sip:127.0.0.1:5060 SIP/2.0\r\n" +
-	"Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bK-1234-1-0\r\n" +
-	"Max-Forwards: 70\r\n" +
-	"From: <sip:user1@127.0.0.1>;tag=1\r\n" +
-	"To: <sip:user1@127.0.0.1>\r\n" +
-	"Call-ID: 1-1234@127.0.0.1\r\n" +
-	"CSeq: 1 REGISTER\r\n" +
-	"Contact: <sip:user1@127.0.0.1:5090>\r\n" +
-	"Expires: 3600\r\n" +
-	"Content-Length: 0\r\n\r\n"
 
 // discard is a Sender that serialises like the transport does, then drops.
 type discard struct{ n int }
@@ -69,7 +29,8 @@ func benchEngine(b *testing.B) (*Engine, *discard) {
 	env := core.NewEnv(d)
 	env.Sockets = []core.Socket{{Proto: "udp", IP: "127.0.0.1", Port: 5060}}
 	e := New(env)
-	if _, err := e.Load("bench.star", []byte(benchScript)); err != nil {
+	// The Starlark twin of ../shared/bench/kamailio/route.lua, as benchmarked against Kamailio.
+	if _, err := e.LoadFile("../tests/bench/route.star"); err != nil {
 		b.Fatal(err)
 	}
 	return e, d
@@ -92,7 +53,7 @@ func newBenchMsg(e *Engine, req *sip.Request, srcPort int) *core.Msg {
 // included, serialisation not: the Sender discards).
 func BenchmarkRouteRegister(b *testing.B) {
 	e, d := benchEngine(b)
-	req := benchParse(b, benchRegister)
+	req := benchParse(b, sippmsg.Register)
 	b.ReportAllocs()
 	for b.Loop() {
 		e.HandleRequest(newBenchMsg(e, req, 5090))
@@ -107,7 +68,7 @@ func BenchmarkRouteRegister(b *testing.B) {
 // restored after each run (X-KEMI removed, R-URI put back).
 func BenchmarkRouteInvite(b *testing.B) {
 	e, d := benchEngine(b)
-	req := benchParse(b, benchInvite)
+	req := benchParse(b, sippmsg.Invite)
 	ruri := req.Recipient
 	b.ReportAllocs()
 	for b.Loop() {
@@ -125,7 +86,7 @@ func BenchmarkRouteRegisterParallel(b *testing.B) {
 	e, _ := benchEngine(b)
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
-		req := benchParse(b, benchRegister)
+		req := benchParse(b, sippmsg.Register)
 		for pb.Next() {
 			e.HandleRequest(newBenchMsg(e, req, 5090))
 		}

@@ -502,33 +502,15 @@ func done(c *testCtx, r *Result) (sk.Value, error) {
 }
 
 func routeRequest(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []sk.Tuple) (sk.Value, error) {
-	c, err := harnessOf(th, b)
-	if err != nil {
-		return nil, err
-	}
-	mo, src, proto, err := routeArgs(b, args, kw)
-	if err != nil {
-		return nil, err
-	}
-	if src == "" {
-		src = "192.0.2.10:5060"
-	}
-	msg, err := mo.fresh()
-	if err != nil {
-		return nil, err
-	}
-	req, ok := msg.(*sip.Request)
-	if !ok {
-		return nil, fmt.Errorf("%q is a reply: use route.reply", mo.firstLine())
-	}
-	r, err := c.h.Request(req, src, proto)
-	if err != nil {
-		return nil, err
-	}
-	return done(c, r)
+	return routeMessage(th, b, args, kw, true)
 }
 
 func routeReply(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []sk.Tuple) (sk.Value, error) {
+	return routeMessage(th, b, args, kw, false)
+}
+
+// routeMessage is route.request (request true) and route.reply.
+func routeMessage(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []sk.Tuple, request bool) (sk.Value, error) {
 	c, err := harnessOf(th, b)
 	if err != nil {
 		return nil, err
@@ -538,17 +520,28 @@ func routeReply(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []sk.Tuple) (sk.
 		return nil, err
 	}
 	if src == "" {
-		src = "192.0.2.20:5060"
+		src = "192.0.2.20:5060" // replies come from the callee side
+		if request {
+			src = "192.0.2.10:5060"
+		}
 	}
 	msg, err := mo.fresh()
 	if err != nil {
 		return nil, err
 	}
-	res, ok := msg.(*sip.Response)
-	if !ok {
-		return nil, fmt.Errorf("%q is a request: use route.request", mo.firstLine())
+	var r *Result
+	switch x := msg.(type) {
+	case *sip.Request:
+		if !request {
+			return nil, fmt.Errorf("%q is a request: use route.request", mo.firstLine())
+		}
+		r, err = c.h.Request(x, src, proto)
+	case *sip.Response:
+		if request {
+			return nil, fmt.Errorf("%q is a reply: use route.reply", mo.firstLine())
+		}
+		r, err = c.h.Reply(x, src, proto)
 	}
-	r, err := c.h.Reply(res, src, proto)
 	if err != nil {
 		return nil, err
 	}
