@@ -255,37 +255,52 @@ func tryStartKamd(t testing.TB, dir string, o kamdOpts) (*Kamd, error) {
 	args = append(args, "-l", "udp:127.0.0.1:"+p, "-l", "tcp:127.0.0.1:"+p,
 		"--rpc", "off", "--db", filepath.Join(dir, "kamgo.db"))
 	args = append(args, o.args...)
+	want := []string{"listening on udp:127.0.0.1:" + p, "listening on tcp:127.0.0.1:" + p}
+	if err := k.launch(args, nil, want); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// launch runs kamd with args (and env, nil for the test's own) in k.Dir,
+// waits until its log has every line in want, and registers the clean
+// stop at cleanup.
+func (k *Kamd) launch(args, env []string, want []string) error {
 	k.cmd = exec.Command(kamdBin, args...)
-	k.cmd.Dir = dir
+	k.cmd.Dir = k.Dir
+	k.cmd.Env = env
 	k.cmd.Stdout = k.log
 	k.cmd.Stderr = k.log
 	if err := k.cmd.Start(); err != nil {
-		return nil, err
+		return err
 	}
 	go func() {
 		k.err = k.cmd.Wait()
 		close(k.done)
 	}()
-	want := []string{"listening on udp:127.0.0.1:" + p, "listening on tcp:127.0.0.1:" + p}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		l := k.Log()
-		if strings.Contains(l, want[0]) && strings.Contains(l, want[1]) {
+		all := true
+		for _, w := range want {
+			all = all && strings.Contains(l, w)
+		}
+		if all {
 			break
 		}
 		select {
 		case <-k.done:
-			return nil, fmt.Errorf("kamd %s exited before listening (%v); log:\n%s", strings.Join(args, " "), k.err, l)
+			return fmt.Errorf("kamd %s exited before listening (%v); log:\n%s", strings.Join(args, " "), k.err, l)
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
 			_ = k.cmd.Process.Kill()
 			<-k.done
-			return nil, fmt.Errorf("kamd did not log %q within 20s; log:\n%s", want, k.Log())
+			return fmt.Errorf("kamd did not log %q within 20s; log:\n%s", want, k.Log())
 		}
 	}
-	t.Cleanup(func() { k.stop() })
-	return k, nil
+	k.t.Cleanup(func() { k.stop() })
+	return nil
 }
 
 // stop sends SIGTERM and requires a clean exit 0.

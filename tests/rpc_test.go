@@ -118,37 +118,10 @@ func tryStartRPCKamd(t testing.TB, dir string, o rpcKamdOpts) (*rpcKamd, error) 
 		args = append(args, "--rpc-tokens", tf)
 	}
 	args = append(args, o.args...)
-	k.cmd = exec.Command(kamdBin, args...)
-	k.cmd.Dir = dir
-	k.cmd.Env = cleanEnv()
-	k.cmd.Stdout = k.log
-	k.cmd.Stderr = k.log
-	if err := k.cmd.Start(); err != nil {
+	want := []string{"listening on udp:127.0.0.1:" + p, "listening on tcp:127.0.0.1:" + p, "rpc listening on 127.0.0.1:" + rp}
+	if err := k.launch(args, cleanEnv(), want); err != nil {
 		return nil, err
 	}
-	go func() {
-		k.err = k.cmd.Wait()
-		close(k.done)
-	}()
-	want := []string{"listening on udp:127.0.0.1:" + p, "listening on tcp:127.0.0.1:" + p, "rpc listening on 127.0.0.1:" + rp}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		l := k.Log()
-		if strings.Contains(l, want[0]) && strings.Contains(l, want[1]) && strings.Contains(l, want[2]) {
-			break
-		}
-		select {
-		case <-k.done:
-			return nil, fmt.Errorf("kamd %s exited before listening (%v); log:\n%s", strings.Join(args, " "), k.err, l)
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			_ = k.cmd.Process.Kill()
-			<-k.done
-			return nil, fmt.Errorf("kamd did not log %q within 20s; log:\n%s", want, k.Log())
-		}
-	}
-	t.Cleanup(func() { k.stop() })
 	return &rpcKamd{Kamd: k, RPCPort: rport}, nil
 }
 
