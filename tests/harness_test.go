@@ -225,9 +225,15 @@ func startKamd(t testing.TB, script string, args ...string) *Kamd {
 func startKamdOpts(t testing.TB, o kamdOpts) *Kamd {
 	t.Helper()
 	dir := t.TempDir()
+	return retryStart(t, func() (*Kamd, error) { return tryStartKamd(t, dir, o) })
+}
+
+// retryStart runs try again when a free port was taken meanwhile.
+func retryStart[K any](t testing.TB, try func() (K, error)) K {
+	t.Helper()
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
-		k, err := tryStartKamd(t, dir, o)
+		k, err := try()
 		if err == nil {
 			return k
 		}
@@ -237,7 +243,8 @@ func startKamdOpts(t testing.TB, o kamdOpts) *Kamd {
 		}
 	}
 	t.Fatalf("kamd did not start: %v", lastErr)
-	return nil
+	var zero K
+	return zero
 }
 
 func tryStartKamd(t testing.TB, dir string, o kamdOpts) (*Kamd, error) {

@@ -76,19 +76,7 @@ func startRPCKamd(t testing.TB, o rpcKamdOpts) *rpcKamd {
 		t.Fatal("kamctl was not built (no main package in ./kamctl)")
 	}
 	dir := t.TempDir()
-	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
-		k, err := tryStartRPCKamd(t, dir, o)
-		if err == nil {
-			return k
-		}
-		lastErr = err
-		if !strings.Contains(err.Error(), "address already in use") {
-			break
-		}
-	}
-	t.Fatalf("kamd did not start: %v", lastErr)
-	return nil
+	return retryStart(t, func() (*rpcKamd, error) { return tryStartRPCKamd(t, dir, o) })
 }
 
 func tryStartRPCKamd(t testing.TB, dir string, o rpcKamdOpts) (*rpcKamd, error) {

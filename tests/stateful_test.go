@@ -239,6 +239,24 @@ func kamdURI(k *Kamd) sip.Uri {
 	return sip.Uri{Scheme: "sip", User: "bob", Host: "127.0.0.1", Port: k.Port}
 }
 
+// call sends an INVITE to bob via kamd and waits for the answer, returning
+// the dialog and every response code the caller saw.
+func (c *sipUAC) call(t *testing.T, ctx context.Context, k *Kamd) (*sipgo.DialogClientSession, []int) {
+	t.Helper()
+	dlg, err := c.dialogs.Invite(ctx, kamdURI(k), nil)
+	if err != nil {
+		t.Fatalf("INVITE: %v", err)
+	}
+	var codes []int
+	if err := dlg.WaitAnswer(ctx, sipgo.AnswerOptions{OnResponse: func(res *sip.Response) error {
+		codes = append(codes, res.StatusCode)
+		return nil
+	}}); err != nil {
+		t.Fatalf("waiting for the answer: %v (responses %v)\n%s", err, codes, k.Log())
+	}
+	return dlg, codes
+}
+
 func TestStatefulCallWithRecordRoute(t *testing.T) {
 	uas := startSipUAS(t, 180, 200)
 	k := startKamd(t, statefulScript(uas.port, uas.port))
@@ -246,18 +264,7 @@ func TestStatefulCallWithRecordRoute(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
-	dlg, err := uac.dialogs.Invite(ctx, kamdURI(k), nil)
-	if err != nil {
-		t.Fatalf("INVITE: %v", err)
-	}
-	var codes []int
-	err = dlg.WaitAnswer(ctx, sipgo.AnswerOptions{OnResponse: func(res *sip.Response) error {
-		codes = append(codes, res.StatusCode)
-		return nil
-	}})
-	if err != nil {
-		t.Fatalf("waiting for the answer: %v (responses %v)\n%s", err, codes, k.Log())
-	}
+	dlg, codes := uac.call(t, ctx, k)
 	if got := fmt.Sprint(codes); !strings.HasPrefix(got, "[100 180 200") {
 		t.Errorf("responses at the caller: %v, want 100 (kamd's) 180 200", codes)
 	}
@@ -345,17 +352,7 @@ func TestStatefulFailureRouteRetriesSecondUAS(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
-	dlg, err := uac.dialogs.Invite(ctx, kamdURI(k), nil)
-	if err != nil {
-		t.Fatalf("INVITE: %v", err)
-	}
-	var codes []int
-	if err := dlg.WaitAnswer(ctx, sipgo.AnswerOptions{OnResponse: func(res *sip.Response) error {
-		codes = append(codes, res.StatusCode)
-		return nil
-	}}); err != nil {
-		t.Fatalf("answer: %v (responses %v)\n%s", err, codes, k.Log())
-	}
+	dlg, codes := uac.call(t, ctx, k)
 	for _, c := range codes {
 		if c == 486 {
 			t.Errorf("the 486 reached the caller: %v", codes)
@@ -389,13 +386,7 @@ func TestStatefulFailureRouteOnTimeout(t *testing.T) {
 	uac := startSipUAC(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	dlg, err := uac.dialogs.Invite(ctx, kamdURI(k), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := dlg.WaitAnswer(ctx, sipgo.AnswerOptions{}); err != nil {
-		t.Fatalf("answer: %v\n%s", err, k.Log())
-	}
+	dlg, _ := uac.call(t, ctx, k)
 	if dlg.InviteResponse.StatusCode != 200 {
 		t.Fatalf("final %d, want 200 after failover", dlg.InviteResponse.StatusCode)
 	}

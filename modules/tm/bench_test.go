@@ -64,10 +64,10 @@ func (s *lastSender) Send(o *core.Outgoing) error {
 	return nil
 }
 
-// BenchmarkStatefulInviteTransaction: parse INVITE → t_relay (new
-// transaction, branch, RR) → 200 OK matched and relayed up → release by
-// wait_timer. Parsing the INVITE (~10 us here, see kamd/transport) is included.
-func BenchmarkStatefulInviteTransaction(b *testing.B) {
+// benchEngine is kamd's engine on the stateful benchmark script, with a
+// fixed clock and a sender that keeps the last request.
+func benchEngine(b *testing.B) (*lastSender, *starlark.FixedClock, *core.Env, *starlark.Engine) {
+	b.Helper()
 	s := &lastSender{}
 	clk := starlark.NewFixedClock(starlark.RouteTestEpoch)
 	env := core.NewEnv(s)
@@ -79,6 +79,14 @@ func BenchmarkStatefulInviteTransaction(b *testing.B) {
 	if _, err := eng.Load("bench.star", []byte(benchStatefulScript)); err != nil {
 		b.Fatal(err)
 	}
+	return s, clk, env, eng
+}
+
+// BenchmarkStatefulInviteTransaction: parse INVITE → t_relay (new
+// transaction, branch, RR) → 200 OK matched and relayed up → release by
+// wait_timer. Parsing the INVITE (~10 us here, see kamd/transport) is included.
+func BenchmarkStatefulInviteTransaction(b *testing.B) {
+	s, clk, env, eng := benchEngine(b)
 	defer func() {
 		for _, m := range eng.Modules {
 			if m.Stop != nil {
@@ -116,17 +124,7 @@ func BenchmarkStatefulInviteTransaction(b *testing.B) {
 // transaction keeps while wait_timer holds it for retransmissions (the
 // state issue 4 compares with Kamailio's per-transaction memory).
 func BenchmarkRetainedPerFinishedTx(b *testing.B) {
-	s := &lastSender{}
-	clk := starlark.NewFixedClock(starlark.RouteTestEpoch)
-	env := core.NewEnv(s)
-	env.Clock = clk
-	env.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
-	env.DBPath = b.TempDir() + "/kamgo.db"
-	env.Sockets = []core.Socket{{Proto: "udp", IP: "127.0.0.1", Port: 5060}}
-	eng := starlark.New(env)
-	if _, err := eng.Load("bench.star", []byte(benchStatefulScript)); err != nil {
-		b.Fatal(err)
-	}
+	s, clk, env, eng := benchEngine(b)
 	parser := sip.NewParser()
 	const n = 2000
 	var before, after runtime.MemStats
