@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -233,7 +235,7 @@ func (e *Engine) Install(p *Program, err error) (*Program, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if err == nil {
-		err = e.applyParams(p)
+		err = e.applyParams(p, e.current.Load())
 	}
 	if err == nil {
 		e.nextVer++
@@ -254,7 +256,7 @@ func (e *Engine) Rollback() (*Program, error) {
 	for i := len(e.versions) - 1; i >= 0; i-- {
 		if e.versions[i] == cur && i > 0 {
 			prev := e.versions[i-1]
-			if err := e.applyParams(prev); err != nil {
+			if err := e.applyParams(prev, cur); err != nil {
 				return nil, err
 			}
 			e.versions = e.versions[:i]
@@ -265,15 +267,84 @@ func (e *Engine) Rollback() (*Program, error) {
 	return nil, errors.New("no previous version to roll back to")
 }
 
-func (e *Engine) applyParams(p *Program) error {
+// applyParams sets p's modparams. With a previous program (a reload or a
+// rollback) a param p no longer sets goes back to its Default, and Static
+// params are left as they are: they cannot change live (StaticChanges).
+func (e *Engine) applyParams(p, prev *Program) error {
 	for _, mp := range p.Config.ModParams {
-		if prm := e.params[mp.Module][mp.Name]; prm != nil && prm.Set != nil {
+		if prm := e.params[mp.Module][mp.Name]; prm != nil && prm.Set != nil && (prev == nil || !prm.Static) {
 			if err := prm.Set(mp.Value); err != nil {
 				return fmt.Errorf("%s: modparam(%q, %q): %v", mp.Pos, mp.Module, mp.Name, err)
 			}
 		}
 	}
+	if prev == nil {
+		return nil
+	}
+	now := p.paramValues()
+	for _, k := range sortedKeys(prev.paramValues()) {
+		if _, still := now[k]; still {
+			continue
+		}
+		mod, name, _ := strings.Cut(k, "\x00")
+		if prm := e.params[mod][name]; prm != nil && prm.Set != nil && !prm.Static {
+			if err := prm.Set(prm.Default); err != nil {
+				return fmt.Errorf("modparam(%q, %q) back to its default %s: %v", mod, name, prm.Default, err)
+			}
+		}
+	}
 	return nil
+}
+
+// paramValues are the values p gives each modparam, keyed "module\x00name",
+// in order (a param such as htable's may be given several times).
+func (p *Program) paramValues() map[string][]core.Val {
+	out := map[string][]core.Val{}
+	for _, mp := range p.Config.ModParams {
+		k := mp.Module + "\x00" + mp.Name
+		out[k] = append(out[k], mp.Value)
+	}
+	return out
+}
+
+// StaticChanges lists the Static modparams whose value p would change from
+// the current program's (a param not set counts as its Default), as
+// "modparam(mod, name) a → b": a reload must refuse them or leave them.
+func (e *Engine) StaticChanges(p *Program) []string {
+	cur := e.current.Load()
+	if cur == nil {
+		return nil
+	}
+	was, now := cur.paramValues(), p.paramValues()
+	var out []string
+	for _, mod := range sortedKeys(e.params) {
+		for _, name := range sortedKeys(e.params[mod]) {
+			prm := e.params[mod][name]
+			if !prm.Static {
+				continue
+			}
+			k := mod + "\x00" + name
+			a, b := valList(was[k], prm.Default), valList(now[k], prm.Default)
+			if a != b {
+				out = append(out, fmt.Sprintf("modparam(%q, %q) %s → %s", mod, name, a, b))
+			}
+		}
+	}
+	return out
+}
+
+func valList(vs []core.Val, def core.Val) string {
+	if len(vs) == 0 {
+		vs = []core.Val{def}
+	}
+	s := make([]string, len(vs))
+	for i, v := range vs {
+		s[i] = v.String()
+		if v.K == core.KStr {
+			s[i] = strconv.Quote(v.S)
+		}
+	}
+	return strings.Join(s, ", ")
 }
 
 // Check compiles and validates without installing (kamd -c).
@@ -282,28 +353,16 @@ func (e *Engine) Check(path string, src []byte) (*Program, error) { return e.Com
 // Compile builds a Program from source without installing it.
 func (e *Engine) Compile(path string, src []byte) (*Program, error) {
 	sum := sha256.Sum256(src)
-	f, err := fileOptions.Parse(path, src, 0)
-	if err != nil {
-		return nil, err
-	}
-	pre := e.predeclared()
-	prog, err := sk.FileProgram(f, pre.Has)
-	if err != nil {
-		return nil, err
-	}
-	refs, err := scanRefs(f)
-	if err != nil {
-		return nil, err
-	}
+	r := &refs{callbacks: map[string]string{}}
 	cfg := &Config{CoreParams: map[string]core.Val{}}
-	th := &sk.Thread{Name: "config " + path, Print: e.printer(), Load: e.loader(filepath.Dir(path))}
+	th := &sk.Thread{Name: "config " + path, Print: e.printer(), Load: e.loader(filepath.Dir(path), r)}
 	th.SetLocal(cfgKey, cfg)
 	th.SetMaxExecutionSteps(e.MaxSteps)
-	globals, err := prog.Init(th, pre)
+	globals, err := e.execFile(th, path, src, r)
 	if err != nil {
-		return nil, evalErr(err)
+		return nil, err
 	}
-	globals.Freeze()
+	refs := r // the callback names every compiled file referred to
 	p := &Program{Path: path, SHA256: hex.EncodeToString(sum[:]), LoadedAt: time.Now(), Config: *cfg,
 		globals: globals, callbacks: map[string]*sk.Function{}, MaxSteps: e.MaxSteps}
 	if v, ok := cfg.CoreParams["max_steps"]; ok {
@@ -336,6 +395,31 @@ func (e *Engine) Compile(path string, src []byte) (*Program, error) {
 		}
 	}
 	return p, nil
+}
+
+// execFile is the one compile path, for the main script and every file it
+// load()s: parse, scan literal callback and PV names into r (checked once
+// the main script's callbacks are known), resolve names, run the top level
+// and freeze it.
+func (e *Engine) execFile(th *sk.Thread, path string, src []byte, r *refs) (sk.StringDict, error) {
+	f, err := fileOptions.Parse(path, src, 0)
+	if err != nil {
+		return nil, err
+	}
+	pre := e.predeclared()
+	prog, err := sk.FileProgram(f, pre.Has)
+	if err != nil {
+		return nil, err
+	}
+	if err := scanRefs(f, r); err != nil {
+		return nil, err
+	}
+	globals, err := prog.Init(th, pre)
+	if err != nil {
+		return nil, evalErr(err)
+	}
+	globals.Freeze()
+	return globals, nil
 }
 
 func sortedKeys[V any](m map[string]V) []string {
@@ -384,8 +468,7 @@ var callbackSetters = map[string]bool{"t_on_failure": true, "t_on_reply": true, 
 
 // scanRefs finds callback names and PV names given as literals, so typos
 // fail the load instead of a message at runtime (Kamailio #3572).
-func scanRefs(f *syntax.File) (*refs, error) {
-	r := &refs{callbacks: map[string]string{}}
+func scanRefs(f *syntax.File, r *refs) error {
 	var firstErr error
 	syntax.Walk(f, func(n syntax.Node) bool {
 		call, ok := n.(*syntax.CallExpr)
@@ -423,5 +506,5 @@ func scanRefs(f *syntax.File) (*refs, error) {
 		}
 		return true
 	})
-	return r, firstErr
+	return firstErr
 }

@@ -2,7 +2,6 @@ package starlark
 
 import (
 	"fmt"
-	"log/slog"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -30,10 +29,9 @@ func (e *Engine) printer() func(*sk.Thread, string) {
 }
 
 // loader allows load() of .star files from the script's own directory only.
-func (e *Engine) loader(dir string) func(*sk.Thread, string) (sk.StringDict, error) {
+func (e *Engine) loader(dir string, r *refs) func(*sk.Thread, string) (sk.StringDict, error) {
 	cache := map[string]sk.StringDict{}
-	var load func(th *sk.Thread, module string) (sk.StringDict, error)
-	load = func(th *sk.Thread, module string) (sk.StringDict, error) {
+	return func(th *sk.Thread, module string) (sk.StringDict, error) {
 		if filepath.IsAbs(module) || strings.Contains(module, "..") || strings.ContainsRune(module, filepath.Separator) || !strings.HasSuffix(module, ".star") {
 			return nil, fmt.Errorf("load(%q): only .star files in the script's directory may be loaded", module)
 		}
@@ -49,24 +47,14 @@ func (e *Engine) loader(dir string) func(*sk.Thread, string) (sk.StringDict, err
 		if err != nil {
 			return nil, err
 		}
-		f, err := fileOptions.Parse(path, src, 0)
+		// The same path as the main script, so the same load-time checks.
+		g, err := e.execFile(th, path, src, r)
 		if err != nil {
 			return nil, err
 		}
-		pre := e.predeclared()
-		prog, err := sk.FileProgram(f, pre.Has)
-		if err != nil {
-			return nil, err
-		}
-		g, err := prog.Init(th, pre)
-		if err != nil {
-			return nil, err
-		}
-		g.Freeze()
 		cache[module] = g
 		return g, nil
 	}
-	return load
 }
 
 func (e *Engine) predeclared() sk.StringDict {
@@ -151,10 +139,12 @@ func fromVal(v core.Val) sk.Value {
 	return sk.None
 }
 
-// CoreParams the config phase accepts, with their types.
+// CoreParams the config phase accepts, with their types. kamd applies them
+// (kamd/node); command-line flags win over them.
 var coreParams = map[string]core.ArgType{
 	"max_steps": core.ArgInt, "workers": core.ArgInt, "rpc_listen": core.ArgStr, "server_header": core.ArgStr,
 	"log_level": core.ArgStr, "db_path": core.ArgStr, "tls_certificate": core.ArgStr, "tls_private_key": core.ArgStr,
+	"rpc_tls_certificate": core.ArgStr, "rpc_tls_private_key": core.ArgStr,
 }
 
 func (e *Engine) cfgCoreParam(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []sk.Tuple) (sk.Value, error) {
@@ -175,8 +165,15 @@ func (e *Engine) cfgCoreParam(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []
 	if err != nil || (t == core.ArgInt) != (v.K == core.KInt) {
 		return nil, fmt.Errorf("core_param(%q): want %s value, got %s", name, t, val.Type())
 	}
-	if name == "max_steps" && v.I <= 0 {
-		return nil, fmt.Errorf("core_param(\"max_steps\"): must be positive")
+	switch name {
+	case "max_steps", "workers":
+		if v.I <= 0 {
+			return nil, fmt.Errorf("core_param(%q): must be positive", name)
+		}
+	case "log_level":
+		if _, err := core.ParseLogLevel(v.S); err != nil {
+			return nil, fmt.Errorf("core_param(\"log_level\"): %v", err)
+		}
 	}
 	c.CoreParams[name] = v
 	return sk.None, nil
@@ -359,4 +356,3 @@ func (e *Engine) modf(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []sk.Tuple
 	return v, nil
 }
 
-var levelNames = map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}

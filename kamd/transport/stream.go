@@ -230,7 +230,9 @@ func badRequestReply(data []byte, perr error) (*sip.Response, core.Target, bool)
 	if !have["via"] || !have["call-id"] || !have["cseq"] || !have["from"] || !have["to"] {
 		return nil, core.Target{}, false
 	}
-	res.AppendHeader(sip.NewHeader("Server", core.ServerHeader))
+	if sh := core.ServerHeader(); sh != "" {
+		res.AppendHeader(sip.NewHeader("Server", sh))
+	}
 	cl := sip.ContentLengthHeader(0)
 	res.AppendHeader(&cl)
 	_ = perr

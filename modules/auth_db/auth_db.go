@@ -317,8 +317,9 @@ func (d *AuthDB) module() *core.Module {
 	}
 	codes := "1 ok, -1 error, -2 bad password, -3 unknown user, -4 stale nonce, -5 no credentials, -6 nonce reused"
 	return &core.Module{
-		Name: "auth_db",
-		Doc:  "digest authentication against the subscriber table",
+		Name:  "auth_db",
+		Needs: []string{"auth"},
+		Doc:   "digest authentication against the subscriber table",
 		Params: []core.Param{
 			intParam("calculate_ha1", "1: compute the HA1 from the plaintext password column (\"password\" unless password_column is set); 0: read the ha1 column (ha1b when the username has a domain)",
 				func(c *config, v bool) { c.calcHA1 = v }),

@@ -122,6 +122,12 @@ type Param struct {
 	// error with file:line); Set applies it when the version is installed.
 	Check func(v Val) error
 	Set   func(v Val) error
+
+	// Lifecycle fields (issue 8, kamd wiring). Static marks a param that
+	// cannot change in a running kamd (it sizes or opens something at
+	// Init): a reload that changes it is refused with 409, like a listen
+	// change. A param a new script no longer sets goes back to Default.
+	Static bool
 }
 
 // RPCArgs is the positional view of an RPC call's params.
@@ -135,6 +141,8 @@ type RPCArgs interface {
 type RPCParam struct {
 	Name, Type, Doc string
 	Optional        bool
+	// Variadic marks the last param as taking any number of values.
+	Variadic bool
 }
 
 // RPCError is an application error with Kamailio's code and message.
@@ -163,6 +171,13 @@ type Module struct {
 	Funcs  []Func
 	RPC    []RPCMethod
 	Events []string
+
+	// Lifecycle fields (issue 8, kamd wiring). Needs names the modules this
+	// one depends on (for their Go API or state): Init and Start run after
+	// theirs, Stop before theirs (so uac can still send through tm while it
+	// stops). A missing or circular need is an error at start (OrderModules).
+	Needs []string
+
 	// Init runs after the config phase, Start when listeners are up, Stop on shutdown.
 	Init  func() error
 	Start func(ctx context.Context) error

@@ -82,11 +82,6 @@ func scriptLog(m *Msg, level slog.Level, text string) {
 	m.Env.Log.Log(nil, level, strings.TrimRight(text, "\r\n"), "at", m.Pos())
 }
 
-var logLevels = map[string]slog.Level{
-	"dbg": slog.LevelDebug, "info": slog.LevelInfo, "notice": slog.LevelInfo,
-	"warn": slog.LevelWarn, "err": slog.LevelError, "crit": slog.LevelError + 4,
-}
-
 func flagFunc(name, doc string, f func(m *Msg, bit uint64) bool) Func {
 	return Func{Name: name, Args: []ArgType{ArgInt}, Ret: RetBool, Doc: doc,
 		Fn: func(m *Msg, a []Val) (Val, error) {
@@ -167,8 +162,8 @@ func coreModule(env *Env) *Module {
 		logFunc("warn", slog.LevelWarn), logFunc("err", slog.LevelError), logFunc("crit", slog.LevelError+4),
 		Func{Name: "log", Args: []ArgType{ArgStr, ArgStr}, Ret: RetNone, Doc: "(level, text): level dbg|info|notice|warn|err|crit; unknown logs at err",
 			Fn: func(m *Msg, a []Val) (Val, error) {
-				lvl, ok := logLevels[a[0].S]
-				if !ok {
+				lvl, err := ParseLogLevel(a[0].S)
+				if err != nil {
 					lvl = slog.LevelError
 				}
 				scriptLog(m, lvl, a[1].S)

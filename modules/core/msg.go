@@ -6,6 +6,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -336,8 +337,27 @@ func fnvBytes(h uint64, b []byte) uint64 {
 	return h
 }
 
-// ServerHeader is added to local replies, as Kamailio's server_header does.
-var ServerHeader = "kamd (kamgo)"
+// DefaultServerHeader is the Server header of local replies unless
+// core_param("server_header", ...) says otherwise.
+const DefaultServerHeader = "kamd (kamgo)"
+
+var serverHeader atomic.Pointer[string]
+
+func init() { SetServerHeader(DefaultServerHeader) }
+
+// ServerHeader is the value of the Server header added to local replies
+// ("" adds none), as Kamailio's server_header.
+func ServerHeader() string { return *serverHeader.Load() }
+
+// SetServerHeader sets it for the whole process (kamd sets it from the
+// script at every load); "Server: x" is taken as "x", "" disables it.
+func SetServerHeader(v string) {
+	v = strings.TrimSpace(v)
+	if len(v) > 7 && strings.EqualFold(v[:7], "server:") {
+		v = strings.TrimSpace(v[7:])
+	}
+	serverHeader.Store(&v)
+}
 
 // BuildReply builds a local reply to req (RFC 3261 8.2.6).
 func BuildReply(req *sip.Request, code int, reason string, extra []sip.Header) *sip.Response {
@@ -373,7 +393,9 @@ func BuildReply(req *sip.Request, code int, reason string, extra []sip.Header) *
 	for _, h := range extra {
 		res.AppendHeader(h)
 	}
-	res.AppendHeader(sip.NewHeader("Server", ServerHeader))
+	if sh := ServerHeader(); sh != "" {
+		res.AppendHeader(sip.NewHeader("Server", sh))
+	}
 	cl := sip.ContentLengthHeader(0)
 	if len(extra) == 0 && code != 100 {
 		// No header above can be a Content-Length: append it directly

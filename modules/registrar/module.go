@@ -44,8 +44,9 @@ func (r *Reg) module() *core.Module {
 		return func(v core.Val) error { p.Store(v.I != 0); return nil }
 	}
 	return &core.Module{
-		Name: "registrar",
-		Doc:  "SIP registrar: save REGISTERs into usrloc, look contacts up",
+		Name:  "registrar",
+		Needs: []string{"usrloc"},
+		Doc:   "SIP registrar: save REGISTERs into usrloc, look contacts up",
 		Params: []core.Param{
 			{Name: "default_expires", Type: i, Default: core.Int(3600), Doc: "expires of a contact when neither its expires param nor an Expires header says",
 				Check: nonNegative("default_expires"), Set: store(&r.defaultExpires)},

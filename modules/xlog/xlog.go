@@ -12,23 +12,14 @@ import (
 
 func init() { core.Register("xlog", New) }
 
-// LevelAlert is above crit (core's crit is slog.LevelError+4).
-const LevelAlert = slog.LevelError + 8
+// LevelAlert is above crit (core.LevelCrit).
+const LevelAlert = core.LevelAlert
 
-// Levels maps Kamailio's level names ("L_INFO" in xlog(level, ...), also
-// accepted without the prefix and in any case) to slog levels.
-var Levels = map[string]slog.Level{
-	"dbg": slog.LevelDebug, "info": slog.LevelInfo, "notice": slog.LevelInfo,
-	"warn": slog.LevelWarn, "err": slog.LevelError, "crit": slog.LevelError + 4,
-	"alert": LevelAlert, "bug": LevelAlert,
-}
-
-// ParseLevel accepts "L_ERR", "l_err", "err".
+// ParseLevel accepts "L_ERR", "l_err", "err": the tree's one level map,
+// core.ParseLogLevel.
 func ParseLevel(s string) (slog.Level, bool) {
-	s = strings.ToLower(s)
-	s = strings.TrimPrefix(s, "l_")
-	l, ok := Levels[s]
-	return l, ok
+	l, err := core.ParseLogLevel(s)
+	return l, err == nil
 }
 
 // Log expands the PVs of text on m and logs it with the script position.
@@ -52,7 +43,7 @@ func New(env *core.Env) *core.Module {
 		Doc:  "log lines with pseudo-variables expanded",
 		Funcs: []core.Func{
 			lf("xdbg", slog.LevelDebug), lf("xinfo", slog.LevelInfo), lf("xnotice", slog.LevelInfo),
-			lf("xwarn", slog.LevelWarn), lf("xerr", slog.LevelError), lf("xcrit", slog.LevelError+4),
+			lf("xwarn", slog.LevelWarn), lf("xerr", slog.LevelError), lf("xcrit", core.LevelCrit),
 			lf("xalert", LevelAlert),
 			{Name: "xlog", Args: []core.ArgType{core.ArgStr, core.ArgStr}, Ret: core.RetInt,
 				Doc: "(level, text) level L_DBG|L_INFO|L_NOTICE|L_WARN|L_ERR|L_CRIT|L_ALERT (the L_ prefix is optional); an unknown level is an error; 1",
