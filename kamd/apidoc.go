@@ -6,16 +6,22 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/kamgo/kamgo/kamd/node"
 	"github.com/kamgo/kamgo/modules/core"
-	"github.com/kamgo/kamgo/starlark"
 )
 
 // apiDoc renders the KSR and RPC reference from the export tables, so the
 // docs cannot drift from the code (kamd apidoc > docs/ksr-api.md; a test
 // checks the file is current).
 func apiDoc(w io.Writer) {
-	env := core.NewEnv(nil)
-	eng := starlark.New(env)
+	// The node the daemon would build from its embedded script, with RPC
+	// off: its registry holds every method (kamd's table, the modules',
+	// the rpc package's own).
+	n, err := node.New(node.Options{Path: DefaultScriptName, Src: defaultScript, RPCAddr: "off", LogOutput: io.Discard, Version: Version})
+	if err != nil {
+		panic("apidoc: the embedded script does not load: " + err.Error())
+	}
+	eng := n.Engine
 	fmt.Fprintln(w, "# KSR and RPC reference")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Generated from the modules' export tables by `go run ./kamd apidoc > docs/ksr-api.md`; do not edit.")
@@ -66,11 +72,11 @@ func apiDoc(w io.Writer) {
 		}
 		fmt.Fprintf(w, "| `%s` | %s | %s |\n", name, rw, d.Doc)
 	}
-	fmt.Fprintf(w, "\n## RPC methods\n\nAlso built in: `system.listMethods`, `system.methodHelp`, `system.methodSignature`, `events.subscribe`, `events.unsubscribe` (see docs/rpc.md).\n\n| method | role | params | result | description |\n|---|---|---|---|---|\n")
+	fmt.Fprintf(w, "\n## RPC methods\n\nkamd's own (`core.*`, `stats.*`, `app_starlark.*`), the rpc server's (`system.*`, `events.*`, see docs/rpc.md) and the modules'.\n\n| method | role | params | result | description |\n|---|---|---|---|---|\n")
 	type row struct{ name, role, params, result, doc string }
 	var rows []row
-	d := &daemon{}
-	for _, m := range d.methods() {
+	for _, name := range n.RPC.Methods() {
+		m, _ := n.RPC.Method(name)
 		var ps []string
 		for _, p := range m.Params {
 			s := p.Name
@@ -82,16 +88,7 @@ func apiDoc(w io.Writer) {
 			}
 			ps = append(ps, s)
 		}
-		rows = append(rows, row{m.Name, role(m.ReadOnly), strings.Join(ps, ", "), m.Result, m.Doc})
-	}
-	for _, mod := range eng.Modules {
-		for _, m := range mod.RPC {
-			var ps []string
-			for _, p := range m.Params {
-				ps = append(ps, p.Name)
-			}
-			rows = append(rows, row{m.Name, role(m.ReadOnly), strings.Join(ps, ", "), m.Result, m.Doc})
-		}
+		rows = append(rows, row{m.Name, role(m.ReadOnly), strings.Join(ps, ", "), m.Result, strings.ReplaceAll(m.Doc, "|", "\\|")})
 	}
 	sort.Slice(rows, func(i, j int) bool { return rows[i].name < rows[j].name })
 	for _, r := range rows {

@@ -13,7 +13,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kamgo/kamgo/starlark"
+	"github.com/kamgo/kamgo/kamd/node"
+	"github.com/kamgo/kamgo/starlark/routetest"
 )
 
 // The embedded default script's route tests (kamd test --default).
@@ -118,15 +119,15 @@ func findSuites(a *testArgs) ([]suite, error) {
 			}
 			sort.Strings(found)
 			for _, t := range found {
-				out = append(out, suite{script: starlark.ScriptFor(t), tests: t})
+				out = append(out, suite{script: routetest.ScriptFor(t), tests: t})
 			}
 			continue
 		}
 		switch {
 		case strings.HasSuffix(p, "_test.star"):
-			out = append(out, suite{script: starlark.ScriptFor(p), tests: p})
+			out = append(out, suite{script: routetest.ScriptFor(p), tests: p})
 		case strings.HasSuffix(p, ".star"):
-			out = append(out, suite{script: p, tests: starlark.TestFileFor(p)})
+			out = append(out, suite{script: p, tests: routetest.TestFileFor(p)})
 		default:
 			return nil, fmt.Errorf("%s: not a .star file or a directory", p)
 		}
@@ -178,12 +179,12 @@ func runSuite(s suite, a *testArgs, stdout, stderr io.Writer) int {
 			return 2
 		}
 	}
-	opts := starlark.RouteTestOptions{Run: a.run}
+	opts := routetest.RouteTestOptions{Run: a.run}
 	if a.verbose {
 		opts.OnStart = func(name string) { fmt.Fprintf(stdout, "=== RUN   %s\n", name) }
 	}
-	opts.OnDone = func(t starlark.TestResult) { printResult(stdout, t, a.verbose) }
-	rep, err := starlark.RunRouteTests(s.script, s.scriptSrc, s.tests, s.testsSrc, opts)
+	opts.OnDone = func(t routetest.TestResult) { printResult(stdout, t, a.verbose) }
+	rep, err := routetest.RunRouteTests(node.RouteTest, s.script, s.scriptSrc, s.tests, s.testsSrc, opts)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		fmt.Fprintf(stdout, "FAIL\t%s\t[load error]\n", s.script)
@@ -204,7 +205,7 @@ func runSuite(s suite, a *testArgs, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func printResult(w io.Writer, t starlark.TestResult, verbose bool) {
+func printResult(w io.Writer, t routetest.TestResult, verbose bool) {
 	if t.Passed {
 		if verbose {
 			fmt.Fprintf(w, "--- PASS: %s (%.2fs)\n", t.Name, t.Duration.Seconds())

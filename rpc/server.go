@@ -529,3 +529,30 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.release()
 	}()
 }
+
+// Call invokes a registered method in process, with the given role, through
+// the same lookup, role check and param binding as a request on the wire.
+// kamd's route tests use it (state.rpc); the result is the JSON result.
+func (s *Server) Call(ctx context.Context, role Role, method string, params ...any) (json.RawMessage, error) {
+	if params == nil {
+		params = []any{}
+	}
+	raw, err := json.Marshal(params)
+	if err != nil {
+		return nil, InvalidParamsf("params: %v", err)
+	}
+	res, rerr := s.invoke(ctx, role, method, raw)
+	if rerr != nil {
+		return nil, rerr
+	}
+	return res, nil
+}
+
+// Method returns the registered method of that name.
+func (s *Server) Method(name string) (Method, bool) {
+	m := s.reg.lookup(name)
+	if m == nil {
+		return Method{}, false
+	}
+	return *m, true
+}

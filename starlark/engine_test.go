@@ -2,6 +2,8 @@ package starlark_test
 
 import (
 	"fmt"
+	"github.com/kamgo/kamgo/kamd/node"
+	"github.com/kamgo/kamgo/starlark/routetest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -76,7 +78,7 @@ func TestLoadFromScriptDirectory(t *testing.T) {
 		t.Fatal(err)
 	}
 	src := "load(\"lib.star\", \"CODE\")\ndef ksr_request_route():\n    KSR.sl.send_reply(CODE, \"Accepted\")\n"
-	h, err := starlark.NewHarness(filepath.Join(dir, "route.star"), []byte(src), starlark.HarnessOptions{})
+	h, err := routetest.NewHarness(node.RouteTest, filepath.Join(dir, "route.star"), []byte(src), routetest.HarnessOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +115,7 @@ func TestRequestRouteErrors(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			src := "def ksr_request_route():\n    " + tc.body + "\n"
-			h, err := starlark.NewHarness("r.star", []byte(src), starlark.HarnessOptions{MaxSteps: 100000})
+			h, err := routetest.NewHarness(node.RouteTest, "r.star", []byte(src), routetest.HarnessOptions{MaxSteps: 100000})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -189,7 +191,7 @@ def ksr_request_route(msg):
         fail("per-message $var leaked")
     KSR.sl.send_reply(code, "OK")
 `
-	h, err := starlark.NewHarness("c.star", []byte(src), starlark.HarnessOptions{})
+	h, err := routetest.NewHarness(node.RouteTest, "c.star", []byte(src), routetest.HarnessOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,7 +244,7 @@ func TestNoLoopToSelf(t *testing.T) {
 		"KSR.setdsturi(\"sip:127.0.0.1:5060\")\n    rc = KSR.tm.t_relay()",
 	} {
 		src := "def ksr_request_route():\n    " + body + "\n    if rc < 0:\n        KSR.sl.send_reply(482, \"Loop Detected\")\n"
-		h, err := starlark.NewHarness("l.star", []byte(src), starlark.HarnessOptions{})
+		h, err := routetest.NewHarness(node.RouteTest, "l.star", []byte(src), routetest.HarnessOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -484,3 +484,7 @@ func (r *resolver) resolve(host string) (netip.Addr, error) {
 }
 
 var _ io.Writer = (*streamConn)(nil)
+
+// Conns is the number of open stream connections (TCP, TLS, WS, WSS), each
+// with its own reader goroutine (for core.ps).
+func (t *Transport) Conns() int { return int(t.nconns.Load()) }

@@ -1,6 +1,7 @@
 package auth_test
 
 import (
+	"github.com/kamgo/kamgo/starlark/routetest"
 	"io"
 	"strings"
 	"testing"
@@ -11,21 +12,20 @@ import (
 	"github.com/kamgo/kamgo/modules/auth"
 	"github.com/kamgo/kamgo/modules/core"
 	"github.com/kamgo/kamgo/modules/moduletest"
-	kstar "github.com/kamgo/kamgo/starlark"
 )
 
 type fixture struct {
 	t     *testing.T
 	env   *core.Env
 	rec   *moduletest.Recorder
-	clock *kstar.FixedClock
+	clock *routetest.FixedClock
 	mod   *core.Module
 }
 
 func newFixture(t *testing.T, params map[string]core.Val) *fixture {
 	t.Helper()
 	env, rec := moduletest.NewEnv()
-	clock := kstar.NewFixedClock(kstar.RouteTestEpoch)
+	clock := routetest.NewFixedClock(routetest.RouteTestEpoch)
 	env.Clock = clock
 	f := &fixture{t: t, env: env, rec: rec, clock: clock, mod: auth.New(env)}
 	for k, v := range params {

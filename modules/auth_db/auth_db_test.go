@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"github.com/kamgo/kamgo/kamd/node"
+	"github.com/kamgo/kamgo/starlark/routetest"
 	"strings"
 	"testing"
 	"time"
@@ -13,7 +15,6 @@ import (
 	"github.com/icholy/digest"
 	"github.com/kamgo/kamgo/modules/auth_db"
 	"github.com/kamgo/kamgo/modules/core"
-	kstar "github.com/kamgo/kamgo/starlark"
 
 	_ "github.com/kamgo/kamgo/modules/all"
 )
@@ -36,13 +37,13 @@ def ksr_request_route():
 
 type h struct {
 	t *testing.T
-	*kstar.Harness
+	*routetest.Harness
 	cseq int
 }
 
 func newH(t *testing.T, modparams, table string, flags int) *h {
 	t.Helper()
-	hh, err := kstar.NewHarness("route.star", []byte(fmt.Sprintf(script, modparams, table, table, flags)), kstar.HarnessOptions{})
+	hh, err := routetest.NewHarness(node.RouteTest, "route.star", []byte(fmt.Sprintf(script, modparams, table, table, flags)), routetest.HarnessOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +83,7 @@ func (x *h) request(method, from, to, authHdr string) (*sip.Response, string, *d
 	if authHdr != "" {
 		text += authHdr + "\r\n"
 	}
-	msg, err := kstar.ParseMessage(text + "Content-Length: 0\r\n\r\n")
+	msg, err := routetest.ParseMessage(text + "Content-Length: 0\r\n\r\n")
 	if err != nil {
 		x.t.Fatal(err)
 	}

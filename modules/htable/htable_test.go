@@ -3,6 +3,8 @@ package htable_test
 import (
 	"context"
 	"fmt"
+	"github.com/kamgo/kamgo/kamd/node"
+	"github.com/kamgo/kamgo/starlark/routetest"
 	"strings"
 	"sync"
 	"testing"
@@ -10,7 +12,6 @@ import (
 
 	"github.com/kamgo/kamgo/modules/core"
 	"github.com/kamgo/kamgo/modules/htable"
-	"github.com/kamgo/kamgo/starlark"
 
 	_ "github.com/kamgo/kamgo/modules/all"
 )
@@ -153,7 +154,7 @@ func TestFunctions(t *testing.T) {
 	for i, s := range steps {
 		src += fmt.Sprintf("\ndef c%d():\n    KSR.info(repr(%s))\n", i, s.expr)
 	}
-	h, err := starlark.NewHarness("htable.star", []byte(src), starlark.HarnessOptions{})
+	h, err := routetest.NewHarness(node.RouteTest, "htable.star", []byte(src), routetest.HarnessOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,7 +237,7 @@ func (a args) Int(i int) (int, error) {
 	return n, nil
 }
 
-func rpcCall(t *testing.T, h *starlark.Harness, method string, a ...any) (any, error) {
+func rpcCall(t *testing.T, h *routetest.Harness, method string, a ...any) (any, error) {
 	t.Helper()
 	for _, m := range h.Engine.Modules {
 		for _, r := range m.RPC {
@@ -250,7 +251,7 @@ func rpcCall(t *testing.T, h *starlark.Harness, method string, a ...any) (any, e
 }
 
 func TestRPC(t *testing.T) {
-	h, err := starlark.NewHarness("htable.star", []byte(defs), starlark.HarnessOptions{})
+	h, err := routetest.NewHarness(node.RouteTest, "htable.star", []byte(defs), routetest.HarnessOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -337,11 +338,11 @@ func TestRPC(t *testing.T) {
 }
 
 func TestDefinitionErrorsFailStartup(t *testing.T) {
-	_, err := starlark.NewHarness("bad.star", []byte(`
+	_, err := routetest.NewHarness(node.RouteTest, "bad.star", []byte(`
 modparam("htable", "htable", "a=>size=8;colour=red")
 def ksr_request_route():
     pass
-`), starlark.HarnessOptions{})
+`), routetest.HarnessOptions{})
 	if err == nil || !strings.Contains(err.Error(), `bad.star:2:9: modparam("htable", "htable"): htable a: unknown attribute "colour"`) {
 		t.Fatalf("err %v", err)
 	}
@@ -351,7 +352,7 @@ def ksr_request_route():
 // items, a changed autoexpire applies, and a reload with a bad definition
 // fails (file:line) and changes nothing.
 func TestReload(t *testing.T) {
-	h, err := starlark.NewHarness("htable.star", []byte(defs), starlark.HarnessOptions{})
+	h, err := routetest.NewHarness(node.RouteTest, "htable.star", []byte(defs), routetest.HarnessOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -394,7 +395,7 @@ func TestReload(t *testing.T) {
 }
 
 func TestConcurrentInc(t *testing.T) {
-	h, err := starlark.NewHarness("htable.star", []byte(defs), starlark.HarnessOptions{})
+	h, err := routetest.NewHarness(node.RouteTest, "htable.star", []byte(defs), routetest.HarnessOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,11 +2,12 @@ package kx_test
 
 import (
 	"fmt"
+	"github.com/kamgo/kamgo/kamd/node"
+	"github.com/kamgo/kamgo/starlark/routetest"
 	"strings"
 	"testing"
 
 	"github.com/emiago/sipgo/sip"
-	"github.com/kamgo/kamgo/starlark"
 
 	_ "github.com/kamgo/kamgo/modules/all"
 )
@@ -37,7 +38,7 @@ var getters = []struct{ fn, want, pv string }{
 	{"get_proto", `"tcp"`, "$pr"},
 	{"get_srcuri", `"sip:192.0.2.10:5062;transport=tcp"`, ""},
 	{"get_status", "-1", ""},
-	{"get_timestamp", fmt.Sprint(starlark.RouteTestEpoch.Unix()), ""},
+	{"get_timestamp", fmt.Sprint(routetest.RouteTestEpoch.Unix()), ""},
 }
 
 func TestGetters(t *testing.T) {
@@ -51,7 +52,7 @@ func TestGetters(t *testing.T) {
 	src += "    KSR.info(\"msglen=\" + repr(KSR.kx.get_msglen()))\n"
 	src += "    KSR.sl.sl_send_reply(200, \"OK\")\n"
 	src += "\ndef ksr_reply_route():\n    KSR.info(\"status=\" + repr(KSR.kx.get_status()))\n"
-	h, err := starlark.NewHarness("kx.star", []byte(src), starlark.HarnessOptions{})
+	h, err := routetest.NewHarness(node.RouteTest, "kx.star", []byte(src), routetest.HarnessOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +61,7 @@ func TestGetters(t *testing.T) {
 		"Via: SIP/2.0/TCP 192.0.2.10:5062;branch=z9hG4bK-kx\n" +
 		"From: <sip:alice@atlanta.example.com>;tag=1\nTo: <sip:bob@example.com>\n" +
 		"Call-ID: kx-1@192.0.2.10\nCSeq: 1 MESSAGE\nUser-Agent: softphone/1.0\nContent-Type: text/plain\n\nhello"
-	msg, err := starlark.ParseMessage(raw)
+	msg, err := routetest.ParseMessage(raw)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +90,7 @@ func TestGetters(t *testing.T) {
 	if n := got["msglen"]; len(n) != 1 || n[0] == "0" {
 		t.Errorf("msglen %v", n)
 	}
-	res, err := starlark.ParseMessage("SIP/2.0 486 Busy Here\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-x\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-y\n" +
+	res, err := routetest.ParseMessage("SIP/2.0 486 Busy Here\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-x\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-y\n" +
 		"From: <sip:alice@example.com>;tag=1\nTo: <sip:bob@example.com>;tag=2\nCall-ID: r\nCSeq: 1 INVITE\n")
 	if err != nil {
 		t.Fatal(err)

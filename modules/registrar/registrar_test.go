@@ -2,12 +2,13 @@ package registrar_test
 
 import (
 	"fmt"
+	"github.com/kamgo/kamgo/kamd/node"
+	"github.com/kamgo/kamgo/starlark/routetest"
 	"strings"
 	"testing"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/kamgo/kamgo/modules/core"
-	"github.com/kamgo/kamgo/starlark"
 
 	_ "github.com/kamgo/kamgo/modules/all"
 )
@@ -46,12 +47,12 @@ def ksr_request_route():
 
 type harness struct {
 	t   *testing.T
-	h   *starlark.Harness
+	h   *routetest.Harness
 	seq int
 }
 
 func newHarness(t *testing.T) *harness {
-	h, err := starlark.NewHarness("route.star", []byte(script), starlark.HarnessOptions{})
+	h, err := routetest.NewHarness(node.RouteTest, "route.star", []byte(script), routetest.HarnessOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +60,7 @@ func newHarness(t *testing.T) *harness {
 	return &harness{t: t, h: h}
 }
 
-func (x *harness) send(method, ruri string, hdrs ...string) (*starlark.Result, *core.Msg) {
+func (x *harness) send(method, ruri string, hdrs ...string) (*routetest.Result, *core.Msg) {
 	x.t.Helper()
 	x.seq++
 	text := fmt.Sprintf("%s %s SIP/2.0\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-%d\nFrom: <sip:alice@127.0.0.1>;tag=f%d\nTo: <sip:alice@127.0.0.1>\nMax-Forwards: 70\n",
@@ -79,7 +80,7 @@ func (x *harness) send(method, ruri string, hdrs ...string) (*starlark.Result, *
 		text += fmt.Sprintf("CSeq: 1 %s\n", method)
 	}
 	text += strings.Join(hdrs, "\n") + "\n"
-	msg, err := starlark.ParseMessage(text)
+	msg, err := routetest.ParseMessage(text)
 	if err != nil {
 		x.t.Fatal(err)
 	}
@@ -93,7 +94,7 @@ func (x *harness) send(method, ruri string, hdrs ...string) (*starlark.Result, *
 	return r, r.Msg
 }
 
-func reply(t *testing.T, r *starlark.Result) *sip.Response {
+func reply(t *testing.T, r *routetest.Result) *sip.Response {
 	t.Helper()
 	rs := r.Of(core.OutReply)
 	if len(rs) == 0 {

@@ -7,6 +7,7 @@ package tm_test
 //	go test ./modules/tm -run '^$' -bench . -benchmem
 
 import (
+	"github.com/kamgo/kamgo/starlark/routetest"
 	"io"
 	"log/slog"
 	"runtime"
@@ -66,10 +67,10 @@ func (s *lastSender) Send(o *core.Outgoing) error {
 
 // benchEngine is kamd's engine on the stateful benchmark script, with a
 // fixed clock and a sender that keeps the last request.
-func benchEngine(b *testing.B) (*lastSender, *starlark.FixedClock, *core.Env, *starlark.Engine) {
+func benchEngine(b *testing.B) (*lastSender, *routetest.FixedClock, *core.Env, *starlark.Engine) {
 	b.Helper()
 	s := &lastSender{}
-	clk := starlark.NewFixedClock(starlark.RouteTestEpoch)
+	clk := routetest.NewFixedClock(routetest.RouteTestEpoch)
 	env := core.NewEnv(s)
 	env.Clock = clk
 	env.Log = slog.New(slog.NewTextHandler(io.Discard, nil))

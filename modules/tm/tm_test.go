@@ -3,6 +3,7 @@ package tm_test
 import (
 	"context"
 	"fmt"
+	"github.com/kamgo/kamgo/starlark/routetest"
 	"log/slog"
 	"strings"
 	"sync"
@@ -210,7 +211,7 @@ type fixture struct {
 	t    *testing.T
 	env  *core.Env
 	eng  *starlark.Engine
-	clk  *starlark.FixedClock
+	clk  *routetest.FixedClock
 	rec  *recorder
 	logs *logBuf
 	seq  int
@@ -218,7 +219,7 @@ type fixture struct {
 
 func newFixture(t *testing.T, script string) *fixture {
 	t.Helper()
-	f := &fixture{t: t, rec: &recorder{t: t}, logs: &logBuf{}, clk: starlark.NewFixedClock(starlark.RouteTestEpoch)}
+	f := &fixture{t: t, rec: &recorder{t: t}, logs: &logBuf{}, clk: routetest.NewFixedClock(routetest.RouteTestEpoch)}
 	f.env = core.NewEnv(f.rec)
 	f.env.Clock = f.clk
 	f.env.Log = slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -259,7 +260,7 @@ func (f *fixture) msg(proto, src string) *core.Msg {
 
 func parse(t *testing.T, raw string) sip.Message {
 	t.Helper()
-	msg, err := starlark.ParseMessage(raw)
+	msg, err := routetest.ParseMessage(raw)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, raw)
 	}

@@ -3,6 +3,7 @@ package usrloc_test
 import (
 	"context"
 	"fmt"
+	"github.com/kamgo/kamgo/starlark/routetest"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -12,20 +13,19 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 	"github.com/kamgo/kamgo/modules/moduletest"
 	"github.com/kamgo/kamgo/modules/usrloc"
-	"github.com/kamgo/kamgo/starlark"
 )
 
 type node struct {
 	env    *core.Env
 	mod    *core.Module
 	ul     *usrloc.UL
-	clock  *starlark.FixedClock
+	clock  *routetest.FixedClock
 	mu     sync.Mutex
 	events []map[string]any
 }
 
 // start builds a usrloc on the SQLite file path (a "kamd start").
-func start(t *testing.T, path string, clock *starlark.FixedClock, params map[string]int) *node {
+func start(t *testing.T, path string, clock *routetest.FixedClock, params map[string]int) *node {
 	t.Helper()
 	env, _ := moduletest.NewEnv()
 	env.Clock = clock
@@ -124,7 +124,7 @@ func TestDBModes(t *testing.T) {
 	} {
 		t.Run(map[int]string{0: "memory", 1: "write-through", 2: "write-back"}[c.mode], func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "kamgo.db")
-			clock := starlark.NewFixedClock(starlark.RouteTestEpoch)
+			clock := routetest.NewFixedClock(routetest.RouteTestEpoch)
 			params := map[string]int{"db_mode": c.mode, "timer_interval": 10}
 			n := start(t, path, clock, params)
 			n.add(t, "alice", "sip:alice@192.0.2.10", 3600)
@@ -160,7 +160,7 @@ func TestDBModes(t *testing.T) {
 
 func TestVersionRowAndSchema(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "kamgo.db")
-	start(t, path, starlark.NewFixedClock(starlark.RouteTestEpoch), map[string]int{"db_mode": 1}).stop()
+	start(t, path, routetest.NewFixedClock(routetest.RouteTestEpoch), map[string]int{"db_mode": 1}).stop()
 	db, err := core.OpenDB(path)
 	if err != nil {
 		t.Fatal(err)
@@ -190,7 +190,7 @@ func TestVersionRowAndSchema(t *testing.T) {
 
 func TestSweepEmitsAndDeletes(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "kamgo.db")
-	clock := starlark.NewFixedClock(starlark.RouteTestEpoch)
+	clock := routetest.NewFixedClock(routetest.RouteTestEpoch)
 	n := start(t, path, clock, map[string]int{"db_mode": 1, "timer_interval": 30})
 	n.add(t, "alice", "sip:alice@192.0.2.10", 45)
 	n.add(t, "bob", "sip:bob@192.0.2.11", 3600)
@@ -211,7 +211,7 @@ func TestSweepEmitsAndDeletes(t *testing.T) {
 }
 
 func TestRPC(t *testing.T) {
-	clock := starlark.NewFixedClock(starlark.RouteTestEpoch)
+	clock := routetest.NewFixedClock(routetest.RouteTestEpoch)
 	n := start(t, filepath.Join(t.TempDir(), "kamgo.db"), clock, map[string]int{"db_mode": 1})
 	for _, c := range []struct {
 		method string
@@ -308,7 +308,7 @@ func TestUseDomain(t *testing.T) {
 }
 
 func TestConcurrentUpdates(t *testing.T) {
-	clock := starlark.NewFixedClock(starlark.RouteTestEpoch)
+	clock := routetest.NewFixedClock(routetest.RouteTestEpoch)
 	path := filepath.Join(t.TempDir(), "kamgo.db")
 	n := start(t, path, clock, map[string]int{"db_mode": 1})
 	var wg sync.WaitGroup

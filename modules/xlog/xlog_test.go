@@ -1,13 +1,15 @@
 package xlog_test
 
 import (
+	"github.com/kamgo/kamgo/kamd/node"
+	"github.com/kamgo/kamgo/modules/core"
+	"github.com/kamgo/kamgo/starlark/routetest"
 	"log/slog"
 	"strings"
 	"testing"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/kamgo/kamgo/modules/xlog"
-	"github.com/kamgo/kamgo/starlark"
 
 	_ "github.com/kamgo/kamgo/modules/all"
 )
@@ -36,9 +38,9 @@ def ksr_request_route():
     KSR.sl.sl_send_reply(200, "OK")
 `
 
-func request(t *testing.T, h *starlark.Harness, user string) *starlark.Result {
+func request(t *testing.T, h *routetest.Harness, user string) *routetest.Result {
 	t.Helper()
-	msg, err := starlark.ParseMessage("OPTIONS sip:" + user + "@example.com SIP/2.0\n" +
+	msg, err := routetest.ParseMessage("OPTIONS sip:" + user + "@example.com SIP/2.0\n" +
 		"Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-" + user + "\n" +
 		"From: <sip:alice@example.com>;tag=1\nTo: <sip:" + user + "@example.com>\n" +
 		"Call-ID: c-" + user + "\nCSeq: 1 OPTIONS\nX-Foo: bar\nContent-Length: 0\n")
@@ -53,7 +55,7 @@ func request(t *testing.T, h *starlark.Harness, user string) *starlark.Result {
 }
 
 func TestXlog(t *testing.T) {
-	h, err := starlark.NewHarness("x.star", []byte(script), starlark.HarnessOptions{})
+	h, err := routetest.NewHarness(node.RouteTest, "x.star", []byte(script), routetest.HarnessOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +69,7 @@ func TestXlog(t *testing.T) {
 		if l.At == "" {
 			continue
 		}
-		got = append(got, starlark.LevelName(l.Level)+" "+l.Message)
+		got = append(got, core.LevelName(l.Level)+" "+l.Message)
 		if !strings.HasPrefix(l.At, "x.star:") {
 			t.Errorf("%q: at %q", l.Message, l.At)
 		}
@@ -79,7 +81,7 @@ func TestXlog(t *testing.T) {
 		"warn w 192.0.2.10:5060",
 		"err e 0 $",
 		"crit c <null>",
-		"crit a $unknown",
+		"alert a $unknown",
 		"warn x alice",
 		"info y c-levels",
 	}
@@ -109,7 +111,7 @@ func TestParseLevel(t *testing.T) {
 }
 
 func TestEvalx(t *testing.T) {
-	h, err := starlark.NewHarness("x.star", []byte(script), starlark.HarnessOptions{})
+	h, err := routetest.NewHarness(node.RouteTest, "x.star", []byte(script), routetest.HarnessOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,11 +1,11 @@
-package starlark
+package routetest
 
 // The Starlark API of route tests: the route, sip, state and assert
 // modules predeclared in *_test.star files, the message object and the
 // result object.
 
 import (
-	"context"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"sort"
@@ -15,6 +15,7 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/kamgo/kamgo/modules/core"
+	"github.com/kamgo/kamgo/starlark"
 	sk "go.starlark.net/starlark"
 	"go.starlark.net/starlarkstruct"
 	"go.starlark.net/syntax"
@@ -294,8 +295,18 @@ func logValue(l LogRecord) sk.Value {
 		attrs.SetKey(sk.String(k), sk.String(l.Attrs[k]))
 	}
 	return starlarkstruct.FromStringDict(sk.String("log"), sk.StringDict{
-		"level": sk.String(LevelName(l.Level)), "message": sk.String(l.Message), "at": sk.String(l.At), "attrs": attrs,
+		"level": sk.String(core.LevelName(l.Level)), "message": sk.String(l.Message), "at": sk.String(l.At), "attrs": attrs,
 	})
+}
+
+// eventValue is one of r.events: a struct with the topic and the data as
+// an RPC subscriber would see it (through JSON).
+func eventValue(e Event) (sk.Value, error) {
+	data, err := toStarlark(e.Data)
+	if err != nil {
+		return nil, fmt.Errorf("event %s: %v", e.Topic, err)
+	}
+	return starlarkstruct.FromStringDict(sk.String("event"), sk.StringDict{"topic": sk.String(e.Topic), "data": data}), nil
 }
 
 // resultValue is what route.request and friends return.
@@ -304,7 +315,7 @@ type resultValue struct {
 	cache map[string]sk.Value
 }
 
-var resultAttrs = []string{"du", "dropped", "error", "errors", "flags", "forwarded", "forwards", "isflagset", "logs",
+var resultAttrs = []string{"du", "dropped", "error", "errors", "events", "flags", "forwarded", "forwards", "isflagset", "logs",
 	"msg", "pv", "relayed_replies", "relays", "replied", "replies", "requests", "ruri", "sent", "steps"}
 
 func (v *resultValue) String() string {
@@ -363,6 +374,16 @@ func (v *resultValue) attr(name string) (sk.Value, error) {
 		var out []sk.Value
 		for _, l := range r.Logs {
 			out = append(out, logValue(l))
+		}
+		return sk.NewList(out), nil
+	case "events":
+		var out []sk.Value
+		for _, e := range r.Events {
+			ev, err := eventValue(e)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, ev)
 		}
 		return sk.NewList(out), nil
 	case "errors":
@@ -435,7 +456,7 @@ func (v *resultValue) attr(name string) (sk.Value, error) {
 			if err != nil {
 				return nil, err
 			}
-			return fromVal(pv.Get(m)), nil
+			return starlark.FromVal(pv.Get(m)), nil
 		}), nil
 	case "isflagset":
 		return sk.NewBuiltin("result.isflagset", func(_ *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []sk.Tuple) (sk.Value, error) {
@@ -910,9 +931,9 @@ func stateShv(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []sk.Tuple) (sk.Va
 		return nil, err
 	}
 	if v == nil {
-		return fromVal(c.h.Env.Shv.Get(name)), nil
+		return starlark.FromVal(c.h.Env.Shv.Get(name)), nil
 	}
-	val, err := toVal(v)
+	val, err := starlark.ToVal(v)
 	if err != nil {
 		return nil, err
 	}
@@ -920,33 +941,10 @@ func stateShv(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []sk.Tuple) (sk.Va
 	return sk.None, nil
 }
 
-// rpcArgs adapts Starlark arguments to core.RPCArgs.
-type rpcArgs []sk.Value
-
-func (a rpcArgs) Len() int { return len(a) }
-func (a rpcArgs) String(i int) (string, error) {
-	if i >= len(a) {
-		return "", fmt.Errorf("missing parameter %d", i+1)
-	}
-	if s, ok := sk.AsString(a[i]); ok {
-		return s, nil
-	}
-	return a[i].String(), nil
-}
-func (a rpcArgs) Int(i int) (int, error) {
-	if i >= len(a) {
-		return 0, fmt.Errorf("missing parameter %d", i+1)
-	}
-	if s, ok := sk.AsString(a[i]); ok {
-		return strconv.Atoi(s)
-	}
-	n, err := sk.AsInt32(a[i])
-	return n, err
-}
-
-// stateRPC calls a module's RPC method directly (no server, no auth): the
-// way to set up module state — registrations, uac records, htables —
-// through the same code an operator would use.
+// stateRPC calls an RPC method in process, as an admin, through the same
+// registry the daemon serves (kamd's own methods and the modules'): the way
+// to set up or inspect module state — registrations, htables, statistics —
+// through the code an operator would use.
 func stateRPC(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []sk.Tuple) (sk.Value, error) {
 	c, err := harnessOf(th, b)
 	if err != nil {
@@ -962,19 +960,70 @@ func stateRPC(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []sk.Tuple) (sk.Va
 	if !ok {
 		return nil, fmt.Errorf("method: got %s, want str", args[0].Type())
 	}
-	for _, mod := range c.h.Engine.Modules {
-		for i := range mod.RPC {
-			if mod.RPC[i].Name != method {
-				continue
-			}
-			out, err := mod.RPC[i].Handler(context.Background(), rpcArgs(args[1:]))
-			if err != nil {
-				return nil, fmt.Errorf("%s: %v", method, err)
-			}
-			return toStarlark(out)
+	params := make([]any, 0, len(args)-1)
+	for i, a := range args[1:] {
+		v, err := fromStarlark(a)
+		if err != nil {
+			return nil, fmt.Errorf("%s: param %d: %v", method, i+1, err)
 		}
+		params = append(params, v)
 	}
-	return nil, fmt.Errorf("no RPC method %q in the loaded modules", method)
+	raw, err := c.h.Call(method, params...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", method, err)
+	}
+	var x any
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	if err := dec.Decode(&x); err != nil {
+		return nil, err
+	}
+	return jsonToStarlark(x), nil
+}
+
+// fromStarlark converts an RPC param: str, int, float, bool, None, lists
+// and dicts with str keys.
+func fromStarlark(v sk.Value) (any, error) {
+	switch x := v.(type) {
+	case sk.NoneType:
+		return nil, nil
+	case sk.String:
+		return string(x), nil
+	case sk.Bool:
+		return bool(x), nil
+	case sk.Int:
+		if i, ok := x.Int64(); ok {
+			return i, nil
+		}
+		return nil, fmt.Errorf("integer %s out of range", x)
+	case sk.Float:
+		return float64(x), nil
+	case sk.Indexable:
+		out := make([]any, x.Len())
+		for i := range out {
+			e, err := fromStarlark(x.Index(i))
+			if err != nil {
+				return nil, err
+			}
+			out[i] = e
+		}
+		return out, nil
+	case *sk.Dict:
+		out := map[string]any{}
+		for _, it := range x.Items() {
+			k, ok := sk.AsString(it[0])
+			if !ok {
+				return nil, fmt.Errorf("dict keys must be str, got %s", it[0].Type())
+			}
+			e, err := fromStarlark(it[1])
+			if err != nil {
+				return nil, err
+			}
+			out[k] = e
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("cannot pass a %s", v.Type())
 }
 
 // toStarlark converts an RPC result through JSON.

@@ -1,10 +1,11 @@
-package starlark
+package routetest
 
 // assert.* for route tests, with a want/got diff on failure.
 
 import (
 	"errors"
 	"fmt"
+	"github.com/kamgo/kamgo/starlark"
 	"strings"
 
 	sk "go.starlark.net/starlark"
@@ -188,7 +189,7 @@ func assertFails(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []sk.Tuple) (sk
 	if errors.As(err, &ee) {
 		text = ee.Msg
 	}
-	if isStepLimit(text) {
+	if starlark.IsStepLimit(text) {
 		return nil, err // the test's own step limit is not caught
 	}
 	if !strings.Contains(text, want) {

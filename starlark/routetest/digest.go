@@ -1,4 +1,4 @@
-package starlark
+package routetest
 
 import (
 	"fmt"

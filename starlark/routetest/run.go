@@ -1,4 +1,4 @@
-package starlark
+package routetest
 
 // The route test runner: each test_* function of a *_test.star file runs
 // against a fresh Harness (fresh env, modules, engine and script).
@@ -6,6 +6,7 @@ package starlark
 import (
 	"errors"
 	"fmt"
+	"github.com/kamgo/kamgo/starlark"
 	"regexp"
 	"runtime/debug"
 	"sort"
@@ -75,19 +76,19 @@ type testFn struct {
 // RunRouteTests loads the script and the test file and runs the selected
 // test functions. A script or test file that does not load is an error
 // ("file:line:col: message"); failing tests are not.
-func RunRouteTests(scriptPath string, scriptSrc []byte, testPath string, testSrc []byte, opts RouteTestOptions) (*TestReport, error) {
+func RunRouteTests(wire Wiring, scriptPath string, scriptSrc []byte, testPath string, testSrc []byte, opts RouteTestOptions) (*TestReport, error) {
 	start := time.Now()
 	if opts.MaxSteps == 0 {
 		opts.MaxSteps = DefaultTestMaxSteps
 	}
 	// Load once up front so a broken script is reported once, as a load error.
-	h, err := NewHarness(scriptPath, scriptSrc, opts.Harness)
+	h, err := NewHarness(wire, scriptPath, scriptSrc, opts.Harness)
 	if err != nil {
 		return nil, err
 	}
 	h.Close()
 
-	f, err := fileOptions.Parse(testPath, testSrc, 0)
+	f, err := starlark.ParseFile(testPath, testSrc)
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +101,7 @@ func RunRouteTests(scriptPath string, scriptSrc []byte, testPath string, testSrc
 	th.SetMaxExecutionSteps(opts.MaxSteps)
 	globals, err := prog.Init(th, pre)
 	if err != nil {
-		return nil, evalErr(err)
+		return nil, starlark.EvalError(err)
 	}
 	globals.Freeze()
 
@@ -125,7 +126,7 @@ func RunRouteTests(scriptPath string, scriptSrc []byte, testPath string, testSrc
 		if opts.OnStart != nil {
 			opts.OnStart(t.name)
 		}
-		res := runOne(scriptPath, scriptSrc, testPath, t, setup, opts)
+		res := runOne(wire, scriptPath, scriptSrc, testPath, t, setup, opts)
 		rep.Tests = append(rep.Tests, res)
 		if opts.OnDone != nil {
 			opts.OnDone(res)
@@ -145,7 +146,7 @@ func shortPos(p interface {
 	return fmt.Sprintf("%s:%d", p.Filename(), line)
 }
 
-func runOne(scriptPath string, scriptSrc []byte, testPath string, t testFn, setup *sk.Function, opts RouteTestOptions) (res TestResult) {
+func runOne(wire Wiring, scriptPath string, scriptSrc []byte, testPath string, t testFn, setup *sk.Function, opts RouteTestOptions) (res TestResult) {
 	start := time.Now()
 	def := t.fn.Position()
 	res = TestResult{Name: t.name, Pos: shortPos(def, def.Line)}
@@ -163,7 +164,7 @@ func runOne(scriptPath string, scriptSrc []byte, testPath string, t testFn, setu
 		res.FailPos, res.Failure = res.Pos, "test functions take no parameters"
 		return res
 	}
-	h, err := NewHarness(scriptPath, scriptSrc, opts.Harness)
+	h, err := NewHarness(wire, scriptPath, scriptSrc, opts.Harness)
 	if err != nil {
 		res.FailPos, res.Failure = res.Pos, "loading the script: "+err.Error()
 		return res
@@ -222,7 +223,7 @@ func failure(testPath, defFile string, err error, c *testCtx) (pos, text string)
 		b.WriteString(name + ": " + head + "\n")
 		b.WriteString(indent(ae.Msg, "    ") + "\n")
 	case ee != nil:
-		if isStepLimit(ee.Msg) {
+		if starlark.IsStepLimit(ee.Msg) {
 			b.WriteString("the test function exceeded its step limit\n")
 		} else {
 			b.WriteString("error: " + ee.Msg + "\n")

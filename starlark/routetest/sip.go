@@ -1,4 +1,4 @@
-package starlark
+package routetest
 
 // SIP text for route tests: normalising hand-written messages and the
 // sip.* builders.

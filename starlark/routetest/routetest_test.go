@@ -1,4 +1,4 @@
-package starlark
+package routetest_test
 
 import (
 	"regexp"
@@ -7,8 +7,10 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/kamgo/kamgo/kamd/node"
 	_ "github.com/kamgo/kamgo/modules/all"
 	"github.com/kamgo/kamgo/modules/core"
+	"github.com/kamgo/kamgo/starlark/routetest"
 )
 
 const rtScript = `
@@ -129,7 +131,7 @@ def test_last():
 `
 
 func TestRouteTestsPass(t *testing.T) {
-	rep, err := RunRouteTests("rt.star", []byte(rtScript), "rt_test.star", []byte(rtPassing), RouteTestOptions{})
+	rep, err := routetest.RunRouteTests(node.RouteTest, "rt.star", []byte(rtScript), "rt_test.star", []byte(rtPassing), routetest.RouteTestOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,11 +149,11 @@ func TestRouteTestsPass(t *testing.T) {
 }
 
 func TestRouteTestsFail(t *testing.T) {
-	rep, err := RunRouteTests("rt.star", []byte(rtScript), "rt_test.star", []byte(rtFailing), RouteTestOptions{MaxSteps: 100_000})
+	rep, err := routetest.RunRouteTests(node.RouteTest, "rt.star", []byte(rtScript), "rt_test.star", []byte(rtFailing), routetest.RouteTestOptions{MaxSteps: 100_000})
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := map[string]TestResult{}
+	got := map[string]routetest.TestResult{}
 	for _, r := range rep.Tests {
 		got[r.Name] = r
 	}
@@ -188,8 +190,8 @@ func TestRouteTestsFail(t *testing.T) {
 }
 
 func TestRouteTestsRunFilter(t *testing.T) {
-	rep, err := RunRouteTests("rt.star", []byte(rtScript), "rt_test.star", []byte(rtFailing),
-		RouteTestOptions{Run: regexp.MustCompile("ok|last")})
+	rep, err := routetest.RunRouteTests(node.RouteTest, "rt.star", []byte(rtScript), "rt_test.star", []byte(rtFailing),
+		routetest.RouteTestOptions{Run: regexp.MustCompile("ok|last")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,27 +201,27 @@ func TestRouteTestsRunFilter(t *testing.T) {
 }
 
 func TestRouteTestsLoadErrors(t *testing.T) {
-	_, err := RunRouteTests("bad.star", []byte("def ksr_request_route():\n    KSR.nope(\n"), "bad_test.star", []byte(rtPassing), RouteTestOptions{})
+	_, err := routetest.RunRouteTests(node.RouteTest, "bad.star", []byte("def ksr_request_route():\n    KSR.nope(\n"), "bad_test.star", []byte(rtPassing), routetest.RouteTestOptions{})
 	if err == nil || !strings.HasPrefix(err.Error(), "bad.star:") {
 		t.Errorf("broken script: err = %v, want bad.star:line:col: ...", err)
 	}
-	_, err = RunRouteTests("rt.star", []byte(rtScript), "rt_test.star", []byte("def test_x(:\n"), RouteTestOptions{})
+	_, err = routetest.RunRouteTests(node.RouteTest, "rt.star", []byte(rtScript), "rt_test.star", []byte("def test_x(:\n"), routetest.RouteTestOptions{})
 	if err == nil || !strings.HasPrefix(err.Error(), "rt_test.star:1:") {
 		t.Errorf("broken test file: err = %v", err)
 	}
-	_, err = RunRouteTests("rt.star", []byte(rtScript), "rt_test.star", []byte("r = route.request(sip.options())\n"), RouteTestOptions{})
+	_, err = routetest.RunRouteTests(node.RouteTest, "rt.star", []byte(rtScript), "rt_test.star", []byte("r = route.request(sip.options())\n"), routetest.RouteTestOptions{})
 	if err == nil || !strings.Contains(err.Error(), "only inside a test function") {
 		t.Errorf("route.request at top level: err = %v", err)
 	}
 }
 
 func TestHarnessGoAPI(t *testing.T) {
-	h, err := NewHarness("rt.star", []byte(rtScript), HarnessOptions{})
+	h, err := routetest.NewHarness(node.RouteTest, "rt.star", []byte(rtScript), routetest.HarnessOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer h.Close()
-	msg, err := ParseMessage("MESSAGE sip:bob@example.com SIP/2.0\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKx\n" +
+	msg, err := routetest.ParseMessage("MESSAGE sip:bob@example.com SIP/2.0\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKx\n" +
 		"From: <sip:a@example.com>;tag=1\nTo: <sip:bob@example.com>\nCall-ID: c1\nCSeq: 1 MESSAGE\n\nhello\n")
 	if err != nil {
 		t.Fatal(err)
@@ -252,12 +254,12 @@ func TestHarnessGoAPI(t *testing.T) {
 }
 
 func TestFixedClock(t *testing.T) {
-	c := NewFixedClock(RouteTestEpoch)
+	c := routetest.NewFixedClock(routetest.RouteTestEpoch)
 	var fired []string
 	c.AfterFunc(2*time.Second, func() { fired = append(fired, "b") })
 	c.AfterFunc(time.Second, func() {
 		fired = append(fired, "a")
-		c.AfterFunc(500*time.Millisecond, func() { fired = append(fired, "a2@"+c.Now().Sub(RouteTestEpoch).String()) })
+		c.AfterFunc(500*time.Millisecond, func() { fired = append(fired, "a2@"+c.Now().Sub(routetest.RouteTestEpoch).String()) })
 	})
 	stop := c.AfterFunc(time.Second, func() { fired = append(fired, "stopped") })
 	if !stop.Stop() || stop.Stop() {
@@ -271,7 +273,7 @@ func TestFixedClock(t *testing.T) {
 	if got := strings.Join(fired, ","); got != "a,a2@1.5s" {
 		t.Errorf("fired %s, want a,a2@1.5s", got)
 	}
-	if c.Pending() != 1 || c.Now() != RouteTestEpoch.Add(1999*time.Millisecond) {
+	if c.Pending() != 1 || c.Now() != routetest.RouteTestEpoch.Add(1999*time.Millisecond) {
 		t.Errorf("pending %d, now %v", c.Pending(), c.Now())
 	}
 }
@@ -279,11 +281,11 @@ func TestFixedClock(t *testing.T) {
 func TestNormalizeSIP(t *testing.T) {
 	in := "\n    OPTIONS sip:a SIP/2.0\n    Via: x\n    Content-Length: 99\n\n    body\n    "
 	want := "OPTIONS sip:a SIP/2.0\r\nVia: x\r\nContent-Length: 6\r\n\r\nbody\r\n"
-	if got := NormalizeSIP(in); got != want {
-		t.Errorf("NormalizeSIP:\n%q\nwant\n%q", got, want)
+	if got := routetest.NormalizeSIP(in); got != want {
+		t.Errorf("routetest.NormalizeSIP:\n%q\nwant\n%q", got, want)
 	}
 	crlf := "OPTIONS sip:a SIP/2.0\r\nContent-Length: 99\r\n"
-	if got := NormalizeSIP(crlf); got != crlf+"\r\n" {
+	if got := routetest.NormalizeSIP(crlf); got != crlf+"\r\n" {
 		t.Errorf("CRLF text changed: %q", got)
 	}
 }

@@ -1,18 +1,19 @@
-package starlark
-
-// Route tests: run a routing script on messages with no network. A Harness
-// is the daemon's wiring (core.Env, modules, Engine, WrapSender, module
-// Init/Start) with the transport replaced by a recorder and the wall clock
-// by a FixedClock, so every effect a script asks for is recorded in order.
-// The Starlark test API (route, sip, assert, state) is in routetest_star.go,
-// the test runner in routetest_run.go.
+// Package routetest runs a routing script on messages with no network. A
+// Harness is the daemon's own wiring (kamd/node, handed in as a Wiring) with
+// the transport replaced by a recorder and the wall clock by a FixedClock,
+// so every effect a script asks for — messages, logs, events — is recorded
+// in order. The Starlark test API (route, sip, assert, state) is in star.go,
+// the test runner in run.go, SIP builders in sip.go.
+package routetest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/kamgo/kamgo/modules/core"
+	"github.com/kamgo/kamgo/starlark"
 )
 
 // Sent is one recorded Outgoing, serialised when it was handed to the Sender
@@ -41,21 +43,6 @@ type LogRecord struct {
 	Attrs   map[string]string // every other attribute, flattened
 }
 
-// LevelName is Kamailio's name of a log level: dbg, info, warn, err, crit.
-func LevelName(l slog.Level) string {
-	switch {
-	case l < slog.LevelInfo:
-		return "dbg"
-	case l < slog.LevelWarn:
-		return "info"
-	case l < slog.LevelError:
-		return "warn"
-	case l < slog.LevelError+4:
-		return "err"
-	}
-	return "crit"
-}
-
 // Result is what one action (a request, a reply, an event, a clock advance)
 // made kamd do.
 type Result struct {
@@ -63,6 +50,8 @@ type Result struct {
 	Logs   []LogRecord
 	Steps  uint64
 	Errors []string // script errors logged while the action ran
+	// Events are the events published while the action ran, in order.
+	Events []Event
 	// Msg is the message the action routed (nil for route.advance); after a
 	// request route it holds the final R-URI, $du, flags and headers.
 	Msg *core.Msg
@@ -87,6 +76,12 @@ func (r *Result) Of(kinds ...core.OutKind) []Sent {
 		}
 	}
 	return out
+}
+
+// Event is one event published through env.Publish (the RPC event hub).
+type Event struct {
+	Topic string
+	Data  any
 }
 
 // recorder is the route tests' core.Sender.
@@ -295,33 +290,65 @@ type HarnessOptions struct {
 	Start time.Time
 }
 
-// Harness is one fresh kamd — env, modules, engine, script — with a
-// recorder for a transport.
+// NodeConfig is what the harness asks of the wiring: the script, and what
+// replaces the network (a recorder), the wall clock, the log and the
+// database file.
+type NodeConfig struct {
+	Path     string
+	Src      []byte
+	Sender   core.Sender
+	Clock    core.Clock
+	Log      *slog.Logger
+	DBPath   string
+	MaxSteps uint64
+	// OnEvent must see every published event synchronously.
+	OnEvent func(topic string, data any)
+}
+
+// Node is a wired, started kamd as the harness drives it.
+type Node struct {
+	Env    *core.Env
+	Engine *starlark.Engine
+	// Call invokes an RPC method in process, as an admin (kamd's own
+	// methods and the modules'), and returns its JSON result.
+	Call func(ctx context.Context, method string, params ...any) (json.RawMessage, error)
+	// Stop stops the modules and closes what the node opened.
+	Stop func()
+}
+
+// Wiring builds, initialises and starts a Node from a NodeConfig. kamd's is
+// kamd/node.RouteTest, the daemon's own wiring; this package cannot import
+// it (kamd imports this package), so callers hand it in.
+type Wiring func(NodeConfig) (*Node, error)
+
+// Harness is one fresh kamd — env, modules, engine, script, RPC registry —
+// with a recorder for a transport.
 type Harness struct {
 	Env    *core.Env
-	Engine *Engine
+	Engine *starlark.Engine
 	Clock  *FixedClock
-	Prog   *Program
+	Prog   *starlark.Program
+	node   *Node
 
 	rec      *recorder
 	logs     *logCapture
 	dir      string
-	cancel   context.CancelFunc
 	stopObs  func()
 	stepsMu  sync.Mutex
 	steps    uint64
 	closed   bool
 	connSeq  int
 	actionMu sync.Mutex
+	eventsMu sync.Mutex
+	events   []Event
 }
 
-// DefaultRouteTestSockets are used when the script declares no listen():
-// the daemon's defaults.
-var DefaultRouteTestSockets = []core.Socket{{Proto: "udp", IP: "127.0.0.1", Port: 5060}, {Proto: "tcp", IP: "127.0.0.1", Port: 5060}}
-
-// NewHarness loads the script into a fresh env and engine wired as the
-// daemon wires them. A load error is returned as is (file:line:col: msg).
-func NewHarness(path string, src []byte, opts HarnessOptions) (*Harness, error) {
+// NewHarness wires a fresh kamd with wire (kamd/node.RouteTest) and loads
+// the script into it. A load error is returned as is (file:line:col: msg).
+func NewHarness(wire Wiring, path string, src []byte, opts HarnessOptions) (*Harness, error) {
+	if wire == nil {
+		return nil, errors.New("route test: no wiring (pass kamd/node.RouteTest)")
+	}
 	h := &Harness{rec: &recorder{}, logs: newLogCapture()}
 	start := opts.Start
 	if start.IsZero() {
@@ -333,64 +360,42 @@ func NewHarness(path string, src []byte, opts HarnessOptions) (*Harness, error) 
 		return nil, err
 	}
 	h.dir = dir
-	env := core.NewEnv(nil)
-	env.Log = slog.New(h.logs)
-	env.Clock = h.Clock
-	env.DBPath = dir + string(os.PathSeparator) + "kamgo.db"
-	h.Env = env
-	eng := New(env)
-	if opts.MaxSteps > 0 {
-		eng.MaxSteps = opts.MaxSteps
-	}
-	h.Engine = eng
-	h.stopObs = eng.ObserveSteps(func(_ string, n uint64) {
-		h.stepsMu.Lock()
-		h.steps += n
-		h.stepsMu.Unlock()
-	})
-	p, err := eng.Load(path, src)
+	n, err := wire(NodeConfig{Path: path, Src: src, Sender: h.rec, Clock: h.Clock, Log: slog.New(h.logs),
+		DBPath: filepath.Join(dir, "kamgo.db"), MaxSteps: opts.MaxSteps, OnEvent: h.onEvent})
 	if err != nil {
 		h.Close()
 		return nil, err
 	}
-	h.Prog = p
-	socks := make([]core.Socket, 0, len(p.Config.Listen))
-	for _, s := range p.Config.Listen {
-		if s.Port == 0 { // the daemon would bind a free port
-			s.Port = 5060
-		}
-		socks = append(socks, s)
-	}
-	if len(socks) == 0 {
-		socks = append(socks, DefaultRouteTestSockets...)
-	}
-	env.Sockets = socks
-	env.Aliases = p.Config.Aliases
-	env.Sender = eng.WrapSender(h.rec)
-	// As the daemon: modules find their tables in a SQLite file (a fresh one per test).
-	if env.DB, err = core.OpenDB(env.DBPath); err != nil {
-		h.Close()
-		return nil, err
-	}
-	for _, m := range eng.Modules {
-		if m.Init != nil {
-			if err := m.Init(); err != nil {
-				h.Close()
-				return nil, fmt.Errorf("module %s: %w", m.Name, err)
-			}
-		}
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	h.cancel = cancel
-	for _, m := range eng.Modules {
-		if m.Start != nil {
-			if err := m.Start(ctx); err != nil {
-				h.Close()
-				return nil, fmt.Errorf("module %s: %w", m.Name, err)
-			}
-		}
-	}
+	h.node, h.Env, h.Engine, h.Prog = n, n.Env, n.Engine, n.Engine.Program()
+	h.stopObs = h.Engine.ObserveSteps(func(_ string, n uint64) {
+		h.stepsMu.Lock()
+		h.steps += n
+		h.stepsMu.Unlock()
+	})
 	return h, nil
+}
+
+func (h *Harness) onEvent(topic string, data any) {
+	h.eventsMu.Lock()
+	h.events = append(h.events, Event{topic, data})
+	h.eventsMu.Unlock()
+}
+
+func (h *Harness) eventsSince(i int) []Event {
+	h.eventsMu.Lock()
+	defer h.eventsMu.Unlock()
+	return append([]Event(nil), h.events[i:]...)
+}
+
+func (h *Harness) eventsLen() int {
+	h.eventsMu.Lock()
+	defer h.eventsMu.Unlock()
+	return len(h.events)
+}
+
+// Call invokes an RPC method as an admin would (state.rpc).
+func (h *Harness) Call(method string, params ...any) (json.RawMessage, error) {
+	return h.node.Call(context.Background(), method, params...)
 }
 
 // Close stops the modules and removes the harness's files.
@@ -399,21 +404,11 @@ func (h *Harness) Close() {
 		return
 	}
 	h.closed = true
-	if h.cancel != nil {
-		h.cancel()
-		if h.Engine != nil {
-			for _, m := range h.Engine.Modules {
-				if m.Stop != nil {
-					m.Stop()
-				}
-			}
-		}
+	if h.node != nil {
+		h.node.Stop()
 	}
 	if h.stopObs != nil {
 		h.stopObs()
-	}
-	if h.Env != nil && h.Env.DB != nil {
-		_ = h.Env.DB.Close()
 	}
 	if h.dir != "" {
 		os.RemoveAll(h.dir)
@@ -430,12 +425,12 @@ func (h *Harness) AllLogs() []LogRecord { return h.logs.since(0) }
 func (h *Harness) action(m *core.Msg, f func()) *Result {
 	h.actionMu.Lock()
 	defer h.actionMu.Unlock()
-	s0, l0 := h.rec.len(), h.logs.len()
+	s0, l0, e0 := h.rec.len(), h.logs.len(), h.eventsLen()
 	h.stepsMu.Lock()
 	h.steps = 0
 	h.stepsMu.Unlock()
 	f()
-	r := &Result{Sent: h.rec.since(s0), Logs: h.logs.since(l0), Msg: m}
+	r := &Result{Sent: h.rec.since(s0), Logs: h.logs.since(l0), Events: h.eventsSince(e0), Msg: m}
 	h.stepsMu.Lock()
 	r.Steps = h.steps
 	h.stepsMu.Unlock()
@@ -552,7 +547,7 @@ func (h *Harness) Event(name string, rt core.RouteType, msg sip.Message, src, pr
 	}
 	return h.action(m, func() {
 		if err := h.Engine.Run(h.Prog, name, rt, m); err != nil {
-			h.Engine.logScriptErr(name, m, err)
+			h.Engine.LogScriptError(name, m, err)
 		}
 	}), nil
 }
