@@ -2,8 +2,6 @@ package starlark_test
 
 import (
 	"fmt"
-	"github.com/kamgo/kamgo/kamd/node"
-	"github.com/kamgo/kamgo/starlark/routetest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,8 +9,10 @@ import (
 	"testing"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/kamgo/kamgo/kamd/node"
 	"github.com/kamgo/kamgo/modules/core"
 	"github.com/kamgo/kamgo/starlark"
+	"github.com/kamgo/kamgo/starlark/routetest"
 
 	_ "github.com/kamgo/kamgo/modules/all"
 )
@@ -51,6 +51,8 @@ func TestLoadErrors(t *testing.T) {
 		{"param value", "modparam(\"tm\", \"fr_timer\", -5)\ndef ksr_request_route():\n    pass\n", "s.star:1:9: modparam(\"tm\", \"fr_timer\"): must be a positive"},
 		{"htable definition", "modparam(\"htable\", \"htable\", \"t=>size=8;bogus=1\")\ndef ksr_request_route():\n    pass\n", "s.star:1:9: modparam(\"htable\", \"htable\")"},
 		{"core_param", "core_param(\"nosuch\", 1)\ndef ksr_request_route():\n    pass\n", "unknown parameter \"nosuch\""},
+		{"log_level", "core_param(\"log_level\", \"bogus\")\ndef ksr_request_route():\n    pass\n", "s.star:1:11: core_param(\"log_level\"): unknown log level \"bogus\""},
+		{"workers", "core_param(\"workers\", 0)\ndef ksr_request_route():\n    pass\n", "core_param(\"workers\"): must be positive"},
 		{"listen", "listen(\"udp:nowhere:5060\")\ndef ksr_request_route():\n    pass\n", "not an IP address"},
 		{"load outside the directory", "load(\"../x.star\", \"y\")\ndef ksr_request_route():\n    pass\n", "only .star files in the script's directory"},
 		{"two-parameter callback", "def ksr_request_route(a, b):\n    pass\n", "takes 2 parameters"},
@@ -89,6 +91,83 @@ func TestLoadFromScriptDirectory(t *testing.T) {
 	}
 	if len(r.Sent) != 1 || !strings.HasPrefix(r.Sent[0].Text, "SIP/2.0 202 Accepted") {
 		t.Fatalf("sent %v", r.Sent)
+	}
+}
+
+// A load()ed file goes through the same compile path and checks as the
+// main script: a callback it names must exist, a PV literal must parse.
+func TestLoadedFilesAreChecked(t *testing.T) {
+	for _, tc := range []struct{ lib, want string }{
+		{"def x():\n    KSR.tm.t_on_failure(\"nope\")\n", "lib.star:2:25: callback \"nope\" is named here"},
+		{"def x():\n    return KSR.pv.get(\"$nosuch\")\n", "lib.star:2:23: unknown pseudo-variable"},
+		{"def x(:\n", "lib.star:1:8"},
+	} {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "lib.star"), []byte(tc.lib), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		src := "load(\"lib.star\", \"x\")\ndef ksr_request_route():\n    pass\n"
+		_, err := starlark.New(core.NewEnv(nil)).Check(filepath.Join(dir, "route.star"), []byte(src))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("lib %q: error %v, want %q", tc.lib, err, tc.want)
+		}
+	}
+}
+
+// A test module with a live param and a static one, for reload semantics.
+var ptestLive, ptestStatic int64
+
+func init() {
+	core.Register("ptest", func(env *core.Env) *core.Module {
+		return &core.Module{Name: "ptest", Params: []core.Param{
+			{Name: "live", Type: core.ArgInt, Default: core.Int(7), Set: func(v core.Val) error { ptestLive = v.I; return nil }},
+			{Name: "size", Type: core.ArgInt, Default: core.Int(4), Static: true, Set: func(v core.Val) error { ptestStatic = v.I; return nil }},
+		}}
+	})
+}
+
+func TestReloadParamSemantics(t *testing.T) {
+	eng := starlark.New(core.NewEnv(nil))
+	script := func(params string) []byte { return []byte(params + "\ndef ksr_request_route():\n    pass\n") }
+	if _, err := eng.Load("p.star", script(`modparam("ptest", "live", 3)`+"\n"+`modparam("ptest", "size", 8)`)); err != nil {
+		t.Fatal(err)
+	}
+	if ptestLive != 3 || ptestStatic != 8 {
+		t.Fatalf("first load: live %d size %d, want 3 8", ptestLive, ptestStatic)
+	}
+	// The new version no longer sets live: it goes back to its Default.
+	// size is the same: nothing to refuse.
+	p, err := eng.Compile("p.star", script(`modparam("ptest", "size", 8)`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch := eng.StaticChanges(p); len(ch) != 0 {
+		t.Errorf("static changes %v for an unchanged size", ch)
+	}
+	if _, err := eng.Install(p, nil); err != nil {
+		t.Fatal(err)
+	}
+	if ptestLive != 7 {
+		t.Errorf("live after its modparam was removed: %d, want the default 7", ptestLive)
+	}
+	// Dropping size changes it (back to its default 4): a static change,
+	// which Install leaves alone if the caller installs anyway (apply_live).
+	p, err = eng.Compile("p.star", script(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch := eng.StaticChanges(p); len(ch) != 1 || ch[0] != `modparam("ptest", "size") 8 → 4` {
+		t.Errorf("static changes %q", ch)
+	}
+	if _, err := eng.Install(p, nil); err != nil || ptestStatic != 8 {
+		t.Errorf("static param changed live to %d (%v)", ptestStatic, err)
+	}
+	// Rollback restores the previous version's live values.
+	if _, err := eng.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if ptestLive != 7 {
+		t.Errorf("live after rollback %d", ptestLive)
 	}
 }
 

@@ -344,6 +344,11 @@ func TestRPCKamctlMethods(t *testing.T) {
 				t.Errorf("core.ps does not show %q:\n%s", want, out)
 			}
 		}
+		// Timers are runtime timers, not a goroutine of their own: core.ps
+		// lists only what runs.
+		if strings.Contains(out, "timer") {
+			t.Errorf("core.ps lists a timers process that does not exist:\n%s", out)
+		}
 		if _, ok := k.ctlJSON(t, "core.ps").([]any); !ok {
 			t.Errorf("core.ps --json is not an array")
 		}

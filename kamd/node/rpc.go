@@ -165,7 +165,7 @@ func (n *Node) CoreRPC() []core.RPCMethod {
 		{Name: "core.version", Doc: "kamd version", Result: `{"version": "kamd x.y.z (kamgo)", "go": "go1.x"}`, ReadOnly: true, Handler: n.rpcVersion},
 		{Name: "core.uptime", Doc: "time since start", Result: `{"now": "...", "up_since": "...", "uptime": seconds}`, ReadOnly: true, Handler: n.rpcUptime},
 		{Name: "core.info", Doc: "version, build and runtime details", Result: `{"version","go","os","arch","pid","cpus","script"}`, ReadOnly: true, Handler: n.rpcInfo},
-		{Name: "core.ps", Doc: "what runs: SIP readers and acceptors per socket, stream connections, workers, rpc server", Result: `[{"idx": n, "pid": n, "dsc": "..."}]`, ReadOnly: true, Handler: n.rpcPs},
+		{Name: "core.ps", Doc: "what runs: a receiver or listener per SIP socket, stream connection readers, SIP workers, the rpc server", Result: `[{"idx": n, "pid": n, "dsc": "..."}]`, ReadOnly: true, Handler: n.rpcPs},
 		{Name: "core.sockets_list", Doc: "listening SIP sockets", Result: `{"socket": [{"proto","address","port","advertise"}]}`, ReadOnly: true, Handler: n.rpcSockets},
 		{Name: "core.mem", Doc: "Go runtime memory (bytes)", Result: `{"heap_alloc","heap_sys","heap_objects","sys","num_gc","goroutines"}`, ReadOnly: true, Handler: rpcMem},
 		{Name: "stats.get_statistics", Doc: "statistics: all, a group (\"tm:\" or \"tm\") or names", Result: `{"group:name": n, ...}`, ReadOnly: true, Params: names, Handler: n.rpcGetStats},
@@ -297,7 +297,7 @@ func (n *Node) Ps() []map[string]any {
 		if s.Proto == "udp" {
 			add("udp receiver " + s.String())
 		} else {
-			add(s.Proto + " acceptor " + s.String())
+			add(s.Proto + " listener " + s.String())
 		}
 	}
 	if n.tr != nil {

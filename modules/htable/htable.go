@@ -445,6 +445,9 @@ func (h *HT) module() *core.Module {
 // setDefParam applies one modparam("htable", "htable", spec). An invalid
 // definition fails startup (Init) and is ignored (logged) on a reload.
 func (h *HT) setDefParam(v core.Val) error {
+	if v.S == "" { // the default: no definition (a reload that drops them all)
+		return nil
+	}
 	d, err := ParseTableDef(v.S)
 	if err != nil {
 		h.mu.Lock()

@@ -17,7 +17,7 @@ func (u *UL) module() *core.Module {
 		Name: "usrloc",
 		Doc:  "user location: the contacts registered for each AoR, in memory and (db_mode 1, 2) in the location table",
 		Params: []core.Param{
-			{Name: "db_mode", Type: i, Default: core.Int(0),
+			{Name: "db_mode", Type: i, Default: core.Int(0), Static: true,
 				Doc: "0 memory only (default, as Kamailio: registrations are lost on restart), 1 write-through, 2 write-back on the timer (flushed on shutdown); 3 (DB only) is not supported",
 				Check: func(v core.Val) error {
 					if v.I < 0 || v.I > 2 {
@@ -44,7 +44,7 @@ func (u *UL) module() *core.Module {
 					return nil
 				},
 				Set: func(v core.Val) error { u.natBflag.Store(v.I); return nil }},
-			{Name: "hash_size", Type: i, Default: core.Int(10), Doc: "the location table has 2^hash_size slots (each with its own lock); applies at start",
+			{Name: "hash_size", Type: i, Default: core.Int(10), Static: true, Doc: "the location table has 2^hash_size slots (each with its own lock); applies at start",
 				Check: func(v core.Val) error {
 					if v.I < 1 || v.I > 16 {
 						return fmt.Errorf("hash_size %d: want 1-16", v.I)

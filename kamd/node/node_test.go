@@ -1,0 +1,184 @@
+package node_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/kamgo/kamgo/kamd/node"
+	_ "github.com/kamgo/kamgo/modules/all"
+	"github.com/kamgo/kamgo/modules/core"
+	"github.com/kamgo/kamgo/starlark/routetest"
+)
+
+// Two test modules: lc_a needs lc_b (as uac needs tm). Registered for this
+// test binary only.
+var (
+	lcMu    sync.Mutex
+	lcLog   []string
+	lcNeeds = []string{"lc_b"} // lc_a's needs; a test swaps it
+	// lc_a's view of the Sender: the one its factory saw, the one Init saw.
+	factorySender, initSender core.Sender
+)
+
+func lcNote(s string) {
+	lcMu.Lock()
+	lcLog = append(lcLog, s)
+	lcMu.Unlock()
+}
+
+func lcModule(name string, needs func() []string) core.Factory {
+	return func(env *core.Env) *core.Module {
+		m := &core.Module{Name: name, Needs: needs(),
+			Init:  func() error { lcNote("init " + name); return nil },
+			Start: func(context.Context) error { lcNote("start " + name); return nil },
+		}
+		if name == "lc_a" {
+			factorySender = env.Sender // the mistake the guard exposes
+			m.Init = func() error { initSender = env.Sender; lcNote("init " + name); return nil }
+			m.Stop = func() {
+				// As uac unregistering through tm: what it needs still runs.
+				lcNote("stop lc_a (lc_b stopped: " + env.Module("lc_b").Doc + ")")
+			}
+		}
+		if name == "lc_b" {
+			m.Doc = "no" // until it stops
+			m.Stop = func() { m.Doc = "yes"; lcNote("stop lc_b") }
+		}
+		return m
+	}
+}
+
+func init() {
+	core.Register("lc_a", lcModule("lc_a", func() []string { return lcNeeds }))
+	core.Register("lc_b", lcModule("lc_b", func() []string { return nil }))
+}
+
+const script = `
+def ksr_request_route():
+    KSR.sl.send_reply(200, "OK")
+`
+
+func newNode(t *testing.T) *node.Node {
+	t.Helper()
+	rec := routetest.NewFixedClock(routetest.RouteTestEpoch) // any core.Clock
+	n, err := node.New(node.Options{Path: "n.star", Src: []byte(script), RPCAddr: "off", DBPath: t.TempDir() + "/k.db",
+		Sender: sinkSender{}, Clock: rec, LogOutput: discard{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+type sinkSender struct{}
+
+func (sinkSender) Send(*core.Outgoing) error { return nil }
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+func TestLifecycleFollowsNeeds(t *testing.T) {
+	lcLog = nil
+	n := newNode(t)
+	if err := n.Init(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	n.Stop()
+	want := "init lc_b, init lc_a, start lc_b, start lc_a, stop lc_a (lc_b stopped: no), stop lc_b"
+	if got := strings.Join(lcLog, ", "); got != want {
+		t.Errorf("lifecycle:\n got %s\nwant %s", got, want)
+	}
+	// registrar and auth_db declare what they need.
+	pos := map[string]int{}
+	for i, m := range n.Modules {
+		pos[m.Name] = i
+	}
+	if pos["registrar"] < pos["usrloc"] || pos["auth_db"] < pos["auth"] {
+		t.Errorf("module order ignores needs: %v", pos)
+	}
+}
+
+func TestMissingOrCircularNeedIsAnError(t *testing.T) {
+	defer func() { lcNeeds = []string{"lc_b"} }()
+	for _, c := range []struct {
+		needs []string
+		want  string
+	}{
+		{[]string{"nope"}, "module lc_a needs module nope, which is not loaded"},
+		{[]string{"lc_a"}, "modules need each other in a circle: lc_a → lc_a"},
+	} {
+		lcNeeds = c.needs
+		_, err := node.New(node.Options{Path: "n.star", Src: []byte(script), RPCAddr: "off", Sender: sinkSender{}, LogOutput: discard{}})
+		if err == nil || err.Error() != c.want {
+			t.Errorf("needs %v: error %v, want %q", c.needs, err, c.want)
+		}
+	}
+}
+
+// Env.Sender, Sockets and DB are set by Init, after the modules are built:
+// a module that keeps what its factory saw gets ErrNotReady, not a silent
+// drop; what Init sees works.
+func TestSenderIsReadyFromInitOn(t *testing.T) {
+	n := newNode(t)
+	defer n.Stop()
+	if err := n.Init(); err != nil {
+		t.Fatal(err)
+	}
+	if err := factorySender.Send(&core.Outgoing{}); !errors.Is(err, node.ErrNotReady) {
+		t.Errorf("the Sender a factory saw: %v, want ErrNotReady", err)
+	}
+	if initSender == nil || errors.Is(initSender.Send(&core.Outgoing{}), node.ErrNotReady) {
+		t.Errorf("the Sender Init saw is not the real one")
+	}
+	if len(n.Env.Sockets) == 0 || n.Env.DB == nil {
+		t.Errorf("Init left Sockets %v, DB %v", n.Env.Sockets, n.Env.DB)
+	}
+}
+
+// No module's factory sends, publishes or touches the database: they may
+// only from Init on (core.Env's rule).
+func TestFactoriesLeaveLateFieldsAlone(t *testing.T) {
+	var used []string
+	env := core.NewEnv(senderFunc(func(o *core.Outgoing) error { used = append(used, "Sender"); return nil }))
+	env.Publish = func(topic string, _ any) { used = append(used, "Publish "+topic) }
+	for _, f := range core.Factories() {
+		func() {
+			defer func() {
+				if r := recover(); r != nil {
+					used = append(used, "panic (nil DB or Sockets?)")
+				}
+			}()
+			m := f(env)
+			if len(used) > 0 {
+				t.Errorf("module %s's factory used %v", m.Name, used)
+				used = nil
+			}
+		}()
+	}
+}
+
+type senderFunc func(*core.Outgoing) error
+
+func (f senderFunc) Send(o *core.Outgoing) error { return f(o) }
+
+// A reload puts a param the new script no longer sets back to its Default:
+// every module's Set must accept its own Default (Check is for what a
+// script writes; htable's empty default is no definition).
+func TestEveryParamAcceptsItsDefault(t *testing.T) {
+	n := newNode(t)
+	for _, m := range n.Modules {
+		for _, p := range m.Params {
+			if p.Set != nil {
+				if err := p.Set(p.Default); err != nil {
+					t.Errorf("modparam(%q, %q): its default %s cannot be set: %v", m.Name, p.Name, p.Default, err)
+				}
+			}
+		}
+	}
+}
