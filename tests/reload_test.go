@@ -757,3 +757,43 @@ func TestReloadSlowSubscriber(t *testing.T) {
 	}
 	k.Alive(t)
 }
+
+// TestReloadStaticParams: a modparam that cannot change live (usrloc's
+// db_mode sizes and opens things at start) is refused with 409 like a
+// listen change, unless apply_live, which leaves it and reports it; a live
+// modparam the new script drops goes back to its default; the core params
+// read at start (workers) are refused the same way.
+func TestReloadStaticParams(t *testing.T) {
+	script := func(marker, params string) string { return params + "\n" + markerScript(marker) }
+	k := startRPCKamd(t, rpcKamdOpts{script: func(int) string { return script("1", `modparam("usrloc", "db_mode", 1)`) }})
+	uac := newUAC(t)
+	writeFile(t, k.Script, script("2", `modparam("usrloc", "db_mode", 2)`))
+	r := k.ctl(t, "app_starlark.reload")
+	wantRPCError(t, r, 409)
+	for _, w := range []string{`modparam("usrloc", "db_mode") 1 → 2`, "restart", "apply_live"} {
+		if !strings.Contains(r.Stderr, w) {
+			t.Errorf("409 message does not mention %q: %s", w, r)
+		}
+	}
+	// Dropping it means its default, 0: a change too.
+	writeFile(t, k.Script, script("2", ""))
+	wantRPCError(t, k.ctl(t, "app_starlark.reload"), 409)
+	if v := marker(t, uac, k.Kamd); v != "1" {
+		t.Errorf("after refused reloads: X-Version %q, want 1", v)
+	}
+	writeFile(t, k.Script, script("2", `modparam("usrloc", "db_mode", 1)`+"\n"+`core_param("workers", 3)`))
+	r = k.ctl(t, "app_starlark.reload")
+	wantRPCError(t, r, 409)
+	if !strings.Contains(r.Stderr, `core_param("workers")`) {
+		t.Errorf("409 message does not mention workers: %s", r)
+	}
+	writeFile(t, k.Script, script("3", ""))
+	res := asObject(t, k.ctlJSON(t, "app_starlark.reload", "b:true"), "reload apply_live")
+	if na := fmt.Sprint(res["not_applied"]); asInt(t, res["new"], "new") != 2 || !strings.Contains(na, "db_mode") {
+		t.Errorf("reload with apply_live=true: %v; want version 2 and db_mode in not_applied", res)
+	}
+	if v := marker(t, uac, k.Kamd); v != "3" {
+		t.Errorf("after the apply_live reload: X-Version %q, want 3", v)
+	}
+	k.Alive(t)
+}
