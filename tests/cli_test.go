@@ -37,6 +37,7 @@ func TestCheckBrokenScripts(t *testing.T) {
 		{"unknown modparam module", "modparam(\"nosuchmod\", \"x\", 1)\n\ndef ksr_request_route():\n    KSR.sl.send_reply(200, \"OK\")\n", 1, "nosuchmod"},
 		{"unknown PV", "def ksr_request_route():\n    x = 1\n    KSR.info(KSR.pv.get(\"$nosuch\"))\n", 3, "nosuch"},
 		{"no request route", "def ksr_reply_route():\n    pass\n", 1, "ksr_request_route"},
+		{"bad log_level", "\ncore_param(\"log_level\", \"bogus\")\ndef ksr_request_route():\n    pass\n", 2, "unknown log level"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := writeScript(t, "bad.star", tc.src)
@@ -120,5 +121,19 @@ func TestReloadOnSIGHUP(t *testing.T) {
 	}
 	if v := version(); v != "two" {
 		t.Fatalf("X-Version %q after a broken reload, want the old version (two) serving", v)
+	}
+}
+
+// kamd -c checks a load()ed file as it checks the main script: a failure
+// route it names must exist.
+func TestCheckLoadedFile(t *testing.T) {
+	p := writeScript(t, "main.star", "load(\"lib.star\", \"arm\")\ndef ksr_request_route():\n    arm()\n")
+	lib := filepath.Join(filepath.Dir(p), "lib.star")
+	if err := os.WriteFile(lib, []byte("def arm():\n    KSR.tm.t_on_failure(\"nope\")\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := runKamd(t, "-c", "-f", p)
+	if code == 0 || !strings.Contains(errOut, lib+":2:25: callback \"nope\"") {
+		t.Errorf("kamd -c on a loaded file naming a missing callback: exit %d\n%s", code, errOut)
 	}
 }

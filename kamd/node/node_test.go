@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/emiago/sipgo/sip"
 	"github.com/kamgo/kamgo/kamd/node"
 	_ "github.com/kamgo/kamgo/modules/all"
 	"github.com/kamgo/kamgo/modules/core"
@@ -182,3 +183,59 @@ func TestEveryParamAcceptsItsDefault(t *testing.T) {
 		}
 	}
 }
+
+// core_param's workers, server_header and log_level take effect; flags win.
+func TestCoreParams(t *testing.T) {
+	src := `core_param("workers", 3)
+core_param("server_header", "Server: acme/1.0")
+core_param("log_level", "err")
+def ksr_request_route():
+    KSR.warn("not shown at err")
+    KSR.err("shown")
+    KSR.sl.send_reply(200, "OK")
+`
+	var logs strings.Builder
+	rec := &captureSender{}
+	n, err := node.New(node.Options{Path: "c.star", Src: []byte(src), RPCAddr: "off", DBPath: t.TempDir() + "/k.db", Sender: rec, LogOutput: &logs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { n.Stop(); core.SetServerHeader(core.DefaultServerHeader) }()
+	if n.Workers() != 3 {
+		t.Errorf("workers %d, want 3", n.Workers())
+	}
+	if err := n.Init(); err != nil {
+		t.Fatal(err)
+	}
+	h, err := routetest.NewHarness(node.RouteTest, "c.star", []byte(src), routetest.HarnessOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	req, _ := routetest.ParseMessage("OPTIONS sip:a@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\nFrom: <sip:b@x>;tag=1\nTo: <sip:a@x>\nCall-ID: c1\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n")
+	r, err := h.Request(req.(*sip.Request), "192.0.2.1:5060", "udp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Sent) != 1 || !strings.Contains(r.Sent[0].Text, "\r\nServer: acme/1.0\r\n") {
+		t.Errorf("reply without the script's Server header: %v", r.Sent)
+	}
+	// The daemon's own logger follows log_level.
+	n.Env.Log.Warn("a warning")
+	n.Env.Log.Error("an error")
+	if out := logs.String(); strings.Contains(out, "a warning") || !strings.Contains(out, "an error") {
+		t.Errorf("log_level err: log output\n%s", out)
+	}
+	// --workers and --log-level win over the script.
+	logs.Reset()
+	n2, err := node.New(node.Options{Path: "c.star", Src: []byte(src), RPCAddr: "off", Sender: rec, LogOutput: &logs, Workers: 5, LogLevel: "warn"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n2.Env.Log.Warn("a warning")
+	if n2.Workers() != 5 || !strings.Contains(logs.String(), "a warning") {
+		t.Errorf("flags do not win: workers %d, logs %q", n2.Workers(), logs.String())
+	}
+}
+
+type captureSender struct{ sinkSender }
