@@ -14,6 +14,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -54,6 +56,7 @@ Flags:
 type app struct {
 	url       string
 	token     string
+	tls       *tls.Config
 	json      bool
 	timeout   time.Duration
 	stdout    io.Writer
@@ -69,10 +72,12 @@ func main() {
 func run(args []string, stdin *os.File, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("kamctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	url := fs.String("s", envOr("KAMCTL_URL", defaultURL), "server URL: ws://host:port/ws or http://host:port/RPC (env KAMCTL_URL)")
+	url := fs.String("s", envOr("KAMCTL_URL", defaultURL), "server URL: ws://host:port/ws, http://host:port/RPC, or wss:// and https:// for kamd's RPC over TLS (env KAMCTL_URL)")
 	tokenFile := fs.String("token-file", "", "read the bearer token from this file (else env KAMCTL_TOKEN)")
 	asJSON := fs.Bool("json", false, "print results as indented JSON (events as one JSON object per line)")
 	timeout := fs.Duration("timeout", 30*time.Second, "timeout of one call")
+	caFile := fs.String("ca", "", "PEM CA certificate(s) to verify a wss:// or https:// server with (e.g. kamd's self-signed --rpc-tls-cert)")
+	insecure := fs.Bool("k", false, "do not verify the wss:// or https:// server's certificate (testing only)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usageText)
 		fs.PrintDefaults()
@@ -90,6 +95,10 @@ func run(args []string, stdin *os.File, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	a.token = token
+	if a.tls, err = tlsConfig(*caFile, *insecure); err != nil {
+		fmt.Fprintf(stderr, "kamctl: %v\n", err)
+		return exitUsage
+	}
 	defer func() {
 		if a.cl != nil {
 			a.cl.Close()
@@ -108,6 +117,30 @@ func run(args []string, stdin *os.File, stdout, stderr io.Writer) int {
 	defer signal.Stop(sig)
 	a.interrupt = sig
 	return a.exec(rest)
+}
+
+// tlsConfig is the client's TLS for wss:// and https://: the system's roots
+// plus --ca, or no verification with -k. nil means Go's defaults.
+func tlsConfig(caFile string, insecure bool) (*tls.Config, error) {
+	if caFile == "" && !insecure {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: insecure}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("--ca: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil || pool == nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--ca %s: no PEM certificate in it", caFile)
+		}
+		tc.RootCAs = pool
+	}
+	return tc, nil
 }
 
 func envOr(key, def string) string {
@@ -145,7 +178,7 @@ func (a *app) client() (*rpc.Client, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), a.timeout)
 	defer cancel()
-	cl, err := rpc.DialContext(ctx, a.url, a.token)
+	cl, err := rpc.DialTLS(ctx, a.url, a.token, a.tls)
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package tests
 
 import (
 	"bufio"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -17,6 +18,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kamgo/kamgo/rpc"
 )
 
 // selfSigned writes a certificate for 127.0.0.1 and returns its paths and pool.
@@ -85,4 +88,53 @@ func TestTLSListenerWithoutCertificateFails(t *testing.T) {
 	if code == 0 || !strings.Contains(stderr, "no TLS certificate") {
 		t.Fatalf("kamd with a tls listener and no certificate: exit %d, stdout %q, stderr %q; want a clear error", code, stdout, stderr)
 	}
+}
+
+// TestRPCOverTLS: with --rpc-tls-cert/--rpc-tls-key kamd's RPC speaks TLS;
+// kamctl reaches it over wss:// and https:// with --ca (or -k), and refuses
+// a certificate it cannot verify.
+func TestRPCOverTLS(t *testing.T) {
+	cert, key, pool := selfSigned(t)
+	k := startRPCKamd(t, rpcKamdOpts{script: func(int) string { return markerScript("tls") }, args: []string{"--rpc-tls-cert", cert, "--rpc-tls-key", key}})
+	rp := strconv.Itoa(k.RPCPort)
+	for _, url := range []string{"wss://127.0.0.1:" + rp + "/ws", "https://127.0.0.1:" + rp + "/RPC"} {
+		r := runKamctl(t, nil, "-s", url, "--ca", cert, "core.version")
+		if r.Code != 0 || !strings.Contains(r.Stdout, "kamd ") {
+			t.Errorf("kamctl over %s with --ca: %s", url, r)
+		}
+		if r := runKamctl(t, nil, "-s", url, "-k", "core.uptime"); r.Code != 0 {
+			t.Errorf("kamctl over %s with -k: %s", url, r)
+		}
+		if r := runKamctl(t, nil, "-s", url, "core.version"); r.Code == 0 || !strings.Contains(r.Stderr, "certificate") {
+			t.Errorf("kamctl over %s trusted an unknown certificate: %s", url, r)
+		}
+	}
+	// Plain ws:// to a TLS port does not work.
+	if r := runKamctl(t, nil, "-s", "ws://127.0.0.1:"+rp+"/ws", "core.version"); r.Code == 0 {
+		t.Errorf("plain ws:// reached the TLS RPC port: %s", r)
+	}
+	// Events over wss: a reload's script event arrives.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl, err := rpc.DialTLS(ctx, "wss://127.0.0.1:"+rp+"/ws", "", &tls.Config{RootCAs: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	evs, err := cl.Subscribe(ctx, "script")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Call(ctx, "app_starlark.reload", nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ev := <-evs:
+		if ev.Topic != "script" {
+			t.Errorf("event %+v, want topic script", ev)
+		}
+	case <-ctx.Done():
+		t.Error("no script event over wss")
+	}
+	k.Alive(t)
 }
