@@ -86,7 +86,7 @@ func (s *Server) registerBuiltins() {
 	})
 	s.MustRegister(Method{
 		Name: "events.subscribe",
-		Doc: "Subscribe this websocket connection to event topics (\"uac.*\" matches a prefix, \"*\" every topic " +
+		Doc: "Subscribe this websocket connection to event topics (a module name such as \"usrloc\", \"us*\" a prefix, \"*\" every topic " +
 			"but stats). Events arrive as notifications {method:\"event\", params:{topic, data, ts}}. " +
 			"\"stats\" is periodic: every interval seconds (default 5, min 1).",
 		Params: []Param{
