@@ -355,4 +355,3 @@ func (e *Engine) modf(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []sk.Tuple
 	}
 	return v, nil
 }
-

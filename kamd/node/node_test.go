@@ -3,14 +3,18 @@ package node_test
 import (
 	"context"
 	"errors"
+	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/kamgo/kamgo/kamd/node"
 	_ "github.com/kamgo/kamgo/modules/all"
 	"github.com/kamgo/kamgo/modules/core"
+	"github.com/kamgo/kamgo/rpc"
 	"github.com/kamgo/kamgo/starlark/routetest"
 )
 
@@ -239,3 +243,61 @@ def ksr_request_route():
 }
 
 type captureSender struct{ sinkSender }
+
+// kamd's own methods come from its table: the registry, help and role
+// checks all read it.
+func TestCoreRPCTable(t *testing.T) {
+	n := newNode(t)
+	for _, m := range n.CoreRPC() {
+		got, ok := n.RPC.Method(m.Name)
+		if !ok || got.ReadOnly != m.ReadOnly || got.Doc != m.Doc || len(got.Params) != len(m.Params) {
+			t.Errorf("%s: registered as %+v (found %v)", m.Name, got, ok)
+		}
+	}
+	if _, err := n.RPC.Call(context.Background(), rpc.RoleReadOnly, "app_starlark.reload"); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("read-only caller reloading: %v, want 403", err)
+	}
+	raw, err := n.RPC.Call(context.Background(), rpc.RoleReadOnly, "system.methodHelp", "stats.get_statistics")
+	if err != nil || !strings.Contains(string(raw), `"variadic":true`) {
+		t.Errorf("methodHelp stats.get_statistics: %s %v", raw, err)
+	}
+}
+
+// core.ps lists what runs: a receiver or listener per socket, a reader per
+// stream connection, the workers; no timers process.
+func TestPs(t *testing.T) {
+	n, err := node.New(node.Options{Path: "p.star", Src: []byte(script), RPCAddr: "off", DBPath: t.TempDir() + "/k.db",
+		Listen: []string{"udp:127.0.0.1:0", "tcp:127.0.0.1:0"}, Workers: 2, LogOutput: discard{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Stop()
+	if err := n.Init(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	tcp, _ := n.Env.SocketFor("tcp")
+	c, err := net.Dial("tcp", net.JoinHostPort(tcp.IP, strconv.Itoa(tcp.Port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var dsc []string
+	for i := 0; i < 100; i++ {
+		dsc = dsc[:0]
+		for _, p := range n.Ps() {
+			dsc = append(dsc, p["dsc"].(string))
+		}
+		if strings.Contains(strings.Join(dsc, "|"), "stream connection readers (1)") {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	udp, _ := n.Env.SocketFor("udp")
+	want := []string{"main process", "udp receiver " + udp.String(), "tcp listener " + tcp.String(), "stream connection readers (1)", "SIP worker 0", "SIP worker 1"}
+	if strings.Join(dsc, "|") != strings.Join(want, "|") {
+		t.Errorf("core.ps:\n got %q\nwant %q", dsc, want)
+	}
+}
