@@ -144,6 +144,13 @@ func (realClock) AfterFunc(d time.Duration, f func()) Timer { return time.AfterF
 var RealClock Clock = realClock{}
 
 // Env is what modules are built against: services shared by all of them.
+//
+// When fields are ready (kamd/node wires them): Log, Clock, Stats, Shv and
+// Publish are set before any module is built, so a factory may keep them.
+// Sender, Sockets, Aliases, DB and DBPath depend on the loaded script and
+// are set after every module is built and before the first Init: read them
+// from Init on (in Init, Start or per message), never in the factory — until
+// then Sender answers every send with an error.
 type Env struct {
 	Sender  Sender
 	Router  Router
