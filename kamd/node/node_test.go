@@ -3,7 +3,11 @@ package node_test
 import (
 	"context"
 	"errors"
+	"go/parser"
+	"go/token"
 	"net"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -299,5 +303,42 @@ func TestPs(t *testing.T) {
 	want := []string{"main process", "udp receiver " + udp.String(), "tcp listener " + tcp.String(), "stream connection readers (1)", "SIP worker 0", "SIP worker 1"}
 	if strings.Join(dsc, "|") != strings.Join(want, "|") {
 		t.Errorf("core.ps:\n got %q\nwant %q", dsc, want)
+	}
+}
+
+// Modules depend on core and on what they declare: a module package that
+// imports another module's package must list it in Needs.
+func TestModuleImportsAreDeclared(t *testing.T) {
+	n := newNode(t)
+	byName := map[string]*core.Module{}
+	for _, m := range n.Modules {
+		byName[m.Name] = m
+	}
+	const prefix = "github.com/kamgo/kamgo/modules/"
+	dirs, _ := filepath.Glob("../../modules/*")
+	for _, dir := range dirs {
+		m := byName[filepath.Base(dir)]
+		if m == nil {
+			continue // all, moduletest, core
+		}
+		files, _ := filepath.Glob(filepath.Join(dir, "*.go"))
+		for _, f := range files {
+			if strings.HasSuffix(f, "_test.go") {
+				continue
+			}
+			pf, err := parser.ParseFile(token.NewFileSet(), f, nil, parser.ImportsOnly)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, imp := range pf.Imports {
+				dep, ok := strings.CutPrefix(strings.Trim(imp.Path.Value, `"`), prefix)
+				if !ok || dep == "core" || strings.Contains(dep, "/") {
+					continue
+				}
+				if !slices.Contains(m.Needs, dep) {
+					t.Errorf("%s imports module %s but its table does not declare Needs: %q", f, dep, dep)
+				}
+			}
+		}
 	}
 }
