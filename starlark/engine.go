@@ -77,8 +77,9 @@ type Engine struct {
 	modfFns  map[string]*sk.Builtin
 	params   map[string]map[string]*core.Param
 	current  atomic.Pointer[Program]
-	mu       sync.Mutex // serialises loads
-	versions []*Program // kept for status and rollback, newest last
+	mu       sync.Mutex        // serialises loads
+	versions []*Program        // kept for status and rollback, newest last
+	static   map[string]string // Static params' values, fixed by the first version
 	nextVer  int
 	pool     sync.Pool
 	// MaxSteps is the default step limit when the script sets none.
@@ -279,6 +280,7 @@ func (e *Engine) applyParams(p, prev *Program) error {
 		}
 	}
 	if prev == nil {
+		e.static = p.staticValues(e.params)
 		return nil
 	}
 	now := p.paramValues()
@@ -308,25 +310,37 @@ func (p *Program) paramValues() map[string][]core.Val {
 }
 
 // StaticChanges lists the Static modparams whose value p would change from
-// the current program's (a param not set counts as its Default), as
+// the running one (what the first version set: static params never change
+// later; a param not set counts as its Default), as
 // "modparam(mod, name) a → b": a reload must refuse them or leave them.
 func (e *Engine) StaticChanges(p *Program) []string {
-	cur := e.current.Load()
-	if cur == nil {
+	e.mu.Lock()
+	running := e.static
+	e.mu.Unlock()
+	if running == nil {
 		return nil
 	}
-	was, now := cur.paramValues(), p.paramValues()
+	now := p.staticValues(e.params)
 	var out []string
-	for _, mod := range sortedKeys(e.params) {
-		for _, name := range sortedKeys(e.params[mod]) {
-			prm := e.params[mod][name]
-			if !prm.Static {
-				continue
-			}
-			k := mod + "\x00" + name
-			a, b := valList(was[k], prm.Default), valList(now[k], prm.Default)
-			if a != b {
-				out = append(out, fmt.Sprintf("modparam(%q, %q) %s → %s", mod, name, a, b))
+	for _, k := range sortedKeys(now) {
+		if a, b := running[k], now[k]; a != b {
+			mod, name, _ := strings.Cut(k, "\x00")
+			out = append(out, fmt.Sprintf("modparam(%q, %q) %s → %s", mod, name, a, b))
+		}
+	}
+	return out
+}
+
+// staticValues renders the value p gives each Static param, keyed
+// "module\x00name".
+func (p *Program) staticValues(params map[string]map[string]*core.Param) map[string]string {
+	vals := p.paramValues()
+	out := map[string]string{}
+	for mod, ps := range params {
+		for name, prm := range ps {
+			if prm.Static {
+				k := mod + "\x00" + name
+				out[k] = valList(vals[k], prm.Default)
 			}
 		}
 	}

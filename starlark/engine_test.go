@@ -162,6 +162,14 @@ func TestReloadParamSemantics(t *testing.T) {
 	if _, err := eng.Install(p, nil); err != nil || ptestStatic != 8 {
 		t.Errorf("static param changed live to %d (%v)", ptestStatic, err)
 	}
+	// What runs is still 8: a version saying 8 changes nothing, one
+	// without it (4) still does.
+	if p, _ := eng.Compile("p.star", script(`modparam("ptest", "size", 8)`)); len(eng.StaticChanges(p)) != 0 {
+		t.Errorf("static changes %q against the running 8", eng.StaticChanges(p))
+	}
+	if p, _ := eng.Compile("p.star", script("")); len(eng.StaticChanges(p)) != 1 {
+		t.Errorf("static changes %q for 8 → 4", eng.StaticChanges(p))
+	}
 	// Rollback restores the previous version's live values.
 	if _, err := eng.Rollback(); err != nil {
 		t.Fatal(err)

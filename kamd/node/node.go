@@ -93,6 +93,7 @@ type Node struct {
 	workers    int
 	configured []core.Socket // listen sockets as configured (before port 0 is resolved)
 	rpcAddr    string
+	startCore  map[string]core.Val // the core params kamd started with (some are read only then)
 	tr         *transport.Transport
 	started    time.Time
 	reloadMu   sync.Mutex
@@ -161,6 +162,7 @@ func New(o Options) (*Node, error) {
 		return nil, err
 	}
 	n.applyCoreParams(p)
+	n.startCore = p.Config.CoreParams
 	n.workers = o.Workers
 	if n.workers <= 0 {
 		if v, ok := p.Config.CoreParams["workers"]; ok {

@@ -367,7 +367,7 @@ func (n *Node) Reload(applyLive bool) (any, error) {
 		fixed = append(fixed, c+" cannot change live; it needs a restart")
 	}
 	for _, name := range startOnlyCoreParams {
-		a, b := cur.Config.CoreParams[name], p.Config.CoreParams[name]
+		a, b := n.startCore[name], p.Config.CoreParams[name]
 		if a != b {
 			fixed = append(fixed, fmt.Sprintf("core_param(%q) %s → %s is read at start; it needs a restart", name, a, b))
 		}
