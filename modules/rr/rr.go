@@ -51,8 +51,10 @@ func parseParams(s string) (sip.HeaderParams, error) {
 		}
 		k, v, _ := strings.Cut(p, "=")
 		k = strings.TrimSpace(k)
-		if k == "" || strings.ContainsAny(k, " \t<>,?\"@:") || strings.ContainsAny(v, "<>,?\" \t") {
-			return nil, fmt.Errorf("invalid URI parameter %q in %q", p, s)
+		// Script text may carry request bytes ($fU, $hdr(...)): the same
+		// rule as every value kamd writes into a URI.
+		if err := core.CheckURIParam(k, v); err != nil {
+			return nil, fmt.Errorf("invalid URI parameter %q in %q: %w", p, s, err)
 		}
 		out = append(out, sip.HeaderKV{K: k, V: v})
 	}
@@ -191,6 +193,7 @@ func (r *module) rrURI(sock core.Socket, ftag string, double bool, extra sip.Hea
 	}
 	u.UriParams = append(u.UriParams, sip.HeaderKV{K: "lr", V: lr})
 	if ftag != "" && r.fromTag.Load() {
+		// recordRoute checked it with core.CheckURIParam already.
 		u.UriParams = append(u.UriParams, sip.HeaderKV{K: "ftag", V: ftag})
 	}
 	u.UriParams = append(u.UriParams, extra...)
@@ -223,6 +226,14 @@ func (r *module) recordRoute(m *core.Msg, params string) (core.Val, error) {
 	if f := m.Req.From(); f != nil {
 		ftag, _ = f.Params.Get("tag")
 	}
+	if ftag != "" && r.fromTag.Load() {
+		// The tag is copied into our Record-Route URI: one that is not a
+		// token could add hops to the route set (issue 16). Kamailio would
+		// copy it; we answer 400 and end the script.
+		if err := checkFtag(ftag); err != nil {
+			return r.refuse(m, "Bad From tag", err)
+		}
+	}
 	extra = append(extra, st.pending...)
 	st.pending = nil
 	var out core.Socket
@@ -246,6 +257,34 @@ func (r *module) recordRoute(m *core.Msg, params string) (core.Val, error) {
 	add = append(add, h)
 	insertBefore(m.Req, "record-route", add)
 	return core.Int(1), nil
+}
+
+// checkFtag: a From tag goes into ;ftag= only if it is a token that is
+// also a URI parameter value (a token's '%' must start an escape there).
+func checkFtag(tag string) error {
+	if !core.IsToken(tag) {
+		return fmt.Errorf("%w: From tag %q is not a token", core.ErrBadValue, tag)
+	}
+	return core.CheckURIParam("ftag", tag)
+}
+
+// refuse answers the request 400 with reason and ends the script: what
+// record_route was asked to write cannot be written safely.
+func (r *module) refuse(m *core.Msg, reason string, why error) (core.Val, error) {
+	r.env.Log.Info("rr: request refused", "reason", reason, "err", why, "src", m.SrcIP, "at", m.Pos())
+	if m.Req.IsAck() || m.Replied {
+		return core.Null, core.ErrExit
+	}
+	var err error
+	if tx, ok := m.Tx.(core.TxReplier); ok {
+		err = tx.Reply(m, 400, reason)
+	} else {
+		err = m.SendReply(400, reason)
+	}
+	if err != nil {
+		r.env.Log.Warn("rr: cannot send 400", "err", err, "at", m.Pos())
+	}
+	return core.Null, core.ErrExit
 }
 
 func (r *module) addRRParam(m *core.Msg, params string) (core.Val, error) {

@@ -1,6 +1,7 @@
 package rr_test
 
 import (
+	"errors"
 	"strings"
 	"testing"
 
@@ -210,5 +211,63 @@ def ksr_request_route(msg):
 	out = rec.All()
 	if len(out) != 1 || !strings.Contains(out[0].Text, "Record-Route: <sip:127.0.0.1:5060;lr;ftag=ftag1>\r\n") {
 		t.Fatalf("initial: want RR on forwarded request, got %+v", out)
+	}
+}
+
+// Issue 16: a From tag that is not a token must never reach ;ftag= (it
+// added a Record-Route hop of the attacker's choice); the request is
+// answered 400 "Bad From tag" and the script ends.
+func TestRecordRouteBadFromTag(t *testing.T) {
+	for _, tc := range []struct {
+		name, from string
+		bad        bool
+	}{
+		{"angle injection", "From: <sip:alice@127.0.0.1>;tag=a>,<sip:evil@203.0.113.9;lr", true},
+		{"quoted injection", `From: <sip:alice@127.0.0.1>;tag="x>,<sip:evil@203.0.113.9;lr>"`, true},
+		{"quoted tag", `From: <sip:alice@127.0.0.1>;tag="abc"`, true},
+		{"percent not an escape", "From: <sip:alice@127.0.0.1>;tag=a%zz", true},
+		{"token tag", "From: <sip:alice@127.0.0.1>;tag=a.b-c_d!e~f*g+h'i", false},
+		{"no tag", "From: <sip:alice@127.0.0.1>", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env, rec := mt.NewEnv()
+			mod := rr.New(env)
+			msg := strings.Replace(mt.Invite, `From: "Alice" <sip:alice@example.com>;tag=ftag1`, tc.from, 1)
+			m := mt.NewMsg(t, env, msg, "")
+			v, err := mt.Call(t, mod, m, "record_route")
+			if !tc.bad {
+				if err != nil || v.I != 1 {
+					t.Fatalf("record_route = %v, %v", v, err)
+				}
+				if got := rrValues(m); len(got) != 1 || strings.Count(got[0], "<") != 1 {
+					t.Fatalf("RR %q", got)
+				}
+				return
+			}
+			if !errors.Is(err, core.ErrExit) {
+				t.Fatalf("record_route = %v, %v: want the script ended", v, err)
+			}
+			if got := rrValues(m); len(got) != 0 {
+				t.Fatalf("Record-Route written: %q", got)
+			}
+			sent := rec.All()
+			if len(sent) != 1 || !strings.HasPrefix(sent[0].Text, "SIP/2.0 400 Bad From tag\r\n") {
+				t.Fatalf("sent %q, want one 400 Bad From tag", sent)
+			}
+			if strings.Contains(sent[0].Text, "Record-Route") {
+				t.Fatalf("400 carries a Record-Route:\n%s", sent[0].Text)
+			}
+		})
+	}
+	// append_fromtag off: the tag is not written, so nothing to refuse.
+	env, _ := mt.NewEnv()
+	mod := rr.New(env)
+	mt.SetParam(t, mod, "append_fromtag", mt.I(0))
+	m := mt.NewMsg(t, env, strings.Replace(mt.Invite, "tag=ftag1", "tag=a>,<sip:evil@203.0.113.9;lr", 1), "")
+	if v := mt.MustInt(t, mod, m, "record_route"); v != 1 {
+		t.Fatalf("append_fromtag 0: record_route = %d", v)
+	}
+	if got := rrValues(m); len(got) != 1 || got[0] != "<sip:127.0.0.1:5060;lr>" {
+		t.Fatalf("append_fromtag 0: RR %q", got)
 	}
 }
