@@ -73,6 +73,32 @@ func IsURIParamValue(s string) bool {
 	return true
 }
 
+// EscapeURIParam %-escapes every byte of s that may not stand as itself
+// in a URI parameter value ('%' included), so any token can be carried in
+// a URI: "a`b%c" becomes "a%60b%25c". The result is a token and a URI
+// parameter value.
+func EscapeURIParam(s string) string {
+	n := 0
+	for i := 0; i < len(s); i++ {
+		if !uriParamChars[s[i]] {
+			n++
+		}
+	}
+	if n == 0 {
+		return s
+	}
+	const hex = "0123456789ABCDEF"
+	b := make([]byte, 0, len(s)+2*n)
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; uriParamChars[c] {
+			b = append(b, c)
+		} else {
+			b = append(b, '%', hex[c>>4], hex[c&15])
+		}
+	}
+	return string(b)
+}
+
 func isHex(c byte) bool {
 	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
 }

@@ -124,3 +124,20 @@ func TestSetParamRoundTrip(t *testing.T) {
 		t.Fatalf("AppendParam wrote %q (%v)", b.String(), err)
 	}
 }
+
+func TestEscapeURIParam(t *testing.T) {
+	for in, want := range map[string]string{
+		"a8f3-x.Y_z":       "a8f3-x.Y_z",
+		"_token~1'+`*%!-.": "_token~1'+%60*%25!-.",
+		"a>,<sip:evil@x":   "a%3E%2C%3Csip:evil%40x",
+		"\r\n":             "%0D%0A",
+	} {
+		got := EscapeURIParam(in)
+		if got != want || !IsURIParamValue(got) {
+			t.Errorf("EscapeURIParam(%q) = %q, want %q", in, got, want)
+		}
+		if IsToken(in) && !IsToken(got) {
+			t.Errorf("EscapeURIParam(%q) = %q: a token became a non-token", in, got)
+		}
+	}
+}

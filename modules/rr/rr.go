@@ -193,7 +193,7 @@ func (r *module) rrURI(sock core.Socket, ftag string, double bool, extra sip.Hea
 	}
 	u.UriParams = append(u.UriParams, sip.HeaderKV{K: "lr", V: lr})
 	if ftag != "" && r.fromTag.Load() {
-		// recordRoute checked it with core.CheckURIParam already.
+		// recordRoute made it a token and a URI param value (EscapeURIParam).
 		u.UriParams = append(u.UriParams, sip.HeaderKV{K: "ftag", V: ftag})
 	}
 	u.UriParams = append(u.UriParams, extra...)
@@ -230,9 +230,10 @@ func (r *module) recordRoute(m *core.Msg, params string) (core.Val, error) {
 		// The tag is copied into our Record-Route URI: one that is not a
 		// token could add hops to the route set (issue 16). Kamailio would
 		// copy it; we answer 400 and end the script.
-		if err := checkFtag(ftag); err != nil {
-			return r.refuse(m, "Bad From tag", err)
+		if !core.IsToken(ftag) {
+			return r.refuse(m, "Bad From tag", fmt.Errorf("%w: From tag %q is not a token", core.ErrBadValue, ftag))
 		}
+		ftag = core.EscapeURIParam(ftag)
 	}
 	extra = append(extra, st.pending...)
 	st.pending = nil
@@ -257,15 +258,6 @@ func (r *module) recordRoute(m *core.Msg, params string) (core.Val, error) {
 	add = append(add, h)
 	insertBefore(m.Req, "record-route", add)
 	return core.Int(1), nil
-}
-
-// checkFtag: a From tag goes into ;ftag= only if it is a token that is
-// also a URI parameter value (a token's '%' must start an escape there).
-func checkFtag(tag string) error {
-	if !core.IsToken(tag) {
-		return fmt.Errorf("%w: From tag %q is not a token", core.ErrBadValue, tag)
-	}
-	return core.CheckURIParam("ftag", tag)
 }
 
 // refuse answers the request 400 with reason and ends the script: what
@@ -522,7 +514,8 @@ func New(env *core.Env) *core.Module {
 					if ps, ok := r.routedParams(m); ok {
 						if ftag, _ := paramValue(ps, "ftag"); ftag != "" {
 							if f := m.Req.From(); f != nil {
-								if tag, _ := f.Params.Get("tag"); tag != "" && tag != ftag {
+								// ftag holds the tag as record_route wrote it: escaped.
+								if tag, _ := f.Params.Get("tag"); tag != "" && core.EscapeURIParam(tag) != ftag {
 									dir = "upstream"
 								}
 							}
