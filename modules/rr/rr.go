@@ -466,7 +466,7 @@ func New(env *core.Env) *core.Module {
 		},
 		Funcs: []core.Func{
 			{Name: "record_route", Ret: core.RetInt, Routes: routesReq,
-				Doc: "add Record-Route for the receiving socket (two when the next hop uses another socket); 1 ok, -1 error or already done",
+				Doc: "add Record-Route for the receiving socket (two when the next hop uses another socket); 1 ok, -1 error or already done; a From tag that is not a token: 400 Bad From tag and the script ends",
 				Fn:  func(m *core.Msg, _ []core.Val) (core.Val, error) { return r.recordRoute(m, "") }},
 			{Name: "record_route_params", Args: []core.ArgType{core.ArgStr}, Ret: core.RetInt, Routes: routesReq,
 				Doc: "(\";p=v\") record_route with extra URI params",
