@@ -196,14 +196,17 @@ func passedOn(line string, reply bool, raw []byte) bool {
 }
 
 // unparsablePassedOn: every header line of data that does not parse on
-// its own is passed on (or the start line was); when no single line fails
+// its own is passed on (or the start line of a forwarded request does not
+// parse); when no single line fails
 // (a CSeq number out of range), the message did not parse in context: the
 // request's own bytes.
 func unparsablePassedOn(data []byte, reply bool, raw []byte) bool {
 	head, _, _ := bytes.Cut(data, []byte("\r\n\r\n"))
 	lines := strings.Split(string(head), "\r\n")
 	if _, err := sip.NewParser().ParseSIP([]byte(lines[0] + "\r\nContent-Length: 0\r\n\r\n")); err != nil {
-		return bytes.Contains(raw, []byte(lines[0]))
+		// A reply's start line is kamd's; a forwarded request's method,
+		// R-URI and version are the request's (re-serialised).
+		return !reply || bytes.Contains(raw, []byte(lines[0]))
 	}
 	for _, l := range lines[1:] {
 		if _, err := core.ParseHeaderText(l); err != nil && !passedOn(l, reply, raw) {
