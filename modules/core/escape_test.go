@@ -116,6 +116,13 @@ func TestSetParamRoundTrip(t *testing.T) {
 	if err := SetParam(&p, "tag", "a>,<sip:evil@203.0.113.9"); err == nil || len(p) != 0 {
 		t.Fatalf("bad value written: %v %v", err, p)
 	}
+	u := sip.Uri{Scheme: "sip", Host: "127.0.0.1", Port: 5060, UriParams: sip.NewParams()}
+	if err := SetURIParam(&u.UriParams, "ftag", EscapeURIParam("a`b")); err != nil || u.String() != "sip:127.0.0.1:5060;ftag=a%60b" {
+		t.Fatalf("SetURIParam: %s %v", u.String(), err)
+	}
+	if err := SetURIParam(&u.UriParams, "ftag", "a>,<sip:evil@203.0.113.9"); err == nil {
+		t.Fatal("SetURIParam wrote an injection")
+	}
 	var b strings.Builder
 	if err := AppendParam(&b, "expires", "60"); err != nil || b.String() != ";expires=60" {
 		t.Fatalf("AppendParam: %q %v", b.String(), err)

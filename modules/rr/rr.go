@@ -193,8 +193,9 @@ func (r *module) rrURI(sock core.Socket, ftag string, double bool, extra sip.Hea
 	}
 	u.UriParams = append(u.UriParams, sip.HeaderKV{K: "lr", V: lr})
 	if ftag != "" && r.fromTag.Load() {
-		// recordRoute made it a token and a URI param value (EscapeURIParam).
-		u.UriParams = append(u.UriParams, sip.HeaderKV{K: "ftag", V: ftag})
+		// recordRoute made it a token and a URI param value
+		// (EscapeURIParam), so this cannot fail.
+		_ = core.SetURIParam(&u.UriParams, "ftag", ftag)
 	}
 	u.UriParams = append(u.UriParams, extra...)
 	return u
