@@ -122,6 +122,10 @@ type Transport struct {
 
 	dropped *core.Counter
 	badMsgs *core.Counter
+
+	// sendHook, set only by tests (the fuzz targets), gets every
+	// serialised message instead of the network.
+	sendHook func(o *core.Outgoing, data []byte) error
 }
 
 type pendingListener struct {
@@ -399,6 +403,9 @@ func (t *Transport) Send(o *core.Outgoing) error {
 }
 
 func (t *Transport) sendBytes(o *core.Outgoing, data []byte) error {
+	if t.sendHook != nil {
+		return t.sendHook(o, data)
+	}
 	switch o.Dst.Proto {
 	case "udp", "":
 		ip, err := t.resolv.resolve(o.Dst.Host)

@@ -209,11 +209,15 @@ func StatelessBranch(req *sip.Request) string {
 	return string(strconv.AppendUint(append(out[:0], "z9hG4bKsl"...), h, 36))
 }
 
-// OurVia builds the Via kamd puts on a request leaving from sock.
+// OurVia builds the Via kamd puts on a request leaving from sock. The
+// branch is always kamd's own (a hash in base 36); one that is not a
+// token would be a bug, so it is replaced by a fixed one rather than written.
 func OurVia(sock Socket, branch string) *sip.ViaHeader {
 	v := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0",
 		Transport: strings.ToUpper(sock.Proto), Host: sock.Host(), Port: sock.Port, Params: sip.NewParams()}
-	v.Params.Add("branch", branch)
+	if SetParam(&v.Params, "branch", branch) != nil {
+		v.Params.Add("branch", "z9hG4bKkgbad")
+	}
 	return v
 }
 

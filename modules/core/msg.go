@@ -194,8 +194,7 @@ func (m *Msg) FixVia() {
 		return
 	}
 	if rp, ok := v.Params.Get("rport"); ok && rp == "" {
-		v.Params.Remove("rport")
-		v.Params.Add("rport", strconv.Itoa(m.SrcPort))
+		setRport(v, m.SrcPort)
 		setReceived(v, m.SrcIP)
 		return
 	}
@@ -212,8 +211,7 @@ func (m *Msg) ForceRport() {
 		return
 	}
 	v := m.Req.Via()
-	v.Params.Remove("rport")
-	v.Params.Add("rport", strconv.Itoa(m.SrcPort))
+	setRport(v, m.SrcPort)
 	setReceived(v, m.SrcIP)
 }
 
@@ -269,9 +267,16 @@ func duplicated(r *sip.Request) bool {
 // setReceived records the real source in the Via. A received= the sender
 // wrote itself is replaced: trusting it would let a client aim kamd's
 // replies at any address.
+// The source address comes from the socket, so SetParam cannot refuse
+// it; if it ever did, the sender's value is dropped rather than kept.
 func setReceived(v *sip.ViaHeader, ip string) {
-	v.Params.Remove("received")
-	v.Params.Add("received", ip)
+	if SetParam(&v.Params, "received", ip) != nil {
+		v.Params.Remove("received")
+	}
+}
+
+func setRport(v *sip.ViaHeader, port int) {
+	_ = SetParam(&v.Params, "rport", strconv.Itoa(port)) // digits: always a token
 }
 
 // ReplyOutgoing addresses a reply to request m.
@@ -375,7 +380,7 @@ func BuildReply(req *sip.Request, code int, reason string, extra []sip.Header) *
 	if h := req.To(); h != nil {
 		to := sip.HeaderClone(h).(*sip.ToHeader)
 		if code > 100 && !to.Params.Has("tag") {
-			to.Params.Add("tag", ToTag(req))
+			_ = SetParam(&to.Params, "tag", ToTag(req)) // "kg" + base 36: always a token
 		}
 		res.AppendHeader(to)
 	}

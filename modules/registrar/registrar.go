@@ -141,10 +141,58 @@ func requestContacts(req *sip.Request) (cs []contactSpec, star bool, err error) 
 			if u.Host == "" {
 				return nil, false, fmt.Errorf("contact without host")
 			}
+			if err := checkContact(&u, ch.Params); err != nil {
+				return nil, false, err
+			}
 			cs = append(cs, contactSpec{uri: u.String(), params: ch.Params})
 		}
 	}
 	return cs, star, nil
+}
+
+// checkContact refuses a contact kamd could not store and echo as it
+// came (issue 16: a bare LF inside a URI param split the 200's Contact in
+// two): the URI must hold no CR, LF or NUL and re-parse to itself, and each
+// header param must pass core.CheckParam.
+func checkContact(u *sip.Uri, params sip.HeaderParams) error {
+	text := u.String()
+	if err := core.CheckText("Contact URI", text); err != nil {
+		return err
+	}
+	if strings.ContainsAny(text, " \t<>\"") {
+		return fmt.Errorf("contact URI %q has characters that need quoting", text)
+	}
+	again, err := core.ParseURI(text)
+	if err != nil {
+		return err
+	}
+	if again.String() != text {
+		return fmt.Errorf("contact URI %q does not re-parse to itself", text)
+	}
+	for _, kv := range params {
+		if err := core.CheckParam(kv.K, kv.V); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkPath: each Path value is stored, echoed in the 200 and later
+// written as a Route, so it must parse as a Route list.
+func checkPath(v string) error {
+	if err := core.CheckText("Path", v); err != nil {
+		return err
+	}
+	hs, err := core.ParseHeaderText("Route: " + v)
+	if err != nil {
+		return err
+	}
+	for _, h := range hs {
+		if _, ok := h.(*sip.RouteHeader); !ok {
+			return fmt.Errorf("Path %q is not a list of name-addrs", v)
+		}
+	}
+	return nil
 }
 
 // splitContacts splits a header value at commas outside <> and quotes.
@@ -257,7 +305,14 @@ func (r *Reg) save(m *core.Msg, table string, flags int, uri string) (core.Val, 
 	if flags&FlagNoReply == 0 {
 		now := u.Now()
 		for i := range contacts {
-			m.ReplyHeaders = append(m.ReplyHeaders, sip.NewHeader("Contact", replyContact(&contacts[i], now)))
+			v, err := replyContact(&contacts[i], now)
+			if err != nil {
+				// Stored before kamd checked contacts (or by hand in the
+				// database): never echoed, and lookup skips it too.
+				r.env.Log.Warn("registrar: bad stored contact not echoed", "contact", contacts[i].Contact, "err", err, "at", m.Pos())
+				continue
+			}
+			m.ReplyHeaders = append(m.ReplyHeaders, sip.NewHeader("Contact", v))
 		}
 		if r.usePath.Load() {
 			if p, ok := headerValue(m.Req, "Path"); ok {
@@ -280,22 +335,31 @@ func reply(m *core.Msg, code int, reason string) error {
 	return m.SendReply(code, reason)
 }
 
-func replyContact(c *usrloc.Contact, now time.Time) string {
+// replyContact is the Contact of the 200 for one binding; every param
+// goes through core.AppendParam.
+func replyContact(c *usrloc.Contact, now time.Time) (string, error) {
+	if err := usrloc.CheckContact(c); err != nil {
+		return "", err
+	}
 	var b strings.Builder
-	b.WriteString("<" + c.Contact + ">;expires=" + strconv.Itoa(c.ExpiresIn(now)))
-	if c.Q >= 0 {
-		b.WriteString(";q=" + strconv.FormatFloat(float64(c.Q)/1000, 'f', -1, 64))
+	b.WriteString("<" + c.Contact + ">")
+	err := core.AppendParam(&b, "expires", strconv.Itoa(c.ExpiresIn(now)))
+	if err == nil && c.Q >= 0 {
+		err = core.AppendParam(&b, "q", strconv.FormatFloat(float64(c.Q)/1000, 'f', -1, 64))
 	}
-	if c.Received != "" {
-		b.WriteString(`;received="` + c.Received + `"`)
-	}
-	if c.Instance != "" {
-		b.WriteString(";+sip.instance=" + c.Instance)
-		if c.RegID > 0 {
-			b.WriteString(";reg-id=" + strconv.Itoa(c.RegID))
+	if err == nil && c.Received != "" {
+		var q string
+		if q, err = core.QuoteString(c.Received); err == nil {
+			err = core.AppendParam(&b, "received", q)
 		}
 	}
-	return b.String()
+	if err == nil && c.Instance != "" {
+		err = core.AppendParam(&b, "+sip.instance", c.Instance)
+		if err == nil && c.RegID > 0 {
+			err = core.AppendParam(&b, "reg-id", strconv.Itoa(c.RegID))
+		}
+	}
+	return b.String(), err
 }
 
 // doSave updates usrloc; it returns save()'s code and the AoR's contacts
@@ -342,7 +406,11 @@ func (r *Reg) doSave(m *core.Msg, u *usrloc.UL, d *usrloc.Domain, flags int, uri
 	if r.usePath.Load() {
 		var ps []string
 		for _, h := range core.FindHeaders(req, "Path") {
-			ps = append(ps, strings.TrimSpace(h.Value()))
+			v := strings.TrimSpace(h.Value())
+			if err := checkPath(v); err != nil {
+				return 0, nil, bad("Error while parsing Path")
+			}
+			ps = append(ps, v)
 		}
 		path = strings.Join(ps, ",")
 	}

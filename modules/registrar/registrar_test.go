@@ -16,6 +16,7 @@ import (
 const script = `
 modparam("registrar", "max_contacts", 2)
 modparam("usrloc", "nat_bflag", 6)
+modparam("registrar", "use_path", 1)
 
 def ksr_request_route():
     if KSR.is_REGISTER():
@@ -206,5 +207,59 @@ func TestLookupQAndNAT(t *testing.T) {
 	_, m = x.send("OPTIONS", "sip:alice@127.0.0.1")
 	if pv(m, "$var(reg)") != "-1" || pv(m, "$var(fetch)") != "-1" {
 		t.Errorf("after unregister: registered %s fetch %s", pv(m, "$var(reg)"), pv(m, "$var(fetch)"))
+	}
+}
+
+// Issue 16: a Contact holding a bare LF (or NUL, or anything that does not
+// re-parse to itself) is refused 400, never stored nor echoed.
+func TestSaveRefusesBadContact(t *testing.T) {
+	head := "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-1\r\nFrom: <sip:alice@127.0.0.1>;tag=f1\r\nTo: <sip:alice@127.0.0.1>\r\nCall-ID: c1\r\nCSeq: 1 REGISTER\r\n"
+	for _, tc := range []struct{ name, hdrs, info string }{
+		{"bare LF in URI param", "Contact: <sip:alice@192.0.2.10;x=\nX-Injected: yes>\r\n", "Bad Contact URI"},
+		{"NUL in URI param", "Contact: <sip:alice@192.0.2.10;x=a\x00b>\r\n", "Bad Contact URI"},
+		{"bare LF in header param", "Contact: <sip:alice@192.0.2.10>;x=\"\nX-Injected: yes\"\r\n", "Bad Contact URI"},
+		{"quote in URI param", "Contact: <sip:alice@192.0.2.10;x=\"a>\r\n", "Bad Contact URI"},
+		{"bad Path", "Contact: <sip:alice@192.0.2.10>\r\nPath: <sip:p@192.0.2.1;lr>;x=\"\nX: y\"\r\n", "Error while parsing Path"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			x := newHarness(t)
+			msg, err := sip.NewParser().ParseSIP([]byte(head + tc.hdrs + "Content-Length: 0\r\n\r\n"))
+			if err != nil {
+				t.Skipf("sipgo refuses it already: %v", err)
+			}
+			r, err := x.h.Request(msg.(*sip.Request), "192.0.2.10:5060", "udp")
+			if err != nil {
+				t.Fatal(err)
+			}
+			res := reply(t, r)
+			if res.StatusCode != 400 {
+				t.Fatalf("code %d, want 400\n%s", res.StatusCode, res)
+			}
+			if h := res.GetHeader("P-Registrar-Error"); h == nil || h.Value() != tc.info {
+				t.Errorf("P-Registrar-Error %v, want %q", h, tc.info)
+			}
+			if text := res.String(); strings.Contains(text, "X-Injected") || strings.Contains(text, "Contact:") {
+				t.Errorf("reply echoes the contact:\n%q", text)
+			}
+			_, m := x.send("OPTIONS", "sip:alice@127.0.0.1")
+			if got := pv(m, "$var(reg)"); got != "-1" {
+				t.Errorf("registered = %s: the contact was stored", got)
+			}
+		})
+	}
+}
+
+// Every param of the 200's Contacts goes through core.AppendParam: a
+// well-formed instance and received come back as they were registered.
+func TestSaveReplyParams(t *testing.T) {
+	x := newHarness(t)
+	r, _ := x.send("REGISTER", "sip:127.0.0.1", `Contact: <sip:alice@192.0.2.10;ob>;+sip.instance="<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>";reg-id=1;q=0.5`, "X-NAT: 1")
+	res := reply(t, r)
+	if res.StatusCode != 200 {
+		t.Fatalf("code %d\n%s", res.StatusCode, res)
+	}
+	want := `<sip:alice@192.0.2.10;ob>;expires=3600;q=0.5;received="sip:192.0.2.10:5060";+sip.instance="<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>";reg-id=1`
+	if got := res.GetHeader("Contact").Value(); got != want {
+		t.Errorf("Contact %s\nwant    %s", got, want)
 	}
 }

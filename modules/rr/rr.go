@@ -51,8 +51,10 @@ func parseParams(s string) (sip.HeaderParams, error) {
 		}
 		k, v, _ := strings.Cut(p, "=")
 		k = strings.TrimSpace(k)
-		if k == "" || strings.ContainsAny(k, " \t<>,?\"@:") || strings.ContainsAny(v, "<>,?\" \t") {
-			return nil, fmt.Errorf("invalid URI parameter %q in %q", p, s)
+		// Script text may carry request bytes ($fU, $hdr(...)): the same
+		// rule as every value kamd writes into a URI.
+		if err := core.CheckURIParam(k, v); err != nil {
+			return nil, fmt.Errorf("invalid URI parameter %q in %q: %w", p, s, err)
 		}
 		out = append(out, sip.HeaderKV{K: k, V: v})
 	}
@@ -191,7 +193,9 @@ func (r *module) rrURI(sock core.Socket, ftag string, double bool, extra sip.Hea
 	}
 	u.UriParams = append(u.UriParams, sip.HeaderKV{K: "lr", V: lr})
 	if ftag != "" && r.fromTag.Load() {
-		u.UriParams = append(u.UriParams, sip.HeaderKV{K: "ftag", V: ftag})
+		// recordRoute made it a token and a URI param value
+		// (EscapeURIParam), so this cannot fail.
+		_ = core.SetURIParam(&u.UriParams, "ftag", ftag)
 	}
 	u.UriParams = append(u.UriParams, extra...)
 	return u
@@ -223,6 +227,15 @@ func (r *module) recordRoute(m *core.Msg, params string) (core.Val, error) {
 	if f := m.Req.From(); f != nil {
 		ftag, _ = f.Params.Get("tag")
 	}
+	if ftag != "" && r.fromTag.Load() {
+		// The tag is copied into our Record-Route URI: one that is not a
+		// token could add hops to the route set (issue 16). Kamailio would
+		// copy it; we answer 400 and end the script.
+		if !core.IsToken(ftag) {
+			return r.refuse(m, "Bad From tag", fmt.Errorf("%w: From tag %q is not a token", core.ErrBadValue, ftag))
+		}
+		ftag = core.EscapeURIParam(ftag)
+	}
 	extra = append(extra, st.pending...)
 	st.pending = nil
 	var out core.Socket
@@ -246,6 +259,25 @@ func (r *module) recordRoute(m *core.Msg, params string) (core.Val, error) {
 	add = append(add, h)
 	insertBefore(m.Req, "record-route", add)
 	return core.Int(1), nil
+}
+
+// refuse answers the request 400 with reason and ends the script: what
+// record_route was asked to write cannot be written safely.
+func (r *module) refuse(m *core.Msg, reason string, why error) (core.Val, error) {
+	r.env.Log.Info("rr: request refused", "reason", reason, "err", why, "src", m.SrcIP, "at", m.Pos())
+	if m.Req.IsAck() || m.Replied {
+		return core.Null, core.ErrExit
+	}
+	var err error
+	if tx, ok := m.Tx.(core.TxReplier); ok {
+		err = tx.Reply(m, 400, reason)
+	} else {
+		err = m.SendReply(400, reason)
+	}
+	if err != nil {
+		r.env.Log.Warn("rr: cannot send 400", "err", err, "at", m.Pos())
+	}
+	return core.Null, core.ErrExit
 }
 
 func (r *module) addRRParam(m *core.Msg, params string) (core.Val, error) {
@@ -435,7 +467,7 @@ func New(env *core.Env) *core.Module {
 		},
 		Funcs: []core.Func{
 			{Name: "record_route", Ret: core.RetInt, Routes: routesReq,
-				Doc: "add Record-Route for the receiving socket (two when the next hop uses another socket); 1 ok, -1 error or already done",
+				Doc: "add Record-Route for the receiving socket (two when the next hop uses another socket); 1 ok, -1 error or already done; a From tag that is not a token: 400 Bad From tag and the script ends",
 				Fn:  func(m *core.Msg, _ []core.Val) (core.Val, error) { return r.recordRoute(m, "") }},
 			{Name: "record_route_params", Args: []core.ArgType{core.ArgStr}, Ret: core.RetInt, Routes: routesReq,
 				Doc: "(\";p=v\") record_route with extra URI params",
@@ -483,7 +515,8 @@ func New(env *core.Env) *core.Module {
 					if ps, ok := r.routedParams(m); ok {
 						if ftag, _ := paramValue(ps, "ftag"); ftag != "" {
 							if f := m.Req.From(); f != nil {
-								if tag, _ := f.Params.Get("tag"); tag != "" && tag != ftag {
+								// ftag holds the tag as record_route wrote it: escaped.
+								if tag, _ := f.Params.Get("tag"); tag != "" && core.EscapeURIParam(tag) != ftag {
 									dir = "upstream"
 								}
 							}

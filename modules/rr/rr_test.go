@@ -1,6 +1,7 @@
 package rr_test
 
 import (
+	"errors"
 	"strings"
 	"testing"
 
@@ -123,6 +124,10 @@ func TestLooseRoute(t *testing.T) {
 		{name: "ours then next loose", msg: inDialog + "\nRoute: <sip:127.0.0.1:5060;lr;ftag=other>,<sip:10.0.0.2;lr>",
 			want: 1, wantDU: "sip:10.0.0.2;lr", wantRURI: "sip:bob@192.0.2.20:5090", wantRoute: []string{"<sip:10.0.0.2;lr>"},
 			checkRE: "^;nat", checkWant: -1, dir: "upstream"},
+		{name: "escaped ftag, downstream", msg: strings.Replace(inDialog, "tag=ftag1", "tag=a`b%c", 1) + "\nRoute: <sip:127.0.0.1:5060;lr;ftag=a%60b%25c>",
+			want: 1, wantRURI: "sip:bob@192.0.2.20:5090", dir: "downstream"},
+		{name: "escaped ftag, upstream", msg: strings.Replace(inDialog, "tag=ftag1", "tag=a`b", 1) + "\nRoute: <sip:127.0.0.1:5060;lr;ftag=a%60b%25c>",
+			want: 1, wantRURI: "sip:bob@192.0.2.20:5090", dir: "upstream"},
 		{name: "double rr both removed", msg: inDialog + "\nRoute: <sip:127.0.0.1:5060;r2=on;lr>\nRoute: <sip:127.0.0.1:5060;transport=tcp;r2=on;lr>\nRoute: <sip:10.0.0.2;lr>",
 			want: 1, wantDU: "sip:10.0.0.2;lr", wantRURI: "sip:bob@192.0.2.20:5090", wantRoute: []string{"<sip:10.0.0.2;lr>"}},
 		{name: "next is strict router", msg: inDialog + "\nRoute: <sip:127.0.0.1:5060;lr>,<sip:10.0.0.3>",
@@ -210,5 +215,65 @@ def ksr_request_route(msg):
 	out = rec.All()
 	if len(out) != 1 || !strings.Contains(out[0].Text, "Record-Route: <sip:127.0.0.1:5060;lr;ftag=ftag1>\r\n") {
 		t.Fatalf("initial: want RR on forwarded request, got %+v", out)
+	}
+}
+
+// Issue 16: a From tag that is not a token must never reach ;ftag= (it
+// added a Record-Route hop of the attacker's choice); the request is
+// answered 400 "Bad From tag" and the script ends.
+func TestRecordRouteBadFromTag(t *testing.T) {
+	for _, tc := range []struct {
+		name, from string
+		bad        bool
+		want       string // the Record-Route written when not bad
+	}{
+		{"angle injection", "From: <sip:alice@127.0.0.1>;tag=a>,<sip:evil@203.0.113.9;lr", true, ""},
+		{"quoted injection", `From: <sip:alice@127.0.0.1>;tag="x>,<sip:evil@203.0.113.9;lr>"`, true, ""},
+		{"quoted tag", `From: <sip:alice@127.0.0.1>;tag="abc"`, true, ""},
+		{"token tag", "From: <sip:alice@127.0.0.1>;tag=a.b-c_d!e~f*g+h'i", false, "<sip:127.0.0.1:5060;lr;ftag=a.b-c_d!e~f*g+h'i>"},
+		// RFC 4475 intmeth's tag: a token, but '`' and a bare '%' may not stand in a URI.
+		{"token tag escaped", "From: <sip:alice@127.0.0.1>;tag=_token~1'+`*%!-.", false, "<sip:127.0.0.1:5060;lr;ftag=_token~1'+%60*%25!-.>"},
+		{"no tag", "From: <sip:alice@127.0.0.1>", false, "<sip:127.0.0.1:5060;lr>"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env, rec := mt.NewEnv()
+			mod := rr.New(env)
+			msg := strings.Replace(mt.Invite, `From: "Alice" <sip:alice@example.com>;tag=ftag1`, tc.from, 1)
+			m := mt.NewMsg(t, env, msg, "")
+			v, err := mt.Call(t, mod, m, "record_route")
+			if !tc.bad {
+				if err != nil || v.I != 1 {
+					t.Fatalf("record_route = %v, %v", v, err)
+				}
+				if got := rrValues(m); len(got) != 1 || got[0] != tc.want {
+					t.Fatalf("RR %q, want %q", got, tc.want)
+				}
+				return
+			}
+			if !errors.Is(err, core.ErrExit) {
+				t.Fatalf("record_route = %v, %v: want the script ended", v, err)
+			}
+			if got := rrValues(m); len(got) != 0 {
+				t.Fatalf("Record-Route written: %q", got)
+			}
+			sent := rec.All()
+			if len(sent) != 1 || !strings.HasPrefix(sent[0].Text, "SIP/2.0 400 Bad From tag\r\n") {
+				t.Fatalf("sent %q, want one 400 Bad From tag", sent)
+			}
+			if strings.Contains(sent[0].Text, "Record-Route") {
+				t.Fatalf("400 carries a Record-Route:\n%s", sent[0].Text)
+			}
+		})
+	}
+	// append_fromtag off: the tag is not written, so nothing to refuse.
+	env, _ := mt.NewEnv()
+	mod := rr.New(env)
+	mt.SetParam(t, mod, "append_fromtag", mt.I(0))
+	m := mt.NewMsg(t, env, strings.Replace(mt.Invite, "tag=ftag1", "tag=a>,<sip:evil@203.0.113.9;lr", 1), "")
+	if v := mt.MustInt(t, mod, m, "record_route"); v != 1 {
+		t.Fatalf("append_fromtag 0: record_route = %d", v)
+	}
+	if got := rrValues(m); len(got) != 1 || got[0] != "<sip:127.0.0.1:5060;lr>" {
+		t.Fatalf("append_fromtag 0: RR %q", got)
 	}
 }

@@ -220,8 +220,10 @@ func New(env *core.Env) *core.Module {
 						return core.Null, err
 					}
 					k, v, _ := strings.Cut(p, "=")
-					if k == "" || strings.ContainsAny(p, " \t;<>,?\"@") || strings.ContainsAny(k, ":") {
-						return core.Null, fmt.Errorf("add_uri_param: invalid parameter %q", a[0].S)
+					// The value may come from request bytes ($hdr, $fU): the
+					// same rule as every URI param kamd writes.
+					if err := core.CheckURIParam(k, v); err != nil {
+						return core.Null, fmt.Errorf("add_uri_param: invalid parameter %q: %w", a[0].S, err)
 					}
 					u := m.Req.Recipient
 					u.UriParams = u.UriParams.Clone()

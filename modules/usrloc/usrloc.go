@@ -82,6 +82,46 @@ func (c *Contact) ExpiresIn(now time.Time) int {
 	return int((c.Expires.Sub(now) + time.Second - 1) / time.Second)
 }
 
+// CheckContact is what usrloc demands of a binding before storing it and
+// what registrar demands before echoing one: every field that goes back
+// into a SIP header (Contact, Received, Path, +sip.instance) holds no CR,
+// LF or NUL, the Contact URI re-parses to itself, and the instance is a
+// header param value (issue 16: a Contact with a bare LF was stored and
+// split the 200's Contact header in two). The other text fields (Call-ID,
+// User-Agent) hold no CR, LF or NUL either.
+func CheckContact(c *Contact) error {
+	for _, f := range [...]struct{ what, v string }{
+		{"contact", c.Contact}, {"received", c.Received}, {"path", c.Path},
+		{"instance", c.Instance}, {"call-id", c.CallID}, {"user agent", c.UserAgent},
+	} {
+		if err := core.CheckText(f.what, f.v); err != nil {
+			return errorf("%v", err)
+		}
+	}
+	u, err := core.ParseURI(c.Contact)
+	if err != nil {
+		return errorf("contact: %v", err)
+	}
+	if u.String() != c.Contact {
+		return errorf("contact %q does not re-parse to itself", c.Contact)
+	}
+	if c.Instance != "" {
+		if err := core.CheckParam("+sip.instance", c.Instance); err != nil {
+			return errorf("%v", err)
+		}
+	}
+	return nil
+}
+
+func sameAsOld(old []Contact, c *Contact) bool {
+	for i := range old {
+		if old[i].Ruid == c.Ruid {
+			return old[i] == *c
+		}
+	}
+	return false
+}
+
 type record struct {
 	aor      string
 	contacts []Contact
@@ -329,6 +369,14 @@ func (d *Domain) Update(aor string, fn func(cs []Contact) ([]Contact, error)) ([
 	next, err := fn(append([]Contact(nil), old...))
 	if err != nil {
 		return nil, err
+	}
+	for i := range next {
+		// Unchanged old bindings (loaded from a database) are left alone.
+		if !sameAsOld(old, &next[i]) {
+			if err := CheckContact(&next[i]); err != nil {
+				return nil, err
+			}
+		}
 	}
 	now := u.Now()
 	oldBy := make(map[string]*Contact, len(old))

@@ -326,3 +326,40 @@ func TestConcurrentUpdates(t *testing.T) {
 		t.Errorf("rows: %d", got)
 	}
 }
+
+// Issue 16: usrloc itself never stores a binding that could not be
+// written back into a header (defence in depth behind registrar).
+func TestCheckContactRefused(t *testing.T) {
+	for _, c := range []usrloc.Contact{
+		{Contact: "sip:alice@192.0.2.10;x=\"\nX-Injected: yes\""},
+		{Contact: "sip:alice@192.0.2.10", Received: "sip:192.0.2.10\r\nX: y"},
+		{Contact: "sip:alice@192.0.2.10", Path: "<sip:p@192.0.2.1;lr>\x00"},
+		{Contact: "sip:alice@192.0.2.10", Instance: "<urn:uuid:1>"},
+		{Contact: "not a uri"},
+	} {
+		if err := usrloc.CheckContact(&c); err == nil {
+			t.Errorf("CheckContact(%+v) accepted", c)
+		}
+	}
+	ok := usrloc.Contact{Contact: "sip:alice@192.0.2.10:5060;transport=tcp", Instance: `"<urn:uuid:1>"`, Received: "sip:192.0.2.10:5060"}
+	if err := usrloc.CheckContact(&ok); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestUpdateRefusesBadContact(t *testing.T) {
+	n := start(t, filepath.Join(t.TempDir(), "ul.db"), starlark.NewFixedClock(time.Unix(1700000000, 0)), nil)
+	d, err := n.ul.Domain("location")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = d.Update("alice", func(cs []usrloc.Contact) ([]usrloc.Contact, error) {
+		return append(cs, usrloc.Contact{Contact: "sip:alice@192.0.2.10;x=\"\nX-Injected: yes\"", Q: -1}), nil
+	})
+	if err == nil {
+		t.Fatal("Update stored a contact with a bare LF")
+	}
+	if got := d.Lookup("alice"); len(got) != 0 {
+		t.Fatalf("stored %+v", got)
+	}
+}
