@@ -348,7 +348,7 @@ func TestCheckContactRefused(t *testing.T) {
 }
 
 func TestUpdateRefusesBadContact(t *testing.T) {
-	n := start(t, filepath.Join(t.TempDir(), "ul.db"), starlark.NewFixedClock(time.Unix(1700000000, 0)), nil)
+	n := start(t, filepath.Join(t.TempDir(), "ul.db"), routetest.NewFixedClock(time.Unix(1700000000, 0)), nil)
 	d, err := n.ul.Domain("location")
 	if err != nil {
 		t.Fatal(err)
