@@ -209,7 +209,7 @@ func newDaemon(o *options, env *core.Env, eng *starlark.Engine, path string, src
 		return nil, err
 	}
 	d := &daemon{o: o, env: env, eng: eng, path: path}
-	if dbPath := p.Config.CoreParams["db_path"].S; dbPath != "" && o.dbPath == "kamgo.db" {
+	if dbPath := p.Config.CoreParams["db_path"].Str; dbPath != "" && o.dbPath == "kamgo.db" {
 		env.DBPath = dbPath
 	}
 	db, err := core.OpenDB(env.DBPath)
@@ -317,10 +317,10 @@ func (d *daemon) serve(ctx context.Context) error {
 func loadTLS(o *options, p *starlark.Program) (*tls.Config, error) {
 	cert, key := o.tlsCert, o.tlsKey
 	if cert == "" {
-		cert = p.Config.CoreParams["tls_certificate"].S
+		cert = p.Config.CoreParams["tls_certificate"].Str
 	}
 	if key == "" {
-		key = p.Config.CoreParams["tls_private_key"].S
+		key = p.Config.CoreParams["tls_private_key"].Str
 	}
 	if cert == "" && key == "" {
 		return nil, nil

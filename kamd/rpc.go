@@ -25,7 +25,7 @@ func (d *daemon) buildRPC() error {
 	addr := d.o.rpcAddr
 	if addr == "" {
 		if v, ok := d.eng.Program().Config.CoreParams["rpc_listen"]; ok {
-			addr = v.S
+			addr = v.Str
 		} else {
 			addr = rpc.DefaultAddr
 		}

@@ -307,7 +307,7 @@ func (e *Engine) Compile(path string, src []byte) (*Program, error) {
 	p := &Program{Path: path, SHA256: hex.EncodeToString(sum[:]), LoadedAt: time.Now(), Config: *cfg,
 		globals: globals, callbacks: map[string]*sk.Function{}, MaxSteps: e.MaxSteps}
 	if v, ok := cfg.CoreParams["max_steps"]; ok {
-		p.MaxSteps = uint64(v.I)
+		p.MaxSteps = uint64(v.Int)
 	}
 	for name, v := range globals {
 		if fn, ok := v.(*sk.Function); ok {

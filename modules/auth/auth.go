@@ -445,7 +445,7 @@ func (a *Auth) module() *core.Module {
 				if m.Req == nil {
 					return core.Null, core.ErrNoRequest
 				}
-				return ret(a.Challenge(m, a2[0].S, int(a2[1].I), hf(m)))
+				return ret(a.Challenge(m, a2[0].Str, int(a2[1].Int), hf(m)))
 			}}
 	}
 	pvAuth := func(name string, hf HF, doc string, withMethod bool) core.Func {
@@ -460,9 +460,9 @@ func (a *Auth) module() *core.Module {
 				}
 				method := string(m.Req.Method)
 				if withMethod {
-					method = a2[3].S
+					method = a2[3].Str
 				}
-				rc, _ := a.pvAuthenticate(m, a2[0].S, a2[1].S, int(a2[2].I), hf, method)
+				rc, _ := a.pvAuthenticate(m, a2[0].Str, a2[1].Str, int(a2[2].Int), hf, method)
 				return ret(rc)
 			}}
 	}
@@ -540,7 +540,7 @@ func (a *Auth) module() *core.Module {
 				}},
 			{Name: "has_credentials", Args: []core.ArgType{s}, Ret: core.RetInt,
 				Doc: "(realm) 1 if Authorization or Proxy-Authorization has Digest credentials for realm, else -1",
-				Fn:  func(m *core.Msg, a2 []core.Val) (core.Val, error) { return ret(a.HasCredentials(m, a2[0].S)) }},
+				Fn:  func(m *core.Msg, a2 []core.Val) (core.Val, error) { return ret(a.HasCredentials(m, a2[0].Str)) }},
 			pvAuth("pv_www_authenticate", WWW, "(realm, password, flags) verify Authorization against password (flags 1: password is the HA1); 1 ok, -1 error, -2 bad password, -4 stale nonce, -5 no credentials, -6 nonce reused", false),
 			pvAuth("pv_www_authenticate_method", WWW, "(realm, password, flags, method) pv_www_authenticate with another method in the digest", true),
 			pvAuth("pv_proxy_authenticate", Proxy, "(realm, password, flags) verify Proxy-Authorization against password; codes as pv_www_authenticate", false),
@@ -553,8 +553,8 @@ func (a *Auth) module() *core.Module {
 					if m.Req.Method == sip.ACK || m.Req.Method == sip.CANCEL {
 						return ret(OK)
 					}
-					rc, c := a.pvAuthenticate(m, a2[0].S, a2[1].S, int(a2[2].I), HFFor(m), string(m.Req.Method))
-					if rc == OK && a2[3].I&1 != 0 {
+					rc, c := a.pvAuthenticate(m, a2[0].Str, a2[1].Str, int(a2[2].Int), HFFor(m), string(m.Req.Method))
+					if rc == OK && a2[3].Int&1 != 0 {
 						rc = CheckIDs(m, c, a.useDomain.Load(), false)
 					}
 					return ret(rc)

@@ -338,38 +338,38 @@ func (d *AuthDB) module() *core.Module {
 					if m.Req.Method == sip.ACK || m.Req.Method == sip.CANCEL {
 						return auth.OK
 					}
-					rc, c := d.authenticate(m, a[0].S, a[1].S, auth.HFFor(m), string(m.Req.Method))
-					if rc == auth.OK && a[2].I&checkID != 0 {
-						rc = auth.CheckIDs(m, c, d.conf().useDomain, a[2].I&checkSkipFwd != 0)
+					rc, c := d.authenticate(m, a[0].Str, a[1].Str, auth.HFFor(m), string(m.Req.Method))
+					if rc == auth.OK && a[2].Int&checkID != 0 {
+						rc = auth.CheckIDs(m, c, d.conf().useDomain, a[2].Int&checkSkipFwd != 0)
 					}
 					return rc
 				})},
 			{Name: "www_authenticate", Args: []core.ArgType{s, s}, Ret: core.RetInt, Routes: core.RouteRequest,
 				Doc: "(realm, table) verify the Authorization header; " + codes,
 				Fn: req(func(m *core.Msg, a []core.Val) int {
-					rc, _ := d.authenticate(m, a[0].S, a[1].S, auth.WWW, string(m.Req.Method))
+					rc, _ := d.authenticate(m, a[0].Str, a[1].Str, auth.WWW, string(m.Req.Method))
 					return rc
 				})},
 			{Name: "www_authenticate_method", Args: []core.ArgType{s, s, s}, Ret: core.RetInt, Routes: core.RouteRequest,
 				Doc: "(realm, table, method) www_authenticate with another method in the digest",
 				Fn: req(func(m *core.Msg, a []core.Val) int {
-					if a[2].S == "" {
+					if a[2].Str == "" {
 						d.env.Log.Error("auth_db: empty method", "at", m.Pos())
 						return auth.ErrGeneric
 					}
-					rc, _ := d.authenticate(m, a[0].S, a[1].S, auth.WWW, a[2].S)
+					rc, _ := d.authenticate(m, a[0].Str, a[1].Str, auth.WWW, a[2].Str)
 					return rc
 				})},
 			{Name: "proxy_authenticate", Args: []core.ArgType{s, s}, Ret: core.RetInt, Routes: core.RouteRequest,
 				Doc: "(realm, table) verify the Proxy-Authorization header (kamgo: Kamailio does not export it to KEMI); " + codes,
 				Fn: req(func(m *core.Msg, a []core.Val) int {
-					rc, _ := d.authenticate(m, a[0].S, a[1].S, auth.Proxy, string(m.Req.Method))
+					rc, _ := d.authenticate(m, a[0].Str, a[1].Str, auth.Proxy, string(m.Req.Method))
 					return rc
 				})},
 			{Name: "is_subscriber", Args: []core.ArgType{s, s, i}, Ret: core.RetInt,
 				Doc: "(uri, table, flags) 1 if the URI's user is in table (flags 1: and its host in the domain column), -2 if not, -1 on error",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					return ret(d.isSubscriber(m, a[0].S, a[1].S, int(a[2].I)))
+					return ret(d.isSubscriber(m, a[0].Str, a[1].Str, int(a[2].Int)))
 				}},
 		},
 		RPC: d.rpc(),

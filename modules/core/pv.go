@@ -265,7 +265,7 @@ func init() {
 			}
 			p, ok := v.AsInt()
 			if !ok {
-				return fmt.Errorf("$rp: %q is not a port number", v.S)
+				return fmt.Errorf("$rp: %q is not a port number", v.Str)
 			}
 			return m.SetRURIPort(int(p))
 		}},

@@ -37,7 +37,7 @@ func init() {
 			if err == nil {
 				var n int64
 				if n, err = h.ExpireIn(table, key); err == nil {
-					return core.Val{K: core.KInt, I: n}
+					return core.Val{Kind: core.KInt, Int: n}
 				}
 			}
 			pvErr(m, "$shtex", err)

@@ -9,10 +9,10 @@ import (
 )
 
 func valJSON(v core.Val) (any, string) {
-	if v.K == core.KStr {
-		return v.S, "str"
+	if v.Kind == core.KStr {
+		return v.Str, "str"
 	}
-	return v.I, "int"
+	return v.Int, "int"
 }
 
 func (h *HT) rpcTable(args core.RPCArgs) (*Table, error) {

@@ -136,18 +136,18 @@ func (t *Table) Add(key string, delta int64, now time.Time, gone *[]Expired) (n 
 		if d.HasInitVal {
 			start = d.InitVal
 		}
-		it = &item{val: core.Val{K: core.KInt, I: start + delta}, expire: t.autoExpire(now)}
+		it = &item{val: core.Val{Kind: core.KInt, Int: start + delta}, expire: t.autoExpire(now)}
 		s.items[key] = it
-		return it.val.I, true, !it.expire.IsZero()
+		return it.val.Int, true, !it.expire.IsZero()
 	}
-	if it.val.K != core.KInt {
+	if it.val.Kind != core.KInt {
 		return 0, false, false
 	}
-	it.val.I += delta
+	it.val.Int += delta
 	if t.Def().UpdateExpire {
 		it.expire = t.autoExpire(now)
 	}
-	return it.val.I, true, !it.expire.IsZero()
+	return it.val.Int, true, !it.expire.IsZero()
 }
 
 // Delete removes the item; false if it was absent.
@@ -195,10 +195,10 @@ func (t *Table) RemoveMatching(match Match, byValue bool) int {
 		for k, it := range s.items {
 			subj := k
 			if byValue {
-				if it.val.K != core.KStr {
+				if it.val.Kind != core.KStr {
 					continue
 				}
-				subj = it.val.S
+				subj = it.val.Str
 			}
 			if match(subj) {
 				delete(s.items, k)
@@ -221,10 +221,10 @@ func (t *Table) Any(match Match, byValue bool, now time.Time) bool {
 			}
 			subj := k
 			if byValue {
-				if it.val.K != core.KStr {
+				if it.val.Kind != core.KStr {
 					continue
 				}
-				subj = it.val.S
+				subj = it.val.Str
 			}
 			if match(subj) {
 				s.mu.Unlock()

@@ -82,10 +82,10 @@ func New(env *core.Env) *core.Module {
 		Params: []core.Param{{Name: "max_limit", Type: core.ArgInt, Default: core.Int(256),
 			Doc: "upper limit (1..256) for the decremented Max-Forwards of relayed requests",
 			Set: func(v core.Val) error {
-				if v.I < 1 || v.I > 256 {
-					return fmt.Errorf("max_limit %d out of range 1..256", v.I)
+				if v.Int < 1 || v.Int > 256 {
+					return fmt.Errorf("max_limit %d out of range 1..256", v.Int)
 				}
-				maxLimit.Store(v.I)
+				maxLimit.Store(v.Int)
 				return nil
 			}}},
 		Funcs: []core.Func{
@@ -96,13 +96,13 @@ func New(env *core.Env) *core.Module {
 					if m.Req == nil {
 						return core.Null, core.ErrNoRequest
 					}
-					if err := checkLimit("process_maxfwd", a[0].I); err != nil {
+					if err := checkLimit("process_maxfwd", a[0].Int); err != nil {
 						return core.Null, err
 					}
 					val, h := present(m.Req)
 					switch {
 					case val == -1:
-						addHeader(m.Req, int(a[0].I))
+						addHeader(m.Req, int(a[0].Int))
 						return core.Int(2), nil
 					case val == -2:
 						env.Log.Warn("maxfwd: unparsable Max-Forwards", "value", h.Value(), "at", m.Pos())
@@ -129,14 +129,14 @@ func New(env *core.Env) *core.Module {
 					if m.Req == nil {
 						return core.Null, core.ErrNoRequest
 					}
-					if err := checkLimit("is_maxfwd_lt", a[0].I); err != nil {
+					if err := checkLimit("is_maxfwd_lt", a[0].Int); err != nil {
 						return core.Null, err
 					}
 					val, _ := present(m.Req)
 					if val < 0 {
 						return core.Int(val - 1), nil
 					}
-					return core.IntRet(int64(val) < a[0].I), nil
+					return core.IntRet(int64(val) < a[0].Int), nil
 				}},
 		},
 	}

@@ -14,8 +14,8 @@ var instances sync.Map // *core.Env -> *Reg
 
 func nonNegative(name string) func(v core.Val) error {
 	return func(v core.Val) error {
-		if v.I < 0 {
-			return fmt.Errorf("%s %d: must not be negative", name, v.I)
+		if v.Int < 0 {
+			return fmt.Errorf("%s %d: must not be negative", name, v.Int)
 		}
 		return nil
 	}
@@ -23,8 +23,8 @@ func nonNegative(name string) func(v core.Val) error {
 
 func flag01(name string) func(v core.Val) error {
 	return func(v core.Val) error {
-		if v.I != 0 && v.I != 1 {
-			return fmt.Errorf("%s %d: want 0 or 1", name, v.I)
+		if v.Int != 0 && v.Int != 1 {
+			return fmt.Errorf("%s %d: want 0 or 1", name, v.Int)
 		}
 		return nil
 	}
@@ -38,10 +38,10 @@ func (r *Reg) module() *core.Module {
 		return core.Func{Name: name, Args: args, Ret: core.RetInt, Routes: routes, Doc: doc, Fn: f}
 	}
 	store := func(p interface{ Store(int64) }) func(v core.Val) error {
-		return func(v core.Val) error { p.Store(v.I); return nil }
+		return func(v core.Val) error { p.Store(v.Int); return nil }
 	}
 	storeBool := func(p interface{ Store(bool) }) func(v core.Val) error {
-		return func(v core.Val) error { p.Store(v.I != 0); return nil }
+		return func(v core.Val) error { p.Store(v.Int != 0); return nil }
 	}
 	return &core.Module{
 		Name: "registrar",
@@ -65,33 +65,33 @@ func (r *Reg) module() *core.Module {
 		Funcs: []core.Func{
 			fn("save", []core.ArgType{s, i}, core.RouteRequest|core.RouteFailure,
 				"(table, flags) process the REGISTER (RFC 3261 §10.3) and answer it: 200 OK listing the AoR's contacts with their expires, or the error (400, 423 with Min-Expires, 503, 500) with P-Registrar-Error. flags: 0x01 memory only, 0x02 no reply, 0x04 the new contact replaces the others, 0x08 accepted (no expires_range). 1 inserted, 2 updated, 3 deleted, 4 query (no Contact), -1 error, -2 too many contacts",
-				func(m *core.Msg, a []core.Val) (core.Val, error) { return r.save(m, a[0].S, int(a[1].I), "") }),
+				func(m *core.Msg, a []core.Val) (core.Val, error) { return r.save(m, a[0].Str, int(a[1].Int), "") }),
 			fn("save_uri", []core.ArgType{s, i, s}, core.RouteRequest|core.RouteFailure,
 				"(table, flags, uri) save() for the AoR of uri instead of To",
-				func(m *core.Msg, a []core.Val) (core.Val, error) { return r.save(m, a[0].S, int(a[1].I), a[2].S) }),
+				func(m *core.Msg, a []core.Val) (core.Val, error) { return r.save(m, a[0].Str, int(a[1].Int), a[2].Str) }),
 			fn("lookup", []core.ArgType{s}, req,
 				"(table) rewrite the R-URI to the best contact of its AoR (highest q, then most recent) and set $du to its Path first hop or received address; no parallel branches yet. 1 found, -1 not found, -2 found but the method is not allowed (method_filtering), -3 error",
-				func(m *core.Msg, a []core.Val) (core.Val, error) { return r.lookup(m, a[0].S, "") }),
+				func(m *core.Msg, a []core.Val) (core.Val, error) { return r.lookup(m, a[0].Str, "") }),
 			fn("lookup_uri", []core.ArgType{s, s}, req,
 				"(table, uri) lookup() for the AoR of uri; the R-URI is rewritten as by lookup",
-				func(m *core.Msg, a []core.Val) (core.Val, error) { return r.lookup(m, a[0].S, a[1].S) }),
+				func(m *core.Msg, a []core.Val) (core.Val, error) { return r.lookup(m, a[0].Str, a[1].Str) }),
 			fn("registered", []core.ArgType{s}, 0,
 				"(table) 1 if the R-URI's AoR (To for a reply) has a valid contact, else -1",
-				func(m *core.Msg, a []core.Val) (core.Val, error) { return r.registered(m, a[0].S, "") }),
+				func(m *core.Msg, a []core.Val) (core.Val, error) { return r.registered(m, a[0].Str, "") }),
 			fn("registered_uri", []core.ArgType{s, s}, 0,
 				"(table, uri) 1 if the AoR of uri has a valid contact, else -1",
-				func(m *core.Msg, a []core.Val) (core.Val, error) { return r.registered(m, a[0].S, a[1].S) }),
+				func(m *core.Msg, a []core.Val) (core.Val, error) { return r.registered(m, a[0].Str, a[1].Str) }),
 			fn("unregister", []core.ArgType{s, s}, 0,
 				"(table, aor) remove every contact of the AoR (a SIP URI); 1, -1 bad AoR",
-				func(m *core.Msg, a []core.Val) (core.Val, error) { return r.unregister(m, a[0].S, a[1].S) }),
+				func(m *core.Msg, a []core.Val) (core.Val, error) { return r.unregister(m, a[0].Str, a[1].Str) }),
 			fn("reg_fetch_contacts", []core.ArgType{s, s, s}, 0,
 				"(table, aor, profile) load the AoR's valid contacts into $ulc(profile=>attr) for this message; 1 found, -1 none",
-				func(m *core.Msg, a []core.Val) (core.Val, error) { return r.fetch(m, a[0].S, a[1].S, a[2].S) }),
+				func(m *core.Msg, a []core.Val) (core.Val, error) { return r.fetch(m, a[0].Str, a[1].Str, a[2].Str) }),
 			fn("reg_free_contacts", []core.ArgType{s}, 0,
 				"(profile) forget the contacts loaded into $ulc(profile=>...); 1",
 				func(m *core.Msg, a []core.Val) (core.Val, error) {
 					if p, ok := m.Ext[extKey].(map[string]*profile); ok {
-						delete(p, a[0].S)
+						delete(p, a[0].Str)
 					}
 					return core.Int(1), nil
 				}),
@@ -156,7 +156,7 @@ func init() {
 			case "domain":
 				return core.Str(pr.table)
 			case "aorhash":
-				return core.Val{K: core.KInt, I: int64(usrloc.HashID(pr.aor))}
+				return core.Val{Kind: core.KInt, Int: int64(usrloc.HashID(pr.aor))}
 			case "count":
 				return core.Int(len(pr.contacts))
 			}
@@ -168,7 +168,7 @@ func init() {
 			if u := usrloc.Of(m.Env); u != nil {
 				now = u.Now()
 			}
-			i64 := func(n int64) core.Val { return core.Val{K: core.KInt, I: n} }
+			i64 := func(n int64) core.Val { return core.Val{Kind: core.KInt, Int: n} }
 			switch parts[1] {
 			case "addr":
 				return core.Str(c.Contact)

@@ -305,26 +305,26 @@ func New(env *core.Env) *core.Module {
 			{Name: "default_checks", Type: core.ArgInt, Default: core.Int(DefaultChecks),
 				Doc: "checks run by sanity_check_defaults (sum of check bits)",
 				Set: func(v core.Val) error {
-					if v.I < 0 || v.I >= 1<<15 {
-						return fmt.Errorf("default_checks %d out of range 0..32767", v.I)
+					if v.Int < 0 || v.Int >= 1<<15 {
+						return fmt.Errorf("default_checks %d out of range 0..32767", v.Int)
 					}
-					s.defChecks.Store(v.I)
+					s.defChecks.Store(v.Int)
 					return nil
 				}},
 			{Name: "uri_checks", Type: core.ArgInt, Default: core.Int(DefaultURIChecks),
 				Doc: "URIs checked by the parse-uri check: 1 R-URI, 2 From, 4 To, 8 Contact",
 				Set: func(v core.Val) error {
-					if v.I < 0 || v.I > 15 {
-						return fmt.Errorf("uri_checks %d out of range 0..15", v.I)
+					if v.Int < 0 || v.Int > 15 {
+						return fmt.Errorf("uri_checks %d out of range 0..15", v.Int)
 					}
-					s.defURIChecks.Store(v.I)
+					s.defURIChecks.Store(v.Int)
 					return nil
 				}},
 			{Name: "proxy_require", Type: core.ArgStr, Default: core.Str(""),
 				Doc: "comma-separated list of supported Proxy-Require extensions",
 				Set: func(v core.Val) error {
 					var l []string
-					for _, t := range strings.Split(v.S, ",") {
+					for _, t := range strings.Split(v.Str, ",") {
 						if t = strings.TrimSpace(t); t != "" {
 							l = append(l, t)
 						}
@@ -336,7 +336,7 @@ func New(env *core.Env) *core.Module {
 				}},
 			{Name: "noreply", Type: core.ArgInt, Default: core.Int(0),
 				Doc: "1: do not reply on failure; the script may call sanity_reply()",
-				Set: func(v core.Val) error { s.noreply.Store(v.I != 0); return nil }},
+				Set: func(v core.Val) error { s.noreply.Store(v.Int != 0); return nil }},
 			{Name: "autodrop", Type: core.ArgInt, Default: core.Int(1),
 				Doc: "accepted for compatibility; ignored, as in Kamailio's KEMI (sanity_check never returns 0)",
 				Set: func(v core.Val) error { return nil }},
@@ -345,10 +345,10 @@ func New(env *core.Env) *core.Module {
 			{Name: "sanity_check", Args: []core.ArgType{core.ArgInt, core.ArgInt}, Ret: core.RetInt,
 				Doc: "(msg_checks, uri_checks) 1 ok; -1 failed (a 4xx/5xx reply was already sent, never to ACK)",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					if a[0].I < 0 || a[1].I < 0 {
+					if a[0].Int < 0 || a[1].Int < 0 {
 						return core.Null, fmt.Errorf("sanity_check: negative check mask")
 					}
-					return s.run(m, a[0].I, a[1].I)
+					return s.run(m, a[0].Int, a[1].Int)
 				}},
 			{Name: "sanity_check_defaults", Ret: core.RetInt,
 				Doc: "sanity_check with the default_checks and uri_checks modparams",

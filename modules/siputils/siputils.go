@@ -140,11 +140,11 @@ func New(env *core.Env) *core.Module {
 	strParam := func(name, doc, def string, dst *string) core.Param {
 		return core.Param{Name: name, Type: core.ArgStr, Default: core.Str(def), Doc: doc,
 			Set: func(v core.Val) error {
-				if err := core.CheckText(name, v.S); err != nil {
+				if err := core.CheckText(name, v.Str); err != nil {
 					return err
 				}
 				opt.mu.Lock()
-				*dst = v.S
+				*dst = v.Str
 				opt.mu.Unlock()
 				return nil
 			}}
@@ -162,8 +162,8 @@ func New(env *core.Env) *core.Module {
 	cmp := func(name string, eq func(a, b *sip.Uri) bool) core.Func {
 		return core.Func{Name: name, Args: s2, Ret: core.RetInt,
 			Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-				u1, err1 := parseURI(a[0].S)
-				u2, err2 := parseURI(a[1].S)
+				u1, err1 := parseURI(a[0].Str)
+				u2, err2 := parseURI(a[1].Str)
 				if err1 != nil || err2 != nil {
 					return core.Int(-2), nil
 				}
@@ -205,23 +205,23 @@ func New(env *core.Env) *core.Module {
 				}},
 			{Name: "uri_param", Args: s1, Ret: core.RetInt, Doc: "(name) 1 if the R-URI has that parameter, -1 if not",
 				Fn: req(func(m *core.Msg, a []core.Val) (core.Val, error) {
-					return core.IntRet(paramIndex(m.Req.Recipient.UriParams, a[0].S) >= 0), nil
+					return core.IntRet(paramIndex(m.Req.Recipient.UriParams, a[0].Str) >= 0), nil
 				})},
 			{Name: "uri_param_value", Args: s2, Ret: core.RetInt, Doc: "(name, value) 1 if the R-URI has that parameter with that value, -1 if not",
 				Fn: req(func(m *core.Msg, a []core.Val) (core.Val, error) {
 					p := m.Req.Recipient.UriParams
-					i := paramIndex(p, a[0].S)
-					return core.IntRet(i >= 0 && p[i].V == a[1].S), nil
+					i := paramIndex(p, a[0].Str)
+					return core.IntRet(i >= 0 && p[i].V == a[1].Str), nil
 				})},
 			{Name: "add_uri_param", Args: s1, Ret: core.RetInt, Doc: "(\"name=value\") add a parameter to the R-URI (a leading ';' is accepted); 1 ok",
 				Fn: req(func(m *core.Msg, a []core.Val) (core.Val, error) {
-					p := strings.TrimPrefix(strings.TrimSpace(a[0].S), ";")
+					p := strings.TrimPrefix(strings.TrimSpace(a[0].Str), ";")
 					if err := core.CheckText("URI parameter", p); err != nil {
 						return core.Null, err
 					}
 					k, v, _ := strings.Cut(p, "=")
 					if k == "" || strings.ContainsAny(p, " \t;<>,?\"@") || strings.ContainsAny(k, ":") {
-						return core.Null, fmt.Errorf("add_uri_param: invalid parameter %q", a[0].S)
+						return core.Null, fmt.Errorf("add_uri_param: invalid parameter %q", a[0].Str)
 					}
 					u := m.Req.Recipient
 					u.UriParams = u.UriParams.Clone()
@@ -236,7 +236,7 @@ func New(env *core.Env) *core.Module {
 					u := m.Req.Recipient
 					p := u.UriParams.Clone()
 					n := len(p)
-					for i := paramIndex(p, a[0].S); i >= 0; i = paramIndex(p, a[0].S) {
+					for i := paramIndex(p, a[0].Str); i >= 0; i = paramIndex(p, a[0].Str) {
 						p = append(p[:i], p[i+1:]...)
 					}
 					if len(p) == n {
@@ -248,12 +248,12 @@ func New(env *core.Env) *core.Module {
 				})},
 			{Name: "is_uri", Args: s1, Ret: core.RetInt, Doc: "(str) 1 if a valid sip/sips/tel URI, -1 if not",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					_, err := parseURI(a[0].S)
+					_, err := parseURI(a[0].Str)
 					return core.IntRet(err == nil), nil
 				}},
 			{Name: "is_tel_number", Args: s1, Ret: core.RetInt, Doc: "(str) 1 if an optional '+' then digits; -1 other characters, -2 empty",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					s := a[0].S
+					s := a[0].Str
 					if s == "+" {
 						return core.Int(-1), nil
 					}
@@ -261,11 +261,11 @@ func New(env *core.Env) *core.Module {
 				}},
 			{Name: "is_numeric", Args: s1, Ret: core.RetInt, Doc: "(str) 1 if only digits; -1 other characters, -2 empty",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					return charsRet(a[0].S, func(_ int, c byte) bool { return isDigit(c) }), nil
+					return charsRet(a[0].Str, func(_ int, c byte) bool { return isDigit(c) }), nil
 				}},
 			{Name: "is_alphanum", Args: s1, Ret: core.RetInt, Doc: "(str) 1 if only ASCII letters and digits; -1 other characters, -2 empty",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					return charsRet(a[0].S, func(_ int, c byte) bool {
+					return charsRet(a[0].Str, func(_ int, c byte) bool {
 						return isDigit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
 					}), nil
 				}},

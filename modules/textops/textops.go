@@ -313,7 +313,7 @@ func New(env *core.Env) *core.Module {
 	reFn := func(name string, args []core.ArgType, doc string, f func(m *core.Msg, re *regexp.Regexp, a []core.Val) (core.Val, error)) core.Func {
 		return core.Func{Name: name, Args: args, Ret: core.RetInt, Doc: doc,
 			Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-				re, err := lineRegex(a[0].S)
+				re, err := lineRegex(a[0].Str)
 				if err != nil {
 					return core.Null, fmt.Errorf("textops.%s: %v", name, err)
 				}
@@ -323,7 +323,7 @@ func New(env *core.Env) *core.Module {
 	substFn := func(name, doc string, f func(m *core.Msg, s *subst) (core.Val, error)) core.Func {
 		return core.Func{Name: name, Args: s1, Ret: core.RetInt, Doc: doc,
 			Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-				s, err := parseSubst(a[0].S)
+				s, err := parseSubst(a[0].Str)
 				if err != nil {
 					return core.Null, fmt.Errorf("textops.%s: %v", name, err)
 				}
@@ -333,11 +333,11 @@ func New(env *core.Env) *core.Module {
 	replaceFn := func(name, doc string, sc scope, all bool) core.Func {
 		return reFn(name, s2, doc, func(m *core.Msg, re *regexp.Regexp, a []core.Val) (core.Val, error) {
 			if sc != scopeBody {
-				if err := core.CheckText("replacement", a[1].S); err != nil {
+				if err := core.CheckText("replacement", a[1].Str); err != nil {
 					return core.Null, err
 				}
 			}
-			return edit(m, sc, func(in string) (string, int) { return replaceRE(re, in, a[1].S, all) })
+			return edit(m, sc, func(in string) (string, int) { return replaceRE(re, in, a[1].Str, all) })
 		})
 	}
 	return &core.Module{
@@ -360,7 +360,7 @@ func New(env *core.Env) *core.Module {
 						if loc == nil {
 							return in, 0
 						}
-						return in[:loc[1]] + a[1].S + in[loc[1]:], 1
+						return in[:loc[1]] + a[1].Str + in[loc[1]:], 1
 					})
 				}),
 			reFn("search_append_body", s2, "(regex, text) insert text after the first match in the body",
@@ -370,7 +370,7 @@ func New(env *core.Env) *core.Module {
 						if loc == nil {
 							return in, 0
 						}
-						return in[:loc[1]] + a[1].S + in[loc[1]:], 1
+						return in[:loc[1]] + a[1].Str + in[loc[1]:], 1
 					})
 				}),
 			replaceFn("replace", "(regex, text) replace the first match in headers and body with text; 1 replaced, -1 no match", scopeMsg, false),
@@ -412,7 +412,7 @@ func New(env *core.Env) *core.Module {
 			{Name: "is_present_hf", Args: s1, Ret: core.RetInt, Doc: "(name) 1 if a header with that name exists (compact forms too), -1 if not",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
 					msg := m.Message()
-					return core.IntRet(msg != nil && core.FirstHeader(msg, a[0].S) != nil), nil
+					return core.IntRet(msg != nil && core.FirstHeader(msg, a[0].Str) != nil), nil
 				}},
 			reFn("is_present_hf_re", s1, "(regex) 1 if a header name matches",
 				func(m *core.Msg, re *regexp.Regexp, _ []core.Val) (core.Val, error) {
@@ -429,7 +429,7 @@ func New(env *core.Env) *core.Module {
 					if msg == nil {
 						return core.Int(-1), nil
 					}
-					if n := core.RemoveHeaders(msg, a[0].S); n > 0 {
+					if n := core.RemoveHeaders(msg, a[0].Str); n > 0 {
 						return core.Int(n), nil
 					}
 					return core.Int(-1), nil
@@ -460,7 +460,7 @@ func New(env *core.Env) *core.Module {
 					if msg == nil {
 						return core.Int(-1), nil
 					}
-					hs, err := core.ParseHeaderText(a[0].S)
+					hs, err := core.ParseHeaderText(a[0].Str)
 					if err != nil {
 						return core.Null, fmt.Errorf("textops.append_hf: %v", err)
 					}
@@ -472,20 +472,20 @@ func New(env *core.Env) *core.Module {
 			{Name: "set_body", Args: s2, Ret: core.RetInt, Doc: "(body, content_type) replace the body and Content-Type; Content-Length follows; -1 for an empty body",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
 					msg := m.Message()
-					if msg == nil || a[0].S == "" {
+					if msg == nil || a[0].Str == "" {
 						return core.Int(-1), nil
 					}
-					ct := strings.TrimSpace(a[1].S)
+					ct := strings.TrimSpace(a[1].Str)
 					if err := core.CheckText("content type", ct); err != nil {
 						return core.Null, err
 					}
 					if ct == "" || !strings.Contains(ct, "/") {
-						return core.Null, fmt.Errorf("textops.set_body: invalid content type %q", a[1].S)
+						return core.Null, fmt.Errorf("textops.set_body: invalid content type %q", a[1].Str)
 					}
 					core.RemoveHeaders(msg, "Content-Type")
 					h := sip.ContentTypeHeader(ct)
 					msg.AppendHeader(&h)
-					setBody(msg, []byte(a[0].S))
+					setBody(msg, []byte(a[0].Str))
 					return core.Int(1), nil
 				}},
 			{Name: "has_body", Ret: core.RetInt, Doc: "1 if the message has a non-empty body, -1 if not",
@@ -496,33 +496,35 @@ func New(env *core.Env) *core.Module {
 			{Name: "has_body_type", Args: s1, Ret: core.RetInt, Doc: "(\"type/subtype\") 1 if the body is of that type (or a multipart body has such a part)",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
 					msg := m.Message()
-					return core.IntRet(msg != nil && hasBodyType(msg, a[0].S)), nil
+					return core.IntRet(msg != nil && hasBodyType(msg, a[0].Str)), nil
 				}},
 			{Name: "in_list", Args: s3, Ret: core.RetInt, Doc: "(subject, list, separator) 1 if subject equals an item of list (items trimmed); separator is one character",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					if len(a[2].S) != 1 {
-						return core.Null, fmt.Errorf("textops.in_list: separator must be one character, got %q", a[2].S)
+					if len(a[2].Str) != 1 {
+						return core.Null, fmt.Errorf("textops.in_list: separator must be one character, got %q", a[2].Str)
 					}
-					for _, it := range strings.Split(a[1].S, a[2].S) {
-						if strings.TrimSpace(it) == a[0].S {
+					for _, it := range strings.Split(a[1].Str, a[2].Str) {
+						if strings.TrimSpace(it) == a[0].Str {
 							return core.Int(1), nil
 						}
 					}
 					return core.Int(-1), nil
 				}},
 			{Name: "cmp_str", Args: s2, Ret: core.RetInt, Doc: "(s1, s2) 1 equal, -1 s1 > s2, -2 s1 < s2",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) { return cmpRet(strings.Compare(a[0].S, a[1].S)), nil }},
+				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
+					return cmpRet(strings.Compare(a[0].Str, a[1].Str)), nil
+				}},
 			{Name: "cmp_istr", Args: s2, Ret: core.RetInt, Doc: "(s1, s2) like cmp_str, case-insensitive",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					return cmpRet(strings.Compare(strings.ToLower(a[0].S), strings.ToLower(a[1].S))), nil
+					return cmpRet(strings.Compare(strings.ToLower(a[0].Str), strings.ToLower(a[1].Str))), nil
 				}},
 			{Name: "starts_with", Args: s2, Ret: core.RetInt, Doc: "(s, prefix) 1 if s starts with prefix, -1 if not",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					return core.IntRet(strings.HasPrefix(a[0].S, a[1].S)), nil
+					return core.IntRet(strings.HasPrefix(a[0].Str, a[1].Str)), nil
 				}},
 			{Name: "ends_with", Args: s2, Ret: core.RetInt, Doc: "(s, suffix) 1 if s ends with suffix, -1 if not",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					return core.IntRet(strings.HasSuffix(a[0].S, a[1].S)), nil
+					return core.IntRet(strings.HasSuffix(a[0].Str, a[1].Str)), nil
 				}},
 		},
 	}

@@ -69,8 +69,8 @@ func New(env *core.Env) *core.Module {
 		t.st.codes[i] = s.Counter("tm", strconv.Itoa(i)+"xx")
 	}
 	positive := func(v core.Val) error {
-		if v.I <= 0 {
-			return fmt.Errorf("must be a positive number of milliseconds, got %d", v.I)
+		if v.Int <= 0 {
+			return fmt.Errorf("must be a positive number of milliseconds, got %d", v.Int)
 		}
 		return nil
 	}
@@ -79,7 +79,7 @@ func New(env *core.Env) *core.Module {
 			if err := positive(v); err != nil {
 				return err
 			}
-			dst.Store(v.I)
+			dst.Store(v.Int)
 			return nil
 		}
 	}
@@ -101,7 +101,7 @@ func New(env *core.Env) *core.Module {
 				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) { return t.relay(m, nil) }},
 			{Name: "t_relay_to_proxy", Args: s1, Ret: core.RetInt, Routes: reqRoutes, Doc: "(\"proto:host:port\") relay statefully to that address",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					sock, err := core.ParseSocket(a[0].S)
+					sock, err := core.ParseSocket(a[0].Str)
 					if err != nil {
 						return core.Null, err
 					}
@@ -127,7 +127,7 @@ func New(env *core.Env) *core.Module {
 			{Name: "t_send_reply", Args: []core.ArgType{i, core.ArgStr}, Ret: core.RetInt, Routes: reqRoutes, Doc: "t_newtran() then t_reply()",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
 					if m.Tx == nil {
-						if v, err := t.newtran(m); err != nil || v.I <= 0 {
+						if v, err := t.newtran(m); err != nil || v.Int <= 0 {
 							return v, err
 						}
 					}
@@ -135,15 +135,15 @@ func New(env *core.Env) *core.Module {
 				}},
 			{Name: "t_set_fr", Args: []core.ArgType{i, i}, Ret: core.RetInt, Routes: reqRoutes | core.RouteBranch, Doc: "(fr_inv_ms, fr_ms) final-response timers for this transaction; 0 leaves one unchanged",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					if a[0].I < 0 || a[1].I < 0 {
+					if a[0].Int < 0 || a[1].Int < 0 {
 						return core.Null, fmt.Errorf("t_set_fr: timers must not be negative")
 					}
 					s := settingsOf(m)
-					if a[0].I > 0 {
-						s.frInv = time.Duration(a[0].I) * time.Millisecond
+					if a[0].Int > 0 {
+						s.frInv = time.Duration(a[0].Int) * time.Millisecond
 					}
-					if a[1].I > 0 {
-						s.fr = time.Duration(a[1].I) * time.Millisecond
+					if a[1].Int > 0 {
+						s.fr = time.Duration(a[1].Int) * time.Millisecond
 					}
 					if tx, ok := m.Tx.(*Tx); ok {
 						tx.mu.Lock()
@@ -194,7 +194,7 @@ func New(env *core.Env) *core.Module {
 					if m.Res != nil {
 						code = m.Res.StatusCode
 					}
-					re, err := compileStatus(a[0].S)
+					re, err := compileStatus(a[0].Str)
 					if err != nil {
 						return core.Null, err
 					}
@@ -214,9 +214,9 @@ func New(env *core.Env) *core.Module {
 
 // reply is t_reply: like Kamailio, a reply after the final one is -1 (logged), not a script error.
 func (t *TM) reply(tx *Tx, m *core.Msg, a []core.Val) (core.Val, error) {
-	if err := tx.Reply(m, int(a[0].I), a[1].S); err != nil {
+	if err := tx.Reply(m, int(a[0].Int), a[1].Str); err != nil {
 		if errors.Is(err, errFinalSent) {
-			t.env.Log.Error("tm: t_reply: "+err.Error(), "code", a[0].I, "at", m.Pos())
+			t.env.Log.Error("tm: t_reply: "+err.Error(), "code", a[0].Int, "at", m.Pos())
 			return core.Int(-1), nil
 		}
 		return core.Null, err
@@ -235,20 +235,20 @@ func cbSetter(name string, set func(m *core.Msg, n string)) core.Func {
 	return core.Func{Name: name, Args: []core.ArgType{core.ArgStr}, Ret: core.RetInt, CallbackArg: 0,
 		Doc: "(\"function\") name the callback; \"\" resets; an undefined name is an error (checked at load for literals)",
 		Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-			if a[0].S != "" && m.Env.Router != nil && !m.Env.Router.HasCallback(m.Prog, a[0].S) {
-				return core.Null, fmt.Errorf("%s: the script defines no function %q", name, a[0].S)
+			if a[0].Str != "" && m.Env.Router != nil && !m.Env.Router.HasCallback(m.Prog, a[0].Str) {
+				return core.Null, fmt.Errorf("%s: the script defines no function %q", name, a[0].Str)
 			}
-			set(m, a[0].S)
+			set(m, a[0].Str)
 			if tx, ok := m.Tx.(*Tx); ok && m.RouteType == core.RouteFailure {
 				// In a failure route the names apply to the new branches.
 				tx.mu.Lock()
 				switch name {
 				case "t_on_failure":
-					tx.onFailure = a[0].S
+					tx.onFailure = a[0].Str
 				case "t_on_reply":
-					tx.onReply = a[0].S
+					tx.onReply = a[0].Str
 				case "t_on_branch":
-					tx.onBranch = a[0].S
+					tx.onBranch = a[0].Str
 				}
 				tx.mu.Unlock()
 			}

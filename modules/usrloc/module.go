@@ -20,38 +20,38 @@ func (u *UL) module() *core.Module {
 			{Name: "db_mode", Type: i, Default: core.Int(0),
 				Doc: "0 memory only (default, as Kamailio: registrations are lost on restart), 1 write-through, 2 write-back on the timer (flushed on shutdown); 3 (DB only) is not supported",
 				Check: func(v core.Val) error {
-					if v.I < 0 || v.I > 2 {
-						return fmt.Errorf("db_mode %d: want 0 (memory), 1 (write-through) or 2 (write-back); 3 (DB only) is not supported", v.I)
+					if v.Int < 0 || v.Int > 2 {
+						return fmt.Errorf("db_mode %d: want 0 (memory), 1 (write-through) or 2 (write-back); 3 (DB only) is not supported", v.Int)
 					}
 					return nil
 				},
 				Set: func(v core.Val) error {
-					if u.inited.Load() && v.I != u.mode.Load() {
-						u.env.Log.Warn("usrloc: db_mode changes apply after a restart", "db_mode", u.mode.Load(), "new", v.I)
+					if u.inited.Load() && v.Int != u.mode.Load() {
+						u.env.Log.Warn("usrloc: db_mode changes apply after a restart", "db_mode", u.mode.Load(), "new", v.Int)
 					}
-					u.dbMode.Store(v.I)
+					u.dbMode.Store(v.Int)
 					return nil
 				}},
 			{Name: "timer_interval", Type: i, Default: core.Int(60), Doc: "seconds between sweeps of expired contacts (and write-back flushes)",
-				Check: positive("timer_interval"), Set: func(v core.Val) error { u.timerInterval.Store(v.I); return nil }},
+				Check: positive("timer_interval"), Set: func(v core.Val) error { u.timerInterval.Store(v.Int); return nil }},
 			{Name: "use_domain", Type: i, Default: core.Int(0), Doc: "1: AoRs are user@domain; 0: the user part only",
-				Check: boolParam("use_domain"), Set: func(v core.Val) error { u.useDomain.Store(v.I != 0); return nil }},
+				Check: boolParam("use_domain"), Set: func(v core.Val) error { u.useDomain.Store(v.Int != 0); return nil }},
 			{Name: "nat_bflag", Type: i, Default: core.Int(-1), Doc: "the flag (0-63) marking contacts behind NAT: saved in the contact's cflags when set on the REGISTER, set on the message again by lookup",
 				Check: func(v core.Val) error {
-					if v.I < -1 || v.I > 63 {
-						return fmt.Errorf("nat_bflag %d: want a flag 0-63 (or -1: none)", v.I)
+					if v.Int < -1 || v.Int > 63 {
+						return fmt.Errorf("nat_bflag %d: want a flag 0-63 (or -1: none)", v.Int)
 					}
 					return nil
 				},
-				Set: func(v core.Val) error { u.natBflag.Store(v.I); return nil }},
+				Set: func(v core.Val) error { u.natBflag.Store(v.Int); return nil }},
 			{Name: "hash_size", Type: i, Default: core.Int(10), Doc: "the location table has 2^hash_size slots (each with its own lock); applies at start",
 				Check: func(v core.Val) error {
-					if v.I < 1 || v.I > 16 {
-						return fmt.Errorf("hash_size %d: want 1-16", v.I)
+					if v.Int < 1 || v.Int > 16 {
+						return fmt.Errorf("hash_size %d: want 1-16", v.Int)
 					}
 					return nil
 				},
-				Set: func(v core.Val) error { u.hashSize.Store(v.I); return nil }},
+				Set: func(v core.Val) error { u.hashSize.Store(v.Int); return nil }},
 		},
 		RPC:    u.rpcMethods(),
 		Events: []string{"usrloc"},
@@ -62,7 +62,7 @@ func (u *UL) module() *core.Module {
 
 func positive(name string) func(v core.Val) error {
 	return func(v core.Val) error {
-		if v.I <= 0 {
+		if v.Int <= 0 {
 			return fmt.Errorf("%s must be a positive number of seconds", name)
 		}
 		return nil
@@ -71,8 +71,8 @@ func positive(name string) func(v core.Val) error {
 
 func boolParam(name string) func(v core.Val) error {
 	return func(v core.Val) error {
-		if v.I != 0 && v.I != 1 {
-			return fmt.Errorf("%s %d: want 0 or 1", name, v.I)
+		if v.Int != 0 && v.Int != 1 {
+			return fmt.Errorf("%s %d: want 0 or 1", name, v.Int)
 		}
 		return nil
 	}

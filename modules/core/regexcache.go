@@ -3,11 +3,8 @@ package core
 import (
 	"fmt"
 	"regexp"
-	"strings"
 	"sync"
 	"sync/atomic"
-
-	"github.com/emiago/sipgo/sip"
 )
 
 // regexCacheLimit bounds CompileRegex's cache: scripts that build patterns
@@ -20,7 +17,8 @@ var (
 )
 
 // CompileRegex compiles a script-supplied regular expression (Go RE2
-// syntax, not PCRE) once and caches it. The error names the expression.
+// syntax, not PCRE) once and caches it; every module uses this one cache.
+// The error names the expression.
 func CompileRegex(expr string) (*regexp.Regexp, error) {
 	if v, ok := regexCache.Load(expr); ok {
 		return v.(*regexp.Regexp), nil
@@ -35,14 +33,4 @@ func CompileRegex(expr string) (*regexp.Regexp, error) {
 		}
 	}
 	return re, nil
-}
-
-// MessageString serialises a message as it would be sent now.
-func MessageString(msg sip.Message) string {
-	if msg == nil {
-		return ""
-	}
-	var b strings.Builder
-	msg.StringWrite(&b)
-	return b.String()
 }
