@@ -2,7 +2,6 @@ package htable
 
 import (
 	"hash/maphash"
-	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -176,9 +175,9 @@ func NewMatch(op, arg string, allowed string) (Match, error) {
 	case "sw":
 		return func(s string) bool { return strings.HasPrefix(s, arg) }, nil
 	case "re":
-		re, err := regexp.Compile(arg)
+		re, err := core.CompileRegex(arg)
 		if err != nil {
-			return nil, errorf("invalid regular expression %q: %v", arg, err)
+			return nil, errorf("%v", err)
 		}
 		return re.MatchString, nil
 	}
