@@ -9,7 +9,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"regexp"
 	"strings"
 	"sync"
 
@@ -23,11 +22,9 @@ func init() { core.Register("auth_db", New) }
 // TableVersion is the subscriber table version Kamailio's auth_db expects.
 const TableVersion = 7
 
-// CreateSchema creates Kamailio's subscriber table and its version row if
-// missing, and refuses a table of another version.
-func CreateSchema(db *sql.DB) error {
-	stmts := []string{
-		`CREATE TABLE IF NOT EXISTS subscriber (
+// subscriberSchema is Kamailio's subscriber table.
+var subscriberSchema = core.TableSchema{Name: "subscriber", Version: TableVersion, Create: []string{
+	`CREATE TABLE IF NOT EXISTS subscriber (
 			id INTEGER PRIMARY KEY NOT NULL,
 			username VARCHAR(64) DEFAULT '' NOT NULL,
 			domain VARCHAR(64) DEFAULT '' NOT NULL,
@@ -35,20 +32,14 @@ func CreateSchema(db *sql.DB) error {
 			ha1 VARCHAR(128) DEFAULT '' NOT NULL,
 			ha1b VARCHAR(128) DEFAULT '' NOT NULL,
 			CONSTRAINT subscriber_account_idx UNIQUE (username, domain))`,
-		`CREATE INDEX IF NOT EXISTS subscriber_username_idx ON subscriber (username)`,
-		`INSERT OR IGNORE INTO version (table_name, table_version) VALUES ('subscriber', 7)`,
-	}
-	for _, q := range stmts {
-		if _, err := db.Exec(q); err != nil {
-			return fmt.Errorf("auth_db: creating the subscriber table: %w", err)
-		}
-	}
-	var v int
-	if err := db.QueryRow(`SELECT table_version FROM version WHERE table_name = 'subscriber'`).Scan(&v); err != nil {
-		return fmt.Errorf("auth_db: reading the subscriber table version: %w", err)
-	}
-	if v != TableVersion {
-		return fmt.Errorf("auth_db: subscriber table has version %d, want %d", v, TableVersion)
+	`CREATE INDEX IF NOT EXISTS subscriber_username_idx ON subscriber (username)`,
+}}
+
+// CreateSchema creates Kamailio's subscriber table and its version row if
+// missing, and refuses a table of another version.
+func CreateSchema(db *sql.DB) error {
+	if err := core.EnsureTable(db, subscriberSchema); err != nil {
+		return fmt.Errorf("auth_db: %w", err)
 	}
 	return nil
 }
@@ -139,10 +130,8 @@ func (d *AuthDB) db() (*sql.DB, error) {
 	return db, nil
 }
 
-var identRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,63}$`)
-
 func ident(what, s string) (string, error) {
-	if !identRe.MatchString(s) {
+	if !core.ValidSQLName(s) {
 		return "", fmt.Errorf("invalid %s name %q (letters, digits, '_')", what, s)
 	}
 	return `"` + s + `"`, nil
@@ -295,7 +284,7 @@ func (d *AuthDB) module() *core.Module {
 	strParam := func(name, def, doc string, set func(c *config, v string)) core.Param {
 		return core.Param{Name: name, Type: s, Default: core.Str(def), Doc: doc,
 			Check: func(v core.Val) error {
-				if !identRe.MatchString(v.String()) {
+				if !core.ValidSQLName(v.String()) {
 					return fmt.Errorf("%s: invalid column name %q", name, v.String())
 				}
 				return nil

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
-	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -156,7 +155,6 @@ func New(env *core.Env) *core.Module {
 	return u.module()
 }
 
-var tableRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,63}$`)
 
 func errorf(format string, a ...any) error { return fmt.Errorf("usrloc: "+format, a...) }
 
@@ -216,7 +214,7 @@ func (u *UL) Domain(name string) (*Domain, error) {
 	if d := u.domains[name]; d != nil {
 		return d, nil
 	}
-	if !tableRE.MatchString(name) {
+	if !core.ValidSQLName(name) {
 		return nil, errorf("invalid table name %q", name)
 	}
 	d := u.newDomain(name)
