@@ -155,7 +155,6 @@ func New(env *core.Env) *core.Module {
 	return u.module()
 }
 
-
 func errorf(format string, a ...any) error { return fmt.Errorf("usrloc: "+format, a...) }
 
 // Mode is the db_mode in effect.
