@@ -46,25 +46,13 @@ func apiDoc(w io.Writer) {
 			fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", m.Name, p.Name, p.Type, p.Default, p.Doc)
 		}
 	}
-	fmt.Fprintf(w, "\n## Pseudo-variables\n\n| name | writable | description |\n|---|---|---|\n")
-	defs := core.PVDefs()
-	sort.Slice(defs, func(i, j int) bool {
-		a, b := strings.ToLower(defs[i].Name), strings.ToLower(defs[j].Name)
-		if a != b {
-			return a < b
-		}
-		return defs[i].Name < defs[j].Name
-	})
-	for _, d := range defs {
-		name := "$" + d.Name
-		if d.HasArg {
-			name += "(name)"
-		}
+	fmt.Fprintf(w, "\n## Pseudo-variables\n\n| name | module | writable | description |\n|---|---|---|---|\n")
+	for _, p := range eng.PVs() {
 		rw := "no"
-		if d.Set != nil {
+		if p.Def.Set != nil {
 			rw = "yes"
 		}
-		fmt.Fprintf(w, "| `%s` | %s | %s |\n", name, rw, d.Doc)
+		fmt.Fprintf(w, "| `%s` | %s | %s | %s |\n", p.Spec(), moduleName(p.Module), rw, p.Def.Doc)
 	}
 	fmt.Fprintf(w, "\n## RPC methods\n\nAlso built in: `system.listMethods`, `system.methodHelp`, `system.methodSignature`, `events.subscribe`, `events.unsubscribe` (see docs/rpc.md).\n\n| method | role | params | result | description |\n|---|---|---|---|---|\n")
 	type row struct{ name, role, params, result, doc string }
@@ -97,6 +85,14 @@ func apiDoc(w io.Writer) {
 	for _, r := range rows {
 		fmt.Fprintf(w, "| `%s` | %s | %s | `%s` | %s |\n", r.name, r.role, r.params, strings.ReplaceAll(r.result, "|", "\\|"), r.doc)
 	}
+}
+
+// moduleName shows the core module ("") as core.
+func moduleName(m string) string {
+	if m == "" {
+		return "core"
+	}
+	return m
 }
 
 func role(ro bool) string {

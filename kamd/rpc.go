@@ -200,14 +200,18 @@ func (d *daemon) methods() []rpc.Method {
 				out["previous"] = prev
 				return out, nil
 			}),
-		ro("app_starlark.api_list", "every KSR function with its signature (Kamailio's api_list shape)", `{"msize": n, "methods": [{"func": {"ret","module","name","params","doc"}}]}`,
+		ro("app_starlark.api_list", "every KSR function with its signature (Kamailio's api_list shape)", `{"msize": n, "methods": [{"func": {"ret","module","name","params","doc"}}], "pvs": [{"name","module","writable","doc"}]}`,
 			func(context.Context, rpc.Params) (any, error) {
 				var ms []map[string]any
 				for _, f := range d.eng.Funcs() {
 					ms = append(ms, map[string]any{"func": map[string]any{"ret": f.Func.Ret.String(), "module": f.Module,
 						"name": f.Func.Name, "params": f.Func.ParamsString(), "doc": f.Func.Doc}})
 				}
-				return map[string]any{"msize": len(ms), "methods": ms}, nil
+				var pvs []map[string]any // kamgo's addition: the PVs of the same tables
+				for _, p := range d.eng.PVs() {
+					pvs = append(pvs, map[string]any{"name": p.Spec(), "module": p.Module, "writable": p.Def.Set != nil, "doc": p.Def.Doc})
+				}
+				return map[string]any{"msize": len(ms), "methods": ms, "pvs": pvs}, nil
 			}),
 	}
 }

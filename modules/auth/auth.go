@@ -18,7 +18,7 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-func init() { core.Register("auth", New) }
+func init() { core.Register(New) }
 
 // Auth is one auth module instance (one per Env).
 type Auth struct {
@@ -479,6 +479,7 @@ func (a *Auth) module() *core.Module {
 	return &core.Module{
 		Name: "auth",
 		Doc:  "digest authentication: challenges, nonces, verification against a given password",
+		PVs:  credPVs,
 		Params: []core.Param{
 			{Name: "secret", Type: s, Default: core.Str(""),
 				Doc: "secret the nonces are signed with (HMAC-SHA-256); nodes sharing it accept each other's nonces. Default: random per process",

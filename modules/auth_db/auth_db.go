@@ -17,7 +17,7 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-func init() { core.Register("auth_db", New) }
+func init() { core.Register(New) }
 
 // TableVersion is the subscriber table version Kamailio's auth_db expects.
 const TableVersion = 7

@@ -162,6 +162,7 @@ type Env struct {
 
 	mu      sync.Mutex
 	modules map[string]*Module
+	pvs     pvTable // core's PVs and those of the modules set
 }
 
 // Emit publishes an event if an event hub is attached.
@@ -182,14 +183,16 @@ func NewEnv(sender Sender) *Env {
 	}
 }
 
-// SetModule records a built module so others can find it by name.
+// SetModule records a built module so others can find it by name, and
+// makes the PVs its table declares known to this Env.
 func (e *Env) SetModule(m *Module) {
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	if e.modules == nil {
 		e.modules = map[string]*Module{}
 	}
 	e.modules[m.Name] = m
+	e.mu.Unlock()
+	e.pvs.addModule(m)
 }
 
 // Module returns a built module by name.

@@ -79,8 +79,9 @@ type Func struct {
 	Doc  string
 	// Routes limits where the function may run; zero means anywhere.
 	Routes RouteType
-	// CallbackArg marks the index of an argument naming a script callback
-	// (t_on_failure...), checked at load time when it is a literal.
+	// CallbackArg is the 1-based position of an argument naming a script
+	// callback (t_on_failure's 1); 0 means none. When that argument is a
+	// string literal the load fails unless the script defines the function.
 	CallbackArg int
 	Fn          func(m *Msg, args []Val) (Val, error)
 }
@@ -162,6 +163,9 @@ type Module struct {
 	Params []Param
 	Funcs  []Func
 	RPC    []RPCMethod
+	// PVs are the module's pseudo-variables ($sht(...), $ulc(...)); the
+	// Env's PV lookup, api_list and the docs are built from them.
+	PVs    []PVDef
 	Events []string
 	// Init runs after the config phase, Start when listeners are up, Stop on shutdown.
 	Init  func() error
@@ -180,31 +184,41 @@ type Factory func(env *Env) *Module
 
 var (
 	regMu     sync.Mutex
-	factories = map[string]Factory{}
+	factories []Factory
 )
 
 // Register makes a module available; called from module packages' init.
-func Register(name string, f Factory) {
+// The module's name is its table's Name, written nowhere else.
+func Register(f Factory) {
 	regMu.Lock()
 	defer regMu.Unlock()
-	if _, dup := factories[name]; dup {
-		panic("core: module registered twice: " + name)
-	}
-	factories[name] = f
+	factories = append(factories, f)
 }
 
-// Factories returns the registered factories sorted by name, core first.
+// Factories returns the registered factories in registration order.
 func Factories() []Factory {
 	regMu.Lock()
 	defer regMu.Unlock()
-	names := make([]string, 0, len(factories))
-	for n := range factories {
-		names = append(names, n)
+	return append([]Factory(nil), factories...)
+}
+
+// BuildModules builds every registered module against env, sorted by name
+// (core's "" first), and records each in env; two modules of one name are
+// a programming error.
+func BuildModules(env *Env) []*Module {
+	var mods []*Module
+	seen := map[string]bool{}
+	for _, f := range Factories() {
+		m := f(env)
+		if seen[m.Name] {
+			panic("core: module registered twice: " + m.Name)
+		}
+		seen[m.Name] = true
+		mods = append(mods, m)
 	}
-	sort.Strings(names)
-	out := make([]Factory, 0, len(names))
-	for _, n := range names {
-		out = append(out, factories[n])
+	sort.Slice(mods, func(i, j int) bool { return mods[i].Name < mods[j].Name })
+	for _, m := range mods {
+		env.SetModule(m)
 	}
-	return out
+	return mods
 }

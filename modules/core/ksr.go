@@ -21,9 +21,9 @@ var ErrExit = errors.New("exit")
 // The core KSR functions (KSR.*, KSR.pv.*, KSR.hdr.*) are exported like any
 // module's, under the names "", "pv" and "hdr".
 func init() {
-	Register("", coreModule)
-	Register("pv", pvModule)
-	Register("hdr", hdrModule)
+	Register(coreModule)
+	Register(pvModule)
+	Register(hdrModule)
 }
 
 // BoolRet wraps a Go bool as a KSR function's (Val, error) result.
@@ -178,7 +178,7 @@ func coreModule(env *Env) *Module {
 		Func{Name: "set_drop", Ret: RetNone, Doc: "drop the reply/branch/onsend message when the callback ends",
 			Fn: func(m *Msg, _ []Val) (Val, error) { m.Dropped = true; return Null, nil }},
 	)
-	return &Module{Name: "", Doc: "core KSR functions", Funcs: fns}
+	return &Module{Name: "", Doc: "core KSR functions", Funcs: fns, PVs: corePVs}
 }
 
 // StatelessBranch derives the Via branch of a stateless forward so that a

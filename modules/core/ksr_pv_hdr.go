@@ -6,13 +6,13 @@ import (
 	"github.com/emiago/sipgo/sip"
 )
 
-func pvGet(a []Val) (*PV, error) { return ParsePV(a[0].Str) }
+func pvGet(m *Msg, a []Val) (*PV, error) { return m.Env.ParsePV(a[0].Str) }
 
 func pvModule(env *Env) *Module {
 	getter := func(name, doc string, args []ArgType, null func(a []Val) Val) Func {
 		return Func{Name: name, Args: args, Ret: RetXVal, Doc: doc,
 			Fn: func(m *Msg, a []Val) (Val, error) {
-				pv, err := pvGet(a)
+				pv, err := pvGet(m, a)
 				if err != nil {
 					return Null, err
 				}
@@ -31,7 +31,7 @@ func pvModule(env *Env) *Module {
 		getter("getvn", "like get, $null gives arg 2", []ArgType{ArgStr, ArgInt}, func(a []Val) Val { return a[1] }),
 		{Name: "geti", Args: []ArgType{ArgStr}, Ret: RetInt, Doc: "integer value; $null or a non-number gives 0",
 			Fn: func(m *Msg, a []Val) (Val, error) {
-				pv, err := pvGet(a)
+				pv, err := pvGet(m, a)
 				if err != nil {
 					return Null, err
 				}
@@ -46,7 +46,7 @@ func pvModule(env *Env) *Module {
 			Fn: func(m *Msg, a []Val) (Val, error) { return pvSet(m, a[0].Str, Null) }},
 		{Name: "is_null", Args: []ArgType{ArgStr}, Ret: RetBool, Doc: "true if the PV is $null; an invalid name is an error",
 			Fn: func(m *Msg, a []Val) (Val, error) {
-				pv, err := pvGet(a)
+				pv, err := pvGet(m, a)
 				if err != nil {
 					return Null, err
 				}
@@ -56,7 +56,7 @@ func pvModule(env *Env) *Module {
 }
 
 func pvSet(m *Msg, name string, v Val) (Val, error) {
-	pv, err := ParsePV(name)
+	pv, err := m.Env.ParsePV(name)
 	if err != nil {
 		return Null, err
 	}

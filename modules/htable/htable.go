@@ -16,7 +16,7 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-func init() { core.Register("htable", New) }
+func init() { core.Register(New) }
 
 // ErrInc is sht_inc/sht_dec's error value (Kamailio's ambiguous -255, Q5).
 const ErrInc = -255
@@ -433,6 +433,7 @@ func (h *HT) module() *core.Module {
 		},
 		Funcs:  funcs,
 		RPC:    h.rpcMethods(),
+		PVs:    h.pvs(),
 		Events: []string{"htable"},
 		Init: func() error {
 			h.mu.Lock()

@@ -11,7 +11,7 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-func init() { core.Register("maxfwd", New) }
+func init() { core.Register(New) }
 
 // present returns the Max-Forwards value: -1 when absent, -2 when unparsable.
 func present(msg sip.Message) (int, sip.Header) {

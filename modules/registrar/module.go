@@ -46,6 +46,7 @@ func (r *Reg) module() *core.Module {
 	return &core.Module{
 		Name: "registrar",
 		Doc:  "SIP registrar: save REGISTERs into usrloc, look contacts up",
+		PVs:  ulcPVs,
 		Params: []core.Param{
 			{Name: "default_expires", Type: i, Default: core.Int(3600), Doc: "expires of a contact when neither its expires param nor an Expires header says",
 				Check: nonNegative("default_expires"), Set: store(&r.defaultExpires)},
@@ -127,8 +128,8 @@ func (r *Reg) fetch(m *core.Msg, table, uri, name string) (core.Val, error) {
 	return core.IntRet(len(cs) > 0), nil
 }
 
-func init() {
-	core.RegisterPV(&core.PVDef{Name: "ulc", HasArg: true,
+// ulcPVs is registrar's $ulc, declared in the module table.
+var ulcPVs = []core.PVDef{{Name: "ulc", HasArg: true,
 		Doc: "contacts loaded by reg_fetch_contacts: $ulc(profile=>attr) for the first contact, $ulc(profile=>attr=>i) for the i-th (from 0). attr: aor, domain, aorhash, count, addr, path, received, expires, callid, q, cseq, flags, cflags, user_agent, socket, modified, methods, ruid, reg_id, instance, conid, server_id, keepalive",
 		Get: func(m *core.Msg, arg string) core.Val {
 			parts := strings.Split(arg, "=>")
@@ -211,5 +212,4 @@ func init() {
 			}
 			m.Env.Log.Error("$ulc("+arg+"): unknown attribute "+parts[1], "at", m.Pos())
 			return core.Null
-		}})
-}
+		}}}

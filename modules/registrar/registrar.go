@@ -16,7 +16,7 @@ import (
 	"github.com/kamgo/kamgo/modules/usrloc"
 )
 
-func init() { core.Register("registrar", New) }
+func init() { core.Register(New) }
 
 // save() flags (Kamailio's REG_SAVE_*).
 const (

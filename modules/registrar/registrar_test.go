@@ -103,7 +103,7 @@ func reply(t *testing.T, r *starlark.Result) *sip.Response {
 }
 
 func pv(m *core.Msg, name string) string {
-	p, _ := core.ParsePV(name)
+	p, _ := m.Env.ParsePV(name)
 	return p.Get(m).String()
 }
 

@@ -11,7 +11,7 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-func init() { core.Register("rr", New) }
+func init() { core.Register(New) }
 
 // Kamailio's loose_route return codes.
 const (

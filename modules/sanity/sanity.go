@@ -13,7 +13,7 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-func init() { core.Register("sanity", New) }
+func init() { core.Register(New) }
 
 // Kamailio's check bits.
 const (

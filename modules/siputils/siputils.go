@@ -11,7 +11,7 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-func init() { core.Register("siputils", New) }
+func init() { core.Register(New) }
 
 func paramIndex(p sip.HeaderParams, name string) int {
 	for i, kv := range p {

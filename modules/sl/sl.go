@@ -9,7 +9,7 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-func init() { core.Register("sl", New) }
+func init() { core.Register(New) }
 
 // statCodes have counters of their own, as in Kamailio's sl module.
 var statCodes = []int{200, 202, 300, 301, 302, 400, 401, 403, 404, 407, 408, 483, 500}

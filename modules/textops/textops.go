@@ -19,7 +19,7 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-func init() { core.Register("textops", New) }
+func init() { core.Register(New) }
 
 // lineRegex compiles a pattern the way Kamailio's KEMI textops functions
 // do: REG_EXTENDED|REG_ICASE|REG_NEWLINE.

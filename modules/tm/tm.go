@@ -17,7 +17,7 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-func init() { core.Register("tm", New) }
+func init() { core.Register(New) }
 
 // TM is one tm module instance.
 type TM struct {
@@ -232,7 +232,7 @@ func nz(a, b time.Duration) time.Duration {
 }
 
 func cbSetter(name string, set func(m *core.Msg, n string)) core.Func {
-	return core.Func{Name: name, Args: []core.ArgType{core.ArgStr}, Ret: core.RetInt, CallbackArg: 0,
+	return core.Func{Name: name, Args: []core.ArgType{core.ArgStr}, Ret: core.RetInt, CallbackArg: 1,
 		Doc: "(\"function\") name the callback; \"\" resets; an undefined name is an error (checked at load for literals)",
 		Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
 			if a[0].Str != "" && m.Env.Router != nil && !m.Env.Router.HasCallback(m.Prog, a[0].Str) {

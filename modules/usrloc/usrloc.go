@@ -21,7 +21,7 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-func init() { core.Register("usrloc", New) }
+func init() { core.Register(New) }
 
 // DB modes (Kamailio's db_mode values).
 const (

@@ -10,7 +10,7 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-func init() { core.Register("xlog", New) }
+func init() { core.Register(New) }
 
 // LevelAlert is above crit (core's crit is slog.LevelError+4).
 const LevelAlert = slog.LevelError + 8
