@@ -130,86 +130,86 @@ func (r *Reg) fetch(m *core.Msg, table, uri, name string) (core.Val, error) {
 
 // ulcPVs is registrar's $ulc, declared in the module table.
 var ulcPVs = []core.PVDef{{Name: "ulc", HasArg: true,
-		Doc: "contacts loaded by reg_fetch_contacts: $ulc(profile=>attr) for the first contact, $ulc(profile=>attr=>i) for the i-th (from 0). attr: aor, domain, aorhash, count, addr, path, received, expires, callid, q, cseq, flags, cflags, user_agent, socket, modified, methods, ruid, reg_id, instance, conid, server_id, keepalive",
-		Get: func(m *core.Msg, arg string) core.Val {
-			parts := strings.Split(arg, "=>")
-			if len(parts) < 2 || len(parts) > 3 {
-				m.Env.Log.Error("$ulc("+arg+"): want profile=>attr", "at", m.Pos())
-				return core.Null
-			}
-			p, _ := m.Ext[extKey].(map[string]*profile)
-			pr := p[parts[0]]
-			if pr == nil {
-				return core.Null
-			}
-			idx := 0
-			if len(parts) == 3 {
-				n, err := strconv.Atoi(parts[2])
-				if err != nil || n < 0 {
-					m.Env.Log.Error("$ulc("+arg+"): bad index", "at", m.Pos())
-					return core.Null
-				}
-				idx = n
-			}
-			switch parts[1] {
-			case "aor":
-				return core.Str(pr.aor)
-			case "domain":
-				return core.Str(pr.table)
-			case "aorhash":
-				return core.Val{Kind: core.KInt, Int: int64(usrloc.HashID(pr.aor))}
-			case "count":
-				return core.Int(len(pr.contacts))
-			}
-			if idx >= len(pr.contacts) {
-				return core.Null
-			}
-			c := &pr.contacts[idx]
-			var now = core.RealClock.Now()
-			if u := usrloc.Of(m.Env); u != nil {
-				now = u.Now()
-			}
-			i64 := func(n int64) core.Val { return core.Val{Kind: core.KInt, Int: n} }
-			switch parts[1] {
-			case "addr":
-				return core.Str(c.Contact)
-			case "path":
-				return core.Str(c.Path)
-			case "received":
-				return core.Str(c.Received)
-			case "expires":
-				return core.Int(c.ExpiresIn(now))
-			case "callid":
-				return core.Str(c.CallID)
-			case "q":
-				return core.Int(c.Q)
-			case "cseq":
-				return core.Int(c.CSeq)
-			case "flags":
-				return core.Int(c.Flags)
-			case "cflags":
-				return core.Int(c.CFlags)
-			case "user_agent":
-				return core.Str(c.UserAgent)
-			case "socket":
-				return core.Str(c.Socket)
-			case "modified":
-				return i64(c.LastModified.Unix())
-			case "methods":
-				return i64(c.Methods)
-			case "ruid":
-				return core.Str(c.Ruid)
-			case "reg_id":
-				return core.Int(c.RegID)
-			case "instance":
-				return core.Str(c.Instance)
-			case "conid":
-				return core.Int(c.ConnID)
-			case "server_id":
-				return core.Int(c.ServerID)
-			case "keepalive":
-				return core.Int(c.Keepalive)
-			}
-			m.Env.Log.Error("$ulc("+arg+"): unknown attribute "+parts[1], "at", m.Pos())
+	Doc: "contacts loaded by reg_fetch_contacts: $ulc(profile=>attr) for the first contact, $ulc(profile=>attr=>i) for the i-th (from 0). attr: aor, domain, aorhash, count, addr, path, received, expires, callid, q, cseq, flags, cflags, user_agent, socket, modified, methods, ruid, reg_id, instance, conid, server_id, keepalive",
+	Get: func(m *core.Msg, arg string) core.Val {
+		parts := strings.Split(arg, "=>")
+		if len(parts) < 2 || len(parts) > 3 {
+			m.Env.Log.Error("$ulc("+arg+"): want profile=>attr", "at", m.Pos())
 			return core.Null
-		}}}
+		}
+		p, _ := m.Ext[extKey].(map[string]*profile)
+		pr := p[parts[0]]
+		if pr == nil {
+			return core.Null
+		}
+		idx := 0
+		if len(parts) == 3 {
+			n, err := strconv.Atoi(parts[2])
+			if err != nil || n < 0 {
+				m.Env.Log.Error("$ulc("+arg+"): bad index", "at", m.Pos())
+				return core.Null
+			}
+			idx = n
+		}
+		switch parts[1] {
+		case "aor":
+			return core.Str(pr.aor)
+		case "domain":
+			return core.Str(pr.table)
+		case "aorhash":
+			return core.Val{Kind: core.KInt, Int: int64(usrloc.HashID(pr.aor))}
+		case "count":
+			return core.Int(len(pr.contacts))
+		}
+		if idx >= len(pr.contacts) {
+			return core.Null
+		}
+		c := &pr.contacts[idx]
+		var now = core.RealClock.Now()
+		if u := usrloc.Of(m.Env); u != nil {
+			now = u.Now()
+		}
+		i64 := func(n int64) core.Val { return core.Val{Kind: core.KInt, Int: n} }
+		switch parts[1] {
+		case "addr":
+			return core.Str(c.Contact)
+		case "path":
+			return core.Str(c.Path)
+		case "received":
+			return core.Str(c.Received)
+		case "expires":
+			return core.Int(c.ExpiresIn(now))
+		case "callid":
+			return core.Str(c.CallID)
+		case "q":
+			return core.Int(c.Q)
+		case "cseq":
+			return core.Int(c.CSeq)
+		case "flags":
+			return core.Int(c.Flags)
+		case "cflags":
+			return core.Int(c.CFlags)
+		case "user_agent":
+			return core.Str(c.UserAgent)
+		case "socket":
+			return core.Str(c.Socket)
+		case "modified":
+			return i64(c.LastModified.Unix())
+		case "methods":
+			return i64(c.Methods)
+		case "ruid":
+			return core.Str(c.Ruid)
+		case "reg_id":
+			return core.Int(c.RegID)
+		case "instance":
+			return core.Str(c.Instance)
+		case "conid":
+			return core.Int(c.ConnID)
+		case "server_id":
+			return core.Int(c.ServerID)
+		case "keepalive":
+			return core.Int(c.Keepalive)
+		}
+		m.Env.Log.Error("$ulc("+arg+"): unknown attribute "+parts[1], "at", m.Pos())
+		return core.Null
+	}}}
