@@ -54,6 +54,12 @@ func apiDoc(w io.Writer) {
 		}
 		fmt.Fprintf(w, "| `%s` | %s | %s | %s |\n", p.Spec(), moduleName(p.Module), rw, p.Def.Doc)
 	}
+	fmt.Fprintf(w, "\n## Event topics\n\nPublished to `events.subscribe` subscribers (see docs/rpc.md); `stats` is kamd's periodic snapshot.\n\n| topic | module |\n|---|---|\n")
+	for _, m := range eng.Modules {
+		for _, t := range m.Events {
+			fmt.Fprintf(w, "| `%s` | %s |\n", t, moduleName(m.Name))
+		}
+	}
 	fmt.Fprintf(w, "\n## RPC methods\n\nAlso built in: `system.listMethods`, `system.methodHelp`, `system.methodSignature`, `events.subscribe`, `events.unsubscribe` (see docs/rpc.md).\n\n| method | role | params | result | description |\n|---|---|---|---|---|\n")
 	type row struct{ name, role, params, result, doc string }
 	var rows []row

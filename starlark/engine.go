@@ -100,7 +100,9 @@ func New(env *core.Env) *Engine {
 		env.Stats.Counter("core", name)
 	}
 	e.Modules = core.BuildModules(env)
-	e.Modules = append(e.Modules, e.xModule())
+	x := e.xModule()
+	env.SetModule(x)
+	e.Modules = append(e.Modules, x)
 	e.buildKSR()
 	e.pool.New = func() any { return e.newThread() }
 	return e

@@ -299,7 +299,8 @@ func (e *Engine) builtin(mod string, f *core.Func) *sk.Builtin {
 
 // xModule is KSR.x: exit, drop and modf, which need the whole table.
 func (e *Engine) xModule() *core.Module {
-	return &core.Module{Name: "x", Doc: "script control", Funcs: []core.Func{
+	// The engine's script loads publish on "script" (kamd sends them).
+	return &core.Module{Name: "x", Doc: "script control", Events: []string{"script"}, Funcs: []core.Func{
 		{Name: "exit", Ret: core.RetNone, Doc: "stop the callback (Kamailio's exit)",
 			Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) { return core.Null, core.ErrExit }},
 		{Name: "drop", Ret: core.RetNone, Doc: "set_drop() and stop the callback",

@@ -1,6 +1,7 @@
 package core_test
 
 import (
+	"log/slog"
 	"strings"
 	"testing"
 
@@ -386,5 +387,26 @@ func TestModulePVs(t *testing.T) {
 			}()
 			env.SetModule(mod)
 		})
+	}
+}
+
+func TestEmitUndeclaredTopic(t *testing.T) {
+	var logs strings.Builder
+	env := core.NewEnv(nil)
+	env.Log = slog.New(slog.NewTextHandler(&logs, nil))
+	var got []string
+	env.Publish = func(topic string, _ any) { got = append(got, topic) }
+	env.SetModule(&core.Module{Name: "m", Events: []string{"m"}})
+	env.Emit("m", nil)
+	env.Emit("typo", nil)
+	env.Emit("typo", nil)
+	if strings.Join(got, ",") != "m,typo,typo" {
+		t.Errorf("published %v: every event must still go out", got)
+	}
+	if n := strings.Count(logs.String(), "declared in no module table"); n != 1 {
+		t.Errorf("%d warnings, want 1 (for typo, once):\n%s", n, logs.String())
+	}
+	if strings.Contains(logs.String(), "topic=m ") {
+		t.Errorf("declared topic logged:\n%s", logs.String())
 	}
 }

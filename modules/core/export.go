@@ -3,6 +3,7 @@ package core
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sort"
 	"sync"
 )
@@ -165,7 +166,9 @@ type Module struct {
 	RPC    []RPCMethod
 	// PVs are the module's pseudo-variables ($sht(...), $ulc(...)); the
 	// Env's PV lookup, api_list and the docs are built from them.
-	PVs    []PVDef
+	PVs []PVDef
+	// Events are the topics the module publishes through Env.Emit; the
+	// docs list them and Emit logs a topic no module declares.
 	Events []string
 	// Init runs after the config phase, Start when listeners are up, Stop on shutdown.
 	Init  func() error
@@ -221,4 +224,41 @@ func BuildModules(env *Env) []*Module {
 		env.SetModule(m)
 	}
 	return mods
+}
+
+// topicChecks remembers the declared event topics and the undeclared ones
+// already logged.
+type topicChecks struct {
+	mu       sync.Mutex
+	declared map[string]bool
+	warned   map[string]bool
+}
+
+func (t *topicChecks) declare(topics []string) {
+	if len(topics) == 0 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.declared == nil {
+		t.declared = map[string]bool{}
+	}
+	for _, s := range topics {
+		t.declared[s] = true
+	}
+}
+
+func (t *topicChecks) check(log *slog.Logger, topic string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.declared[topic] || t.warned[topic] {
+		return
+	}
+	if t.warned == nil {
+		t.warned = map[string]bool{}
+	}
+	t.warned[topic] = true
+	if log != nil {
+		log.Warn("event topic is declared in no module table (Module.Events)", "topic", topic)
+	}
 }
