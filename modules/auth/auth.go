@@ -25,6 +25,8 @@ type Auth struct {
 	env *core.Env
 
 	key            atomic.Pointer[[]byte]
+	randKey        []byte                 // the key when no secret is set
+	secret         atomic.Pointer[string] // the secret param, "" if unset
 	expire         atomic.Int64 // seconds
 	nonceCount     atomic.Bool
 	oneTime        atomic.Bool
@@ -50,16 +52,9 @@ const defaultTrackerSize = 65536
 
 // New builds the auth module.
 func New(env *core.Env) *core.Module {
-	a := &Auth{env: env}
-	k := randomKey()
-	a.key.Store(&k)
-	a.expire.Store(300)
-	a.nonceCount.Store(true)
-	alg := ""
-	a.alg.Store(&alg)
-	a.tracker = newTracker(defaultTrackerSize, 0)
+	a := &Auth{env: env, randKey: randomKey()}
 	instances.Store(env, a)
-	return a.module()
+	return core.ApplyDefaults(a.module())
 }
 
 // Algorithm is the digest algorithm challenges offer: "MD5" or "SHA-256".
@@ -466,7 +461,7 @@ func (a *Auth) module() *core.Module {
 				return ret(rc)
 			}}
 	}
-	intParam := func(name string, def int, doc string, set func(int64)) core.Param {
+	intParam := func(name string, def int, doc string, set func(int64), get func() int64) core.Param {
 		return core.Param{Name: name, Type: i, Default: core.Int(def), Doc: doc,
 			Check: func(v core.Val) error {
 				if n, ok := v.AsInt(); !ok || n < 0 {
@@ -474,8 +469,10 @@ func (a *Auth) module() *core.Module {
 				}
 				return nil
 			},
-			Set: func(v core.Val) error { n, _ := v.AsInt(); set(n); return nil }}
+			Set: func(v core.Val) error { n, _ := v.AsInt(); set(n); return nil },
+			Get: func() core.Val { return core.Int(int(get())) }}
 	}
+	flag := func(b *atomic.Bool) func() int64 { return func() int64 { return core.Int01(b.Load()).Int } }
 	return &core.Module{
 		Name: "auth",
 		Doc:  "digest authentication: challenges, nonces, verification against a given password",
@@ -484,27 +481,34 @@ func (a *Auth) module() *core.Module {
 			{Name: "secret", Type: s, Default: core.Str(""),
 				Doc: "secret the nonces are signed with (HMAC-SHA-256); nodes sharing it accept each other's nonces. Default: random per process",
 				Set: func(v core.Val) error {
-					if v.String() != "" {
-						k := sha256.Sum256([]byte(v.String()))
-						b := k[:]
-						a.key.Store(&b)
+					secret := v.String()
+					a.secret.Store(&secret)
+					if secret == "" {
+						a.key.Store(&a.randKey)
+						return nil
 					}
+					k := sha256.Sum256([]byte(secret))
+					b := k[:]
+					a.key.Store(&b)
 					return nil
-				}},
+				},
+				Get: func() core.Val { return core.Str(*a.secret.Load()) }},
 			intParam("nonce_expire", 300, "seconds a nonce is valid; an older one gets -4 and the next challenge says stale=true", func(n int64) {
 				if n == 0 {
 					n = 300
 				}
 				a.expire.Store(n)
-			}),
-			intParam("nonce_count", 1, "1: a response with qop must carry a higher nc than the last accepted one for that nonce (-6 otherwise); kamgo's default is 1 (Kamailio's 0)", func(n int64) { a.nonceCount.Store(n != 0) }),
-			intParam("one_time_nonce", 0, "1: a nonce is accepted once only (-6 afterwards)", func(n int64) { a.oneTime.Store(n != 0) }),
+			}, a.expire.Load),
+			intParam("nonce_count", 1, "1: a response with qop must carry a higher nc than the last accepted one for that nonce (-6 otherwise); kamgo's default is 1 (Kamailio's 0)", func(n int64) { a.nonceCount.Store(n != 0) }, flag(&a.nonceCount)),
+			intParam("one_time_nonce", 0, "1: a nonce is accepted once only (-6 afterwards)", func(n int64) { a.oneTime.Store(n != 0) }, flag(&a.oneTime)),
 			intParam("nc_array_size", defaultTrackerSize, "how many nonces the replay tracker remembers (bounded memory); older untracked nonces are stale", func(n int64) {
 				if n <= 0 {
 					n = defaultTrackerSize
 				}
 				a.tmu.Lock()
-				if old := a.tracker; int64(old.size) != n {
+				if old := a.tracker; old == nil {
+					a.tracker = newTracker(int(n), 0)
+				} else if int64(old.size) != n {
 					// Nonces the old tracker remembered are forgotten: stale.
 					low := old.low
 					if old.len() > 0 {
@@ -513,7 +517,7 @@ func (a *Auth) module() *core.Module {
 					a.tracker = newTracker(int(n), low)
 				}
 				a.tmu.Unlock()
-			}),
+			}, func() int64 { return int64(a.trk().size) }),
 			{Name: "algorithm", Type: s, Default: core.Str(""),
 				Doc: `digest algorithm of challenges: "" (MD5, not printed), "MD5" or "SHA-256"`,
 				Check: func(v core.Val) error {
@@ -523,9 +527,10 @@ func (a *Auth) module() *core.Module {
 					}
 					return fmt.Errorf(`algorithm %q: want "", "MD5" or "SHA-256"`, v.String())
 				},
-				Set: func(v core.Val) error { x := v.String(); a.alg.Store(&x); return nil }},
-			intParam("force_stateless_reply", 0, "1: challenges are always sent statelessly", func(n int64) { a.forceStateless.Store(n != 0) }),
-			intParam("use_domain", 0, "1: pv_auth_check's ID checks compare domains too", func(n int64) { a.useDomain.Store(n != 0) }),
+				Set: func(v core.Val) error { x := v.String(); a.alg.Store(&x); return nil },
+				Get: func() core.Val { return core.Str(*a.alg.Load()) }},
+			intParam("force_stateless_reply", 0, "1: challenges are always sent statelessly", func(n int64) { a.forceStateless.Store(n != 0) }, flag(&a.forceStateless)),
+			intParam("use_domain", 0, "1: pv_auth_check's ID checks compare domains too", func(n int64) { a.useDomain.Store(n != 0) }, flag(&a.useDomain)),
 		},
 		Funcs: []core.Func{
 			chal("auth_challenge", HFFor, "(realm, flags) 401 for REGISTER, else 407; flags 1 qop=auth, 2 qop=auth-int, 4 no 500 on failure, 16 stale=true (also automatic after a stale nonce); realm \"\" is the To (REGISTER) or From host; 1 sent, -2 challenge not built, -3 not sent"),

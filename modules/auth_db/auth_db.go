@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/kamgo/kamgo/modules/auth"
@@ -73,8 +74,7 @@ func AddSubscriber(ctx context.Context, db *sql.DB, alg, username, domain, passw
 
 type config struct {
 	calcHA1       bool
-	passCol       string
-	passColSet    bool
+	passCol       string // "" is ha1, or password with calculate_ha1
 	passCol2      string
 	userCol       string
 	domainCol     string
@@ -95,8 +95,8 @@ type AuthDB struct {
 
 // New builds the auth_db module.
 func New(env *core.Env) *core.Module {
-	d := &AuthDB{env: env, cfg: config{passCol: "ha1", passCol2: "ha1b", userCol: "username", domainCol: "domain"}}
-	return d.module()
+	d := &AuthDB{env: env}
+	return core.ApplyDefaults(d.module())
 }
 
 func (d *AuthDB) conf() config {
@@ -144,8 +144,11 @@ func (d *AuthDB) lookup(m *core.Msg, table string) auth.HA1Lookup {
 	return func(c *auth.Cred, realm string) (string, int) {
 		cfg := d.conf()
 		col := cfg.passCol
-		if cfg.calcHA1 && !cfg.passColSet {
-			col = "password"
+		if col == "" {
+			col = "ha1"
+			if cfg.calcHA1 {
+				col = "password"
+			}
 		}
 		if c.Domain != "" && !cfg.calcHA1 {
 			col = cfg.passCol2
@@ -281,17 +284,18 @@ func (d *AuthDB) module() *core.Module {
 			return ret(f(m, a))
 		}
 	}
-	strParam := func(name, def, doc string, set func(c *config, v string)) core.Param {
+	strParam := func(name, def, doc string, field func(c *config) *string) core.Param {
 		return core.Param{Name: name, Type: s, Default: core.Str(def), Doc: doc,
 			Check: func(v core.Val) error {
-				if !core.ValidSQLName(v.String()) {
+				if !core.ValidSQLName(v.String()) && (def != "" || v.String() != "") {
 					return fmt.Errorf("%s: invalid column name %q", name, v.String())
 				}
 				return nil
 			},
-			Set: func(v core.Val) error { d.mu.Lock(); set(&d.cfg, v.String()); d.mu.Unlock(); return nil }}
+			Set: func(v core.Val) error { d.mu.Lock(); *field(&d.cfg) = v.String(); d.mu.Unlock(); return nil },
+			Get: func() core.Val { c := d.conf(); return core.Str(*field(&c)) }}
 	}
-	intParam := func(name string, doc string, set func(c *config, v bool)) core.Param {
+	intParam := func(name string, doc string, field func(c *config) *bool) core.Param {
 		return core.Param{Name: name, Type: i, Default: core.Int(0), Doc: doc,
 			Check: func(v core.Val) error {
 				if _, ok := v.AsInt(); !ok {
@@ -299,10 +303,14 @@ func (d *AuthDB) module() *core.Module {
 				}
 				return nil
 			},
-			Set: func(v core.Val) error { n, _ := v.AsInt(); d.mu.Lock(); set(&d.cfg, n != 0); d.mu.Unlock(); return nil }}
+			Set: func(v core.Val) error { n, _ := v.AsInt(); d.mu.Lock(); *field(&d.cfg) = n != 0; d.mu.Unlock(); return nil },
+			Get: func() core.Val { c := d.conf(); return core.Int01(*field(&c)) }}
 	}
 	ignored := func(name, doc string) core.Param {
-		return core.Param{Name: name, Type: s, Default: core.Str(""), Doc: doc, Set: func(core.Val) error { return nil }}
+		var val atomic.Pointer[string] // kept only so the value reads back
+		return core.Param{Name: name, Type: s, Default: core.Str(""), Doc: doc,
+			Set: func(v core.Val) error { x := v.String(); val.Store(&x); return nil },
+			Get: func() core.Val { return core.Str(*val.Load()) }}
 	}
 	codes := "1 ok, -1 error, -2 bad password, -3 unknown user, -4 stale nonce, -5 no credentials, -6 nonce reused"
 	return &core.Module{
@@ -310,13 +318,13 @@ func (d *AuthDB) module() *core.Module {
 		Doc:  "digest authentication against the subscriber table",
 		Params: []core.Param{
 			intParam("calculate_ha1", "1: compute the HA1 from the plaintext password column (\"password\" unless password_column is set); 0: read the ha1 column (ha1b when the username has a domain)",
-				func(c *config, v bool) { c.calcHA1 = v }),
-			strParam("password_column", "ha1", "column with the HA1 (or the password with calculate_ha1)", func(c *config, v string) { c.passCol, c.passColSet = v, true }),
-			strParam("password_column_2", "ha1b", "column with H(user@domain:realm:password), for usernames with a domain", func(c *config, v string) { c.passCol2 = v }),
-			strParam("user_column", "username", "username column", func(c *config, v string) { c.userCol = v }),
-			strParam("domain_column", "domain", "domain column", func(c *config, v string) { c.domainCol = v }),
-			intParam("use_domain", "1: match the domain column too (the username's domain, else the realm); ID checks compare domains", func(c *config, v bool) { c.useDomain = v }),
-			intParam("store_password", "kamgo: 1 makes auth_db.subscriber_add store the plaintext password too; default 0 stores ha1 and ha1b only", func(c *config, v bool) { c.storePassword = v }),
+				func(c *config) *bool { return &c.calcHA1 }),
+			strParam("password_column", "", "column with the HA1 (the plaintext password with calculate_ha1); \"\": ha1, or password with calculate_ha1", func(c *config) *string { return &c.passCol }),
+			strParam("password_column_2", "ha1b", "column with H(user@domain:realm:password), for usernames with a domain", func(c *config) *string { return &c.passCol2 }),
+			strParam("user_column", "username", "username column", func(c *config) *string { return &c.userCol }),
+			strParam("domain_column", "domain", "domain column", func(c *config) *string { return &c.domainCol }),
+			intParam("use_domain", "1: match the domain column too (the username's domain, else the realm); ID checks compare domains", func(c *config) *bool { return &c.useDomain }),
+			intParam("store_password", "kamgo: 1 makes auth_db.subscriber_add store the plaintext password too; default 0 stores ha1 and ha1b only", func(c *config) *bool { return &c.storePassword }),
 			ignored("db_url", "accepted for compatibility and ignored: kamgo uses its SQLite database (kamd --db)"),
 			ignored("load_credentials", "accepted for compatibility and ignored: kamgo has no AVPs"),
 		},

@@ -124,6 +124,30 @@ type Param struct {
 	// error with file:line); Set applies it when the version is installed.
 	Check func(v Val) error
 	Set   func(v Val) error
+	// Get reads the value in effect, so a test can check that a module
+	// with no modparam runs with Default.
+	Get func() Val
+}
+
+// ApplyDefaults sets every param to its Default through its Set, so a
+// module's state starts from the one place its defaults are written; the
+// module's New calls it on its table instead of initialising fields with
+// literals. A Default its own Check or Set refuses is a programming error.
+func ApplyDefaults(m *Module) *Module {
+	for i := range m.Params {
+		p := &m.Params[i]
+		if p.Check != nil {
+			if err := p.Check(p.Default); err != nil {
+				panic(fmt.Sprintf("core: %s.%s: default %v: %v", m.Name, p.Name, p.Default, err))
+			}
+		}
+		if p.Set != nil {
+			if err := p.Set(p.Default); err != nil {
+				panic(fmt.Sprintf("core: %s.%s: default %v: %v", m.Name, p.Name, p.Default, err))
+			}
+		}
+	}
+	return m
 }
 
 // RPCArgs is the positional view of an RPC call's params.

@@ -63,3 +63,11 @@ func (v Val) AsInt() (int64, bool) {
 	}
 	return 0, false
 }
+
+// Int01 is a 0/1 flag param's value.
+func Int01(b bool) Val {
+	if b {
+		return Int(1)
+	}
+	return Int(0)
+}

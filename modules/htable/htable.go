@@ -55,9 +55,8 @@ func errorf(format string, a ...any) error { return fmt.Errorf("htable: "+format
 // New builds the htable module.
 func New(env *core.Env) *core.Module {
 	h := &HT{env: env, tables: map[string]*Table{}}
-	h.timerInterval.Store(20)
 	instances.Store(env, h)
-	return h.module()
+	return core.ApplyDefaults(h.module())
 }
 
 // Define adds a table or updates its definition. Re-defining a table with
@@ -427,9 +426,16 @@ func (h *HT) module() *core.Module {
 		Name: "htable",
 		Doc:  "shared in-memory hash tables with expiry",
 		Params: []core.Param{
-			{Name: "htable", Type: s, Default: core.Str(""), Doc: "define a table: \"name=>size=8;autoexpire=300;initval=0;updateexpire=1\" (repeatable)",
-				Check: func(v core.Val) error { _, err := ParseTableDef(v.Str); return err }, Set: h.setDefParam},
-			{Name: "timer_interval", Type: i, Default: core.Int(20), Doc: "seconds between sweeps of expired items", Set: intParam},
+			{Name: "htable", Type: s, Default: core.Str(""), Doc: "define a table: \"name=>size=8;autoexpire=300;initval=0;updateexpire=1\" (repeatable; \"\" defines none)",
+				Check: func(v core.Val) error {
+					if v.Str == "" {
+						return nil
+					}
+					_, err := ParseTableDef(v.Str)
+					return err
+				}, Set: h.setDefParam, Get: h.tableNames},
+			{Name: "timer_interval", Type: i, Default: core.Int(20), Doc: "seconds between sweeps of expired items", Set: intParam,
+				Get: func() core.Val { return core.Int(int(h.timerInterval.Load())) }},
 		},
 		Funcs:  funcs,
 		RPC:    h.rpcMethods(),
@@ -447,9 +453,25 @@ func (h *HT) module() *core.Module {
 	}
 }
 
+// tableNames is the htable param's value in effect: the defined tables'
+// names, comma-separated ("" for none).
+func (h *HT) tableNames() core.Val {
+	h.mu.Lock()
+	names := make([]string, 0, len(h.tables))
+	for n := range h.tables {
+		names = append(names, n)
+	}
+	h.mu.Unlock()
+	sort.Strings(names)
+	return core.Str(strings.Join(names, ","))
+}
+
 // setDefParam applies one modparam("htable", "htable", spec). An invalid
 // definition fails startup (Init) and is ignored (logged) on a reload.
 func (h *HT) setDefParam(v core.Val) error {
+	if v.Str == "" {
+		return nil
+	}
 	d, err := ParseTableDef(v.Str)
 	if err != nil {
 		h.mu.Lock()

@@ -75,8 +75,7 @@ func checkLimit(fn string, l int64) error {
 // New builds the maxfwd module.
 func New(env *core.Env) *core.Module {
 	var maxLimit atomic.Int64
-	maxLimit.Store(256)
-	return &core.Module{
+	return core.ApplyDefaults(&core.Module{
 		Name: "maxfwd",
 		Doc:  "Max-Forwards processing",
 		Params: []core.Param{{Name: "max_limit", Type: core.ArgInt, Default: core.Int(256),
@@ -87,7 +86,8 @@ func New(env *core.Env) *core.Module {
 				}
 				maxLimit.Store(v.Int)
 				return nil
-			}}},
+			},
+			Get: func() core.Val { return core.Int(int(maxLimit.Load())) }}},
 		Funcs: []core.Func{
 			{Name: "process_maxfwd", Args: []core.ArgType{core.ArgInt}, Ret: core.RetInt,
 				Routes: core.RouteRequest | core.RouteFailure | core.RouteBranch,
@@ -139,5 +139,5 @@ func New(env *core.Env) *core.Module {
 					return core.IntRet(int64(val) < a[0].Int), nil
 				}},
 		},
-	}
+	})
 }

@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/kamgo/kamgo/modules/core"
 	"github.com/kamgo/kamgo/modules/usrloc"
@@ -37,31 +38,28 @@ func (r *Reg) module() *core.Module {
 	fn := func(name string, args []core.ArgType, routes core.RouteType, doc string, f func(m *core.Msg, a []core.Val) (core.Val, error)) core.Func {
 		return core.Func{Name: name, Args: args, Ret: core.RetInt, Routes: routes, Doc: doc, Fn: f}
 	}
-	store := func(p interface{ Store(int64) }) func(v core.Val) error {
-		return func(v core.Val) error { p.Store(v.Int); return nil }
+	intParam := func(name string, def int, doc string, check func(core.Val) error, p *atomic.Int64) core.Param {
+		return core.Param{Name: name, Type: i, Default: core.Int(def), Doc: doc, Check: check,
+			Set: func(v core.Val) error { p.Store(v.Int); return nil },
+			Get: func() core.Val { return core.Int(int(p.Load())) }}
 	}
-	storeBool := func(p interface{ Store(bool) }) func(v core.Val) error {
-		return func(v core.Val) error { p.Store(v.Int != 0); return nil }
+	boolParam := func(name, doc string, p *atomic.Bool) core.Param {
+		return core.Param{Name: name, Type: i, Default: core.Int(0), Doc: doc, Check: flag01(name),
+			Set: func(v core.Val) error { p.Store(v.Int != 0); return nil },
+			Get: func() core.Val { return core.Int01(p.Load()) }}
 	}
-	return &core.Module{
+	return core.ApplyDefaults(&core.Module{
 		Name: "registrar",
 		Doc:  "SIP registrar: save REGISTERs into usrloc, look contacts up",
 		PVs:  ulcPVs,
 		Params: []core.Param{
-			{Name: "default_expires", Type: i, Default: core.Int(3600), Doc: "expires of a contact when neither its expires param nor an Expires header says",
-				Check: nonNegative("default_expires"), Set: store(&r.defaultExpires)},
-			{Name: "min_expires", Type: i, Default: core.Int(60), Doc: "shortest accepted expires (0: none); see min_expires_mode",
-				Check: nonNegative("min_expires"), Set: store(&r.minExpires)},
-			{Name: "min_expires_mode", Type: i, Default: core.Int(0), Doc: "0: raise a shorter expires to min_expires (Kamailio's default); 1: refuse it with 423 Interval Too Brief and Min-Expires (RFC 3261 §10.3 step 7)",
-				Check: flag01("min_expires_mode"), Set: store(&r.minExpiresMode)},
-			{Name: "max_expires", Type: i, Default: core.Int(0), Doc: "longest expires; longer ones are lowered to it (0: no limit)",
-				Check: nonNegative("max_expires"), Set: store(&r.maxExpires)},
-			{Name: "max_contacts", Type: i, Default: core.Int(0), Doc: "most contacts per AoR; a REGISTER exceeding it gets 503 and save() returns -2 (0: no limit)",
-				Check: nonNegative("max_contacts"), Set: store(&r.maxContacts)},
-			{Name: "use_path", Type: i, Default: core.Int(0), Doc: "1: store the REGISTER's Path headers (RFC 3327), echo them in the 200 OK and route to the first hop on lookup",
-				Check: flag01("use_path"), Set: storeBool(&r.usePath)},
-			{Name: "method_filtering", Type: i, Default: core.Int(0), Doc: "1: lookup skips contacts whose Allow (at REGISTER) lacks the request's method (returns -2 if none is left)",
-				Check: flag01("method_filtering"), Set: storeBool(&r.methodFiltering)},
+			intParam("default_expires", 3600, "expires of a contact when neither its expires param nor an Expires header says", nonNegative("default_expires"), &r.defaultExpires),
+			intParam("min_expires", 60, "shortest accepted expires (0: none); see min_expires_mode", nonNegative("min_expires"), &r.minExpires),
+			intParam("min_expires_mode", 0, "0: raise a shorter expires to min_expires (Kamailio's default); 1: refuse it with 423 Interval Too Brief and Min-Expires (RFC 3261 §10.3 step 7)", flag01("min_expires_mode"), &r.minExpiresMode),
+			intParam("max_expires", 0, "longest expires; longer ones are lowered to it (0: no limit)", nonNegative("max_expires"), &r.maxExpires),
+			intParam("max_contacts", 0, "most contacts per AoR; a REGISTER exceeding it gets 503 and save() returns -2 (0: no limit)", nonNegative("max_contacts"), &r.maxContacts),
+			boolParam("use_path", "1: store the REGISTER's Path headers (RFC 3327), echo them in the 200 OK and route to the first hop on lookup", &r.usePath),
+			boolParam("method_filtering", "1: lookup skips contacts whose Allow (at REGISTER) lacks the request's method (returns -2 if none is left)", &r.methodFiltering),
 		},
 		Funcs: []core.Func{
 			fn("save", []core.ArgType{s, i}, core.RouteRequest|core.RouteFailure,
@@ -98,7 +96,7 @@ func (r *Reg) module() *core.Module {
 				}),
 		},
 		Stop: func() { instances.CompareAndDelete(r.env, r) },
-	}
+	})
 }
 
 const extKey = "registrar:ulc"

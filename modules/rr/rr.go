@@ -401,8 +401,6 @@ func (r *module) routedParams(m *core.Msg) (sip.HeaderParams, bool) {
 // New builds the rr module.
 func New(env *core.Env) *core.Module {
 	r := &module{env: env}
-	r.fromTag.Store(true)
-	r.doubleRR.Store(true)
 	boolParam := func(name, doc string, def bool, b *atomic.Bool) core.Param {
 		d := 0
 		if def {
@@ -415,7 +413,8 @@ func New(env *core.Env) *core.Module {
 				}
 				b.Store(v.Int == 1)
 				return nil
-			}}
+			},
+			Get: func() core.Val { return core.Int01(b.Load()) }}
 	}
 	lr := func(m *core.Msg, loose bool) (core.Val, error) {
 		ret, err := r.looseRoute(m, loose)
@@ -425,7 +424,7 @@ func New(env *core.Env) *core.Module {
 		return core.Int(ret), nil
 	}
 	routesReq := core.RouteRequest | core.RouteFailure | core.RouteBranch
-	return &core.Module{
+	return core.ApplyDefaults(&core.Module{
 		Name: "rr",
 		Doc:  "Record-Route and Route processing",
 		Params: []core.Param{
@@ -492,5 +491,5 @@ func New(env *core.Env) *core.Module {
 					return core.IntRet(dir == want), nil
 				}},
 		},
-	}
+	})
 }

@@ -296,9 +296,8 @@ func (s *module) reply(m *core.Msg, f *failure) {
 // New builds the sanity module.
 func New(env *core.Env) *core.Module {
 	s := &module{env: env}
-	s.defChecks.Store(DefaultChecks)
-	s.defURIChecks.Store(DefaultURIChecks)
-	return &core.Module{
+	var autodrop atomic.Int64 // kept only so the value reads back
+	return core.ApplyDefaults(&core.Module{
 		Name: "sanity",
 		Doc:  "SIP syntax checks with automatic error replies",
 		Params: []core.Param{
@@ -310,7 +309,8 @@ func New(env *core.Env) *core.Module {
 					}
 					s.defChecks.Store(v.Int)
 					return nil
-				}},
+				},
+				Get: func() core.Val { return core.Int(int(s.defChecks.Load())) }},
 			{Name: "uri_checks", Type: core.ArgInt, Default: core.Int(DefaultURIChecks),
 				Doc: "URIs checked by the parse-uri check: 1 R-URI, 2 From, 4 To, 8 Contact",
 				Set: func(v core.Val) error {
@@ -319,7 +319,8 @@ func New(env *core.Env) *core.Module {
 					}
 					s.defURIChecks.Store(v.Int)
 					return nil
-				}},
+				},
+				Get: func() core.Val { return core.Int(int(s.defURIChecks.Load())) }},
 			{Name: "proxy_require", Type: core.ArgStr, Default: core.Str(""),
 				Doc: "comma-separated list of supported Proxy-Require extensions",
 				Set: func(v core.Val) error {
@@ -333,13 +334,20 @@ func New(env *core.Env) *core.Module {
 					s.proxyReq = l
 					s.mu.Unlock()
 					return nil
+				},
+				Get: func() core.Val {
+					s.mu.Lock()
+					defer s.mu.Unlock()
+					return core.Str(strings.Join(s.proxyReq, ","))
 				}},
 			{Name: "noreply", Type: core.ArgInt, Default: core.Int(0),
 				Doc: "1: do not reply on failure; the script may call sanity_reply()",
-				Set: func(v core.Val) error { s.noreply.Store(v.Int != 0); return nil }},
+				Set: func(v core.Val) error { s.noreply.Store(v.Int != 0); return nil },
+				Get: func() core.Val { return core.Int01(s.noreply.Load()) }},
 			{Name: "autodrop", Type: core.ArgInt, Default: core.Int(1),
 				Doc: "accepted for compatibility; ignored, as in Kamailio's KEMI (sanity_check never returns 0)",
-				Set: func(v core.Val) error { return nil }},
+				Set: func(v core.Val) error { autodrop.Store(v.Int); return nil },
+				Get: func() core.Val { return core.Int(int(autodrop.Load())) }},
 		},
 		Funcs: []core.Func{
 			{Name: "sanity_check", Args: []core.ArgType{core.ArgInt, core.ArgInt}, Ret: core.RetInt,
@@ -366,5 +374,5 @@ func New(env *core.Env) *core.Module {
 					return core.Int(1), nil
 				}},
 		},
-	}
+	})
 }

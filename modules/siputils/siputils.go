@@ -136,7 +136,7 @@ type options struct {
 
 // New builds the siputils module.
 func New(env *core.Env) *core.Module {
-	opt := &options{accept: "*/*", lang: "en"}
+	opt := &options{}
 	strParam := func(name, doc, def string, dst *string) core.Param {
 		return core.Param{Name: name, Type: core.ArgStr, Default: core.Str(def), Doc: doc,
 			Set: func(v core.Val) error {
@@ -147,6 +147,11 @@ func New(env *core.Env) *core.Module {
 				*dst = v.Str
 				opt.mu.Unlock()
 				return nil
+			},
+			Get: func() core.Val {
+				opt.mu.RLock()
+				defer opt.mu.RUnlock()
+				return core.Str(*dst)
 			}}
 	}
 	s1 := []core.ArgType{core.ArgStr}
@@ -174,7 +179,7 @@ func New(env *core.Env) *core.Module {
 	cmpURI.Doc = "(u1, u2) RFC 3261 19.1.4 URI comparison: 1 equal, -1 different, -2 a URI does not parse"
 	cmpAOR := cmp("cmp_aor", aorEqual)
 	cmpAOR.Doc = "(u1, u2) compare scheme, user, host and port (default port filled in): 1 equal, -1 different, -2 parse error"
-	return &core.Module{
+	return core.ApplyDefaults(&core.Module{
 		Name: "siputils",
 		Doc:  "SIP utilities: message and URI tests, R-URI params, options_reply",
 		Params: []core.Param{
@@ -299,5 +304,5 @@ func New(env *core.Env) *core.Module {
 					return core.Int(1), nil
 				})},
 		},
-	}
+	})
 }

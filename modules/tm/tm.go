@@ -49,11 +49,6 @@ type settings struct {
 // New builds the tm module.
 func New(env *core.Env) *core.Module {
 	t := &TM{env: env, txs: map[string]*Tx{}, clients: map[string]*Tx{}, dlgs: map[string]*Tx{}}
-	t.frTimer.Store(30000)
-	t.frInvTimer.Store(120000)
-	t.waitTimer.Store(5000)
-	t.maxInvLife.Store(180000)
-	t.maxLife.Store(32000)
 	s := env.Stats
 	t.st.created = s.Counter("tm", "created")
 	t.st.freed = s.Counter("tm", "freed")
@@ -74,27 +69,29 @@ func New(env *core.Env) *core.Module {
 		}
 		return nil
 	}
-	msInt := func(dst *atomic.Int64, _ string) func(core.Val) error {
-		return func(v core.Val) error {
-			if err := positive(v); err != nil {
-				return err
-			}
-			dst.Store(v.Int)
-			return nil
-		}
+	msParam := func(name string, def int, doc string, dst *atomic.Int64) core.Param {
+		return core.Param{Name: name, Type: core.ArgInt, Default: core.Int(def), Doc: doc, Check: positive,
+			Set: func(v core.Val) error {
+				if err := positive(v); err != nil {
+					return err
+				}
+				dst.Store(v.Int)
+				return nil
+			},
+			Get: func() core.Val { return core.Int(int(dst.Load())) }}
 	}
 	i := core.ArgInt
 	s1 := []core.ArgType{core.ArgStr}
 	reqRoutes := core.RouteRequest | core.RouteFailure
-	return &core.Module{
+	return core.ApplyDefaults(&core.Module{
 		Name: "tm",
 		Doc:  "stateful transactions",
 		Params: []core.Param{
-			{Name: "fr_timer", Type: i, Default: core.Int(30000), Doc: "ms to wait for a final reply when no provisional came", Check: positive, Set: msInt(&t.frTimer, "fr_timer")},
-			{Name: "fr_inv_timer", Type: i, Default: core.Int(120000), Doc: "ms to wait for a final reply to an INVITE after a provisional", Check: positive, Set: msInt(&t.frInvTimer, "fr_inv_timer")},
-			{Name: "wait_timer", Type: i, Default: core.Int(5000), Doc: "ms a finished transaction is kept to absorb retransmissions", Check: positive, Set: msInt(&t.waitTimer, "wait_timer")},
-			{Name: "max_inv_lifetime", Type: i, Default: core.Int(180000), Doc: "ms an INVITE transaction may live before it is ended (408 on pending branches)", Check: positive, Set: msInt(&t.maxInvLife, "max_inv_lifetime")},
-			{Name: "max_noninv_lifetime", Type: i, Default: core.Int(32000), Doc: "ms a non-INVITE transaction may live before it is ended", Check: positive, Set: msInt(&t.maxLife, "max_noninv_lifetime")},
+			msParam("fr_timer", 30000, "ms to wait for a final reply when no provisional came", &t.frTimer),
+			msParam("fr_inv_timer", 120000, "ms to wait for a final reply to an INVITE after a provisional", &t.frInvTimer),
+			msParam("wait_timer", 5000, "ms a finished transaction is kept to absorb retransmissions", &t.waitTimer),
+			msParam("max_inv_lifetime", 180000, "ms an INVITE transaction may live before it is ended (408 on pending branches)", &t.maxInvLife),
+			msParam("max_noninv_lifetime", 32000, "ms a non-INVITE transaction may live before it is ended", &t.maxLife),
 		},
 		Funcs: []core.Func{
 			{Name: "t_relay", Ret: core.RetInt, Routes: reqRoutes, Doc: "relay statefully to $du or the R-URI; 1 ok, 0 retransmission absorbed, <0 error",
@@ -209,7 +206,7 @@ func New(env *core.Env) *core.Module {
 		OnRequest: t.onRequest,
 		OnReply:   t.onReply,
 		Stop:      t.stop,
-	}
+	})
 }
 
 // reply is t_reply: like Kamailio, a reply after the final one is -1 (logged), not a script error.

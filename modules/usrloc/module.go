@@ -31,11 +31,14 @@ func (u *UL) module() *core.Module {
 					}
 					u.dbMode.Store(v.Int)
 					return nil
-				}},
+				},
+				Get: func() core.Val { return core.Int(int(u.dbMode.Load())) }},
 			{Name: "timer_interval", Type: i, Default: core.Int(60), Doc: "seconds between sweeps of expired contacts (and write-back flushes)",
-				Check: positive("timer_interval"), Set: func(v core.Val) error { u.timerInterval.Store(v.Int); return nil }},
+				Check: positive("timer_interval"), Set: func(v core.Val) error { u.timerInterval.Store(v.Int); return nil },
+				Get: func() core.Val { return core.Int(int(u.timerInterval.Load())) }},
 			{Name: "use_domain", Type: i, Default: core.Int(0), Doc: "1: AoRs are user@domain; 0: the user part only",
-				Check: boolParam("use_domain"), Set: func(v core.Val) error { u.useDomain.Store(v.Int != 0); return nil }},
+				Check: boolParam("use_domain"), Set: func(v core.Val) error { u.useDomain.Store(v.Int != 0); return nil },
+				Get: func() core.Val { return core.Int01(u.useDomain.Load()) }},
 			{Name: "nat_bflag", Type: i, Default: core.Int(-1), Doc: "the flag (0-63) marking contacts behind NAT: saved in the contact's cflags when set on the REGISTER, set on the message again by lookup",
 				Check: func(v core.Val) error {
 					if v.Int < -1 || v.Int > 63 {
@@ -43,7 +46,8 @@ func (u *UL) module() *core.Module {
 					}
 					return nil
 				},
-				Set: func(v core.Val) error { u.natBflag.Store(v.Int); return nil }},
+				Set: func(v core.Val) error { u.natBflag.Store(v.Int); return nil },
+				Get: func() core.Val { return core.Int(int(u.natBflag.Load())) }},
 			{Name: "hash_size", Type: i, Default: core.Int(10), Doc: "the location table has 2^hash_size slots (each with its own lock); applies at start",
 				Check: func(v core.Val) error {
 					if v.Int < 1 || v.Int > 16 {
@@ -51,7 +55,8 @@ func (u *UL) module() *core.Module {
 					}
 					return nil
 				},
-				Set: func(v core.Val) error { u.hashSize.Store(v.Int); return nil }},
+				Set: func(v core.Val) error { u.hashSize.Store(v.Int); return nil },
+				Get: func() core.Val { return core.Int(int(u.hashSize.Load())) }},
 		},
 		RPC:    u.rpcMethods(),
 		Events: []string{"usrloc"},

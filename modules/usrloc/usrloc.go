@@ -146,13 +146,10 @@ func Of(env *core.Env) *UL {
 // New builds the usrloc module.
 func New(env *core.Env) *core.Module {
 	u := &UL{env: env, domains: map[string]*Domain{}, pending: map[string][]string{}}
-	u.timerInterval.Store(60)
-	u.hashSize.Store(10)
-	u.natBflag.Store(-1)
 	u.ruidBase = fmt.Sprintf("uloc-%x-%x", env.Clock.Now().Unix(), rand.Uint32())
 	u.expiredCtr = env.Stats.Counter("usrloc", "expired_contacts")
 	instances.Store(env, u)
-	return u.module()
+	return core.ApplyDefaults(u.module())
 }
 
 func errorf(format string, a ...any) error { return fmt.Errorf("usrloc: "+format, a...) }
