@@ -3,8 +3,8 @@ package all_test
 import (
 	"testing"
 
-	"github.com/kamgo/kamgo/modules/core"
 	_ "github.com/kamgo/kamgo/modules/all"
+	"github.com/kamgo/kamgo/modules/core"
 )
 
 // Param.Default is the one place a default is written: a module built

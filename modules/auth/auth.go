@@ -27,7 +27,7 @@ type Auth struct {
 	key            atomic.Pointer[[]byte]
 	randKey        []byte                 // the key when no secret is set
 	secret         atomic.Pointer[string] // the secret param, "" if unset
-	expire         atomic.Int64 // seconds
+	expire         atomic.Int64           // seconds
 	nonceCount     atomic.Bool
 	oneTime        atomic.Bool
 	alg            atomic.Pointer[string] // "" (MD5, not printed), "MD5", "SHA-256"

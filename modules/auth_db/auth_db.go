@@ -303,7 +303,13 @@ func (d *AuthDB) module() *core.Module {
 				}
 				return nil
 			},
-			Set: func(v core.Val) error { n, _ := v.AsInt(); d.mu.Lock(); *field(&d.cfg) = n != 0; d.mu.Unlock(); return nil },
+			Set: func(v core.Val) error {
+				n, _ := v.AsInt()
+				d.mu.Lock()
+				*field(&d.cfg) = n != 0
+				d.mu.Unlock()
+				return nil
+			},
 			Get: func() core.Val { c := d.conf(); return core.Int01(*field(&c)) }}
 	}
 	ignored := func(name, doc string) core.Param {
