@@ -134,9 +134,17 @@ type options struct {
 	accept, enc, lang, support, allow string
 }
 
+// siputils is one module instance; its KSR functions are its methods,
+// named in the table New builds (KSR.siputils.has_totag is su.hasTotag).
+type siputils struct {
+	env *core.Env
+	opt *options
+}
+
 // New builds the siputils module.
 func New(env *core.Env) *core.Module {
 	opt := &options{}
+	su := &siputils{env: env, opt: opt}
 	strParam := func(name, doc, def string, dst *string) core.Param {
 		return core.Param{Name: name, Type: core.ArgStr, Default: core.Str(def), Doc: doc,
 			Set: func(v core.Val) error {
@@ -191,118 +199,161 @@ func New(env *core.Env) *core.Module {
 		},
 		Funcs: []core.Func{
 			{Name: "has_totag", Ret: core.RetInt, Doc: "1 if the To header has a tag (in-dialog), -1 if not",
-				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) {
-					msg := m.Message()
-					if msg == nil || msg.To() == nil {
-						return core.Int(-1), nil
-					}
-					t, ok := msg.To().Params.Get("tag")
-					return core.IntRet(ok && t != ""), nil
-				}},
+				Fn: su.hasTotag},
 			{Name: "is_request", Ret: core.RetInt, Doc: "1 for a request, -1 for a reply",
-				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) { return core.IntRet(m.Req != nil), nil }},
+				Fn: su.isRequest},
 			{Name: "is_reply", Ret: core.RetInt, Doc: "1 for a reply, -1 for a request",
-				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) { return core.IntRet(m.Res != nil), nil }},
+				Fn: su.isReply},
 			{Name: "is_first_hop", Ret: core.RetInt, Doc: "1 if the message has a single Via (a request straight from its UA, or a reply back at the UAC side), -1 if not",
-				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) {
-					msg := m.Message()
-					return core.IntRet(msg != nil && len(core.FindHeaders(msg, "Via")) == 1), nil
-				}},
+				Fn: su.isFirstHop},
 			{Name: "uri_param", Args: s1, Ret: core.RetInt, Doc: "(name) 1 if the R-URI has that parameter, -1 if not",
-				Fn: req(func(m *core.Msg, a []core.Val) (core.Val, error) {
-					return core.IntRet(paramIndex(m.Req.Recipient.UriParams, a[0].Str) >= 0), nil
-				})},
+				Fn: req(su.uriParam)},
 			{Name: "uri_param_value", Args: s2, Ret: core.RetInt, Doc: "(name, value) 1 if the R-URI has that parameter with that value, -1 if not",
-				Fn: req(func(m *core.Msg, a []core.Val) (core.Val, error) {
-					p := m.Req.Recipient.UriParams
-					i := paramIndex(p, a[0].Str)
-					return core.IntRet(i >= 0 && p[i].V == a[1].Str), nil
-				})},
+				Fn: req(su.uriParamValue)},
 			{Name: "add_uri_param", Args: s1, Ret: core.RetInt, Doc: "(\"name=value\") add a parameter to the R-URI (a leading ';' is accepted); 1 ok",
-				Fn: req(func(m *core.Msg, a []core.Val) (core.Val, error) {
-					p := strings.TrimPrefix(strings.TrimSpace(a[0].Str), ";")
-					if err := core.CheckText("URI parameter", p); err != nil {
-						return core.Null, err
-					}
-					k, v, _ := strings.Cut(p, "=")
-					if k == "" || strings.ContainsAny(p, " \t;<>,?\"@") || strings.ContainsAny(k, ":") {
-						return core.Null, fmt.Errorf("add_uri_param: invalid parameter %q", a[0].Str)
-					}
-					u := m.Req.Recipient
-					u.UriParams = u.UriParams.Clone()
-					u.UriParams = append(u.UriParams, sip.HeaderKV{K: k, V: v})
-					if err := m.SetRURI(u.String()); err != nil {
-						return core.Null, fmt.Errorf("add_uri_param: %v", err)
-					}
-					return core.Int(1), nil
-				})},
+				Fn: req(su.addUriParam)},
 			{Name: "uri_param_rm", Args: s1, Ret: core.RetInt, Doc: "(name) remove the parameter from the R-URI; 1 removed, -1 absent",
-				Fn: req(func(m *core.Msg, a []core.Val) (core.Val, error) {
-					u := m.Req.Recipient
-					p := u.UriParams.Clone()
-					n := len(p)
-					for i := paramIndex(p, a[0].Str); i >= 0; i = paramIndex(p, a[0].Str) {
-						p = append(p[:i], p[i+1:]...)
-					}
-					if len(p) == n {
-						return core.Int(-1), nil
-					}
-					u.UriParams = p
-					m.Req.Recipient = u
-					return core.Int(1), nil
-				})},
+				Fn: req(su.uriParamRm)},
 			{Name: "is_uri", Args: s1, Ret: core.RetInt, Doc: "(str) 1 if a valid sip/sips/tel URI, -1 if not",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					_, err := parseURI(a[0].Str)
-					return core.IntRet(err == nil), nil
-				}},
+				Fn: su.isUri},
 			{Name: "is_tel_number", Args: s1, Ret: core.RetInt, Doc: "(str) 1 if an optional '+' then digits; -1 other characters, -2 empty",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					s := a[0].Str
-					if s == "+" {
-						return core.Int(-1), nil
-					}
-					return charsRet(s, func(i int, c byte) bool { return isDigit(c) || (i == 0 && c == '+') }), nil
-				}},
+				Fn: su.isTelNumber},
 			{Name: "is_numeric", Args: s1, Ret: core.RetInt, Doc: "(str) 1 if only digits; -1 other characters, -2 empty",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					return charsRet(a[0].Str, func(_ int, c byte) bool { return isDigit(c) }), nil
-				}},
+				Fn: su.isNumeric},
 			{Name: "is_alphanum", Args: s1, Ret: core.RetInt, Doc: "(str) 1 if only ASCII letters and digits; -1 other characters, -2 empty",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					return charsRet(a[0].Str, func(_ int, c byte) bool {
-						return isDigit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
-					}), nil
-				}},
+				Fn: su.isAlphanum},
 			cmpURI, cmpAOR,
 			{Name: "options_reply", Ret: core.RetInt, Routes: core.RouteRequest,
 				Doc: "reply 200 with Accept/Accept-Encoding/Accept-Language/Supported to an OPTIONS for us (R-URI without user, host ours); -1 otherwise",
-				Fn: req(func(m *core.Msg, _ []core.Val) (core.Val, error) {
-					if m.Req.Method != sip.OPTIONS || m.Req.Recipient.User != "" ||
-						!env.IsMyself(m.Req.Recipient.Host, m.Req.Recipient.Port) {
-						return core.Int(-1), nil
-					}
-					opt.mu.RLock()
-					hs := []sip.Header{}
-					if opt.allow != "" {
-						hs = append(hs, sip.NewHeader("Allow", opt.allow))
-					}
-					hs = append(hs, sip.NewHeader("Accept", opt.accept), sip.NewHeader("Accept-Encoding", opt.enc),
-						sip.NewHeader("Accept-Language", opt.lang), sip.NewHeader("Supported", opt.support))
-					opt.mu.RUnlock()
-					m.ReplyHeaders = append(m.ReplyHeaders, hs...)
-					var err error
-					if tx, ok := m.Tx.(core.TxReplier); ok {
-						err = tx.Reply(m, 200, "OK")
-					} else {
-						err = m.SendReply(200, "OK")
-					}
-					if err != nil {
-						env.Log.Warn("options_reply failed", "err", err, "at", m.Pos())
-						return core.Int(-1), nil
-					}
-					return core.Int(1), nil
-				})},
+				Fn:  req(su.optionsReply)},
 		},
 	})
+}
+
+// hasTotag is KSR.siputils.has_totag.
+func (su *siputils) hasTotag(m *core.Msg, _ []core.Val) (core.Val, error) {
+	msg := m.Message()
+	if msg == nil || msg.To() == nil {
+		return core.Int(-1), nil
+	}
+	t, ok := msg.To().Params.Get("tag")
+	return core.IntRet(ok && t != ""), nil
+}
+
+// isRequest is KSR.siputils.is_request.
+func (su *siputils) isRequest(m *core.Msg, _ []core.Val) (core.Val, error) {
+	return core.IntRet(m.Req != nil), nil
+}
+
+// isReply is KSR.siputils.is_reply.
+func (su *siputils) isReply(m *core.Msg, _ []core.Val) (core.Val, error) {
+	return core.IntRet(m.Res != nil), nil
+}
+
+// isFirstHop is KSR.siputils.is_first_hop.
+func (su *siputils) isFirstHop(m *core.Msg, _ []core.Val) (core.Val, error) {
+	msg := m.Message()
+	return core.IntRet(msg != nil && len(core.FindHeaders(msg, "Via")) == 1), nil
+}
+
+// uriParam is KSR.siputils.uri_param.
+func (su *siputils) uriParam(m *core.Msg, a []core.Val) (core.Val, error) {
+	return core.IntRet(paramIndex(m.Req.Recipient.UriParams, a[0].Str) >= 0), nil
+}
+
+// uriParamValue is KSR.siputils.uri_param_value.
+func (su *siputils) uriParamValue(m *core.Msg, a []core.Val) (core.Val, error) {
+	p := m.Req.Recipient.UriParams
+	i := paramIndex(p, a[0].Str)
+	return core.IntRet(i >= 0 && p[i].V == a[1].Str), nil
+}
+
+// addUriParam is KSR.siputils.add_uri_param.
+func (su *siputils) addUriParam(m *core.Msg, a []core.Val) (core.Val, error) {
+	p := strings.TrimPrefix(strings.TrimSpace(a[0].Str), ";")
+	if err := core.CheckText("URI parameter", p); err != nil {
+		return core.Null, err
+	}
+	k, v, _ := strings.Cut(p, "=")
+	if k == "" || strings.ContainsAny(p, " \t;<>,?\"@") || strings.ContainsAny(k, ":") {
+		return core.Null, fmt.Errorf("add_uri_param: invalid parameter %q", a[0].Str)
+	}
+	u := m.Req.Recipient
+	u.UriParams = u.UriParams.Clone()
+	u.UriParams = append(u.UriParams, sip.HeaderKV{K: k, V: v})
+	if err := m.SetRURI(u.String()); err != nil {
+		return core.Null, fmt.Errorf("add_uri_param: %v", err)
+	}
+	return core.Int(1), nil
+}
+
+// uriParamRm is KSR.siputils.uri_param_rm.
+func (su *siputils) uriParamRm(m *core.Msg, a []core.Val) (core.Val, error) {
+	u := m.Req.Recipient
+	p := u.UriParams.Clone()
+	n := len(p)
+	for i := paramIndex(p, a[0].Str); i >= 0; i = paramIndex(p, a[0].Str) {
+		p = append(p[:i], p[i+1:]...)
+	}
+	if len(p) == n {
+		return core.Int(-1), nil
+	}
+	u.UriParams = p
+	m.Req.Recipient = u
+	return core.Int(1), nil
+}
+
+// isUri is KSR.siputils.is_uri.
+func (su *siputils) isUri(m *core.Msg, a []core.Val) (core.Val, error) {
+	_, err := parseURI(a[0].Str)
+	return core.IntRet(err == nil), nil
+}
+
+// isTelNumber is KSR.siputils.is_tel_number.
+func (su *siputils) isTelNumber(m *core.Msg, a []core.Val) (core.Val, error) {
+	s := a[0].Str
+	if s == "+" {
+		return core.Int(-1), nil
+	}
+	return charsRet(s, func(i int, c byte) bool { return isDigit(c) || (i == 0 && c == '+') }), nil
+}
+
+// isNumeric is KSR.siputils.is_numeric.
+func (su *siputils) isNumeric(m *core.Msg, a []core.Val) (core.Val, error) {
+	return charsRet(a[0].Str, func(_ int, c byte) bool { return isDigit(c) }), nil
+}
+
+// isAlphanum is KSR.siputils.is_alphanum.
+func (su *siputils) isAlphanum(m *core.Msg, a []core.Val) (core.Val, error) {
+	return charsRet(a[0].Str, func(_ int, c byte) bool {
+		return isDigit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+	}), nil
+}
+
+// optionsReply is KSR.siputils.options_reply.
+func (su *siputils) optionsReply(m *core.Msg, _ []core.Val) (core.Val, error) {
+	if m.Req.Method != sip.OPTIONS || m.Req.Recipient.User != "" ||
+		!su.env.IsMyself(m.Req.Recipient.Host, m.Req.Recipient.Port) {
+		return core.Int(-1), nil
+	}
+	su.opt.mu.RLock()
+	hs := []sip.Header{}
+	if su.opt.allow != "" {
+		hs = append(hs, sip.NewHeader("Allow", su.opt.allow))
+	}
+	hs = append(hs, sip.NewHeader("Accept", su.opt.accept), sip.NewHeader("Accept-Encoding", su.opt.enc),
+		sip.NewHeader("Accept-Language", su.opt.lang), sip.NewHeader("Supported", su.opt.support))
+	su.opt.mu.RUnlock()
+	m.ReplyHeaders = append(m.ReplyHeaders, hs...)
+	var err error
+	if tx, ok := m.Tx.(core.TxReplier); ok {
+		err = tx.Reply(m, 200, "OK")
+	} else {
+		err = m.SendReply(200, "OK")
+	}
+	if err != nil {
+		su.env.Log.Warn("options_reply failed", "err", err, "at", m.Pos())
+		return core.Int(-1), nil
+	}
+	return core.Int(1), nil
 }
