@@ -341,41 +341,21 @@ func (h *HT) module() *core.Module {
 	}
 	funcs := []core.Func{
 		fn("sht_get", ss, core.RetXVal, "(table, key) the value (str or int); a missing item is the table's initval if it has one, else None",
-			func(m *core.Msg, a []core.Val) (core.Val, error) { return h.Get(a[0].Str, a[1].Str) }),
+			h.shtGet),
 		fn("sht_gete", ss, core.RetXVal, "(table, key) like sht_get, but \"\" instead of None",
-			func(m *core.Msg, a []core.Val) (core.Val, error) {
-				v, err := h.Get(a[0].Str, a[1].Str)
-				if err == nil && v.IsNull() {
-					v = core.Str("")
-				}
-				return v, err
-			}),
+			h.shtGete),
 		fn("sht_sets", sss, core.RetInt, "(table, key, value) store a str; 1",
-			func(m *core.Msg, a []core.Val) (core.Val, error) { return one, h.Set(a[0].Str, a[1].Str, a[2], nil) }),
+			h.shtSets),
 		fn("sht_seti", []core.ArgType{s, s, i}, core.RetInt, "(table, key, value) store an int; 1",
-			func(m *core.Msg, a []core.Val) (core.Val, error) { return one, h.Set(a[0].Str, a[1].Str, a[2], nil) }),
+			h.shtSeti),
 		fn("sht_setxs", []core.ArgType{s, s, s, i}, core.RetInt, "(table, key, value, expire) store a str that expires after expire seconds (0: never); 1",
-			func(m *core.Msg, a []core.Val) (core.Val, error) {
-				return one, h.Set(a[0].Str, a[1].Str, a[2], &a[3].Int)
-			}),
+			h.shtSetxs),
 		fn("sht_setxi", []core.ArgType{s, s, i, i}, core.RetInt, "(table, key, value, expire) store an int that expires after expire seconds (0: never); 1",
-			func(m *core.Msg, a []core.Val) (core.Val, error) {
-				return one, h.Set(a[0].Str, a[1].Str, a[2], &a[3].Int)
-			}),
+			h.shtSetxi),
 		fn("sht_setex", []core.ArgType{s, s, i}, core.RetInt, "(table, key, expire) the item expires after expire seconds from now (0: never); 1, -1 no such item",
-			func(m *core.Msg, a []core.Val) (core.Val, error) {
-				ok, err := h.SetExpire(a[0].Str, a[1].Str, a[2].Int)
-				return core.IntRet(ok), err
-			}),
+			h.shtSetex),
 		fn("sht_rm", ss, core.RetInt, "(table, key) remove the item; 1 (also when absent, as Kamailio)",
-			func(m *core.Msg, a []core.Val) (core.Val, error) {
-				t, err := h.table(a[0].Str)
-				if err != nil {
-					return core.Null, err
-				}
-				t.Delete(a[1].Str)
-				return one, nil
-			}),
+			h.shtRm),
 		reFn("sht_rm_name_re", "(table, regex) remove the items whose name matches (RE2); 1", false),
 		reFn("sht_rm_value_re", "(table, regex) remove the str items whose value matches (RE2); 1", true),
 		matchFn("sht_rm_name", "(table, op, value) remove items by name: op re (regex) or sw (starts with); 1", false, true),
@@ -385,35 +365,13 @@ func (h *HT) module() *core.Module {
 		matchFn("sht_match_str_value", "(table, op, value) 1 if a str item value matches: op eq, ne, re or sw; else -1", true, false),
 		matchFn("sht_has_str_value", "alias of sht_match_str_value", true, false),
 		fn("sht_inc", ss, core.RetInt, "(table, key) atomic +1, returns the new value; a missing item starts from initval or 0; -255 (and an ERR log) for a str item",
-			func(m *core.Msg, a []core.Val) (core.Val, error) { return h.Add(m, a[0].Str, a[1].Str, 1) }),
+			h.shtInc),
 		fn("sht_dec", ss, core.RetInt, "(table, key) atomic -1, as sht_inc",
-			func(m *core.Msg, a []core.Val) (core.Val, error) { return h.Add(m, a[0].Str, a[1].Str, -1) }),
+			h.shtDec),
 		fn("sht_is_null", ss, core.RetInt, "(table, key) 1 absent, -1 exists, -2 the table has an initval (never null)",
-			func(m *core.Msg, a []core.Val) (core.Val, error) {
-				t, err := h.table(a[0].Str)
-				if err != nil {
-					return core.Null, err
-				}
-				if t.Def().HasInitVal {
-					return core.Int(-2), nil
-				}
-				var gone []Expired
-				_, _, ok := t.Get(a[1].Str, h.now(), &gone)
-				h.done(gone, false)
-				if ok {
-					return core.Int(-1), nil
-				}
-				return one, nil
-			}),
+			h.shtIsNull),
 		fn("sht_reset", []core.ArgType{s}, core.RetInt, "(table) remove every item; 1",
-			func(m *core.Msg, a []core.Val) (core.Val, error) {
-				t, err := h.table(a[0].Str)
-				if err != nil {
-					return core.Null, err
-				}
-				t.Reset()
-				return one, nil
-			}),
+			h.shtReset),
 	}
 	intParam := func(v core.Val) error {
 		if v.Int <= 0 {
@@ -483,4 +441,90 @@ func (h *HT) setDefParam(v core.Val) error {
 	}
 	h.Define(d)
 	return nil
+}
+
+// shtGet is KSR.htable.sht_get.
+func (h *HT) shtGet(m *core.Msg, a []core.Val) (core.Val, error) { return h.Get(a[0].Str, a[1].Str) }
+
+// shtGete is KSR.htable.sht_gete.
+func (h *HT) shtGete(m *core.Msg, a []core.Val) (core.Val, error) {
+	v, err := h.Get(a[0].Str, a[1].Str)
+	if err == nil && v.IsNull() {
+		v = core.Str("")
+	}
+	return v, err
+}
+
+// shtSets is KSR.htable.sht_sets.
+func (h *HT) shtSets(m *core.Msg, a []core.Val) (core.Val, error) {
+	return core.Int(1), h.Set(a[0].Str, a[1].Str, a[2], nil)
+}
+
+// shtSeti is KSR.htable.sht_seti.
+func (h *HT) shtSeti(m *core.Msg, a []core.Val) (core.Val, error) {
+	return core.Int(1), h.Set(a[0].Str, a[1].Str, a[2], nil)
+}
+
+// shtSetxs is KSR.htable.sht_setxs.
+func (h *HT) shtSetxs(m *core.Msg, a []core.Val) (core.Val, error) {
+	return core.Int(1), h.Set(a[0].Str, a[1].Str, a[2], &a[3].Int)
+}
+
+// shtSetxi is KSR.htable.sht_setxi.
+func (h *HT) shtSetxi(m *core.Msg, a []core.Val) (core.Val, error) {
+	return core.Int(1), h.Set(a[0].Str, a[1].Str, a[2], &a[3].Int)
+}
+
+// shtSetex is KSR.htable.sht_setex.
+func (h *HT) shtSetex(m *core.Msg, a []core.Val) (core.Val, error) {
+	ok, err := h.SetExpire(a[0].Str, a[1].Str, a[2].Int)
+	return core.IntRet(ok), err
+}
+
+// shtRm is KSR.htable.sht_rm.
+func (h *HT) shtRm(m *core.Msg, a []core.Val) (core.Val, error) {
+	t, err := h.table(a[0].Str)
+	if err != nil {
+		return core.Null, err
+	}
+	t.Delete(a[1].Str)
+	return core.Int(1), nil
+}
+
+// shtInc is KSR.htable.sht_inc.
+func (h *HT) shtInc(m *core.Msg, a []core.Val) (core.Val, error) {
+	return h.Add(m, a[0].Str, a[1].Str, 1)
+}
+
+// shtDec is KSR.htable.sht_dec.
+func (h *HT) shtDec(m *core.Msg, a []core.Val) (core.Val, error) {
+	return h.Add(m, a[0].Str, a[1].Str, -1)
+}
+
+// shtIsNull is KSR.htable.sht_is_null.
+func (h *HT) shtIsNull(m *core.Msg, a []core.Val) (core.Val, error) {
+	t, err := h.table(a[0].Str)
+	if err != nil {
+		return core.Null, err
+	}
+	if t.Def().HasInitVal {
+		return core.Int(-2), nil
+	}
+	var gone []Expired
+	_, _, ok := t.Get(a[1].Str, h.now(), &gone)
+	h.done(gone, false)
+	if ok {
+		return core.Int(-1), nil
+	}
+	return core.Int(1), nil
+}
+
+// shtReset is KSR.htable.sht_reset.
+func (h *HT) shtReset(m *core.Msg, a []core.Val) (core.Val, error) {
+	t, err := h.table(a[0].Str)
+	if err != nil {
+		return core.Null, err
+	}
+	t.Reset()
+	return core.Int(1), nil
 }
