@@ -412,16 +412,11 @@ func (h *HT) module() *core.Module {
 }
 
 // tableNames is the htable param's value in effect: the defined tables'
-// names, comma-separated ("" for none).
+// names in definition order, comma-separated ("" for none).
 func (h *HT) tableNames() core.Val {
-	h.mu.Lock()
-	names := make([]string, 0, len(h.tables))
-	for n := range h.tables {
-		names = append(names, n)
-	}
-	h.mu.Unlock()
-	sort.Strings(names)
-	return core.Str(strings.Join(names, ","))
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return core.Str(strings.Join(h.order, ","))
 }
 
 // setDefParam applies one modparam("htable", "htable", spec). An invalid

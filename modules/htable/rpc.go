@@ -35,16 +35,25 @@ func rpcKey(args core.RPCArgs) (string, error) {
 	return k, nil
 }
 
+// rpcTableKey reads the (htable, key) params most methods start with.
+func (h *HT) rpcTableKey(args core.RPCArgs) (*Table, string, error) {
+	t, err := h.rpcTable(args)
+	if err != nil {
+		return nil, "", err
+	}
+	k, err := rpcKey(args)
+	if err != nil {
+		return nil, "", err
+	}
+	return t, k, nil
+}
+
 func (h *HT) rpcMethods() []core.RPCMethod {
 	tbl := core.RPCParam{Name: "htable", Type: "string", Doc: "table name"}
 	key := core.RPCParam{Name: "key", Type: "string", Doc: "item name"}
 	set := func(isInt bool) func(ctx context.Context, args core.RPCArgs) (any, error) {
 		return func(ctx context.Context, args core.RPCArgs) (any, error) {
-			t, err := h.rpcTable(args)
-			if err != nil {
-				return nil, err
-			}
-			k, err := rpcKey(args)
+			t, k, err := h.rpcTableKey(args)
 			if err != nil {
 				return nil, err
 			}
@@ -94,11 +103,7 @@ func (h *HT) rpcMethods() []core.RPCMethod {
 
 // rpcHtableGet is the RPC method htable.get.
 func (h *HT) rpcHtableGet(ctx context.Context, args core.RPCArgs) (any, error) {
-	t, err := h.rpcTable(args)
-	if err != nil {
-		return nil, err
-	}
-	k, err := rpcKey(args)
+	t, k, err := h.rpcTableKey(args)
 	if err != nil {
 		return nil, err
 	}
@@ -122,11 +127,7 @@ func (h *HT) rpcHtableGet(ctx context.Context, args core.RPCArgs) (any, error) {
 
 // rpcHtableDelete is the RPC method htable.delete.
 func (h *HT) rpcHtableDelete(ctx context.Context, args core.RPCArgs) (any, error) {
-	t, err := h.rpcTable(args)
-	if err != nil {
-		return nil, err
-	}
-	k, err := rpcKey(args)
+	t, k, err := h.rpcTableKey(args)
 	if err != nil {
 		return nil, err
 	}

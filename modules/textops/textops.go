@@ -412,24 +412,23 @@ func (t textops) searchBody(m *core.Msg, re *regexp.Regexp, _ []core.Val) (core.
 
 // searchAppend is KSR.textops.search_append.
 func (t textops) searchAppend(m *core.Msg, re *regexp.Regexp, a []core.Val) (core.Val, error) {
-	return edit(m, scopeAll, func(in string) (string, int) {
-		loc := re.FindStringIndex(in)
-		if loc == nil {
-			return in, 0
-		}
-		return in[:loc[1]] + a[1].Str + in[loc[1]:], 1
-	})
+	return edit(m, scopeAll, appendAfterMatch(re, a[1].Str))
 }
 
 // searchAppendBody is KSR.textops.search_append_body.
 func (t textops) searchAppendBody(m *core.Msg, re *regexp.Regexp, a []core.Val) (core.Val, error) {
-	return edit(m, scopeBody, func(in string) (string, int) {
+	return edit(m, scopeBody, appendAfterMatch(re, a[1].Str))
+}
+
+// appendAfterMatch inserts text after the first match of re.
+func appendAfterMatch(re *regexp.Regexp, text string) func(string) (string, int) {
+	return func(in string) (string, int) {
 		loc := re.FindStringIndex(in)
 		if loc == nil {
 			return in, 0
 		}
-		return in[:loc[1]] + a[1].Str + in[loc[1]:], 1
-	})
+		return in[:loc[1]] + text + in[loc[1]:], 1
+	}
 }
 
 // subst is KSR.textops.subst.
