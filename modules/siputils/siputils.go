@@ -211,11 +211,11 @@ func New(env *core.Env) *core.Module {
 			{Name: "uri_param_value", Args: s2, Ret: core.RetInt, Doc: "(name, value) 1 if the R-URI has that parameter with that value, -1 if not",
 				Fn: req(su.uriParamValue)},
 			{Name: "add_uri_param", Args: s1, Ret: core.RetInt, Doc: "(\"name=value\") add a parameter to the R-URI (a leading ';' is accepted); 1 ok",
-				Fn: req(su.addUriParam)},
+				Fn: req(su.addURIParam)},
 			{Name: "uri_param_rm", Args: s1, Ret: core.RetInt, Doc: "(name) remove the parameter from the R-URI; 1 removed, -1 absent",
 				Fn: req(su.uriParamRm)},
 			{Name: "is_uri", Args: s1, Ret: core.RetInt, Doc: "(str) 1 if a valid sip/sips/tel URI, -1 if not",
-				Fn: su.isUri},
+				Fn: su.isURI},
 			{Name: "is_tel_number", Args: s1, Ret: core.RetInt, Doc: "(str) 1 if an optional '+' then digits; -1 other characters, -2 empty",
 				Fn: su.isTelNumber},
 			{Name: "is_numeric", Args: s1, Ret: core.RetInt, Doc: "(str) 1 if only digits; -1 other characters, -2 empty",
@@ -268,8 +268,8 @@ func (su *siputils) uriParamValue(m *core.Msg, a []core.Val) (core.Val, error) {
 	return core.IntRet(i >= 0 && p[i].V == a[1].Str), nil
 }
 
-// addUriParam is KSR.siputils.add_uri_param.
-func (su *siputils) addUriParam(m *core.Msg, a []core.Val) (core.Val, error) {
+// addURIParam is KSR.siputils.add_uri_param.
+func (su *siputils) addURIParam(m *core.Msg, a []core.Val) (core.Val, error) {
 	p := strings.TrimPrefix(strings.TrimSpace(a[0].Str), ";")
 	if err := core.CheckText("URI parameter", p); err != nil {
 		return core.Null, err
@@ -303,8 +303,8 @@ func (su *siputils) uriParamRm(m *core.Msg, a []core.Val) (core.Val, error) {
 	return core.Int(1), nil
 }
 
-// isUri is KSR.siputils.is_uri.
-func (su *siputils) isUri(m *core.Msg, a []core.Val) (core.Val, error) {
+// isURI is KSR.siputils.is_uri.
+func (su *siputils) isURI(m *core.Msg, a []core.Val) (core.Val, error) {
 	_, err := parseURI(a[0].Str)
 	return core.IntRet(err == nil), nil
 }
