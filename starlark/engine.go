@@ -461,7 +461,16 @@ func (e *Engine) scanRefs(f *syntax.File) (*refs, error) {
 			}
 		}
 		name := dot.Name.Name
-		if i := e.callbackArgs[owner][name]; i > 0 && i <= len(call.Args) {
+		i := e.callbackArgs[owner][name]
+		if owner == "x" && name == "modf" {
+			// KSR.x.modf("t_on_failure", "name"): the native name's table entry, one argument on.
+			if fname, _, ok := stringLit(call.Args[0]); ok {
+				if f := e.funcs[fname]; f != nil && f.CallbackArg > 0 {
+					i = f.CallbackArg + 1
+				}
+			}
+		}
+		if i > 0 && i <= len(call.Args) {
 			if s, pos, ok := stringLit(call.Args[i-1]); ok && s != "" {
 				if _, seen := r.callbacks[s]; !seen {
 					r.callbacks[s] = pos

@@ -41,6 +41,8 @@ func TestTableDrivenLoadChecks(t *testing.T) {
 		{"module PV literal is known", route(`KSR.pv.get("$tabletest(a)")`), ""},
 		{"module PV literal misused", route(`KSR.pv.get("$tabletest")`), "needs a name"},
 		{"tm callbacks still come from tm's table", route(`KSR.tm.t_on_branch("nope")`), `callback "nope"`},
+		{"through modf, by native name", route(`KSR.x.modf("on_event", "x", "nope")`), `callback "nope"`},
+		{"through modf, defined", route(`KSR.x.modf("t_on_failure", "on_ok")`), ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			eng := starlark.New(core.NewEnv(nil))
