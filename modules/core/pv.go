@@ -66,9 +66,9 @@ func (t *pvTable) addModule(mod *Module) {
 	}
 	for i := range mod.PVs {
 		d := &mod.PVs[i]
-		if core := corePVByName[d.Name]; core == d {
-			continue
-		} else if core != nil {
+		if c := corePVByName[d.Name]; c == d {
+			continue // the core module's own table
+		} else if c != nil {
 			panic(fmt.Sprintf("core: module %q declares $%s, a core pseudo-variable", mod.Name, d.Name))
 		}
 		if old, dup := t.defs[d.Name]; dup && old.module != mod.Name {
