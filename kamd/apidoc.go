@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"github.com/kamgo/kamgo/kamd/node"
-	"github.com/kamgo/kamgo/modules/core"
 )
 
 // apiDoc renders the KSR and RPC reference from the export tables, so the
@@ -52,25 +51,19 @@ func apiDoc(w io.Writer) {
 			fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", m.Name, p.Name, p.Type, p.Default, p.Doc)
 		}
 	}
-	fmt.Fprintf(w, "\n## Pseudo-variables\n\n| name | writable | description |\n|---|---|---|\n")
-	defs := core.PVDefs()
-	sort.Slice(defs, func(i, j int) bool {
-		a, b := strings.ToLower(defs[i].Name), strings.ToLower(defs[j].Name)
-		if a != b {
-			return a < b
-		}
-		return defs[i].Name < defs[j].Name
-	})
-	for _, d := range defs {
-		name := "$" + d.Name
-		if d.HasArg {
-			name += "(name)"
-		}
+	fmt.Fprintf(w, "\n## Pseudo-variables\n\n| name | module | writable | description |\n|---|---|---|---|\n")
+	for _, p := range eng.PVs() {
 		rw := "no"
-		if d.Set != nil {
+		if p.Def.Set != nil {
 			rw = "yes"
 		}
-		fmt.Fprintf(w, "| `%s` | %s | %s |\n", name, rw, d.Doc)
+		fmt.Fprintf(w, "| `%s` | %s | %s | %s |\n", p.Spec(), moduleName(p.Module), rw, p.Def.Doc)
+	}
+	fmt.Fprintf(w, "\n## Event topics\n\nPublished to `events.subscribe` subscribers (see docs/rpc.md); `stats` is kamd's periodic snapshot.\n\n| topic | module |\n|---|---|\n")
+	for _, m := range eng.Modules {
+		for _, t := range m.Events {
+			fmt.Fprintf(w, "| `%s` | %s |\n", t, moduleName(m.Name))
+		}
 	}
 	fmt.Fprintf(w, "\n## RPC methods\n\nkamd's own (`core.*`, `stats.*`, `app_starlark.*`), the rpc server's (`system.*`, `events.*`, see docs/rpc.md) and the modules'.\n\n| method | role | params | result | description |\n|---|---|---|---|---|\n")
 	type row struct{ name, role, params, result, doc string }
@@ -94,6 +87,14 @@ func apiDoc(w io.Writer) {
 	for _, r := range rows {
 		fmt.Fprintf(w, "| `%s` | %s | %s | `%s` | %s |\n", r.name, r.role, r.params, strings.ReplaceAll(r.result, "|", "\\|"), r.doc)
 	}
+}
+
+// moduleName shows the core module ("") as core.
+func moduleName(m string) string {
+	if m == "" {
+		return "core"
+	}
+	return m
 }
 
 func role(ro bool) string {

@@ -82,6 +82,8 @@ type Engine struct {
 	static   map[string]string // Static params' values, fixed by the first version
 	nextVer  int
 	pool     sync.Pool
+	// callbackArgs[module][func] is the Func's CallbackArg (load checks).
+	callbackArgs map[string]map[string]int
 	// MaxSteps is the default step limit when the script sets none.
 	MaxSteps uint64
 	// OnLoad, when set, is told about every load attempt (for events).
@@ -93,18 +95,16 @@ const KeepVersions = 5
 
 // New builds every registered module against env and the KSR tree.
 func New(env *core.Env) *Engine {
-	e := &Engine{Env: env, funcs: map[string]*core.Func{}, modfFns: map[string]*sk.Builtin{}, params: map[string]map[string]*core.Param{}, MaxSteps: DefaultMaxSteps}
+	e := &Engine{Env: env, funcs: map[string]*core.Func{}, modfFns: map[string]*sk.Builtin{}, params: map[string]map[string]*core.Param{}, callbackArgs: map[string]map[string]int{}, MaxSteps: DefaultMaxSteps}
 	env.Router = e
 	// Core statistics exist from the start, as in Kamailio (0 until used).
 	for _, name := range []string{"rcv_requests", "rcv_replies", "fwd_requests", "fwd_replies", "drop_requests", "drop_replies", "err_requests", "script_errors"} {
 		env.Stats.Counter("core", name)
 	}
-	for _, f := range core.Factories() {
-		m := f(env)
-		env.SetModule(m)
-		e.Modules = append(e.Modules, m)
-	}
-	e.Modules = append(e.Modules, e.xModule())
+	e.Modules = core.BuildModules(env)
+	x := e.xModule()
+	env.SetModule(x)
+	e.Modules = append(e.Modules, x)
 	e.buildKSR()
 	e.pool.New = func() any { return e.newThread() }
 	return e
@@ -121,6 +121,12 @@ func (e *Engine) buildKSR() {
 		e.params[mod.Name] = ps
 		for i := range mod.Funcs {
 			f := &mod.Funcs[i]
+			if f.CallbackArg > 0 {
+				if e.callbackArgs[mod.Name] == nil {
+					e.callbackArgs[mod.Name] = map[string]int{}
+				}
+				e.callbackArgs[mod.Name][f.Name] = f.CallbackArg
+			}
 			var b sk.Value = e.builtin(mod.Name, f)
 			if mod.Name == "x" && f.Name == "modf" {
 				b = sk.NewBuiltin("x.modf", e.modf)
@@ -166,6 +172,39 @@ func (e *Engine) Funcs() []FuncInfo {
 		return out[i].Func.Name < out[j].Func.Name
 	})
 	return out
+}
+
+// PVInfo names a pseudo-variable and the module whose table declares it.
+type PVInfo struct {
+	Module string
+	Def    *core.PVDef
+}
+
+// PVs lists the pseudo-variables of every module's table, sorted by name
+// case-insensitively ($ru before $rU), for api_list and the docs.
+func (e *Engine) PVs() []PVInfo {
+	var out []PVInfo
+	for _, mod := range e.Modules {
+		for i := range mod.PVs {
+			out = append(out, PVInfo{Module: mod.Name, Def: &mod.PVs[i]})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := strings.ToLower(out[i].Def.Name), strings.ToLower(out[j].Def.Name)
+		if a != b {
+			return a < b
+		}
+		return out[i].Def.Name < out[j].Def.Name
+	})
+	return out
+}
+
+// Spec is how a script writes it: $name or $name(name).
+func (p PVInfo) Spec() string {
+	if p.Def.HasArg {
+		return "$" + p.Def.Name + "(name)"
+	}
+	return "$" + p.Def.Name
 }
 
 // FuncInfo names a KSR function.
@@ -354,8 +393,8 @@ func valList(vs []core.Val, def core.Val) string {
 	s := make([]string, len(vs))
 	for i, v := range vs {
 		s[i] = v.String()
-		if v.K == core.KStr {
-			s[i] = strconv.Quote(v.S)
+		if v.Kind == core.KStr {
+			s[i] = strconv.Quote(v.Str)
 		}
 	}
 	return strings.Join(s, ", ")
@@ -380,7 +419,7 @@ func (e *Engine) Compile(path string, src []byte) (*Program, error) {
 	p := &Program{Path: path, SHA256: hex.EncodeToString(sum[:]), LoadedAt: time.Now(), Config: *cfg,
 		globals: globals, callbacks: map[string]*sk.Function{}, MaxSteps: e.MaxSteps}
 	if v, ok := cfg.CoreParams["max_steps"]; ok {
-		p.MaxSteps = uint64(v.I)
+		p.MaxSteps = uint64(v.Int)
 	}
 	for name, v := range globals {
 		if fn, ok := v.(*sk.Function); ok {
@@ -425,7 +464,7 @@ func (e *Engine) execFile(th *sk.Thread, path string, src []byte, r *refs) (sk.S
 	if err != nil {
 		return nil, err
 	}
-	if err := scanRefs(f, r); err != nil {
+	if err := e.scanRefs(f, r); err != nil {
 		return nil, err
 	}
 	globals, err := prog.Init(th, pre)
@@ -477,12 +516,24 @@ type refs struct {
 	callbacks map[string]string // name -> position of first reference
 }
 
-// Functions whose first argument names a script callback.
-var callbackSetters = map[string]bool{"t_on_failure": true, "t_on_reply": true, "t_on_branch": true, "t_on_branch_failure": true}
-
 // scanRefs finds callback names and PV names given as literals, so typos
-// fail the load instead of a message at runtime (Kamailio #3572).
-func scanRefs(f *syntax.File, r *refs) error {
+// fail the load instead of a message at runtime (Kamailio #3572). Which
+// argument names a callback comes from the functions' tables (CallbackArg).
+func (e *Engine) scanRefs(f *syntax.File, r *refs) error {
+	// aliases: tt = KSR.tabletest makes tt.f(...) a call of tabletest's f.
+	aliases := map[string]string{}
+	syntax.Walk(f, func(n syntax.Node) bool {
+		if as, ok := n.(*syntax.AssignStmt); ok && as.Op == syntax.EQ {
+			lhs, ok1 := as.LHS.(*syntax.Ident)
+			rhs, ok2 := as.RHS.(*syntax.DotExpr)
+			if ok1 && ok2 {
+				if x, ok := rhs.X.(*syntax.Ident); ok && x.Name == "KSR" {
+					aliases[lhs.Name] = rhs.Name.Name
+				}
+			}
+		}
+		return true
+	})
 	var firstErr error
 	syntax.Walk(f, func(n syntax.Node) bool {
 		call, ok := n.(*syntax.CallExpr)
@@ -493,32 +544,52 @@ func scanRefs(f *syntax.File, r *refs) error {
 		if !ok {
 			return true
 		}
-		lit, ok := call.Args[0].(*syntax.Literal)
-		if !ok || lit.Token != syntax.STRING {
-			return true
-		}
-		s, _ := lit.Value.(string)
-		name := dot.Name.Name
 		owner := ""
 		switch x := dot.X.(type) {
 		case *syntax.DotExpr: // KSR.tm.t_on_failure
 			owner = x.Name.Name
-		case *syntax.Ident: // tm = KSR.tm; tm.t_on_failure
+		case *syntax.Ident: // tm = KSR.tm; tm.t_on_failure; KSR.is_method
 			owner = x.Name
+			if owner == "KSR" {
+				owner = ""
+			} else if mod, ok := aliases[owner]; ok {
+				owner = mod
+			}
 		}
-		switch {
-		case owner == "tm" && callbackSetters[name]:
-			if s != "" {
-				if _, seen := r.callbacks[s]; !seen {
-					r.callbacks[s] = lit.TokenPos.String()
+		name := dot.Name.Name
+		i := e.callbackArgs[owner][name]
+		if owner == "x" && name == "modf" {
+			// KSR.x.modf("t_on_failure", "name"): the native name's table entry, one argument on.
+			if fname, _, ok := stringLit(call.Args[0]); ok {
+				if f := e.funcs[fname]; f != nil && f.CallbackArg > 0 {
+					i = f.CallbackArg + 1
 				}
 			}
-		case owner == "pv":
-			if _, err := core.ParsePV(s); err != nil {
-				firstErr = fmt.Errorf("%s: %v", lit.TokenPos, err)
+		}
+		if i > 0 && i <= len(call.Args) {
+			if s, pos, ok := stringLit(call.Args[i-1]); ok && s != "" {
+				if _, seen := r.callbacks[s]; !seen {
+					r.callbacks[s] = pos
+				}
+			}
+		}
+		if owner == "pv" {
+			if s, pos, ok := stringLit(call.Args[0]); ok {
+				if _, err := e.Env.ParsePV(s); err != nil {
+					firstErr = fmt.Errorf("%s: %v", pos, err)
+				}
 			}
 		}
 		return true
 	})
 	return firstErr
+}
+
+func stringLit(x syntax.Expr) (s, pos string, ok bool) {
+	lit, ok := x.(*syntax.Literal)
+	if !ok || lit.Token != syntax.STRING {
+		return "", "", false
+	}
+	s, _ = lit.Value.(string)
+	return s, lit.TokenPos.String(), true
 }

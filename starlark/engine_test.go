@@ -118,10 +118,10 @@ func TestLoadedFilesAreChecked(t *testing.T) {
 var ptestLive, ptestStatic int64
 
 func init() {
-	core.Register("ptest", func(env *core.Env) *core.Module {
+	core.Register(func(env *core.Env) *core.Module {
 		return &core.Module{Name: "ptest", Params: []core.Param{
-			{Name: "live", Type: core.ArgInt, Default: core.Int(7), Set: func(v core.Val) error { ptestLive = v.I; return nil }},
-			{Name: "size", Type: core.ArgInt, Default: core.Int(4), Static: true, Set: func(v core.Val) error { ptestStatic = v.I; return nil }},
+			{Name: "live", Type: core.ArgInt, Default: core.Int(7), Set: func(v core.Val) error { ptestLive = v.Int; return nil }},
+			{Name: "size", Type: core.ArgInt, Default: core.Int(4), Static: true, Set: func(v core.Val) error { ptestStatic = v.Int; return nil }},
 		}}
 	})
 }

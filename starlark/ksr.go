@@ -115,12 +115,12 @@ func toVal(v sk.Value) (core.Val, error) {
 		if !ok {
 			return core.Null, fmt.Errorf("integer %s out of range", x)
 		}
-		return core.Val{K: core.KInt, I: i}, nil
+		return core.Val{Kind: core.KInt, Int: i}, nil
 	case sk.Bool:
 		if x {
-			return core.Val{K: core.KInt, I: 1}, nil
+			return core.Val{Kind: core.KInt, Int: 1}, nil
 		}
-		return core.Val{K: core.KInt}, nil
+		return core.Val{Kind: core.KInt}, nil
 	case sk.NoneType:
 		return core.Null, nil
 	}
@@ -128,13 +128,13 @@ func toVal(v sk.Value) (core.Val, error) {
 }
 
 func fromVal(v core.Val) sk.Value {
-	switch v.K {
+	switch v.Kind {
 	case core.KInt:
-		return sk.MakeInt64(v.I)
+		return sk.MakeInt64(v.Int)
 	case core.KStr:
-		return sk.String(v.S)
+		return sk.String(v.Str)
 	case core.KBool:
-		return sk.Bool(v.I != 0)
+		return sk.Bool(v.Int != 0)
 	}
 	return sk.None
 }
@@ -162,16 +162,16 @@ func (e *Engine) cfgCoreParam(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []
 		return nil, fmt.Errorf("core_param: unknown parameter %q (known: %s)", name, strings.Join(sortedKeys(coreParams), ", "))
 	}
 	v, err := toVal(val)
-	if err != nil || (t == core.ArgInt) != (v.K == core.KInt) {
+	if err != nil || (t == core.ArgInt) != (v.Kind == core.KInt) {
 		return nil, fmt.Errorf("core_param(%q): want %s value, got %s", name, t, val.Type())
 	}
 	switch name {
 	case "max_steps", "workers":
-		if v.I <= 0 {
+		if v.Int <= 0 {
 			return nil, fmt.Errorf("core_param(%q): must be positive", name)
 		}
 	case "log_level":
-		if _, err := core.ParseLogLevel(v.S); err != nil {
+		if _, err := core.ParseLogLevel(v.Str); err != nil {
 			return nil, fmt.Errorf("core_param(\"log_level\"): %v", err)
 		}
 	}
@@ -202,15 +202,15 @@ func (e *Engine) cfgModparam(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []s
 	if err != nil {
 		return nil, fmt.Errorf("modparam(%q, %q): %v", mod, name, err)
 	}
-	if p.Type == core.ArgInt && v.K != core.KInt {
+	if p.Type == core.ArgInt && v.Kind != core.KInt {
 		// Kamailio accepts "60" for an int param; so do we.
-		i, err := strconv.ParseInt(v.S, 10, 64)
+		i, err := strconv.ParseInt(v.Str, 10, 64)
 		if err != nil {
-			return nil, fmt.Errorf("modparam(%q, %q): want int, got %q", mod, name, v.S)
+			return nil, fmt.Errorf("modparam(%q, %q): want int, got %q", mod, name, v.Str)
 		}
-		v = core.Val{K: core.KInt, I: i}
+		v = core.Val{Kind: core.KInt, Int: i}
 	}
-	if p.Type == core.ArgStr && v.K != core.KStr {
+	if p.Type == core.ArgStr && v.Kind != core.KStr {
 		return nil, fmt.Errorf("modparam(%q, %q): want str, got %s", mod, name, val.Type())
 	}
 	if p.Check != nil {
@@ -261,7 +261,7 @@ func (e *Engine) builtin(mod string, f *core.Func) *sk.Builtin {
 				if !ok {
 					return nil, fmt.Errorf("KSR.%s: argument %d: want str, got %s", name, i+1, a.Type())
 				}
-				vals[i] = core.Val{K: core.KStr, S: string(s)}
+				vals[i] = core.Val{Kind: core.KStr, Str: string(s)}
 			case core.ArgInt:
 				switch x := a.(type) {
 				case sk.Int:
@@ -269,10 +269,10 @@ func (e *Engine) builtin(mod string, f *core.Func) *sk.Builtin {
 					if !ok {
 						return nil, fmt.Errorf("KSR.%s: argument %d: integer out of range", name, i+1)
 					}
-					vals[i] = core.Val{K: core.KInt, I: n}
+					vals[i] = core.Val{Kind: core.KInt, Int: n}
 				case sk.Bool:
 					vals[i] = core.Bool(bool(x))
-					vals[i].K = core.KInt
+					vals[i].Kind = core.KInt
 				default:
 					return nil, fmt.Errorf("KSR.%s: argument %d: want int, got %s", name, i+1, a.Type())
 				}
@@ -286,9 +286,9 @@ func (e *Engine) builtin(mod string, f *core.Func) *sk.Builtin {
 		case core.RetNone:
 			return sk.None, nil
 		case core.RetBool:
-			return sk.Bool(v.I != 0), nil
+			return sk.Bool(v.Int != 0), nil
 		case core.RetInt:
-			return sk.MakeInt64(v.I), nil
+			return sk.MakeInt64(v.Int), nil
 		}
 		return fromVal(v), nil
 	})
@@ -296,7 +296,8 @@ func (e *Engine) builtin(mod string, f *core.Func) *sk.Builtin {
 
 // xModule is KSR.x: exit, drop and modf, which need the whole table.
 func (e *Engine) xModule() *core.Module {
-	return &core.Module{Name: "x", Doc: "script control", Funcs: []core.Func{
+	// The engine's script loads publish on "script" (kamd sends them).
+	return &core.Module{Name: "x", Doc: "script control", Events: []string{"script"}, Funcs: []core.Func{
 		{Name: "exit", Ret: core.RetNone, Doc: "stop the callback (Kamailio's exit)",
 			Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) { return core.Null, core.ErrExit }},
 		{Name: "drop", Ret: core.RetNone, Doc: "set_drop() and stop the callback",

@@ -20,7 +20,7 @@ func (v *msgValue) Hash() (uint32, error) { return 0, fmt.Errorf("unhashable: ms
 func (v *msgValue) AttrNames() []string   { return msgAttrs }
 
 func (v *msgValue) pv(name string) sk.Value {
-	pv, err := core.ParsePV(name)
+	pv, err := v.m.Env.ParsePV(name)
 	if err != nil {
 		return sk.None
 	}

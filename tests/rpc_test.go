@@ -474,6 +474,18 @@ func TestRPCKamctlMethods(t *testing.T) {
 				t.Errorf("api_list %s params = %q (listed: %v), want %q", fn, got, ok, want)
 			}
 		}
+		// The PVs come from the same module tables, each with its module.
+		pvs := map[string]string{}
+		pvList, _ := al["pvs"].([]any)
+		for _, e := range pvList {
+			p := asObject(t, e, "api_list pv")
+			pvs[fmt.Sprint(p["name"])] = fmt.Sprint(p["module"])
+		}
+		for pv, mod := range map[string]string{"$ru": "", "$sht(name)": "htable", "$ulc(name)": "registrar", "$au": "auth"} {
+			if got, ok := pvs[pv]; !ok || got != mod {
+				t.Errorf("api_list pvs %s: module %q (listed: %v), want %q", pv, got, ok, mod)
+			}
+		}
 		if out := k.ctlOK(t, "app_starlark.api_list"); !strings.Contains(out, "name: t_relay") {
 			t.Errorf("readable api_list lacks t_relay")
 		}

@@ -166,14 +166,14 @@ func New(o Options) (*Node, error) {
 	n.workers = o.Workers
 	if n.workers <= 0 {
 		if v, ok := p.Config.CoreParams["workers"]; ok {
-			n.workers = int(v.I)
+			n.workers = int(v.Int)
 		} else {
 			n.workers = 4 * runtime.GOMAXPROCS(0)
 		}
 	}
 	env.DBPath = o.DBPath
 	if env.DBPath == "" {
-		env.DBPath = p.Config.CoreParams["db_path"].S
+		env.DBPath = p.Config.CoreParams["db_path"].Str
 	}
 	if env.DBPath == "" {
 		env.DBPath = DefaultDBPath
@@ -190,13 +190,13 @@ func (n *Node) applyCoreParams(p *starlark.Program) {
 	if !n.levelFixed {
 		l := slog.LevelInfo
 		if v, ok := p.Config.CoreParams["log_level"]; ok {
-			l, _ = core.ParseLogLevel(v.S) // checked at load
+			l, _ = core.ParseLogLevel(v.Str) // checked at load
 		}
 		n.level.Set(l)
 	}
 	sh := core.DefaultServerHeader
 	if v, ok := p.Config.CoreParams["server_header"]; ok {
-		sh = v.S
+		sh = v.Str
 	}
 	core.SetServerHeader(sh)
 }
@@ -360,10 +360,10 @@ func loadTLS(what, cert, key string) (*tls.Config, error) {
 func (n *Node) sipTLS(p *starlark.Program) (*tls.Config, error) {
 	cert, key := n.Opts.TLSCert, n.Opts.TLSKey
 	if cert == "" {
-		cert = p.Config.CoreParams["tls_certificate"].S
+		cert = p.Config.CoreParams["tls_certificate"].Str
 	}
 	if key == "" {
-		key = p.Config.CoreParams["tls_private_key"].S
+		key = p.Config.CoreParams["tls_private_key"].Str
 	}
 	return loadTLS("TLS", cert, key)
 }

@@ -61,8 +61,8 @@ func lcModule(name string, needs func() []string) core.Factory {
 }
 
 func init() {
-	core.Register("lc_a", lcModule("lc_a", func() []string { return lcNeeds }))
-	core.Register("lc_b", lcModule("lc_b", func() []string { return nil }))
+	core.Register(lcModule("lc_a", func() []string { return lcNeeds }))
+	core.Register(lcModule("lc_b", func() []string { return nil }))
 }
 
 const script = `

@@ -22,7 +22,7 @@ func (n *Node) buildRPC(p *starlark.Program) error {
 	addr := n.Opts.RPCAddr
 	if addr == "" {
 		if v, ok := p.Config.CoreParams["rpc_listen"]; ok {
-			addr = v.S
+			addr = v.Str
 		} else {
 			addr = rpc.DefaultAddr
 		}
@@ -34,10 +34,10 @@ func (n *Node) buildRPC(p *starlark.Program) error {
 	}
 	cert, key := n.Opts.RPCTLSCert, n.Opts.RPCTLSKey
 	if cert == "" {
-		cert = p.Config.CoreParams["rpc_tls_certificate"].S
+		cert = p.Config.CoreParams["rpc_tls_certificate"].Str
 	}
 	if key == "" {
-		key = p.Config.CoreParams["rpc_tls_private_key"].S
+		key = p.Config.CoreParams["rpc_tls_private_key"].Str
 	}
 	if (cert == "") != (key == "") {
 		return fmt.Errorf("RPC TLS needs both a certificate and a private key")
@@ -87,7 +87,7 @@ func (n *Node) listenRPC(ctx context.Context) error {
 		return fmt.Errorf("rpc: %w", err)
 	}
 	scheme := "ws"
-	if n.Opts.RPCTLSCert != "" || n.Engine.Program().Config.CoreParams["rpc_tls_certificate"].S != "" {
+	if n.Opts.RPCTLSCert != "" || n.Engine.Program().Config.CoreParams["rpc_tls_certificate"].Str != "" {
 		scheme = "wss"
 	}
 	n.Env.Log.Info("rpc listening on " + ln.Addr().String() + " (" + scheme + ")")
@@ -177,7 +177,7 @@ func (n *Node) CoreRPC() []core.RPCMethod {
 			Handler: n.rpcReload},
 		{Name: "app_starlark.rollback", Doc: "go back to the previous script version", Result: `{"old": n, "new": n}`, Handler: n.rpcRollback},
 		{Name: "app_starlark.status", Doc: "the running script version and the versions kept for rollback", Result: `{"version","path","sha256","loaded_at","previous":[...]}`, ReadOnly: true, Handler: n.rpcStatus},
-		{Name: "app_starlark.api_list", Doc: "every KSR function with its signature (Kamailio's api_list shape)", Result: `{"msize": n, "methods": [{"func": {"ret","module","name","params","doc"}}]}`, ReadOnly: true, Handler: n.rpcAPIList},
+		{Name: "app_starlark.api_list", Doc: "every KSR function with its signature (Kamailio's api_list shape)", Result: `{"msize": n, "methods": [{"func": {"ret","module","name","params","doc"}}], "pvs": [{"name","module","writable","doc"}]}`, ReadOnly: true, Handler: n.rpcAPIList},
 	}
 }
 
@@ -279,7 +279,11 @@ func (n *Node) rpcAPIList(context.Context, core.RPCArgs) (any, error) {
 		ms = append(ms, map[string]any{"func": map[string]any{"ret": f.Func.Ret.String(), "module": f.Module,
 			"name": f.Func.Name, "params": f.Func.ParamsString(), "doc": f.Func.Doc}})
 	}
-	return map[string]any{"msize": len(ms), "methods": ms}, nil
+	var pvs []map[string]any // kamgo's addition: the PVs of the same tables
+	for _, p := range n.Engine.PVs() {
+		pvs = append(pvs, map[string]any{"name": p.Spec(), "module": p.Module, "writable": p.Def.Set != nil, "doc": p.Def.Doc})
+	}
+	return map[string]any{"msize": len(ms), "methods": ms, "pvs": pvs}, nil
 }
 
 func progInfo(p *starlark.Program) map[string]any {

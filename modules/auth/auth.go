@@ -18,14 +18,16 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-func init() { core.Register("auth", New) }
+func init() { core.Register(New) }
 
 // Auth is one auth module instance (one per Env).
 type Auth struct {
 	env *core.Env
 
 	key            atomic.Pointer[[]byte]
-	expire         atomic.Int64 // seconds
+	randKey        []byte                 // the key when no secret is set
+	secret         atomic.Pointer[string] // the secret param, "" if unset
+	expire         atomic.Int64           // seconds
 	nonceCount     atomic.Bool
 	oneTime        atomic.Bool
 	alg            atomic.Pointer[string] // "" (MD5, not printed), "MD5", "SHA-256"
@@ -50,16 +52,9 @@ const defaultTrackerSize = 65536
 
 // New builds the auth module.
 func New(env *core.Env) *core.Module {
-	a := &Auth{env: env}
-	k := randomKey()
-	a.key.Store(&k)
-	a.expire.Store(300)
-	a.nonceCount.Store(true)
-	alg := ""
-	a.alg.Store(&alg)
-	a.tracker = newTracker(defaultTrackerSize, 0)
+	a := &Auth{env: env, randKey: randomKey()}
 	instances.Store(env, a)
-	return a.module()
+	return core.ApplyDefaults(a.module())
 }
 
 // Algorithm is the digest algorithm challenges offer: "MD5" or "SHA-256".
@@ -445,7 +440,7 @@ func (a *Auth) module() *core.Module {
 				if m.Req == nil {
 					return core.Null, core.ErrNoRequest
 				}
-				return ret(a.Challenge(m, a2[0].S, int(a2[1].I), hf(m)))
+				return ret(a.Challenge(m, a2[0].Str, int(a2[1].Int), hf(m)))
 			}}
 	}
 	pvAuth := func(name string, hf HF, doc string, withMethod bool) core.Func {
@@ -460,13 +455,13 @@ func (a *Auth) module() *core.Module {
 				}
 				method := string(m.Req.Method)
 				if withMethod {
-					method = a2[3].S
+					method = a2[3].Str
 				}
-				rc, _ := a.pvAuthenticate(m, a2[0].S, a2[1].S, int(a2[2].I), hf, method)
+				rc, _ := a.pvAuthenticate(m, a2[0].Str, a2[1].Str, int(a2[2].Int), hf, method)
 				return ret(rc)
 			}}
 	}
-	intParam := func(name string, def int, doc string, set func(int64)) core.Param {
+	intParam := func(name string, def int, doc string, set func(int64), get func() int64) core.Param {
 		return core.Param{Name: name, Type: i, Default: core.Int(def), Doc: doc,
 			Check: func(v core.Val) error {
 				if n, ok := v.AsInt(); !ok || n < 0 {
@@ -474,36 +469,46 @@ func (a *Auth) module() *core.Module {
 				}
 				return nil
 			},
-			Set: func(v core.Val) error { n, _ := v.AsInt(); set(n); return nil }}
+			Set: func(v core.Val) error { n, _ := v.AsInt(); set(n); return nil },
+			Get: func() core.Val { return core.Int(int(get())) }}
 	}
+	flag := func(b *atomic.Bool) func() int64 { return func() int64 { return core.Int01(b.Load()).Int } }
 	return &core.Module{
 		Name: "auth",
 		Doc:  "digest authentication: challenges, nonces, verification against a given password",
+		PVs:  credPVs,
 		Params: []core.Param{
 			{Name: "secret", Type: s, Default: core.Str(""),
 				Doc: "secret the nonces are signed with (HMAC-SHA-256); nodes sharing it accept each other's nonces. Default: random per process",
 				Set: func(v core.Val) error {
-					if v.String() != "" {
-						k := sha256.Sum256([]byte(v.String()))
-						b := k[:]
-						a.key.Store(&b)
+					secret := v.String()
+					a.secret.Store(&secret)
+					if secret == "" {
+						a.key.Store(&a.randKey)
+						return nil
 					}
+					k := sha256.Sum256([]byte(secret))
+					b := k[:]
+					a.key.Store(&b)
 					return nil
-				}},
+				},
+				Get: func() core.Val { return core.Str(*a.secret.Load()) }},
 			intParam("nonce_expire", 300, "seconds a nonce is valid; an older one gets -4 and the next challenge says stale=true", func(n int64) {
 				if n == 0 {
 					n = 300
 				}
 				a.expire.Store(n)
-			}),
-			intParam("nonce_count", 1, "1: a response with qop must carry a higher nc than the last accepted one for that nonce (-6 otherwise); kamgo's default is 1 (Kamailio's 0)", func(n int64) { a.nonceCount.Store(n != 0) }),
-			intParam("one_time_nonce", 0, "1: a nonce is accepted once only (-6 afterwards)", func(n int64) { a.oneTime.Store(n != 0) }),
+			}, a.expire.Load),
+			intParam("nonce_count", 1, "1: a response with qop must carry a higher nc than the last accepted one for that nonce (-6 otherwise); kamgo's default is 1 (Kamailio's 0)", func(n int64) { a.nonceCount.Store(n != 0) }, flag(&a.nonceCount)),
+			intParam("one_time_nonce", 0, "1: a nonce is accepted once only (-6 afterwards)", func(n int64) { a.oneTime.Store(n != 0) }, flag(&a.oneTime)),
 			intParam("nc_array_size", defaultTrackerSize, "how many nonces the replay tracker remembers (bounded memory); older untracked nonces are stale", func(n int64) {
 				if n <= 0 {
 					n = defaultTrackerSize
 				}
 				a.tmu.Lock()
-				if old := a.tracker; int64(old.size) != n {
+				if old := a.tracker; old == nil {
+					a.tracker = newTracker(int(n), 0)
+				} else if int64(old.size) != n {
 					// Nonces the old tracker remembered are forgotten: stale.
 					low := old.low
 					if old.len() > 0 {
@@ -512,7 +517,7 @@ func (a *Auth) module() *core.Module {
 					a.tracker = newTracker(int(n), low)
 				}
 				a.tmu.Unlock()
-			}),
+			}, func() int64 { return int64(a.trk().size) }),
 			{Name: "algorithm", Type: s, Default: core.Str(""),
 				Doc: `digest algorithm of challenges: "" (MD5, not printed), "MD5" or "SHA-256"`,
 				Check: func(v core.Val) error {
@@ -522,9 +527,10 @@ func (a *Auth) module() *core.Module {
 					}
 					return fmt.Errorf(`algorithm %q: want "", "MD5" or "SHA-256"`, v.String())
 				},
-				Set: func(v core.Val) error { x := v.String(); a.alg.Store(&x); return nil }},
-			intParam("force_stateless_reply", 0, "1: challenges are always sent statelessly", func(n int64) { a.forceStateless.Store(n != 0) }),
-			intParam("use_domain", 0, "1: pv_auth_check's ID checks compare domains too", func(n int64) { a.useDomain.Store(n != 0) }),
+				Set: func(v core.Val) error { x := v.String(); a.alg.Store(&x); return nil },
+				Get: func() core.Val { return core.Str(*a.alg.Load()) }},
+			intParam("force_stateless_reply", 0, "1: challenges are always sent statelessly", func(n int64) { a.forceStateless.Store(n != 0) }, flag(&a.forceStateless)),
+			intParam("use_domain", 0, "1: pv_auth_check's ID checks compare domains too", func(n int64) { a.useDomain.Store(n != 0) }, flag(&a.useDomain)),
 		},
 		Funcs: []core.Func{
 			chal("auth_challenge", HFFor, "(realm, flags) 401 for REGISTER, else 407; flags 1 qop=auth, 2 qop=auth-int, 4 no 500 on failure, 16 stale=true (also automatic after a stale nonce); realm \"\" is the To (REGISTER) or From host; 1 sent, -2 challenge not built, -3 not sent"),
@@ -540,7 +546,7 @@ func (a *Auth) module() *core.Module {
 				}},
 			{Name: "has_credentials", Args: []core.ArgType{s}, Ret: core.RetInt,
 				Doc: "(realm) 1 if Authorization or Proxy-Authorization has Digest credentials for realm, else -1",
-				Fn:  func(m *core.Msg, a2 []core.Val) (core.Val, error) { return ret(a.HasCredentials(m, a2[0].S)) }},
+				Fn:  func(m *core.Msg, a2 []core.Val) (core.Val, error) { return ret(a.HasCredentials(m, a2[0].Str)) }},
 			pvAuth("pv_www_authenticate", WWW, "(realm, password, flags) verify Authorization against password (flags 1: password is the HA1); 1 ok, -1 error, -2 bad password, -4 stale nonce, -5 no credentials, -6 nonce reused", false),
 			pvAuth("pv_www_authenticate_method", WWW, "(realm, password, flags, method) pv_www_authenticate with another method in the digest", true),
 			pvAuth("pv_proxy_authenticate", Proxy, "(realm, password, flags) verify Proxy-Authorization against password; codes as pv_www_authenticate", false),
@@ -553,8 +559,8 @@ func (a *Auth) module() *core.Module {
 					if m.Req.Method == sip.ACK || m.Req.Method == sip.CANCEL {
 						return ret(OK)
 					}
-					rc, c := a.pvAuthenticate(m, a2[0].S, a2[1].S, int(a2[2].I), HFFor(m), string(m.Req.Method))
-					if rc == OK && a2[3].I&1 != 0 {
+					rc, c := a.pvAuthenticate(m, a2[0].Str, a2[1].Str, int(a2[2].Int), HFFor(m), string(m.Req.Method))
+					if rc == OK && a2[3].Int&1 != 0 {
 						rc = CheckIDs(m, c, a.useDomain.Load(), false)
 					}
 					return ret(rc)

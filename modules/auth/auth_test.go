@@ -28,6 +28,7 @@ func newFixture(t *testing.T, params map[string]core.Val) *fixture {
 	clock := routetest.NewFixedClock(routetest.RouteTestEpoch)
 	env.Clock = clock
 	f := &fixture{t: t, env: env, rec: rec, clock: clock, mod: auth.New(env)}
+	env.SetModule(f.mod) // its PVs ($au...) come from its table
 	for k, v := range params {
 		moduletest.SetParam(t, f.mod, k, v)
 	}
@@ -360,7 +361,7 @@ func TestAuthCheckIDsAndCredentials(t *testing.T) {
 		t.Errorf("has_credentials(other.org): %d", rc)
 	}
 	for pv, want := range map[string]string{"$au": "alice", "$ar": "example.com", "$aU": "alice", "$ad": "<null>"} {
-		p, err := core.ParsePV(pv)
+		p, err := f.env.ParsePV(pv)
 		if err != nil {
 			t.Fatal(err)
 		}

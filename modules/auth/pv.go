@@ -31,7 +31,9 @@ func strOrNull(s string) core.Val {
 	return core.Str(s)
 }
 
-func init() {
+// credPVs are auth's $au, $ad, $aU and $ar, declared in the module table.
+var credPVs = func() []core.PVDef {
+	var defs []core.PVDef
 	for _, d := range []struct {
 		name, doc string
 		get       func(c *Cred) string
@@ -42,7 +44,7 @@ func init() {
 		{"ar", "auth realm from the credentials", func(c *Cred) string { return c.Realm }},
 	} {
 		get := d.get
-		core.RegisterPV(&core.PVDef{Name: d.name, Doc: d.doc, Get: func(m *core.Msg, _ string) core.Val {
+		defs = append(defs, core.PVDef{Name: d.name, Doc: d.doc, Get: func(m *core.Msg, _ string) core.Val {
 			c := pvCred(m)
 			if c == nil {
 				return core.Null
@@ -50,4 +52,5 @@ func init() {
 			return strOrNull(get(c))
 		}})
 	}
-}
+	return defs
+}()

@@ -9,25 +9,23 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/kamgo/kamgo/modules/auth"
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-func init() { core.Register("auth_db", New) }
+func init() { core.Register(New) }
 
 // TableVersion is the subscriber table version Kamailio's auth_db expects.
 const TableVersion = 7
 
-// CreateSchema creates Kamailio's subscriber table and its version row if
-// missing, and refuses a table of another version.
-func CreateSchema(db *sql.DB) error {
-	stmts := []string{
-		`CREATE TABLE IF NOT EXISTS subscriber (
+// subscriberSchema is Kamailio's subscriber table.
+var subscriberSchema = core.TableSchema{Name: "subscriber", Version: TableVersion, Create: []string{
+	`CREATE TABLE IF NOT EXISTS subscriber (
 			id INTEGER PRIMARY KEY NOT NULL,
 			username VARCHAR(64) DEFAULT '' NOT NULL,
 			domain VARCHAR(64) DEFAULT '' NOT NULL,
@@ -35,20 +33,14 @@ func CreateSchema(db *sql.DB) error {
 			ha1 VARCHAR(128) DEFAULT '' NOT NULL,
 			ha1b VARCHAR(128) DEFAULT '' NOT NULL,
 			CONSTRAINT subscriber_account_idx UNIQUE (username, domain))`,
-		`CREATE INDEX IF NOT EXISTS subscriber_username_idx ON subscriber (username)`,
-		`INSERT OR IGNORE INTO version (table_name, table_version) VALUES ('subscriber', 7)`,
-	}
-	for _, q := range stmts {
-		if _, err := db.Exec(q); err != nil {
-			return fmt.Errorf("auth_db: creating the subscriber table: %w", err)
-		}
-	}
-	var v int
-	if err := db.QueryRow(`SELECT table_version FROM version WHERE table_name = 'subscriber'`).Scan(&v); err != nil {
-		return fmt.Errorf("auth_db: reading the subscriber table version: %w", err)
-	}
-	if v != TableVersion {
-		return fmt.Errorf("auth_db: subscriber table has version %d, want %d", v, TableVersion)
+	`CREATE INDEX IF NOT EXISTS subscriber_username_idx ON subscriber (username)`,
+}}
+
+// CreateSchema creates Kamailio's subscriber table and its version row if
+// missing, and refuses a table of another version.
+func CreateSchema(db *sql.DB) error {
+	if err := core.EnsureTable(db, subscriberSchema); err != nil {
+		return fmt.Errorf("auth_db: %w", err)
 	}
 	return nil
 }
@@ -82,8 +74,7 @@ func AddSubscriber(ctx context.Context, db *sql.DB, alg, username, domain, passw
 
 type config struct {
 	calcHA1       bool
-	passCol       string
-	passColSet    bool
+	passCol       string // "" is ha1, or password with calculate_ha1
 	passCol2      string
 	userCol       string
 	domainCol     string
@@ -104,8 +95,8 @@ type AuthDB struct {
 
 // New builds the auth_db module.
 func New(env *core.Env) *core.Module {
-	d := &AuthDB{env: env, cfg: config{passCol: "ha1", passCol2: "ha1b", userCol: "username", domainCol: "domain"}}
-	return d.module()
+	d := &AuthDB{env: env}
+	return core.ApplyDefaults(d.module())
 }
 
 func (d *AuthDB) conf() config {
@@ -139,10 +130,8 @@ func (d *AuthDB) db() (*sql.DB, error) {
 	return db, nil
 }
 
-var identRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,63}$`)
-
 func ident(what, s string) (string, error) {
-	if !identRe.MatchString(s) {
+	if !core.ValidSQLName(s) {
 		return "", fmt.Errorf("invalid %s name %q (letters, digits, '_')", what, s)
 	}
 	return `"` + s + `"`, nil
@@ -155,8 +144,11 @@ func (d *AuthDB) lookup(m *core.Msg, table string) auth.HA1Lookup {
 	return func(c *auth.Cred, realm string) (string, int) {
 		cfg := d.conf()
 		col := cfg.passCol
-		if cfg.calcHA1 && !cfg.passColSet {
-			col = "password"
+		if col == "" {
+			col = "ha1"
+			if cfg.calcHA1 {
+				col = "password"
+			}
 		}
 		if c.Domain != "" && !cfg.calcHA1 {
 			col = cfg.passCol2
@@ -292,17 +284,18 @@ func (d *AuthDB) module() *core.Module {
 			return ret(f(m, a))
 		}
 	}
-	strParam := func(name, def, doc string, set func(c *config, v string)) core.Param {
+	strParam := func(name, def, doc string, field func(c *config) *string) core.Param {
 		return core.Param{Name: name, Type: s, Default: core.Str(def), Doc: doc,
 			Check: func(v core.Val) error {
-				if !identRe.MatchString(v.String()) {
+				if !core.ValidSQLName(v.String()) && (def != "" || v.String() != "") {
 					return fmt.Errorf("%s: invalid column name %q", name, v.String())
 				}
 				return nil
 			},
-			Set: func(v core.Val) error { d.mu.Lock(); set(&d.cfg, v.String()); d.mu.Unlock(); return nil }}
+			Set: func(v core.Val) error { d.mu.Lock(); *field(&d.cfg) = v.String(); d.mu.Unlock(); return nil },
+			Get: func() core.Val { c := d.conf(); return core.Str(*field(&c)) }}
 	}
-	intParam := func(name string, doc string, set func(c *config, v bool)) core.Param {
+	intParam := func(name string, doc string, field func(c *config) *bool) core.Param {
 		return core.Param{Name: name, Type: i, Default: core.Int(0), Doc: doc,
 			Check: func(v core.Val) error {
 				if _, ok := v.AsInt(); !ok {
@@ -310,10 +303,20 @@ func (d *AuthDB) module() *core.Module {
 				}
 				return nil
 			},
-			Set: func(v core.Val) error { n, _ := v.AsInt(); d.mu.Lock(); set(&d.cfg, n != 0); d.mu.Unlock(); return nil }}
+			Set: func(v core.Val) error {
+				n, _ := v.AsInt()
+				d.mu.Lock()
+				*field(&d.cfg) = n != 0
+				d.mu.Unlock()
+				return nil
+			},
+			Get: func() core.Val { c := d.conf(); return core.Int01(*field(&c)) }}
 	}
 	ignored := func(name, doc string) core.Param {
-		return core.Param{Name: name, Type: s, Default: core.Str(""), Doc: doc, Set: func(core.Val) error { return nil }}
+		var val atomic.Pointer[string] // kept only so the value reads back
+		return core.Param{Name: name, Type: s, Default: core.Str(""), Doc: doc,
+			Set: func(v core.Val) error { x := v.String(); val.Store(&x); return nil },
+			Get: func() core.Val { return core.Str(*val.Load()) }}
 	}
 	codes := "1 ok, -1 error, -2 bad password, -3 unknown user, -4 stale nonce, -5 no credentials, -6 nonce reused"
 	return &core.Module{
@@ -322,13 +325,13 @@ func (d *AuthDB) module() *core.Module {
 		Doc:   "digest authentication against the subscriber table",
 		Params: []core.Param{
 			intParam("calculate_ha1", "1: compute the HA1 from the plaintext password column (\"password\" unless password_column is set); 0: read the ha1 column (ha1b when the username has a domain)",
-				func(c *config, v bool) { c.calcHA1 = v }),
-			strParam("password_column", "ha1", "column with the HA1 (or the password with calculate_ha1)", func(c *config, v string) { c.passCol, c.passColSet = v, true }),
-			strParam("password_column_2", "ha1b", "column with H(user@domain:realm:password), for usernames with a domain", func(c *config, v string) { c.passCol2 = v }),
-			strParam("user_column", "username", "username column", func(c *config, v string) { c.userCol = v }),
-			strParam("domain_column", "domain", "domain column", func(c *config, v string) { c.domainCol = v }),
-			intParam("use_domain", "1: match the domain column too (the username's domain, else the realm); ID checks compare domains", func(c *config, v bool) { c.useDomain = v }),
-			intParam("store_password", "kamgo: 1 makes auth_db.subscriber_add store the plaintext password too; default 0 stores ha1 and ha1b only", func(c *config, v bool) { c.storePassword = v }),
+				func(c *config) *bool { return &c.calcHA1 }),
+			strParam("password_column", "", "column with the HA1 (the plaintext password with calculate_ha1); \"\": ha1, or password with calculate_ha1", func(c *config) *string { return &c.passCol }),
+			strParam("password_column_2", "ha1b", "column with H(user@domain:realm:password), for usernames with a domain", func(c *config) *string { return &c.passCol2 }),
+			strParam("user_column", "username", "username column", func(c *config) *string { return &c.userCol }),
+			strParam("domain_column", "domain", "domain column", func(c *config) *string { return &c.domainCol }),
+			intParam("use_domain", "1: match the domain column too (the username's domain, else the realm); ID checks compare domains", func(c *config) *bool { return &c.useDomain }),
+			intParam("store_password", "kamgo: 1 makes auth_db.subscriber_add store the plaintext password too; default 0 stores ha1 and ha1b only", func(c *config) *bool { return &c.storePassword }),
 			ignored("db_url", "accepted for compatibility and ignored: kamgo uses its SQLite database (kamd --db)"),
 			ignored("load_credentials", "accepted for compatibility and ignored: kamgo has no AVPs"),
 		},
@@ -339,38 +342,38 @@ func (d *AuthDB) module() *core.Module {
 					if m.Req.Method == sip.ACK || m.Req.Method == sip.CANCEL {
 						return auth.OK
 					}
-					rc, c := d.authenticate(m, a[0].S, a[1].S, auth.HFFor(m), string(m.Req.Method))
-					if rc == auth.OK && a[2].I&checkID != 0 {
-						rc = auth.CheckIDs(m, c, d.conf().useDomain, a[2].I&checkSkipFwd != 0)
+					rc, c := d.authenticate(m, a[0].Str, a[1].Str, auth.HFFor(m), string(m.Req.Method))
+					if rc == auth.OK && a[2].Int&checkID != 0 {
+						rc = auth.CheckIDs(m, c, d.conf().useDomain, a[2].Int&checkSkipFwd != 0)
 					}
 					return rc
 				})},
 			{Name: "www_authenticate", Args: []core.ArgType{s, s}, Ret: core.RetInt, Routes: core.RouteRequest,
 				Doc: "(realm, table) verify the Authorization header; " + codes,
 				Fn: req(func(m *core.Msg, a []core.Val) int {
-					rc, _ := d.authenticate(m, a[0].S, a[1].S, auth.WWW, string(m.Req.Method))
+					rc, _ := d.authenticate(m, a[0].Str, a[1].Str, auth.WWW, string(m.Req.Method))
 					return rc
 				})},
 			{Name: "www_authenticate_method", Args: []core.ArgType{s, s, s}, Ret: core.RetInt, Routes: core.RouteRequest,
 				Doc: "(realm, table, method) www_authenticate with another method in the digest",
 				Fn: req(func(m *core.Msg, a []core.Val) int {
-					if a[2].S == "" {
+					if a[2].Str == "" {
 						d.env.Log.Error("auth_db: empty method", "at", m.Pos())
 						return auth.ErrGeneric
 					}
-					rc, _ := d.authenticate(m, a[0].S, a[1].S, auth.WWW, a[2].S)
+					rc, _ := d.authenticate(m, a[0].Str, a[1].Str, auth.WWW, a[2].Str)
 					return rc
 				})},
 			{Name: "proxy_authenticate", Args: []core.ArgType{s, s}, Ret: core.RetInt, Routes: core.RouteRequest,
 				Doc: "(realm, table) verify the Proxy-Authorization header (kamgo: Kamailio does not export it to KEMI); " + codes,
 				Fn: req(func(m *core.Msg, a []core.Val) int {
-					rc, _ := d.authenticate(m, a[0].S, a[1].S, auth.Proxy, string(m.Req.Method))
+					rc, _ := d.authenticate(m, a[0].Str, a[1].Str, auth.Proxy, string(m.Req.Method))
 					return rc
 				})},
 			{Name: "is_subscriber", Args: []core.ArgType{s, s, i}, Ret: core.RetInt,
 				Doc: "(uri, table, flags) 1 if the URI's user is in table (flags 1: and its host in the domain column), -2 if not, -1 on error",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					return ret(d.isSubscriber(m, a[0].S, a[1].S, int(a[2].I)))
+					return ret(d.isSubscriber(m, a[0].Str, a[1].Str, int(a[2].Int)))
 				}},
 		},
 		RPC: d.rpc(),

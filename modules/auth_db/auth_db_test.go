@@ -303,7 +303,7 @@ func TestSubscriberRPCAndIsSubscriber(t *testing.T) {
 	} {
 		fn := findFunc(t, mod, "is_subscriber")
 		v, err := fn.Fn(m, []core.Val{core.Str(tc.uri), core.Str("subscriber"), core.Int(tc.flags)})
-		if err != nil || v.I != tc.want {
+		if err != nil || v.Int != tc.want {
 			t.Errorf("is_subscriber(%s, %d) = %v %v, want %d", tc.uri, tc.flags, v, err, tc.want)
 		}
 	}

@@ -1,6 +1,7 @@
 package core_test
 
 import (
+	"log/slog"
 	"strings"
 	"testing"
 
@@ -73,7 +74,7 @@ func TestPVGet(t *testing.T) {
 		{"$rb", core.Str("body")},
 		{"$T_reply_code", core.Int(0)},
 	} {
-		pv, err := core.ParsePV(tc.pv)
+		pv, err := core.NewEnv(nil).ParsePV(tc.pv)
 		if err != nil {
 			t.Errorf("%s: %v", tc.pv, err)
 			continue
@@ -107,7 +108,7 @@ func TestPVSet(t *testing.T) {
 		{pv: "$fu", val: core.Str("sip:a@b"), err: "read-only"},
 	} {
 		m := request(t, invite)
-		pv, err := core.ParsePV(tc.pv)
+		pv, err := core.NewEnv(nil).ParsePV(tc.pv)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -122,7 +123,7 @@ func TestPVSet(t *testing.T) {
 			t.Errorf("set %s: %v", tc.pv, err)
 			continue
 		}
-		then, _ := core.ParsePV(tc.then)
+		then, _ := core.NewEnv(nil).ParsePV(tc.then)
 		if got := then.Get(m); got != tc.want {
 			t.Errorf("after %s=%v: %s = %#v, want %#v", tc.pv, tc.val, tc.then, got, tc.want)
 		}
@@ -131,7 +132,7 @@ func TestPVSet(t *testing.T) {
 
 func TestParsePVErrors(t *testing.T) {
 	for _, s := range []string{"ru", "$", "$nosuch", "$hdr", "$hdr()", "$ru(x)", "$hdr(X"} {
-		if _, err := core.ParsePV(s); err == nil {
+		if _, err := core.NewEnv(nil).ParsePV(s); err == nil {
 			t.Errorf("ParsePV(%q) accepted", s)
 		}
 	}
@@ -352,5 +353,60 @@ func TestStats(t *testing.T) {
 	}
 	if g.Value() != 2 || s.Counter("tm", "created").Value() != 0 {
 		t.Errorf("after reset: current %d created %d", g.Value(), s.Counter("tm", "created").Value())
+	}
+}
+
+func TestModulePVs(t *testing.T) {
+	get := func(_ *core.Msg, arg string) core.Val { return core.Str(arg) }
+	env := core.NewEnv(nil)
+	m := &core.Msg{Env: env}
+	// Before the module is set its PV is unknown and a format prints it as written.
+	if got := core.ExpandPV(m, "[$mpv(a)]"); got != "[$mpv(a)]" {
+		t.Errorf("before SetModule: %q", got)
+	}
+	env.SetModule(&core.Module{Name: "m1", PVs: []core.PVDef{{Name: "mpv", HasArg: true, Get: get}}})
+	// The cached parse of the same format must not hide the new PV.
+	if got := core.ExpandPV(m, "[$mpv(a)]"); got != "[a]" {
+		t.Errorf("after SetModule: %q", got)
+	}
+	if _, err := env.ParsePV("$mpv(x)"); err != nil {
+		t.Error(err)
+	}
+	if _, err := core.NewEnv(nil).ParsePV("$mpv(x)"); err == nil {
+		t.Error("another Env knows m1's PV")
+	}
+	for name, mod := range map[string]*core.Module{
+		"same PV from another module": {Name: "m2", PVs: []core.PVDef{{Name: "mpv", HasArg: true, Get: get}}},
+		"a core PV":                   {Name: "m3", PVs: []core.PVDef{{Name: "ru", Get: get}}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			defer func() {
+				if recover() == nil {
+					t.Error("no panic")
+				}
+			}()
+			env.SetModule(mod)
+		})
+	}
+}
+
+func TestEmitUndeclaredTopic(t *testing.T) {
+	var logs strings.Builder
+	env := core.NewEnv(nil)
+	env.Log = slog.New(slog.NewTextHandler(&logs, nil))
+	var got []string
+	env.Publish = func(topic string, _ any) { got = append(got, topic) }
+	env.SetModule(&core.Module{Name: "m", Events: []string{"m"}})
+	env.Emit("m", nil)
+	env.Emit("typo", nil)
+	env.Emit("typo", nil)
+	if strings.Join(got, ",") != "m,typo,typo" {
+		t.Errorf("published %v: every event must still go out", got)
+	}
+	if n := strings.Count(logs.String(), "declared in no module table"); n != 1 {
+		t.Errorf("%d warnings, want 1 (for typo, once):\n%s", n, logs.String())
+	}
+	if strings.Contains(logs.String(), "topic=m ") {
+		t.Errorf("declared topic logged:\n%s", logs.String())
 	}
 }

@@ -169,11 +169,16 @@ type Env struct {
 
 	mu      sync.Mutex
 	modules map[string]*Module
+	pvs     pvTable     // core's PVs and those of the modules set
+	topics  topicChecks // event topics the modules set declare
 }
 
-// Emit publishes an event if an event hub is attached.
+// Emit publishes an event if an event hub is attached. A topic no module
+// table declares (Module.Events) is still published but logged once, so a
+// topic missing from the docs shows up in the first run that emits it.
 func (e *Env) Emit(topic string, data any) {
 	if e.Publish != nil {
+		e.topics.check(e.Log, topic)
 		e.Publish(topic, data)
 	}
 }
@@ -189,14 +194,17 @@ func NewEnv(sender Sender) *Env {
 	}
 }
 
-// SetModule records a built module so others can find it by name.
+// SetModule records a built module so others can find it by name, and
+// makes the PVs and event topics its table declares known to this Env.
 func (e *Env) SetModule(m *Module) {
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	if e.modules == nil {
 		e.modules = map[string]*Module{}
 	}
 	e.modules[m.Name] = m
+	e.mu.Unlock()
+	e.pvs.addModule(m)
+	e.topics.declare(m.Events)
 }
 
 // Module returns a built module by name.

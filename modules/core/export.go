@@ -3,6 +3,7 @@ package core
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sort"
 	"sync"
 )
@@ -79,8 +80,9 @@ type Func struct {
 	Doc  string
 	// Routes limits where the function may run; zero means anywhere.
 	Routes RouteType
-	// CallbackArg marks the index of an argument naming a script callback
-	// (t_on_failure...), checked at load time when it is a literal.
+	// CallbackArg is the 1-based position of an argument naming a script
+	// callback (t_on_failure's 1); 0 means none. When that argument is a
+	// string literal the load fails unless the script defines the function.
 	CallbackArg int
 	Fn          func(m *Msg, args []Val) (Val, error)
 }
@@ -128,6 +130,30 @@ type Param struct {
 	// Init): a reload that changes it is refused with 409, like a listen
 	// change. A param a new script no longer sets goes back to Default.
 	Static bool
+	// Get reads the value in effect, so a test can check that a module
+	// with no modparam runs with Default.
+	Get func() Val
+}
+
+// ApplyDefaults sets every param to its Default through its Set, so a
+// module's state starts from the one place its defaults are written; the
+// module's New calls it on its table instead of initialising fields with
+// literals. A Default its own Check or Set refuses is a programming error.
+func ApplyDefaults(m *Module) *Module {
+	for i := range m.Params {
+		p := &m.Params[i]
+		if p.Check != nil {
+			if err := p.Check(p.Default); err != nil {
+				panic(fmt.Sprintf("core: %s.%s: default %v: %v", m.Name, p.Name, p.Default, err))
+			}
+		}
+		if p.Set != nil {
+			if err := p.Set(p.Default); err != nil {
+				panic(fmt.Sprintf("core: %s.%s: default %v: %v", m.Name, p.Name, p.Default, err))
+			}
+		}
+	}
+	return m
 }
 
 // RPCArgs is the positional view of an RPC call's params.
@@ -170,6 +196,11 @@ type Module struct {
 	Params []Param
 	Funcs  []Func
 	RPC    []RPCMethod
+	// PVs are the module's pseudo-variables ($sht(...), $ulc(...)); the
+	// Env's PV lookup, api_list and the docs are built from them.
+	PVs []PVDef
+	// Events are the topics the module publishes through Env.Emit; the
+	// docs list them and Emit logs a topic no module declares.
 	Events []string
 
 	// Lifecycle fields (issue 8, kamd wiring). Needs names the modules this
@@ -195,31 +226,78 @@ type Factory func(env *Env) *Module
 
 var (
 	regMu     sync.Mutex
-	factories = map[string]Factory{}
+	factories []Factory
 )
 
 // Register makes a module available; called from module packages' init.
-func Register(name string, f Factory) {
+// The module's name is its table's Name, written nowhere else.
+func Register(f Factory) {
 	regMu.Lock()
 	defer regMu.Unlock()
-	if _, dup := factories[name]; dup {
-		panic("core: module registered twice: " + name)
-	}
-	factories[name] = f
+	factories = append(factories, f)
 }
 
-// Factories returns the registered factories sorted by name, core first.
+// Factories returns the registered factories in registration order.
 func Factories() []Factory {
 	regMu.Lock()
 	defer regMu.Unlock()
-	names := make([]string, 0, len(factories))
-	for n := range factories {
-		names = append(names, n)
+	return append([]Factory(nil), factories...)
+}
+
+// BuildModules builds every registered module against env, sorted by name
+// (core's "" first), and records each in env; two modules of one name are
+// a programming error.
+func BuildModules(env *Env) []*Module {
+	var mods []*Module
+	seen := map[string]bool{}
+	for _, f := range Factories() {
+		m := f(env)
+		if seen[m.Name] {
+			panic("core: module registered twice: " + m.Name)
+		}
+		seen[m.Name] = true
+		mods = append(mods, m)
 	}
-	sort.Strings(names)
-	out := make([]Factory, 0, len(names))
-	for _, n := range names {
-		out = append(out, factories[n])
+	sort.Slice(mods, func(i, j int) bool { return mods[i].Name < mods[j].Name })
+	for _, m := range mods {
+		env.SetModule(m)
 	}
-	return out
+	return mods
+}
+
+// topicChecks remembers the declared event topics and the undeclared ones
+// already logged.
+type topicChecks struct {
+	mu       sync.Mutex
+	declared map[string]bool
+	warned   map[string]bool
+}
+
+func (t *topicChecks) declare(topics []string) {
+	if len(topics) == 0 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.declared == nil {
+		t.declared = map[string]bool{}
+	}
+	for _, s := range topics {
+		t.declared[s] = true
+	}
+}
+
+func (t *topicChecks) check(log *slog.Logger, topic string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.declared[topic] || t.warned[topic] {
+		return
+	}
+	if t.warned == nil {
+		t.warned = map[string]bool{}
+	}
+	t.warned[topic] = true
+	if log != nil {
+		log.Warn("event topic is declared in no module table (Module.Events)", "topic", topic)
+	}
 }

@@ -1,9 +1,6 @@
 package core
 
-import (
-	"strings"
-	"sync"
-)
+import "strings"
 
 // A format string ("from $si:$sp to $hdr(To)") parsed into literal text and
 // pseudo-variables, as xlog and pvx.evalx print it.
@@ -11,12 +8,6 @@ type formatSeg struct {
 	lit string
 	pv  *PV
 }
-
-var (
-	fmtCache  sync.Map // string -> []formatSeg
-	fmtCached int64
-	fmtMu     sync.Mutex
-)
 
 const fmtCacheLimit = 2048
 
@@ -33,7 +24,7 @@ func ExpandPV(m *Msg, s string) string {
 	if strings.IndexByte(s, '$') < 0 {
 		return s
 	}
-	segs := parseFormat(s)
+	segs := parseFormat(m.Env, s)
 	if len(segs) == 1 && segs[0].pv == nil {
 		return segs[0].lit
 	}
@@ -48,17 +39,16 @@ func ExpandPV(m *Msg, s string) string {
 	return b.String()
 }
 
-func parseFormat(s string) []formatSeg {
-	if v, ok := fmtCache.Load(s); ok {
-		return v.([]formatSeg)
+// parseFormat resolves PV names against env's modules; the cache is env's.
+func parseFormat(env *Env, s string) []formatSeg {
+	if env == nil {
+		return scanFormat(env, s)
 	}
-	segs := scanFormat(s)
-	fmtMu.Lock()
-	if fmtCached < fmtCacheLimit {
-		fmtCache.Store(s, segs)
-		fmtCached++
+	if segs, ok := env.pvs.fmts.load(s); ok {
+		return segs
 	}
-	fmtMu.Unlock()
+	segs := scanFormat(env, s)
+	env.pvs.fmts.store(s, segs, fmtCacheLimit)
 	return segs
 }
 
@@ -66,7 +56,7 @@ func isPVNameByte(c byte) bool {
 	return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
 }
 
-func scanFormat(s string) []formatSeg {
+func scanFormat(env *Env, s string) []formatSeg {
 	var segs []formatSeg
 	var lit strings.Builder
 	flush := func() {
@@ -119,10 +109,10 @@ func scanFormat(s string) []formatSeg {
 			i++
 			continue
 		}
-		pv, err := ParsePV(s[i:end])
+		pv, err := env.ParsePV(s[i:end])
 		if err != nil && end > j {
 			// "$ru(" ... is not a PV with an argument: try the bare name.
-			if pv2, err2 := ParsePV(s[i:j]); err2 == nil {
+			if pv2, err2 := env.ParsePV(s[i:j]); err2 == nil {
 				pv, err, end = pv2, nil, j
 			}
 		}

@@ -33,9 +33,8 @@ func TestExpandPV(t *testing.T) {
 }
 
 func TestExpandPVNested(t *testing.T) {
-	d := &PVDef{Name: "fmttest", HasArg: true, Get: func(m *Msg, arg string) Val { return Str("<" + arg + ">") }}
-	RegisterPV(d)
 	m := &Msg{Env: NewEnv(nil)}
+	m.Env.SetModule(&Module{Name: "fmttest", PVs: []PVDef{{Name: "fmttest", HasArg: true, Get: func(m *Msg, arg string) Val { return Str("<" + arg + ">") }}}})
 	if got, want := ExpandPV(m, "x $fmttest(a=>$hdr(X)) y"), "x <a=>$hdr(X)> y"; got != want {
 		t.Errorf("got %q, want %q", got, want)
 	}

@@ -21,12 +21,13 @@ var ErrExit = errors.New("exit")
 // The core KSR functions (KSR.*, KSR.pv.*, KSR.hdr.*) are exported like any
 // module's, under the names "", "pv" and "hdr".
 func init() {
-	Register("", coreModule)
-	Register("pv", pvModule)
-	Register("hdr", hdrModule)
+	Register(coreModule)
+	Register(pvModule)
+	Register(hdrModule)
 }
 
-func B(b bool) (Val, error) { return Bool(b), nil }
+// BoolRet wraps a Go bool as a KSR function's (Val, error) result.
+func BoolRet(b bool) (Val, error) { return Bool(b), nil }
 
 // IntRet maps a Go success flag to KEMI's 1 / -1.
 func IntRet(ok bool) Val {
@@ -73,7 +74,7 @@ func logFunc(name string, level slog.Level) Func {
 	return Func{Name: name, Args: []ArgType{ArgStr}, Ret: RetNone,
 		Doc: "log at " + name + " (no PV expansion; a trailing newline is trimmed)",
 		Fn: func(m *Msg, a []Val) (Val, error) {
-			scriptLog(m, level, a[0].S)
+			scriptLog(m, level, a[0].Str)
 			return Null, nil
 		}}
 }
@@ -85,24 +86,24 @@ func scriptLog(m *Msg, level slog.Level, text string) {
 func flagFunc(name, doc string, f func(m *Msg, bit uint64) bool) Func {
 	return Func{Name: name, Args: []ArgType{ArgInt}, Ret: RetBool, Doc: doc,
 		Fn: func(m *Msg, a []Val) (Val, error) {
-			if a[0].I < 0 || a[0].I > 63 {
-				return Null, fmt.Errorf("flag %d out of range 0..63", a[0].I)
+			if a[0].Int < 0 || a[0].Int > 63 {
+				return Null, fmt.Errorf("flag %d out of range 0..63", a[0].Int)
 			}
-			return Bool(f(m, 1<<uint(a[0].I))), nil
+			return Bool(f(m, 1<<uint(a[0].Int))), nil
 		}}
 }
 
 func coreModule(env *Env) *Module {
 	fns := []Func{
 		{Name: "is_method", Args: []ArgType{ArgStr}, Ret: RetBool, Doc: "method equals arg (or one of \"A|B\"), case-insensitive",
-			Fn: func(m *Msg, a []Val) (Val, error) { return Bool(isMethod(m, a[0].S)), nil }},
+			Fn: func(m *Msg, a []Val) (Val, error) { return Bool(isMethod(m, a[0].Str)), nil }},
 		{Name: "is_method_in", Args: []ArgType{ArgStr}, Ret: RetBool, Doc: "method is one of the letters (I=INVITE A=ACK B=BYE C=CANCEL R=REGISTER M=MESSAGE O=OPTIONS S=SUBSCRIBE P=PUBLISH N=NOTIFY U=UPDATE E=PRACK F=REFER ...)",
 			Fn: func(m *Msg, a []Val) (Val, error) {
 				meth := m.Method()
-				for i := 0; i < len(a[0].S); i++ {
-					name, ok := methodLetters[a[0].S[i]]
+				for i := 0; i < len(a[0].Str); i++ {
+					name, ok := methodLetters[a[0].Str[i]]
 					if !ok {
-						return Null, fmt.Errorf("is_method_in: unknown method letter %q", a[0].S[i])
+						return Null, fmt.Errorf("is_method_in: unknown method letter %q", a[0].Str[i])
 					}
 					if name == meth {
 						return Bool(true), nil
@@ -117,44 +118,44 @@ func coreModule(env *Env) *Module {
 	fns = append(fns,
 		protoFunc("UDP", "udp"), protoFunc("TCP", "tcp"), protoFunc("TLS", "tls"), protoFunc("WS", "ws"),
 		protoFunc("WSS", "wss"), protoFunc("WSX", "ws", "wss"), protoFunc("TCPX", "tcp", "tls", "ws", "wss"),
-		Func{Name: "is_IPv4", Ret: RetBool, Doc: "source address is IPv4", Fn: func(m *Msg, _ []Val) (Val, error) { return B(!strings.Contains(m.SrcIP, ":")) }},
-		Func{Name: "is_IPv6", Ret: RetBool, Doc: "source address is IPv6", Fn: func(m *Msg, _ []Val) (Val, error) { return B(strings.Contains(m.SrcIP, ":")) }},
-		Func{Name: "is_src_port", Args: []ArgType{ArgInt}, Ret: RetBool, Doc: "source port equals arg", Fn: func(m *Msg, a []Val) (Val, error) { return B(int64(m.SrcPort) == a[0].I) }},
-		Func{Name: "is_dst_port", Args: []ArgType{ArgInt}, Ret: RetBool, Doc: "local receiving port equals arg", Fn: func(m *Msg, a []Val) (Val, error) { return B(int64(m.Local.Port) == a[0].I) }},
-		Func{Name: "seturi", Args: []ArgType{ArgStr}, Ret: RetBool, Doc: "rewrite the whole R-URI", Fn: func(m *Msg, a []Val) (Val, error) { return Bool(true), m.SetRURI(a[0].S) }},
-		Func{Name: "setuser", Args: []ArgType{ArgStr}, Ret: RetBool, Doc: "rewrite the R-URI user", Fn: func(m *Msg, a []Val) (Val, error) { return Bool(true), m.SetRURIUser(a[0].S) }},
-		Func{Name: "sethost", Args: []ArgType{ArgStr}, Ret: RetBool, Doc: "rewrite the R-URI host", Fn: func(m *Msg, a []Val) (Val, error) { return Bool(true), m.SetRURIHost(a[0].S) }},
-		Func{Name: "setdsturi", Args: []ArgType{ArgStr}, Ret: RetBool, Doc: "set $du (next hop); an invalid URI is an error (Kamailio returns True)", Fn: func(m *Msg, a []Val) (Val, error) { return Bool(true), m.SetDstURI(a[0].S) }},
+		Func{Name: "is_IPv4", Ret: RetBool, Doc: "source address is IPv4", Fn: func(m *Msg, _ []Val) (Val, error) { return BoolRet(!strings.Contains(m.SrcIP, ":")) }},
+		Func{Name: "is_IPv6", Ret: RetBool, Doc: "source address is IPv6", Fn: func(m *Msg, _ []Val) (Val, error) { return BoolRet(strings.Contains(m.SrcIP, ":")) }},
+		Func{Name: "is_src_port", Args: []ArgType{ArgInt}, Ret: RetBool, Doc: "source port equals arg", Fn: func(m *Msg, a []Val) (Val, error) { return BoolRet(int64(m.SrcPort) == a[0].Int) }},
+		Func{Name: "is_dst_port", Args: []ArgType{ArgInt}, Ret: RetBool, Doc: "local receiving port equals arg", Fn: func(m *Msg, a []Val) (Val, error) { return BoolRet(int64(m.Local.Port) == a[0].Int) }},
+		Func{Name: "seturi", Args: []ArgType{ArgStr}, Ret: RetBool, Doc: "rewrite the whole R-URI", Fn: func(m *Msg, a []Val) (Val, error) { return Bool(true), m.SetRURI(a[0].Str) }},
+		Func{Name: "setuser", Args: []ArgType{ArgStr}, Ret: RetBool, Doc: "rewrite the R-URI user", Fn: func(m *Msg, a []Val) (Val, error) { return Bool(true), m.SetRURIUser(a[0].Str) }},
+		Func{Name: "sethost", Args: []ArgType{ArgStr}, Ret: RetBool, Doc: "rewrite the R-URI host", Fn: func(m *Msg, a []Val) (Val, error) { return Bool(true), m.SetRURIHost(a[0].Str) }},
+		Func{Name: "setdsturi", Args: []ArgType{ArgStr}, Ret: RetBool, Doc: "set $du (next hop); an invalid URI is an error (Kamailio returns True)", Fn: func(m *Msg, a []Val) (Val, error) { return Bool(true), m.SetDstURI(a[0].Str) }},
 		Func{Name: "resetdsturi", Ret: RetBool, Doc: "clear $du", Fn: func(m *Msg, _ []Val) (Val, error) { m.DstURI = ""; return Bool(true), nil }},
-		Func{Name: "isdsturiset", Ret: RetBool, Doc: "true if $du is set", Fn: func(m *Msg, _ []Val) (Val, error) { return B(m.DstURI != "") }},
+		Func{Name: "isdsturiset", Ret: RetBool, Doc: "true if $du is set", Fn: func(m *Msg, _ []Val) (Val, error) { return BoolRet(m.DstURI != "") }},
 		Func{Name: "forward", Ret: RetInt, Routes: RouteRequest | RouteFailure | RouteBranch, Doc: "forward statelessly to $du, else the R-URI; 1 ok, -1 error",
 			Fn: func(m *Msg, _ []Val) (Val, error) { return forward(m, "") }},
 		Func{Name: "forward_uri", Args: []ArgType{ArgStr}, Ret: RetInt, Routes: RouteRequest | RouteFailure | RouteBranch, Doc: "forward statelessly to the given URI",
-			Fn: func(m *Msg, a []Val) (Val, error) { return forward(m, a[0].S) }},
+			Fn: func(m *Msg, a []Val) (Val, error) { return forward(m, a[0].Str) }},
 		Func{Name: "force_rport", Ret: RetBool, Doc: "reply to the source port (RFC 3581) even without ;rport",
 			Fn: func(m *Msg, _ []Val) (Val, error) { m.ForceRport(); return Bool(true), nil }},
 		Func{Name: "is_myself", Args: []ArgType{ArgStr}, Ret: RetBool, Doc: "URI or host names one of our sockets or aliases",
 			Fn: func(m *Msg, a []Val) (Val, error) {
-				s := a[0].S
+				s := a[0].Str
 				if strings.HasPrefix(strings.ToLower(s), "sip") && strings.Contains(s, ":") {
 					u, err := ParseURI(s)
 					if err != nil {
 						return Bool(false), nil
 					}
-					return B(m.Env.IsMyself(u.Host, u.Port))
+					return BoolRet(m.Env.IsMyself(u.Host, u.Port))
 				}
 				h, p := HostPort(s)
-				return B(m.Env.IsMyself(h, p))
+				return BoolRet(m.Env.IsMyself(h, p))
 			}},
 		Func{Name: "is_myself_ruri", Ret: RetBool, Doc: "R-URI host is local",
 			Fn: func(m *Msg, _ []Val) (Val, error) {
 				if m.Req == nil {
 					return Bool(false), nil
 				}
-				return B(m.Env.IsMyself(m.Req.Recipient.Host, m.Req.Recipient.Port))
+				return BoolRet(m.Env.IsMyself(m.Req.Recipient.Host, m.Req.Recipient.Port))
 			}},
 		Func{Name: "is_myself_srcip", Ret: RetBool, Doc: "source IP is one of ours",
-			Fn: func(m *Msg, _ []Val) (Val, error) { return B(m.Env.IsMyself(m.SrcIP, 0)) }},
+			Fn: func(m *Msg, _ []Val) (Val, error) { return BoolRet(m.Env.IsMyself(m.SrcIP, 0)) }},
 		flagFunc("setflag", "set message flag", func(m *Msg, b uint64) bool { m.Flags |= b; return true }),
 		flagFunc("resetflag", "reset message flag", func(m *Msg, b uint64) bool { m.Flags &^= b; return true }),
 		flagFunc("isflagset", "test message flag", func(m *Msg, b uint64) bool { return m.Flags&b != 0 }),
@@ -162,17 +163,17 @@ func coreModule(env *Env) *Module {
 		logFunc("warn", slog.LevelWarn), logFunc("err", slog.LevelError), logFunc("crit", slog.LevelError+4),
 		Func{Name: "log", Args: []ArgType{ArgStr, ArgStr}, Ret: RetNone, Doc: "(level, text): level dbg|info|notice|warn|err|crit; unknown logs at err",
 			Fn: func(m *Msg, a []Val) (Val, error) {
-				lvl, err := ParseLogLevel(a[0].S)
+				lvl, err := ParseLogLevel(a[0].Str)
 				if err != nil {
 					lvl = slog.LevelError
 				}
-				scriptLog(m, lvl, a[1].S)
+				scriptLog(m, lvl, a[1].Str)
 				return Null, nil
 			}},
 		Func{Name: "set_drop", Ret: RetNone, Doc: "drop the reply/branch/onsend message when the callback ends",
 			Fn: func(m *Msg, _ []Val) (Val, error) { m.Dropped = true; return Null, nil }},
 	)
-	return &Module{Name: "", Doc: "core KSR functions", Funcs: fns}
+	return &Module{Name: "", Doc: "core KSR functions", Funcs: fns, PVs: corePVs}
 }
 
 // StatelessBranch derives the Via branch of a stateless forward so that a

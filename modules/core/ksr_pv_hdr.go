@@ -6,13 +6,13 @@ import (
 	"github.com/emiago/sipgo/sip"
 )
 
-func pvGet(a []Val) (*PV, error) { return ParsePV(a[0].S) }
+func pvGet(m *Msg, a []Val) (*PV, error) { return m.Env.ParsePV(a[0].Str) }
 
 func pvModule(env *Env) *Module {
 	getter := func(name, doc string, args []ArgType, null func(a []Val) Val) Func {
 		return Func{Name: name, Args: args, Ret: RetXVal, Doc: doc,
 			Fn: func(m *Msg, a []Val) (Val, error) {
-				pv, err := pvGet(a)
+				pv, err := pvGet(m, a)
 				if err != nil {
 					return Null, err
 				}
@@ -31,7 +31,7 @@ func pvModule(env *Env) *Module {
 		getter("getvn", "like get, $null gives arg 2", []ArgType{ArgStr, ArgInt}, func(a []Val) Val { return a[1] }),
 		{Name: "geti", Args: []ArgType{ArgStr}, Ret: RetInt, Doc: "integer value; $null or a non-number gives 0",
 			Fn: func(m *Msg, a []Val) (Val, error) {
-				pv, err := pvGet(a)
+				pv, err := pvGet(m, a)
 				if err != nil {
 					return Null, err
 				}
@@ -39,14 +39,14 @@ func pvModule(env *Env) *Module {
 				return Int(int(i)), nil
 			}},
 		{Name: "sets", Args: []ArgType{ArgStr, ArgStr}, Ret: RetBool, Doc: "assign a string; a read-only PV is an error",
-			Fn: func(m *Msg, a []Val) (Val, error) { return pvSet(m, a[0].S, a[1]) }},
+			Fn: func(m *Msg, a []Val) (Val, error) { return pvSet(m, a[0].Str, a[1]) }},
 		{Name: "seti", Args: []ArgType{ArgStr, ArgInt}, Ret: RetBool, Doc: "assign an integer; a read-only PV is an error",
-			Fn: func(m *Msg, a []Val) (Val, error) { return pvSet(m, a[0].S, a[1]) }},
+			Fn: func(m *Msg, a []Val) (Val, error) { return pvSet(m, a[0].Str, a[1]) }},
 		{Name: "unset", Args: []ArgType{ArgStr}, Ret: RetBool, Doc: "assign $null",
-			Fn: func(m *Msg, a []Val) (Val, error) { return pvSet(m, a[0].S, Null) }},
+			Fn: func(m *Msg, a []Val) (Val, error) { return pvSet(m, a[0].Str, Null) }},
 		{Name: "is_null", Args: []ArgType{ArgStr}, Ret: RetBool, Doc: "true if the PV is $null; an invalid name is an error",
 			Fn: func(m *Msg, a []Val) (Val, error) {
-				pv, err := pvGet(a)
+				pv, err := pvGet(m, a)
 				if err != nil {
 					return Null, err
 				}
@@ -56,7 +56,7 @@ func pvModule(env *Env) *Module {
 }
 
 func pvSet(m *Msg, name string, v Val) (Val, error) {
-	pv, err := ParsePV(name)
+	pv, err := m.Env.ParsePV(name)
 	if err != nil {
 		return Null, err
 	}
@@ -127,7 +127,7 @@ func hdrModule(env *Env) *Module {
 	get := func(name, doc string, null Val) Func {
 		return Func{Name: name, Args: []ArgType{ArgStr}, Ret: RetXVal, Doc: doc,
 			Fn: func(m *Msg, a []Val) (Val, error) {
-				v := getIdx(m, a[0].S, 0)
+				v := getIdx(m, a[0].Str, 0)
 				if v.IsNull() {
 					return null, nil
 				}
@@ -137,7 +137,7 @@ func hdrModule(env *Env) *Module {
 	return &Module{Name: "hdr", Doc: "header operations; changes are visible to later reads at once (Kamailio's lumps are not)", Funcs: []Func{
 		{Name: "append", Args: []ArgType{ArgStr}, Ret: RetInt, Doc: "append \"Name: value\\r\\n\" after the last header",
 			Fn: func(m *Msg, a []Val) (Val, error) {
-				msg, hs, err := hdrText(m, a[0].S)
+				msg, hs, err := hdrText(m, a[0].Str)
 				if err != nil {
 					return Null, err
 				}
@@ -148,15 +148,15 @@ func hdrModule(env *Env) *Module {
 			}},
 		{Name: "append_after", Args: []ArgType{ArgStr, ArgStr}, Ret: RetInt, Doc: "(text, name): add after the first header named name; -1 if none",
 			Fn: func(m *Msg, a []Val) (Val, error) {
-				msg, hs, err := hdrText(m, a[0].S)
+				msg, hs, err := hdrText(m, a[0].Str)
 				if err != nil {
 					return Null, err
 				}
-				return IntRet(insertAt(msg, hs, a[1].S, true)), nil
+				return IntRet(insertAt(msg, hs, a[1].Str, true)), nil
 			}},
 		{Name: "insert", Args: []ArgType{ArgStr}, Ret: RetInt, Doc: "add before the first header",
 			Fn: func(m *Msg, a []Val) (Val, error) {
-				msg, hs, err := hdrText(m, a[0].S)
+				msg, hs, err := hdrText(m, a[0].Str)
 				if err != nil {
 					return Null, err
 				}
@@ -165,11 +165,11 @@ func hdrModule(env *Env) *Module {
 			}},
 		{Name: "insert_before", Args: []ArgType{ArgStr, ArgStr}, Ret: RetInt, Doc: "(text, name): add before the first header named name; -1 if none",
 			Fn: func(m *Msg, a []Val) (Val, error) {
-				msg, hs, err := hdrText(m, a[0].S)
+				msg, hs, err := hdrText(m, a[0].Str)
 				if err != nil {
 					return Null, err
 				}
-				return IntRet(insertAt(msg, hs, a[1].S, false)), nil
+				return IntRet(insertAt(msg, hs, a[1].Str, false)), nil
 			}},
 		{Name: "remove", Args: []ArgType{ArgStr}, Ret: RetInt, Doc: "remove all headers with that name; 1 if any, -1 if none (Kamailio returns 1 always)",
 			Fn: func(m *Msg, a []Val) (Val, error) {
@@ -177,15 +177,15 @@ func hdrModule(env *Env) *Module {
 				if msg == nil {
 					return Int(-1), nil
 				}
-				return IntRet(RemoveHeaders(msg, a[0].S) > 0), nil
+				return IntRet(RemoveHeaders(msg, a[0].Str) > 0), nil
 			}},
 		{Name: "rmappend", Args: []ArgType{ArgStr, ArgStr}, Ret: RetInt, Doc: "(name, text): remove headers named name, then append text",
 			Fn: func(m *Msg, a []Val) (Val, error) {
-				msg, hs, err := hdrText(m, a[1].S)
+				msg, hs, err := hdrText(m, a[1].Str)
 				if err != nil {
 					return Null, err
 				}
-				RemoveHeaders(msg, a[0].S)
+				RemoveHeaders(msg, a[0].Str)
 				for _, h := range hs {
 					msg.AppendHeader(h)
 				}
@@ -194,16 +194,16 @@ func hdrModule(env *Env) *Module {
 		{Name: "is_present", Args: []ArgType{ArgStr}, Ret: RetInt, Doc: "1 if a header with that name exists, -1 if not",
 			Fn: func(m *Msg, a []Val) (Val, error) {
 				msg := m.Message()
-				return IntRet(msg != nil && FirstHeader(msg, a[0].S) != nil), nil
+				return IntRet(msg != nil && FirstHeader(msg, a[0].Str) != nil), nil
 			}},
 		get("get", "body of the first header with that name, or None", Null),
 		get("gete", "like get, absent gives \"\"", Str("")),
 		get("getw", "like get, absent gives \"<null>\"", Str("<null>")),
 		{Name: "get_idx", Args: []ArgType{ArgStr, ArgInt}, Ret: RetXVal, Doc: "(name, i): body of the i-th header with that name (negative counts from the end)",
-			Fn: func(m *Msg, a []Val) (Val, error) { return getIdx(m, a[0].S, int(a[1].I)), nil }},
+			Fn: func(m *Msg, a []Val) (Val, error) { return getIdx(m, a[0].Str, int(a[1].Int)), nil }},
 		{Name: "append_to_reply", Args: []ArgType{ArgStr}, Ret: RetInt, Doc: "header text added to the next locally generated reply",
 			Fn: func(m *Msg, a []Val) (Val, error) {
-				hs, err := ParseHeaderText(a[0].S)
+				hs, err := ParseHeaderText(a[0].Str)
 				if err != nil {
 					return Null, err
 				}

@@ -62,6 +62,16 @@ func (m *Msg) Message() sip.Message {
 	return nil
 }
 
+// MessageString serialises a message as it would be sent now.
+func MessageString(msg sip.Message) string {
+	if msg == nil {
+		return ""
+	}
+	var b strings.Builder
+	msg.StringWrite(&b)
+	return b.String()
+}
+
 // IsRequest is true for requests.
 func (m *Msg) IsRequest() bool { return m.Req != nil }
 

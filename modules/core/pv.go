@@ -26,56 +26,94 @@ type PV struct {
 	Src string
 }
 
-var (
-	pvDefs   = map[string]*PVDef{}
-	pvDefsMu sync.RWMutex
-	pvCache  sync.Map // string -> *PV
-	pvCached int64
-	pvMu     sync.Mutex
-)
-
 const pvCacheLimit = 4096
 
-// RegisterPV adds a PV class; modules register their own ($uac_req, ...).
-func RegisterPV(d *PVDef) {
-	pvDefsMu.Lock()
-	defer pvDefsMu.Unlock()
-	if _, dup := pvDefs[d.Name]; dup {
-		panic("core: PV registered twice: $" + d.Name)
-	}
-	pvDefs[d.Name] = d
+// pvTable is one Env's pseudo-variables: core's own plus those declared in
+// the PVs of its modules' tables (SetModule adds them). Parses are cached
+// per Env because a module's PV is bound to that Env's module instance.
+type pvTable struct {
+	mu   sync.RWMutex
+	defs map[string]pvEntry
+	pvs  boundedCache[*PV]
+	fmts boundedCache[[]formatSeg]
 }
 
-// PVDefs lists registered PV classes (for docs).
-func PVDefs() []*PVDef {
-	pvDefsMu.RLock()
-	defer pvDefsMu.RUnlock()
-	out := make([]*PVDef, 0, len(pvDefs))
-	for _, d := range pvDefs {
-		out = append(out, d)
-	}
-	return out
+type pvEntry struct {
+	module string
+	def    *PVDef
 }
 
-// ParsePV parses "$ru", "$hdr(X-Foo)", "$var(x)". Results are cached (bounded).
-func ParsePV(s string) (*PV, error) {
-	if v, ok := pvCache.Load(s); ok {
-		return v.(*PV), nil
+// corePVByName indexes corePVs, which every Env knows (also an Env whose
+// modules are not built, as in a module's unit test).
+var corePVByName = func() map[string]*PVDef {
+	m := make(map[string]*PVDef, len(corePVs))
+	for i := range corePVs {
+		m[corePVs[i].Name] = &corePVs[i]
 	}
-	pv, err := parsePV(s)
+	return m
+}()
+
+// addModule adds mod's PVs; a name another module already declared is a
+// programming error, as a duplicate module is.
+func (t *pvTable) addModule(mod *Module) {
+	if len(mod.PVs) == 0 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.defs == nil {
+		t.defs = map[string]pvEntry{}
+	}
+	for i := range mod.PVs {
+		d := &mod.PVs[i]
+		if c := corePVByName[d.Name]; c == d {
+			continue // the core module's own table
+		} else if c != nil {
+			panic(fmt.Sprintf("core: module %q declares $%s, a core pseudo-variable", mod.Name, d.Name))
+		}
+		if old, dup := t.defs[d.Name]; dup && old.module != mod.Name {
+			panic(fmt.Sprintf("core: $%s declared by modules %q and %q", d.Name, old.module, mod.Name))
+		}
+		t.defs[d.Name] = pvEntry{module: mod.Name, def: d}
+	}
+	// A parse cached before may now resolve differently.
+	t.pvs.reset()
+	t.fmts.reset()
+}
+
+func (t *pvTable) lookup(name string) *PVDef {
+	if d := corePVByName[name]; d != nil {
+		return d
+	}
+	if t == nil {
+		return nil
+	}
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.defs[name].def
+}
+
+// ParsePV parses "$ru", "$hdr(X-Foo)", "$var(x)" against the PVs of e's
+// modules (a nil Env knows core's only). Results are cached (bounded).
+func (e *Env) ParsePV(s string) (*PV, error) {
+	var t *pvTable
+	if e != nil {
+		t = &e.pvs
+		if pv, ok := t.pvs.load(s); ok {
+			return pv, nil
+		}
+	}
+	pv, err := parsePV(t, s)
 	if err != nil {
 		return nil, err
 	}
-	pvMu.Lock()
-	if pvCached < pvCacheLimit {
-		pvCache.Store(s, pv)
-		pvCached++
+	if t != nil {
+		t.pvs.store(s, pv, pvCacheLimit)
 	}
-	pvMu.Unlock()
 	return pv, nil
 }
 
-func parsePV(s string) (*PV, error) {
+func parsePV(t *pvTable, s string) (*PV, error) {
 	if !strings.HasPrefix(s, "$") || len(s) < 2 {
 		return nil, fmt.Errorf("invalid pseudo-variable %q: must start with $", s)
 	}
@@ -90,9 +128,7 @@ func parsePV(s string) (*PV, error) {
 			return nil, fmt.Errorf("invalid pseudo-variable %q: empty name in ()", s)
 		}
 	}
-	pvDefsMu.RLock()
-	d := pvDefs[name]
-	pvDefsMu.RUnlock()
+	d := t.lookup(name)
 	if d == nil {
 		return nil, fmt.Errorf("unknown pseudo-variable %q", s)
 	}
@@ -234,143 +270,141 @@ func (m *Msg) SetDstURI(s string) error {
 
 func valStr(v Val) string { return v.String() }
 
-func init() {
-	for _, d := range []*PVDef{
-		{Name: "rm", Doc: "request method (CSeq method for replies)", Get: func(m *Msg, _ string) Val { return strOrNull(m.Method()) }},
-		{Name: "ru", Doc: "request URI", Get: reqOnly(func(r *sip.Request) Val { return Str(r.Recipient.String()) }),
-			Set: func(m *Msg, _ string, v Val) error {
-				if v.IsNull() {
-					return fmt.Errorf("$ru cannot be set to $null")
-				}
-				return m.SetRURI(valStr(v))
-			}},
-		{Name: "rU", Doc: "request URI user", Get: reqOnly(func(r *sip.Request) Val { return strOrNull(r.Recipient.User) }),
-			Set: func(m *Msg, _ string, v Val) error {
-				if v.IsNull() {
-					return m.SetRURIUser("")
-				}
-				return m.SetRURIUser(valStr(v))
-			}},
-		{Name: "rd", Doc: "request URI host", Get: reqOnly(func(r *sip.Request) Val { return strOrNull(r.Recipient.Host) }),
-			Set: func(m *Msg, _ string, v Val) error { return m.SetRURIHost(valStr(v)) }},
-		{Name: "rp", Doc: "request URI port (a string, as in Kamailio)", Get: reqOnly(func(r *sip.Request) Val {
-			p := r.Recipient.Port
-			if p == 0 {
-				p = TargetOf(&r.Recipient).Port
-			}
-			return Str(strconv.Itoa(p))
-		}), Set: func(m *Msg, _ string, v Val) error {
+// corePVs are core's own pseudo-variables, declared in the core module's
+// table like any module's.
+var corePVs = []PVDef{
+	{Name: "rm", Doc: "request method (CSeq method for replies)", Get: func(m *Msg, _ string) Val { return strOrNull(m.Method()) }},
+	{Name: "ru", Doc: "request URI", Get: reqOnly(func(r *sip.Request) Val { return Str(r.Recipient.String()) }),
+		Set: func(m *Msg, _ string, v Val) error {
 			if v.IsNull() {
-				return m.SetRURIPort(0)
+				return fmt.Errorf("$ru cannot be set to $null")
 			}
-			p, ok := v.AsInt()
-			if !ok {
-				return fmt.Errorf("$rp: %q is not a port number", v.S)
-			}
-			return m.SetRURIPort(int(p))
+			return m.SetRURI(valStr(v))
 		}},
-		{Name: "rz", Doc: "request URI scheme", Get: reqOnly(func(r *sip.Request) Val { return Str(r.Recipient.Scheme) })},
-		{Name: "fu", Doc: "From URI", Get: addrPV(true, func(u *sip.Uri, _ string, _ sip.HeaderParams) Val { return Str(u.String()) })},
-		{Name: "fU", Doc: "From URI user", Get: addrPV(true, func(u *sip.Uri, _ string, _ sip.HeaderParams) Val { return strOrNull(u.User) })},
-		{Name: "fd", Doc: "From URI host", Get: addrPV(true, func(u *sip.Uri, _ string, _ sip.HeaderParams) Val { return strOrNull(u.Host) })},
-		{Name: "fn", Doc: "From display name, with quotes", Get: addrPV(true, func(_ *sip.Uri, d string, _ sip.HeaderParams) Val { return quoteDisplay(d) })},
-		{Name: "ft", Doc: "From tag", Get: addrPV(true, func(_ *sip.Uri, _ string, p sip.HeaderParams) Val { t, _ := p.Get("tag"); return strOrNull(t) })},
-		{Name: "tu", Doc: "To URI", Get: addrPV(false, func(u *sip.Uri, _ string, _ sip.HeaderParams) Val { return Str(u.String()) })},
-		{Name: "tU", Doc: "To URI user", Get: addrPV(false, func(u *sip.Uri, _ string, _ sip.HeaderParams) Val { return strOrNull(u.User) })},
-		{Name: "td", Doc: "To URI host", Get: addrPV(false, func(u *sip.Uri, _ string, _ sip.HeaderParams) Val { return strOrNull(u.Host) })},
-		{Name: "tn", Doc: "To display name, with quotes", Get: addrPV(false, func(_ *sip.Uri, d string, _ sip.HeaderParams) Val { return quoteDisplay(d) })},
-		{Name: "tt", Doc: "To tag", Get: addrPV(false, func(_ *sip.Uri, _ string, p sip.HeaderParams) Val { t, _ := p.Get("tag"); return strOrNull(t) })},
-		{Name: "ci", Doc: "Call-ID", Get: func(m *Msg, _ string) Val {
-			if msg := m.Message(); msg != nil && msg.CallID() != nil {
-				return Str(string(*msg.CallID()))
+	{Name: "rU", Doc: "request URI user", Get: reqOnly(func(r *sip.Request) Val { return strOrNull(r.Recipient.User) }),
+		Set: func(m *Msg, _ string, v Val) error {
+			if v.IsNull() {
+				return m.SetRURIUser("")
 			}
+			return m.SetRURIUser(valStr(v))
+		}},
+	{Name: "rd", Doc: "request URI host", Get: reqOnly(func(r *sip.Request) Val { return strOrNull(r.Recipient.Host) }),
+		Set: func(m *Msg, _ string, v Val) error { return m.SetRURIHost(valStr(v)) }},
+	{Name: "rp", Doc: "request URI port (a string, as in Kamailio)", Get: reqOnly(func(r *sip.Request) Val {
+		p := r.Recipient.Port
+		if p == 0 {
+			p = TargetOf(&r.Recipient).Port
+		}
+		return Str(strconv.Itoa(p))
+	}), Set: func(m *Msg, _ string, v Val) error {
+		if v.IsNull() {
+			return m.SetRURIPort(0)
+		}
+		p, ok := v.AsInt()
+		if !ok {
+			return fmt.Errorf("$rp: %q is not a port number", v.Str)
+		}
+		return m.SetRURIPort(int(p))
+	}},
+	{Name: "rz", Doc: "request URI scheme", Get: reqOnly(func(r *sip.Request) Val { return Str(r.Recipient.Scheme) })},
+	{Name: "fu", Doc: "From URI", Get: addrPV(true, func(u *sip.Uri, _ string, _ sip.HeaderParams) Val { return Str(u.String()) })},
+	{Name: "fU", Doc: "From URI user", Get: addrPV(true, func(u *sip.Uri, _ string, _ sip.HeaderParams) Val { return strOrNull(u.User) })},
+	{Name: "fd", Doc: "From URI host", Get: addrPV(true, func(u *sip.Uri, _ string, _ sip.HeaderParams) Val { return strOrNull(u.Host) })},
+	{Name: "fn", Doc: "From display name, with quotes", Get: addrPV(true, func(_ *sip.Uri, d string, _ sip.HeaderParams) Val { return quoteDisplay(d) })},
+	{Name: "ft", Doc: "From tag", Get: addrPV(true, func(_ *sip.Uri, _ string, p sip.HeaderParams) Val { t, _ := p.Get("tag"); return strOrNull(t) })},
+	{Name: "tu", Doc: "To URI", Get: addrPV(false, func(u *sip.Uri, _ string, _ sip.HeaderParams) Val { return Str(u.String()) })},
+	{Name: "tU", Doc: "To URI user", Get: addrPV(false, func(u *sip.Uri, _ string, _ sip.HeaderParams) Val { return strOrNull(u.User) })},
+	{Name: "td", Doc: "To URI host", Get: addrPV(false, func(u *sip.Uri, _ string, _ sip.HeaderParams) Val { return strOrNull(u.Host) })},
+	{Name: "tn", Doc: "To display name, with quotes", Get: addrPV(false, func(_ *sip.Uri, d string, _ sip.HeaderParams) Val { return quoteDisplay(d) })},
+	{Name: "tt", Doc: "To tag", Get: addrPV(false, func(_ *sip.Uri, _ string, p sip.HeaderParams) Val { t, _ := p.Get("tag"); return strOrNull(t) })},
+	{Name: "ci", Doc: "Call-ID", Get: func(m *Msg, _ string) Val {
+		if msg := m.Message(); msg != nil && msg.CallID() != nil {
+			return Str(string(*msg.CallID()))
+		}
+		return Null
+	}},
+	{Name: "cs", Doc: "CSeq number (a string, as in Kamailio)", Get: func(m *Msg, _ string) Val {
+		if msg := m.Message(); msg != nil && msg.CSeq() != nil {
+			return Str(strconv.FormatUint(uint64(msg.CSeq().SeqNo), 10))
+		}
+		return Null
+	}},
+	{Name: "si", Doc: "source IP", Get: func(m *Msg, _ string) Val { return Str(m.SrcIP) }},
+	{Name: "sp", Doc: "source port (int)", Get: func(m *Msg, _ string) Val { return Int(m.SrcPort) }},
+	{Name: "Ri", Doc: "local receiving IP", Get: func(m *Msg, _ string) Val { return strOrNull(m.Local.IP) }},
+	{Name: "Rp", Doc: "local receiving port (int)", Get: func(m *Msg, _ string) Val { return Int(m.Local.Port) }},
+	{Name: "pr", Doc: "receiving protocol", Get: func(m *Msg, _ string) Val { return Str(m.Proto) }},
+	{Name: "proto", Doc: "receiving protocol", Get: func(m *Msg, _ string) Val { return Str(m.Proto) }},
+	{Name: "rs", Doc: "reply status code (int)", Get: func(m *Msg, _ string) Val {
+		if m.Res == nil {
 			return Null
-		}},
-		{Name: "cs", Doc: "CSeq number (a string, as in Kamailio)", Get: func(m *Msg, _ string) Val {
-			if msg := m.Message(); msg != nil && msg.CSeq() != nil {
-				return Str(strconv.FormatUint(uint64(msg.CSeq().SeqNo), 10))
-			}
+		}
+		return Int(m.Res.StatusCode)
+	}},
+	{Name: "rr", Doc: "reply reason", Get: func(m *Msg, _ string) Val {
+		if m.Res == nil {
 			return Null
-		}},
-		{Name: "si", Doc: "source IP", Get: func(m *Msg, _ string) Val { return Str(m.SrcIP) }},
-		{Name: "sp", Doc: "source port (int)", Get: func(m *Msg, _ string) Val { return Int(m.SrcPort) }},
-		{Name: "Ri", Doc: "local receiving IP", Get: func(m *Msg, _ string) Val { return strOrNull(m.Local.IP) }},
-		{Name: "Rp", Doc: "local receiving port (int)", Get: func(m *Msg, _ string) Val { return Int(m.Local.Port) }},
-		{Name: "pr", Doc: "receiving protocol", Get: func(m *Msg, _ string) Val { return Str(m.Proto) }},
-		{Name: "proto", Doc: "receiving protocol", Get: func(m *Msg, _ string) Val { return Str(m.Proto) }},
-		{Name: "rs", Doc: "reply status code (int)", Get: func(m *Msg, _ string) Val {
-			if m.Res == nil {
-				return Null
+		}
+		return Str(m.Res.Reason)
+	}},
+	{Name: "ua", Doc: "User-Agent", Get: func(m *Msg, _ string) Val { return hdrVal(m, "User-Agent") }},
+	{Name: "ct", Doc: "Contact header", Get: func(m *Msg, _ string) Val { return hdrVal(m, "Contact") }},
+	{Name: "du", Doc: "destination URI (next hop)", Get: func(m *Msg, _ string) Val { return strOrNull(m.DstURI) },
+		Set: func(m *Msg, _ string, v Val) error {
+			if v.IsNull() {
+				return m.SetDstURI("")
 			}
+			return m.SetDstURI(valStr(v))
+		}},
+	{Name: "rb", Doc: "message body", Get: func(m *Msg, _ string) Val {
+		if msg := m.Message(); msg != nil {
+			return Str(string(msg.Body()))
+		}
+		return Str("")
+	}},
+	{Name: "cl", Doc: "Content-Length (int)", Get: func(m *Msg, _ string) Val {
+		if msg := m.Message(); msg != nil {
+			return Int(len(msg.Body()))
+		}
+		return Int(0)
+	}},
+	{Name: "hdr", HasArg: true, Doc: "body of the first header with that name", Get: func(m *Msg, name string) Val { return hdrVal(m, name) }},
+	{Name: "hdrc", HasArg: true, Doc: "number of headers with that name", Get: func(m *Msg, name string) Val {
+		if msg := m.Message(); msg != nil {
+			return Int(len(FindHeaders(msg, name)))
+		}
+		return Int(0)
+	}},
+	{Name: "var", HasArg: true, Doc: "script variable, per message (unset reads as 0)", Get: func(m *Msg, name string) Val {
+		if v, ok := m.Vars[name]; ok {
+			return v
+		}
+		return Int(0)
+	}, Set: func(m *Msg, name string, v Val) error {
+		if m.Vars == nil {
+			m.Vars = map[string]Val{}
+		}
+		if v.IsNull() {
+			v = Int(0)
+		}
+		m.Vars[name] = v
+		return nil
+	}},
+	{Name: "shv", HasArg: true, Doc: "shared variable, visible to all messages (unset reads as 0)", Get: func(m *Msg, name string) Val {
+		return m.Env.Shv.Get(name)
+	}, Set: func(m *Msg, name string, v Val) error {
+		if v.IsNull() {
+			v = Int(0)
+		}
+		m.Env.Shv.Set(name, v)
+		return nil
+	}},
+	{Name: "T_reply_code", Doc: "last reply code sent (request route) or the winning/current reply (failure/onreply routes)", Get: func(m *Msg, _ string) Val {
+		if m.Res != nil && m.RouteType&(RouteTmReply|RouteReply) != 0 {
 			return Int(m.Res.StatusCode)
-		}},
-		{Name: "rr", Doc: "reply reason", Get: func(m *Msg, _ string) Val {
-			if m.Res == nil {
-				return Null
-			}
-			return Str(m.Res.Reason)
-		}},
-		{Name: "ua", Doc: "User-Agent", Get: func(m *Msg, _ string) Val { return hdrVal(m, "User-Agent") }},
-		{Name: "ct", Doc: "Contact header", Get: func(m *Msg, _ string) Val { return hdrVal(m, "Contact") }},
-		{Name: "du", Doc: "destination URI (next hop)", Get: func(m *Msg, _ string) Val { return strOrNull(m.DstURI) },
-			Set: func(m *Msg, _ string, v Val) error {
-				if v.IsNull() {
-					return m.SetDstURI("")
-				}
-				return m.SetDstURI(valStr(v))
-			}},
-		{Name: "rb", Doc: "message body", Get: func(m *Msg, _ string) Val {
-			if msg := m.Message(); msg != nil {
-				return Str(string(msg.Body()))
-			}
-			return Str("")
-		}},
-		{Name: "cl", Doc: "Content-Length (int)", Get: func(m *Msg, _ string) Val {
-			if msg := m.Message(); msg != nil {
-				return Int(len(msg.Body()))
-			}
-			return Int(0)
-		}},
-		{Name: "hdr", HasArg: true, Doc: "body of the first header with that name", Get: func(m *Msg, name string) Val { return hdrVal(m, name) }},
-		{Name: "hdrc", HasArg: true, Doc: "number of headers with that name", Get: func(m *Msg, name string) Val {
-			if msg := m.Message(); msg != nil {
-				return Int(len(FindHeaders(msg, name)))
-			}
-			return Int(0)
-		}},
-		{Name: "var", HasArg: true, Doc: "script variable, per message (unset reads as 0)", Get: func(m *Msg, name string) Val {
-			if v, ok := m.Vars[name]; ok {
-				return v
-			}
-			return Int(0)
-		}, Set: func(m *Msg, name string, v Val) error {
-			if m.Vars == nil {
-				m.Vars = map[string]Val{}
-			}
-			if v.IsNull() {
-				v = Int(0)
-			}
-			m.Vars[name] = v
-			return nil
-		}},
-		{Name: "shv", HasArg: true, Doc: "shared variable, visible to all messages (unset reads as 0)", Get: func(m *Msg, name string) Val {
-			return m.Env.Shv.Get(name)
-		}, Set: func(m *Msg, name string, v Val) error {
-			if v.IsNull() {
-				v = Int(0)
-			}
-			m.Env.Shv.Set(name, v)
-			return nil
-		}},
-		{Name: "T_reply_code", Doc: "last reply code sent (request route) or the winning/current reply (failure/onreply routes)", Get: func(m *Msg, _ string) Val {
-			if m.Res != nil && m.RouteType&(RouteTmReply|RouteReply) != 0 {
-				return Int(m.Res.StatusCode)
-			}
-			return Int(m.ReplyCode)
-		}},
-	} {
-		RegisterPV(d)
-	}
+		}
+		return Int(m.ReplyCode)
+	}},
 }
 
 func hdrVal(m *Msg, name string) Val {

@@ -16,7 +16,7 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-func init() { core.Register("htable", New) }
+func init() { core.Register(New) }
 
 // ErrInc is sht_inc/sht_dec's error value (Kamailio's ambiguous -255, Q5).
 const ErrInc = -255
@@ -55,9 +55,8 @@ func errorf(format string, a ...any) error { return fmt.Errorf("htable: "+format
 // New builds the htable module.
 func New(env *core.Env) *core.Module {
 	h := &HT{env: env, tables: map[string]*Table{}}
-	h.timerInterval.Store(20)
 	instances.Store(env, h)
-	return h.module()
+	return core.ApplyDefaults(h.module())
 }
 
 // Define adds a table or updates its definition. Re-defining a table with
@@ -134,11 +133,11 @@ func (h *HT) done(gone []Expired, expiring bool) {
 
 func (h *HT) emitExpired(e Expired) {
 	var v any
-	switch e.Val.K {
+	switch e.Val.Kind {
 	case core.KInt:
-		v = e.Val.I
+		v = e.Val.Int
 	case core.KStr:
-		v = e.Val.S
+		v = e.Val.Str
 	}
 	h.env.Emit("htable", map[string]any{"event": "expired", "table": e.Table, "key": e.Key, "value": v})
 }
@@ -197,7 +196,7 @@ func (h *HT) Get(table, key string) (core.Val, error) {
 	h.done(gone, false)
 	if !ok {
 		if d := t.Def(); d.HasInitVal {
-			return core.Val{K: core.KInt, I: d.InitVal}, nil
+			return core.Val{Kind: core.KInt, Int: d.InitVal}, nil
 		}
 	}
 	return v, nil
@@ -210,8 +209,8 @@ func (h *HT) Set(table, key string, v core.Val, expire *int64) error {
 	if err != nil {
 		return err
 	}
-	if v.K == core.KBool {
-		v = core.Val{K: core.KInt, I: v.I}
+	if v.Kind == core.KBool {
+		v = core.Val{Kind: core.KInt, Int: v.Int}
 	}
 	now := h.now()
 	var exp *time.Time
@@ -287,7 +286,7 @@ func (h *HT) Add(m *core.Msg, table, key string, delta int64) (core.Val, error) 
 		h.env.Log.Error("htable: cannot add to a str item", "table", table, "key", key, "delta", delta, "at", pos(m))
 		return core.Int(ErrInc), nil
 	}
-	return core.Val{K: core.KInt, I: n}, nil
+	return core.Val{Kind: core.KInt, Int: n}, nil
 }
 
 func pos(m *core.Msg) string {
@@ -311,11 +310,11 @@ func (h *HT) module() *core.Module {
 			ops = "re,sw"
 		}
 		return fn(name, sss, core.RetInt, doc, func(m *core.Msg, a []core.Val) (core.Val, error) {
-			t, err := h.table(a[0].S)
+			t, err := h.table(a[0].Str)
 			if err != nil {
 				return core.Null, err
 			}
-			match, err := NewMatch(a[1].S, a[2].S, ops)
+			match, err := NewMatch(a[1].Str, a[2].Str, ops)
 			if err != nil {
 				return core.Null, err
 			}
@@ -328,11 +327,11 @@ func (h *HT) module() *core.Module {
 	}
 	reFn := func(name, doc string, byValue bool) core.Func {
 		return fn(name, ss, core.RetInt, doc, func(m *core.Msg, a []core.Val) (core.Val, error) {
-			t, err := h.table(a[0].S)
+			t, err := h.table(a[0].Str)
 			if err != nil {
 				return core.Null, err
 			}
-			match, err := NewMatch("re", a[1].S, "re")
+			match, err := NewMatch("re", a[1].Str, "re")
 			if err != nil {
 				return core.Null, err
 			}
@@ -342,37 +341,21 @@ func (h *HT) module() *core.Module {
 	}
 	funcs := []core.Func{
 		fn("sht_get", ss, core.RetXVal, "(table, key) the value (str or int); a missing item is the table's initval if it has one, else None",
-			func(m *core.Msg, a []core.Val) (core.Val, error) { return h.Get(a[0].S, a[1].S) }),
+			h.shtGet),
 		fn("sht_gete", ss, core.RetXVal, "(table, key) like sht_get, but \"\" instead of None",
-			func(m *core.Msg, a []core.Val) (core.Val, error) {
-				v, err := h.Get(a[0].S, a[1].S)
-				if err == nil && v.IsNull() {
-					v = core.Str("")
-				}
-				return v, err
-			}),
+			h.shtGete),
 		fn("sht_sets", sss, core.RetInt, "(table, key, value) store a str; 1",
-			func(m *core.Msg, a []core.Val) (core.Val, error) { return one, h.Set(a[0].S, a[1].S, a[2], nil) }),
+			h.shtSets),
 		fn("sht_seti", []core.ArgType{s, s, i}, core.RetInt, "(table, key, value) store an int; 1",
-			func(m *core.Msg, a []core.Val) (core.Val, error) { return one, h.Set(a[0].S, a[1].S, a[2], nil) }),
+			h.shtSeti),
 		fn("sht_setxs", []core.ArgType{s, s, s, i}, core.RetInt, "(table, key, value, expire) store a str that expires after expire seconds (0: never); 1",
-			func(m *core.Msg, a []core.Val) (core.Val, error) { return one, h.Set(a[0].S, a[1].S, a[2], &a[3].I) }),
+			h.shtSetxs),
 		fn("sht_setxi", []core.ArgType{s, s, i, i}, core.RetInt, "(table, key, value, expire) store an int that expires after expire seconds (0: never); 1",
-			func(m *core.Msg, a []core.Val) (core.Val, error) { return one, h.Set(a[0].S, a[1].S, a[2], &a[3].I) }),
+			h.shtSetxi),
 		fn("sht_setex", []core.ArgType{s, s, i}, core.RetInt, "(table, key, expire) the item expires after expire seconds from now (0: never); 1, -1 no such item",
-			func(m *core.Msg, a []core.Val) (core.Val, error) {
-				ok, err := h.SetExpire(a[0].S, a[1].S, a[2].I)
-				return core.IntRet(ok), err
-			}),
+			h.shtSetex),
 		fn("sht_rm", ss, core.RetInt, "(table, key) remove the item; 1 (also when absent, as Kamailio)",
-			func(m *core.Msg, a []core.Val) (core.Val, error) {
-				t, err := h.table(a[0].S)
-				if err != nil {
-					return core.Null, err
-				}
-				t.Delete(a[1].S)
-				return one, nil
-			}),
+			h.shtRm),
 		reFn("sht_rm_name_re", "(table, regex) remove the items whose name matches (RE2); 1", false),
 		reFn("sht_rm_value_re", "(table, regex) remove the str items whose value matches (RE2); 1", true),
 		matchFn("sht_rm_name", "(table, op, value) remove items by name: op re (regex) or sw (starts with); 1", false, true),
@@ -382,53 +365,39 @@ func (h *HT) module() *core.Module {
 		matchFn("sht_match_str_value", "(table, op, value) 1 if a str item value matches: op eq, ne, re or sw; else -1", true, false),
 		matchFn("sht_has_str_value", "alias of sht_match_str_value", true, false),
 		fn("sht_inc", ss, core.RetInt, "(table, key) atomic +1, returns the new value; a missing item starts from initval or 0; -255 (and an ERR log) for a str item",
-			func(m *core.Msg, a []core.Val) (core.Val, error) { return h.Add(m, a[0].S, a[1].S, 1) }),
+			h.shtInc),
 		fn("sht_dec", ss, core.RetInt, "(table, key) atomic -1, as sht_inc",
-			func(m *core.Msg, a []core.Val) (core.Val, error) { return h.Add(m, a[0].S, a[1].S, -1) }),
+			h.shtDec),
 		fn("sht_is_null", ss, core.RetInt, "(table, key) 1 absent, -1 exists, -2 the table has an initval (never null)",
-			func(m *core.Msg, a []core.Val) (core.Val, error) {
-				t, err := h.table(a[0].S)
-				if err != nil {
-					return core.Null, err
-				}
-				if t.Def().HasInitVal {
-					return core.Int(-2), nil
-				}
-				var gone []Expired
-				_, _, ok := t.Get(a[1].S, h.now(), &gone)
-				h.done(gone, false)
-				if ok {
-					return core.Int(-1), nil
-				}
-				return one, nil
-			}),
+			h.shtIsNull),
 		fn("sht_reset", []core.ArgType{s}, core.RetInt, "(table) remove every item; 1",
-			func(m *core.Msg, a []core.Val) (core.Val, error) {
-				t, err := h.table(a[0].S)
-				if err != nil {
-					return core.Null, err
-				}
-				t.Reset()
-				return one, nil
-			}),
+			h.shtReset),
 	}
 	intParam := func(v core.Val) error {
-		if v.I <= 0 {
+		if v.Int <= 0 {
 			return errors.New("timer_interval must be a positive number of seconds")
 		}
-		h.timerInterval.Store(v.I)
+		h.timerInterval.Store(v.Int)
 		return nil
 	}
 	return &core.Module{
 		Name: "htable",
 		Doc:  "shared in-memory hash tables with expiry",
 		Params: []core.Param{
-			{Name: "htable", Type: s, Default: core.Str(""), Doc: "define a table: \"name=>size=8;autoexpire=300;initval=0;updateexpire=1\" (repeatable)",
-				Check: func(v core.Val) error { _, err := ParseTableDef(v.S); return err }, Set: h.setDefParam},
-			{Name: "timer_interval", Type: i, Default: core.Int(20), Doc: "seconds between sweeps of expired items", Set: intParam},
+			{Name: "htable", Type: s, Default: core.Str(""), Doc: "define a table: \"name=>size=8;autoexpire=300;initval=0;updateexpire=1\" (repeatable; \"\" defines none)",
+				Check: func(v core.Val) error {
+					if v.Str == "" {
+						return nil
+					}
+					_, err := ParseTableDef(v.Str)
+					return err
+				}, Set: h.setDefParam, Get: h.tableNames},
+			{Name: "timer_interval", Type: i, Default: core.Int(20), Doc: "seconds between sweeps of expired items", Set: intParam,
+				Get: func() core.Val { return core.Int(int(h.timerInterval.Load())) }},
 		},
 		Funcs:  funcs,
 		RPC:    h.rpcMethods(),
+		PVs:    h.pvs(),
 		Events: []string{"htable"},
 		Init: func() error {
 			h.mu.Lock()
@@ -442,13 +411,21 @@ func (h *HT) module() *core.Module {
 	}
 }
 
+// tableNames is the htable param's value in effect: the defined tables'
+// names in definition order, comma-separated ("" for none).
+func (h *HT) tableNames() core.Val {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return core.Str(strings.Join(h.order, ","))
+}
+
 // setDefParam applies one modparam("htable", "htable", spec). An invalid
 // definition fails startup (Init) and is ignored (logged) on a reload.
 func (h *HT) setDefParam(v core.Val) error {
-	if v.S == "" { // the default: no definition (a reload that drops them all)
+	if v.Str == "" {
 		return nil
 	}
-	d, err := ParseTableDef(v.S)
+	d, err := ParseTableDef(v.Str)
 	if err != nil {
 		h.mu.Lock()
 		if !h.inited {
@@ -459,4 +436,90 @@ func (h *HT) setDefParam(v core.Val) error {
 	}
 	h.Define(d)
 	return nil
+}
+
+// shtGet is KSR.htable.sht_get.
+func (h *HT) shtGet(m *core.Msg, a []core.Val) (core.Val, error) { return h.Get(a[0].Str, a[1].Str) }
+
+// shtGete is KSR.htable.sht_gete.
+func (h *HT) shtGete(m *core.Msg, a []core.Val) (core.Val, error) {
+	v, err := h.Get(a[0].Str, a[1].Str)
+	if err == nil && v.IsNull() {
+		v = core.Str("")
+	}
+	return v, err
+}
+
+// shtSets is KSR.htable.sht_sets.
+func (h *HT) shtSets(m *core.Msg, a []core.Val) (core.Val, error) {
+	return core.Int(1), h.Set(a[0].Str, a[1].Str, a[2], nil)
+}
+
+// shtSeti is KSR.htable.sht_seti.
+func (h *HT) shtSeti(m *core.Msg, a []core.Val) (core.Val, error) {
+	return core.Int(1), h.Set(a[0].Str, a[1].Str, a[2], nil)
+}
+
+// shtSetxs is KSR.htable.sht_setxs.
+func (h *HT) shtSetxs(m *core.Msg, a []core.Val) (core.Val, error) {
+	return core.Int(1), h.Set(a[0].Str, a[1].Str, a[2], &a[3].Int)
+}
+
+// shtSetxi is KSR.htable.sht_setxi.
+func (h *HT) shtSetxi(m *core.Msg, a []core.Val) (core.Val, error) {
+	return core.Int(1), h.Set(a[0].Str, a[1].Str, a[2], &a[3].Int)
+}
+
+// shtSetex is KSR.htable.sht_setex.
+func (h *HT) shtSetex(m *core.Msg, a []core.Val) (core.Val, error) {
+	ok, err := h.SetExpire(a[0].Str, a[1].Str, a[2].Int)
+	return core.IntRet(ok), err
+}
+
+// shtRm is KSR.htable.sht_rm.
+func (h *HT) shtRm(m *core.Msg, a []core.Val) (core.Val, error) {
+	t, err := h.table(a[0].Str)
+	if err != nil {
+		return core.Null, err
+	}
+	t.Delete(a[1].Str)
+	return core.Int(1), nil
+}
+
+// shtInc is KSR.htable.sht_inc.
+func (h *HT) shtInc(m *core.Msg, a []core.Val) (core.Val, error) {
+	return h.Add(m, a[0].Str, a[1].Str, 1)
+}
+
+// shtDec is KSR.htable.sht_dec.
+func (h *HT) shtDec(m *core.Msg, a []core.Val) (core.Val, error) {
+	return h.Add(m, a[0].Str, a[1].Str, -1)
+}
+
+// shtIsNull is KSR.htable.sht_is_null.
+func (h *HT) shtIsNull(m *core.Msg, a []core.Val) (core.Val, error) {
+	t, err := h.table(a[0].Str)
+	if err != nil {
+		return core.Null, err
+	}
+	if t.Def().HasInitVal {
+		return core.Int(-2), nil
+	}
+	var gone []Expired
+	_, _, ok := t.Get(a[1].Str, h.now(), &gone)
+	h.done(gone, false)
+	if ok {
+		return core.Int(-1), nil
+	}
+	return core.Int(1), nil
+}
+
+// shtReset is KSR.htable.sht_reset.
+func (h *HT) shtReset(m *core.Msg, a []core.Val) (core.Val, error) {
+	t, err := h.table(a[0].Str)
+	if err != nil {
+		return core.Null, err
+	}
+	t.Reset()
+	return core.Int(1), nil
 }

@@ -419,7 +419,7 @@ func TestConcurrentInc(t *testing.T) {
 	total := int64(0)
 	for i := 0; i < 7; i++ {
 		v, _ := ht.Get("ex", fmt.Sprint("k", i))
-		total += v.I
+		total += v.Int
 	}
 	if total != 4000 {
 		t.Errorf("total %d, want 4000", total)

@@ -7,13 +7,13 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-// The PV registry is global while htable instances are per Env: each PV
-// finds the instance of the message's Env.
-func init() {
-	core.RegisterPV(&core.PVDef{Name: "sht", HasArg: true,
+// pvs are htable's pseudo-variables, bound to this instance; the module
+// table declares them.
+func (h *HT) pvs() []core.PVDef {
+	defs := []core.PVDef{{Name: "sht", HasArg: true,
 		Doc: "htable item: $sht(table=>key); the key may contain PVs ($sht(ipban=>$si)); setting $null removes it",
 		Get: func(m *core.Msg, arg string) core.Val {
-			h, table, key, err := resolve(m, arg)
+			table, key, err := h.resolve(m, arg)
 			if err == nil {
 				var v core.Val
 				if v, err = h.Get(table, key); err == nil {
@@ -24,27 +24,26 @@ func init() {
 			return core.Null
 		},
 		Set: func(m *core.Msg, arg string, v core.Val) error {
-			h, table, key, err := resolve(m, arg)
+			table, key, err := h.resolve(m, arg)
 			if err != nil {
 				return err
 			}
 			return h.Set(table, key, v, nil)
-		}})
-	core.RegisterPV(&core.PVDef{Name: "shtex", HasArg: true,
+		}}, {Name: "shtex", HasArg: true,
 		Doc: "seconds until the htable item expires (0: never, or no such item); setting it is sht_setex",
 		Get: func(m *core.Msg, arg string) core.Val {
-			h, table, key, err := resolve(m, arg)
+			table, key, err := h.resolve(m, arg)
 			if err == nil {
 				var n int64
 				if n, err = h.ExpireIn(table, key); err == nil {
-					return core.Val{K: core.KInt, I: n}
+					return core.Val{Kind: core.KInt, Int: n}
 				}
 			}
 			pvErr(m, "$shtex", err)
 			return core.Null
 		},
 		Set: func(m *core.Msg, arg string, v core.Val) error {
-			h, table, key, err := resolve(m, arg)
+			table, key, err := h.resolve(m, arg)
 			if err != nil {
 				return err
 			}
@@ -54,16 +53,16 @@ func init() {
 			}
 			_, err = h.SetExpire(table, key, n)
 			return err
-		}})
+		}}}
 	for _, x := range []struct {
 		name  string
 		delta int64
 	}{{"shtinc", 1}, {"shtdec", -1}} {
 		delta, name := x.delta, x.name
-		core.RegisterPV(&core.PVDef{Name: name, HasArg: true,
+		defs = append(defs, core.PVDef{Name: name, HasArg: true,
 			Doc: fmt.Sprintf("reading it adds %+d to the htable item atomically and gives the new value (as sht_inc/sht_dec)", delta),
 			Get: func(m *core.Msg, arg string) core.Val {
-				h, table, key, err := resolve(m, arg)
+				table, key, err := h.resolve(m, arg)
 				if err == nil {
 					var v core.Val
 					if v, err = h.Add(m, table, key, delta); err == nil {
@@ -74,6 +73,7 @@ func init() {
 				return core.Null
 			}})
 	}
+	return defs
 }
 
 // SplitName splits "table=>key".
@@ -85,19 +85,15 @@ func SplitName(arg string) (table, key string, err error) {
 	return table, key, nil
 }
 
-func resolve(m *core.Msg, arg string) (*HT, string, string, error) {
+func (h *HT) resolve(m *core.Msg, arg string) (string, string, error) {
 	table, key, err := SplitName(arg)
 	if err != nil {
-		return nil, "", "", err
-	}
-	h := Of(m.Env)
-	if h == nil {
-		return nil, "", "", fmt.Errorf("htable: module not loaded")
+		return "", "", err
 	}
 	if strings.IndexByte(key, '$') >= 0 {
 		key = core.ExpandPV(m, key)
 	}
-	return h, table, key, nil
+	return table, key, nil
 }
 
 // pvErr logs a failed PV read: a PV read cannot return an error, so the

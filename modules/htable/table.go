@@ -2,7 +2,6 @@ package htable
 
 import (
 	"hash/maphash"
-	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -136,18 +135,18 @@ func (t *Table) Add(key string, delta int64, now time.Time, gone *[]Expired) (n 
 		if d.HasInitVal {
 			start = d.InitVal
 		}
-		it = &item{val: core.Val{K: core.KInt, I: start + delta}, expire: t.autoExpire(now)}
+		it = &item{val: core.Val{Kind: core.KInt, Int: start + delta}, expire: t.autoExpire(now)}
 		s.items[key] = it
-		return it.val.I, true, !it.expire.IsZero()
+		return it.val.Int, true, !it.expire.IsZero()
 	}
-	if it.val.K != core.KInt {
+	if it.val.Kind != core.KInt {
 		return 0, false, false
 	}
-	it.val.I += delta
+	it.val.Int += delta
 	if t.Def().UpdateExpire {
 		it.expire = t.autoExpire(now)
 	}
-	return it.val.I, true, !it.expire.IsZero()
+	return it.val.Int, true, !it.expire.IsZero()
 }
 
 // Delete removes the item; false if it was absent.
@@ -176,9 +175,9 @@ func NewMatch(op, arg string, allowed string) (Match, error) {
 	case "sw":
 		return func(s string) bool { return strings.HasPrefix(s, arg) }, nil
 	case "re":
-		re, err := regexp.Compile(arg)
+		re, err := core.CompileRegex(arg)
 		if err != nil {
-			return nil, errorf("invalid regular expression %q: %v", arg, err)
+			return nil, errorf("%v", err)
 		}
 		return re.MatchString, nil
 	}
@@ -195,10 +194,10 @@ func (t *Table) RemoveMatching(match Match, byValue bool) int {
 		for k, it := range s.items {
 			subj := k
 			if byValue {
-				if it.val.K != core.KStr {
+				if it.val.Kind != core.KStr {
 					continue
 				}
-				subj = it.val.S
+				subj = it.val.Str
 			}
 			if match(subj) {
 				delete(s.items, k)
@@ -221,10 +220,10 @@ func (t *Table) Any(match Match, byValue bool, now time.Time) bool {
 			}
 			subj := k
 			if byValue {
-				if it.val.K != core.KStr {
+				if it.val.Kind != core.KStr {
 					continue
 				}
-				subj = it.val.S
+				subj = it.val.Str
 			}
 			if match(subj) {
 				s.mu.Unlock()

@@ -7,11 +7,11 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-func init() { core.Register("kx", New) }
+func init() { core.Register(New) }
 
 // pvGetter reads a core PV: the kx getters are the PVs by another name.
-func pvGetter(spec string) func(m *core.Msg, _ []core.Val) (core.Val, error) {
-	pv, err := core.ParsePV(spec)
+func pvGetter(env *core.Env, spec string) func(m *core.Msg, _ []core.Val) (core.Val, error) {
+	pv, err := env.ParsePV(spec)
 	if err != nil {
 		panic("kx: " + err.Error())
 	}
@@ -21,7 +21,7 @@ func pvGetter(spec string) func(m *core.Msg, _ []core.Val) (core.Val, error) {
 // New builds the kx module.
 func New(env *core.Env) *core.Module {
 	x := func(name, spec, doc string) core.Func {
-		return core.Func{Name: name, Ret: core.RetXVal, Doc: doc + " (" + spec + ")", Fn: pvGetter(spec)}
+		return core.Func{Name: name, Ret: core.RetXVal, Doc: doc + " (" + spec + ")", Fn: pvGetter(env, spec)}
 	}
 	intf := func(name, doc string, f func(m *core.Msg) int) core.Func {
 		return core.Func{Name: name, Ret: core.RetInt, Doc: doc,

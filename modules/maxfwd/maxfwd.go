@@ -11,7 +11,7 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-func init() { core.Register("maxfwd", New) }
+func init() { core.Register(New) }
 
 // present returns the Max-Forwards value: -1 when absent, -2 when unparsable.
 func present(msg sip.Message) (int, sip.Header) {
@@ -75,19 +75,19 @@ func checkLimit(fn string, l int64) error {
 // New builds the maxfwd module.
 func New(env *core.Env) *core.Module {
 	var maxLimit atomic.Int64
-	maxLimit.Store(256)
-	return &core.Module{
+	return core.ApplyDefaults(&core.Module{
 		Name: "maxfwd",
 		Doc:  "Max-Forwards processing",
 		Params: []core.Param{{Name: "max_limit", Type: core.ArgInt, Default: core.Int(256),
 			Doc: "upper limit (1..256) for the decremented Max-Forwards of relayed requests",
 			Set: func(v core.Val) error {
-				if v.I < 1 || v.I > 256 {
-					return fmt.Errorf("max_limit %d out of range 1..256", v.I)
+				if v.Int < 1 || v.Int > 256 {
+					return fmt.Errorf("max_limit %d out of range 1..256", v.Int)
 				}
-				maxLimit.Store(v.I)
+				maxLimit.Store(v.Int)
 				return nil
-			}}},
+			},
+			Get: func() core.Val { return core.Int(int(maxLimit.Load())) }}},
 		Funcs: []core.Func{
 			{Name: "process_maxfwd", Args: []core.ArgType{core.ArgInt}, Ret: core.RetInt,
 				Routes: core.RouteRequest | core.RouteFailure | core.RouteBranch,
@@ -96,13 +96,13 @@ func New(env *core.Env) *core.Module {
 					if m.Req == nil {
 						return core.Null, core.ErrNoRequest
 					}
-					if err := checkLimit("process_maxfwd", a[0].I); err != nil {
+					if err := checkLimit("process_maxfwd", a[0].Int); err != nil {
 						return core.Null, err
 					}
 					val, h := present(m.Req)
 					switch {
 					case val == -1:
-						addHeader(m.Req, int(a[0].I))
+						addHeader(m.Req, int(a[0].Int))
 						return core.Int(2), nil
 					case val == -2:
 						env.Log.Warn("maxfwd: unparsable Max-Forwards", "value", h.Value(), "at", m.Pos())
@@ -129,15 +129,15 @@ func New(env *core.Env) *core.Module {
 					if m.Req == nil {
 						return core.Null, core.ErrNoRequest
 					}
-					if err := checkLimit("is_maxfwd_lt", a[0].I); err != nil {
+					if err := checkLimit("is_maxfwd_lt", a[0].Int); err != nil {
 						return core.Null, err
 					}
 					val, _ := present(m.Req)
 					if val < 0 {
 						return core.Int(val - 1), nil
 					}
-					return core.IntRet(int64(val) < a[0].I), nil
+					return core.IntRet(int64(val) < a[0].Int), nil
 				}},
 		},
-	}
+	})
 }

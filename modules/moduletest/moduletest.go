@@ -113,7 +113,7 @@ func MustInt(t testing.TB, mod *core.Module, m *core.Msg, name string, args ...c
 	if err != nil {
 		t.Fatalf("%s: %v", name, err)
 	}
-	return v.I
+	return v.Int
 }
 
 // SetParam sets a modparam as the config phase would.

@@ -16,7 +16,7 @@ import (
 	"github.com/kamgo/kamgo/modules/usrloc"
 )
 
-func init() { core.Register("registrar", New) }
+func init() { core.Register(New) }
 
 // save() flags (Kamailio's REG_SAVE_*).
 const (
@@ -58,8 +58,6 @@ type Reg struct {
 // New builds the registrar module.
 func New(env *core.Env) *core.Module {
 	r := &Reg{env: env}
-	r.defaultExpires.Store(3600)
-	r.minExpires.Store(60)
 	r.accepted = env.Stats.Counter("registrar", "accepted_regs")
 	r.rejected = env.Stats.Counter("registrar", "rejected_regs")
 	return r.module()

@@ -105,7 +105,7 @@ func reply(t *testing.T, r *routetest.Result) *sip.Response {
 }
 
 func pv(m *core.Msg, name string) string {
-	p, _ := core.ParsePV(name)
+	p, _ := m.Env.ParsePV(name)
 	return p.Get(m).String()
 }
 

@@ -11,7 +11,7 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-func init() { core.Register("rr", New) }
+func init() { core.Register(New) }
 
 // Kamailio's loose_route return codes.
 const (
@@ -433,8 +433,6 @@ func (r *module) routedParams(m *core.Msg) (sip.HeaderParams, bool) {
 // New builds the rr module.
 func New(env *core.Env) *core.Module {
 	r := &module{env: env}
-	r.fromTag.Store(true)
-	r.doubleRR.Store(true)
 	boolParam := func(name, doc string, def bool, b *atomic.Bool) core.Param {
 		d := 0
 		if def {
@@ -442,12 +440,13 @@ func New(env *core.Env) *core.Module {
 		}
 		return core.Param{Name: name, Type: core.ArgInt, Default: core.Int(d), Doc: doc,
 			Set: func(v core.Val) error {
-				if v.I != 0 && v.I != 1 {
-					return fmt.Errorf("%s must be 0 or 1, got %d", name, v.I)
+				if v.Int != 0 && v.Int != 1 {
+					return fmt.Errorf("%s must be 0 or 1, got %d", name, v.Int)
 				}
-				b.Store(v.I == 1)
+				b.Store(v.Int == 1)
 				return nil
-			}}
+			},
+			Get: func() core.Val { return core.Int01(b.Load()) }}
 	}
 	lr := func(m *core.Msg, loose bool) (core.Val, error) {
 		ret, err := r.looseRoute(m, loose)
@@ -457,7 +456,7 @@ func New(env *core.Env) *core.Module {
 		return core.Int(ret), nil
 	}
 	routesReq := core.RouteRequest | core.RouteFailure | core.RouteBranch
-	return &core.Module{
+	return core.ApplyDefaults(&core.Module{
 		Name: "rr",
 		Doc:  "Record-Route and Route processing",
 		Params: []core.Param{
@@ -471,10 +470,10 @@ func New(env *core.Env) *core.Module {
 				Fn:  func(m *core.Msg, _ []core.Val) (core.Val, error) { return r.recordRoute(m, "") }},
 			{Name: "record_route_params", Args: []core.ArgType{core.ArgStr}, Ret: core.RetInt, Routes: routesReq,
 				Doc: "(\";p=v\") record_route with extra URI params",
-				Fn:  func(m *core.Msg, a []core.Val) (core.Val, error) { return r.recordRoute(m, a[0].S) }},
+				Fn:  func(m *core.Msg, a []core.Val) (core.Val, error) { return r.recordRoute(m, a[0].Str) }},
 			{Name: "add_rr_param", Args: []core.ArgType{core.ArgStr}, Ret: core.RetInt, Routes: routesReq,
 				Doc: "(\";p=v\") add params to this message's Record-Route, before or after record_route",
-				Fn:  func(m *core.Msg, a []core.Val) (core.Val, error) { return r.addRRParam(m, a[0].S) }},
+				Fn:  func(m *core.Msg, a []core.Val) (core.Val, error) { return r.addRRParam(m, a[0].Str) }},
 			{Name: "loose_route", Ret: core.RetInt, Routes: routesReq,
 				Doc: "process the Route set: 1 routed (our Routes removed, $du or R-URI set), -1 no Route/error, -3 preloaded Route of ours only",
 				Fn:  func(m *core.Msg, _ []core.Val) (core.Val, error) { return lr(m, false) }},
@@ -490,11 +489,11 @@ func New(env *core.Env) *core.Module {
 			{Name: "check_route_param", Args: []core.ArgType{core.ArgStr}, Ret: core.RetInt, Routes: routesReq,
 				Doc: "(regex, case-insensitive, Go RE2) 1 if the params of our Route URI (\";a=b;c\") match, after loose_route; -1 otherwise",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					if _, err := core.CompileRegex(a[0].S); err != nil {
+					if _, err := core.CompileRegex(a[0].Str); err != nil {
 						return core.Null, err
 					}
 					// Kamailio compiles with REG_ICASE|REG_NEWLINE.
-					re, err := core.CompileRegex("(?im)" + a[0].S)
+					re, err := core.CompileRegex("(?im)" + a[0].Str)
 					if err != nil {
 						return core.Null, err
 					}
@@ -507,9 +506,9 @@ func New(env *core.Env) *core.Module {
 			{Name: "is_direction", Args: []core.ArgType{core.ArgStr}, Ret: core.RetInt, Routes: routesReq,
 				Doc: "(\"downstream\"|\"upstream\") compare the From tag with our Route's ftag, after loose_route; 1 match, -1 not",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					want := strings.ToLower(a[0].S)
+					want := strings.ToLower(a[0].Str)
 					if want != "downstream" && want != "upstream" {
-						return core.Null, fmt.Errorf("is_direction: want \"downstream\" or \"upstream\", got %q", a[0].S)
+						return core.Null, fmt.Errorf("is_direction: want \"downstream\" or \"upstream\", got %q", a[0].Str)
 					}
 					dir := "downstream"
 					if ps, ok := r.routedParams(m); ok {
@@ -525,5 +524,5 @@ func New(env *core.Env) *core.Module {
 					return core.IntRet(dir == want), nil
 				}},
 		},
-	}
+	})
 }

@@ -242,7 +242,7 @@ func TestRecordRouteBadFromTag(t *testing.T) {
 			m := mt.NewMsg(t, env, msg, "")
 			v, err := mt.Call(t, mod, m, "record_route")
 			if !tc.bad {
-				if err != nil || v.I != 1 {
+				if err != nil || v.Int != 1 {
 					t.Fatalf("record_route = %v, %v", v, err)
 				}
 				if got := rrValues(m); len(got) != 1 || got[0] != tc.want {

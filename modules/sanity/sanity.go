@@ -13,7 +13,7 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-func init() { core.Register("sanity", New) }
+func init() { core.Register(New) }
 
 // Kamailio's check bits.
 const (
@@ -296,35 +296,36 @@ func (s *module) reply(m *core.Msg, f *failure) {
 // New builds the sanity module.
 func New(env *core.Env) *core.Module {
 	s := &module{env: env}
-	s.defChecks.Store(DefaultChecks)
-	s.defURIChecks.Store(DefaultURIChecks)
-	return &core.Module{
+	var autodrop atomic.Int64 // kept only so the value reads back
+	return core.ApplyDefaults(&core.Module{
 		Name: "sanity",
 		Doc:  "SIP syntax checks with automatic error replies",
 		Params: []core.Param{
 			{Name: "default_checks", Type: core.ArgInt, Default: core.Int(DefaultChecks),
 				Doc: "checks run by sanity_check_defaults (sum of check bits)",
 				Set: func(v core.Val) error {
-					if v.I < 0 || v.I >= 1<<15 {
-						return fmt.Errorf("default_checks %d out of range 0..32767", v.I)
+					if v.Int < 0 || v.Int >= 1<<15 {
+						return fmt.Errorf("default_checks %d out of range 0..32767", v.Int)
 					}
-					s.defChecks.Store(v.I)
+					s.defChecks.Store(v.Int)
 					return nil
-				}},
+				},
+				Get: func() core.Val { return core.Int(int(s.defChecks.Load())) }},
 			{Name: "uri_checks", Type: core.ArgInt, Default: core.Int(DefaultURIChecks),
 				Doc: "URIs checked by the parse-uri check: 1 R-URI, 2 From, 4 To, 8 Contact",
 				Set: func(v core.Val) error {
-					if v.I < 0 || v.I > 15 {
-						return fmt.Errorf("uri_checks %d out of range 0..15", v.I)
+					if v.Int < 0 || v.Int > 15 {
+						return fmt.Errorf("uri_checks %d out of range 0..15", v.Int)
 					}
-					s.defURIChecks.Store(v.I)
+					s.defURIChecks.Store(v.Int)
 					return nil
-				}},
+				},
+				Get: func() core.Val { return core.Int(int(s.defURIChecks.Load())) }},
 			{Name: "proxy_require", Type: core.ArgStr, Default: core.Str(""),
 				Doc: "comma-separated list of supported Proxy-Require extensions",
 				Set: func(v core.Val) error {
 					var l []string
-					for _, t := range strings.Split(v.S, ",") {
+					for _, t := range strings.Split(v.Str, ",") {
 						if t = strings.TrimSpace(t); t != "" {
 							l = append(l, t)
 						}
@@ -333,22 +334,29 @@ func New(env *core.Env) *core.Module {
 					s.proxyReq = l
 					s.mu.Unlock()
 					return nil
+				},
+				Get: func() core.Val {
+					s.mu.Lock()
+					defer s.mu.Unlock()
+					return core.Str(strings.Join(s.proxyReq, ","))
 				}},
 			{Name: "noreply", Type: core.ArgInt, Default: core.Int(0),
 				Doc: "1: do not reply on failure; the script may call sanity_reply()",
-				Set: func(v core.Val) error { s.noreply.Store(v.I != 0); return nil }},
+				Set: func(v core.Val) error { s.noreply.Store(v.Int != 0); return nil },
+				Get: func() core.Val { return core.Int01(s.noreply.Load()) }},
 			{Name: "autodrop", Type: core.ArgInt, Default: core.Int(1),
 				Doc: "accepted for compatibility; ignored, as in Kamailio's KEMI (sanity_check never returns 0)",
-				Set: func(v core.Val) error { return nil }},
+				Set: func(v core.Val) error { autodrop.Store(v.Int); return nil },
+				Get: func() core.Val { return core.Int(int(autodrop.Load())) }},
 		},
 		Funcs: []core.Func{
 			{Name: "sanity_check", Args: []core.ArgType{core.ArgInt, core.ArgInt}, Ret: core.RetInt,
 				Doc: "(msg_checks, uri_checks) 1 ok; -1 failed (a 4xx/5xx reply was already sent, never to ACK)",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					if a[0].I < 0 || a[1].I < 0 {
+					if a[0].Int < 0 || a[1].Int < 0 {
 						return core.Null, fmt.Errorf("sanity_check: negative check mask")
 					}
-					return s.run(m, a[0].I, a[1].I)
+					return s.run(m, a[0].Int, a[1].Int)
 				}},
 			{Name: "sanity_check_defaults", Ret: core.RetInt,
 				Doc: "sanity_check with the default_checks and uri_checks modparams",
@@ -366,5 +374,5 @@ func New(env *core.Env) *core.Module {
 					return core.Int(1), nil
 				}},
 		},
-	}
+	})
 }

@@ -11,7 +11,7 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-func init() { core.Register("siputils", New) }
+func init() { core.Register(New) }
 
 func paramIndex(p sip.HeaderParams, name string) int {
 	for i, kv := range p {
@@ -134,19 +134,32 @@ type options struct {
 	accept, enc, lang, support, allow string
 }
 
+// siputils is one module instance; its KSR functions are its methods,
+// named in the table New builds (KSR.siputils.has_totag is su.hasTotag).
+type siputils struct {
+	env *core.Env
+	opt *options
+}
+
 // New builds the siputils module.
 func New(env *core.Env) *core.Module {
-	opt := &options{accept: "*/*", lang: "en"}
+	opt := &options{}
+	su := &siputils{env: env, opt: opt}
 	strParam := func(name, doc, def string, dst *string) core.Param {
 		return core.Param{Name: name, Type: core.ArgStr, Default: core.Str(def), Doc: doc,
 			Set: func(v core.Val) error {
-				if err := core.CheckText(name, v.S); err != nil {
+				if err := core.CheckText(name, v.Str); err != nil {
 					return err
 				}
 				opt.mu.Lock()
-				*dst = v.S
+				*dst = v.Str
 				opt.mu.Unlock()
 				return nil
+			},
+			Get: func() core.Val {
+				opt.mu.RLock()
+				defer opt.mu.RUnlock()
+				return core.Str(*dst)
 			}}
 	}
 	s1 := []core.ArgType{core.ArgStr}
@@ -162,8 +175,8 @@ func New(env *core.Env) *core.Module {
 	cmp := func(name string, eq func(a, b *sip.Uri) bool) core.Func {
 		return core.Func{Name: name, Args: s2, Ret: core.RetInt,
 			Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-				u1, err1 := parseURI(a[0].S)
-				u2, err2 := parseURI(a[1].S)
+				u1, err1 := parseURI(a[0].Str)
+				u2, err2 := parseURI(a[1].Str)
 				if err1 != nil || err2 != nil {
 					return core.Int(-2), nil
 				}
@@ -174,7 +187,7 @@ func New(env *core.Env) *core.Module {
 	cmpURI.Doc = "(u1, u2) RFC 3261 19.1.4 URI comparison: 1 equal, -1 different, -2 a URI does not parse"
 	cmpAOR := cmp("cmp_aor", aorEqual)
 	cmpAOR.Doc = "(u1, u2) compare scheme, user, host and port (default port filled in): 1 equal, -1 different, -2 parse error"
-	return &core.Module{
+	return core.ApplyDefaults(&core.Module{
 		Name: "siputils",
 		Doc:  "SIP utilities: message and URI tests, R-URI params, options_reply",
 		Params: []core.Param{
@@ -186,120 +199,163 @@ func New(env *core.Env) *core.Module {
 		},
 		Funcs: []core.Func{
 			{Name: "has_totag", Ret: core.RetInt, Doc: "1 if the To header has a tag (in-dialog), -1 if not",
-				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) {
-					msg := m.Message()
-					if msg == nil || msg.To() == nil {
-						return core.Int(-1), nil
-					}
-					t, ok := msg.To().Params.Get("tag")
-					return core.IntRet(ok && t != ""), nil
-				}},
+				Fn: su.hasTotag},
 			{Name: "is_request", Ret: core.RetInt, Doc: "1 for a request, -1 for a reply",
-				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) { return core.IntRet(m.Req != nil), nil }},
+				Fn: su.isRequest},
 			{Name: "is_reply", Ret: core.RetInt, Doc: "1 for a reply, -1 for a request",
-				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) { return core.IntRet(m.Res != nil), nil }},
+				Fn: su.isReply},
 			{Name: "is_first_hop", Ret: core.RetInt, Doc: "1 if the message has a single Via (a request straight from its UA, or a reply back at the UAC side), -1 if not",
-				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) {
-					msg := m.Message()
-					return core.IntRet(msg != nil && len(core.FindHeaders(msg, "Via")) == 1), nil
-				}},
+				Fn: su.isFirstHop},
 			{Name: "uri_param", Args: s1, Ret: core.RetInt, Doc: "(name) 1 if the R-URI has that parameter, -1 if not",
-				Fn: req(func(m *core.Msg, a []core.Val) (core.Val, error) {
-					return core.IntRet(paramIndex(m.Req.Recipient.UriParams, a[0].S) >= 0), nil
-				})},
+				Fn: req(su.uriParam)},
 			{Name: "uri_param_value", Args: s2, Ret: core.RetInt, Doc: "(name, value) 1 if the R-URI has that parameter with that value, -1 if not",
-				Fn: req(func(m *core.Msg, a []core.Val) (core.Val, error) {
-					p := m.Req.Recipient.UriParams
-					i := paramIndex(p, a[0].S)
-					return core.IntRet(i >= 0 && p[i].V == a[1].S), nil
-				})},
+				Fn: req(su.uriParamValue)},
 			{Name: "add_uri_param", Args: s1, Ret: core.RetInt, Doc: "(\"name=value\") add a parameter to the R-URI (a leading ';' is accepted); 1 ok",
-				Fn: req(func(m *core.Msg, a []core.Val) (core.Val, error) {
-					p := strings.TrimPrefix(strings.TrimSpace(a[0].S), ";")
-					if err := core.CheckText("URI parameter", p); err != nil {
-						return core.Null, err
-					}
-					k, v, _ := strings.Cut(p, "=")
-					// The value may come from request bytes ($hdr, $fU): the
-					// same rule as every URI param kamd writes.
-					if err := core.CheckURIParam(k, v); err != nil {
-						return core.Null, fmt.Errorf("add_uri_param: invalid parameter %q: %w", a[0].S, err)
-					}
-					u := m.Req.Recipient
-					u.UriParams = u.UriParams.Clone()
-					u.UriParams = append(u.UriParams, sip.HeaderKV{K: k, V: v})
-					if err := m.SetRURI(u.String()); err != nil {
-						return core.Null, fmt.Errorf("add_uri_param: %v", err)
-					}
-					return core.Int(1), nil
-				})},
+				Fn: req(su.addURIParam)},
 			{Name: "uri_param_rm", Args: s1, Ret: core.RetInt, Doc: "(name) remove the parameter from the R-URI; 1 removed, -1 absent",
-				Fn: req(func(m *core.Msg, a []core.Val) (core.Val, error) {
-					u := m.Req.Recipient
-					p := u.UriParams.Clone()
-					n := len(p)
-					for i := paramIndex(p, a[0].S); i >= 0; i = paramIndex(p, a[0].S) {
-						p = append(p[:i], p[i+1:]...)
-					}
-					if len(p) == n {
-						return core.Int(-1), nil
-					}
-					u.UriParams = p
-					m.Req.Recipient = u
-					return core.Int(1), nil
-				})},
+				Fn: req(su.uriParamRm)},
 			{Name: "is_uri", Args: s1, Ret: core.RetInt, Doc: "(str) 1 if a valid sip/sips/tel URI, -1 if not",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					_, err := parseURI(a[0].S)
-					return core.IntRet(err == nil), nil
-				}},
+				Fn: su.isURI},
 			{Name: "is_tel_number", Args: s1, Ret: core.RetInt, Doc: "(str) 1 if an optional '+' then digits; -1 other characters, -2 empty",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					s := a[0].S
-					if s == "+" {
-						return core.Int(-1), nil
-					}
-					return charsRet(s, func(i int, c byte) bool { return isDigit(c) || (i == 0 && c == '+') }), nil
-				}},
+				Fn: su.isTelNumber},
 			{Name: "is_numeric", Args: s1, Ret: core.RetInt, Doc: "(str) 1 if only digits; -1 other characters, -2 empty",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					return charsRet(a[0].S, func(_ int, c byte) bool { return isDigit(c) }), nil
-				}},
+				Fn: su.isNumeric},
 			{Name: "is_alphanum", Args: s1, Ret: core.RetInt, Doc: "(str) 1 if only ASCII letters and digits; -1 other characters, -2 empty",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					return charsRet(a[0].S, func(_ int, c byte) bool {
-						return isDigit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
-					}), nil
-				}},
+				Fn: su.isAlphanum},
 			cmpURI, cmpAOR,
 			{Name: "options_reply", Ret: core.RetInt, Routes: core.RouteRequest,
 				Doc: "reply 200 with Accept/Accept-Encoding/Accept-Language/Supported to an OPTIONS for us (R-URI without user, host ours); -1 otherwise",
-				Fn: req(func(m *core.Msg, _ []core.Val) (core.Val, error) {
-					if m.Req.Method != sip.OPTIONS || m.Req.Recipient.User != "" ||
-						!env.IsMyself(m.Req.Recipient.Host, m.Req.Recipient.Port) {
-						return core.Int(-1), nil
-					}
-					opt.mu.RLock()
-					hs := []sip.Header{}
-					if opt.allow != "" {
-						hs = append(hs, sip.NewHeader("Allow", opt.allow))
-					}
-					hs = append(hs, sip.NewHeader("Accept", opt.accept), sip.NewHeader("Accept-Encoding", opt.enc),
-						sip.NewHeader("Accept-Language", opt.lang), sip.NewHeader("Supported", opt.support))
-					opt.mu.RUnlock()
-					m.ReplyHeaders = append(m.ReplyHeaders, hs...)
-					var err error
-					if tx, ok := m.Tx.(core.TxReplier); ok {
-						err = tx.Reply(m, 200, "OK")
-					} else {
-						err = m.SendReply(200, "OK")
-					}
-					if err != nil {
-						env.Log.Warn("options_reply failed", "err", err, "at", m.Pos())
-						return core.Int(-1), nil
-					}
-					return core.Int(1), nil
-				})},
+				Fn:  req(su.optionsReply)},
 		},
+	})
+}
+
+// hasTotag is KSR.siputils.has_totag.
+func (su *siputils) hasTotag(m *core.Msg, _ []core.Val) (core.Val, error) {
+	msg := m.Message()
+	if msg == nil || msg.To() == nil {
+		return core.Int(-1), nil
 	}
+	t, ok := msg.To().Params.Get("tag")
+	return core.IntRet(ok && t != ""), nil
+}
+
+// isRequest is KSR.siputils.is_request.
+func (su *siputils) isRequest(m *core.Msg, _ []core.Val) (core.Val, error) {
+	return core.IntRet(m.Req != nil), nil
+}
+
+// isReply is KSR.siputils.is_reply.
+func (su *siputils) isReply(m *core.Msg, _ []core.Val) (core.Val, error) {
+	return core.IntRet(m.Res != nil), nil
+}
+
+// isFirstHop is KSR.siputils.is_first_hop.
+func (su *siputils) isFirstHop(m *core.Msg, _ []core.Val) (core.Val, error) {
+	msg := m.Message()
+	return core.IntRet(msg != nil && len(core.FindHeaders(msg, "Via")) == 1), nil
+}
+
+// uriParam is KSR.siputils.uri_param.
+func (su *siputils) uriParam(m *core.Msg, a []core.Val) (core.Val, error) {
+	return core.IntRet(paramIndex(m.Req.Recipient.UriParams, a[0].Str) >= 0), nil
+}
+
+// uriParamValue is KSR.siputils.uri_param_value.
+func (su *siputils) uriParamValue(m *core.Msg, a []core.Val) (core.Val, error) {
+	p := m.Req.Recipient.UriParams
+	i := paramIndex(p, a[0].Str)
+	return core.IntRet(i >= 0 && p[i].V == a[1].Str), nil
+}
+
+// addURIParam is KSR.siputils.add_uri_param.
+func (su *siputils) addURIParam(m *core.Msg, a []core.Val) (core.Val, error) {
+	p := strings.TrimPrefix(strings.TrimSpace(a[0].Str), ";")
+	if err := core.CheckText("URI parameter", p); err != nil {
+		return core.Null, err
+	}
+	k, v, _ := strings.Cut(p, "=")
+	// The value may come from request bytes ($hdr, $fU): the same rule as
+	// every URI param kamd writes.
+	if err := core.CheckURIParam(k, v); err != nil {
+		return core.Null, fmt.Errorf("add_uri_param: invalid parameter %q: %w", a[0].Str, err)
+	}
+	u := m.Req.Recipient
+	u.UriParams = u.UriParams.Clone()
+	u.UriParams = append(u.UriParams, sip.HeaderKV{K: k, V: v})
+	if err := m.SetRURI(u.String()); err != nil {
+		return core.Null, fmt.Errorf("add_uri_param: %v", err)
+	}
+	return core.Int(1), nil
+}
+
+// uriParamRm is KSR.siputils.uri_param_rm.
+func (su *siputils) uriParamRm(m *core.Msg, a []core.Val) (core.Val, error) {
+	u := m.Req.Recipient
+	p := u.UriParams.Clone()
+	n := len(p)
+	for i := paramIndex(p, a[0].Str); i >= 0; i = paramIndex(p, a[0].Str) {
+		p = append(p[:i], p[i+1:]...)
+	}
+	if len(p) == n {
+		return core.Int(-1), nil
+	}
+	u.UriParams = p
+	m.Req.Recipient = u
+	return core.Int(1), nil
+}
+
+// isURI is KSR.siputils.is_uri.
+func (su *siputils) isURI(m *core.Msg, a []core.Val) (core.Val, error) {
+	_, err := parseURI(a[0].Str)
+	return core.IntRet(err == nil), nil
+}
+
+// isTelNumber is KSR.siputils.is_tel_number.
+func (su *siputils) isTelNumber(m *core.Msg, a []core.Val) (core.Val, error) {
+	s := a[0].Str
+	if s == "+" {
+		return core.Int(-1), nil
+	}
+	return charsRet(s, func(i int, c byte) bool { return isDigit(c) || (i == 0 && c == '+') }), nil
+}
+
+// isNumeric is KSR.siputils.is_numeric.
+func (su *siputils) isNumeric(m *core.Msg, a []core.Val) (core.Val, error) {
+	return charsRet(a[0].Str, func(_ int, c byte) bool { return isDigit(c) }), nil
+}
+
+// isAlphanum is KSR.siputils.is_alphanum.
+func (su *siputils) isAlphanum(m *core.Msg, a []core.Val) (core.Val, error) {
+	return charsRet(a[0].Str, func(_ int, c byte) bool {
+		return isDigit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+	}), nil
+}
+
+// optionsReply is KSR.siputils.options_reply.
+func (su *siputils) optionsReply(m *core.Msg, _ []core.Val) (core.Val, error) {
+	if m.Req.Method != sip.OPTIONS || m.Req.Recipient.User != "" ||
+		!su.env.IsMyself(m.Req.Recipient.Host, m.Req.Recipient.Port) {
+		return core.Int(-1), nil
+	}
+	su.opt.mu.RLock()
+	hs := []sip.Header{}
+	if su.opt.allow != "" {
+		hs = append(hs, sip.NewHeader("Allow", su.opt.allow))
+	}
+	hs = append(hs, sip.NewHeader("Accept", su.opt.accept), sip.NewHeader("Accept-Encoding", su.opt.enc),
+		sip.NewHeader("Accept-Language", su.opt.lang), sip.NewHeader("Supported", su.opt.support))
+	su.opt.mu.RUnlock()
+	m.ReplyHeaders = append(m.ReplyHeaders, hs...)
+	var err error
+	if tx, ok := m.Tx.(core.TxReplier); ok {
+		err = tx.Reply(m, 200, "OK")
+	} else {
+		err = m.SendReply(200, "OK")
+	}
+	if err != nil {
+		su.env.Log.Warn("options_reply failed", "err", err, "at", m.Pos())
+		return core.Int(-1), nil
+	}
+	return core.Int(1), nil
 }

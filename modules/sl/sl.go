@@ -9,7 +9,7 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-func init() { core.Register("sl", New) }
+func init() { core.Register(New) }
 
 // statCodes have counters of their own, as in Kamailio's sl module.
 var statCodes = []int{200, 202, 300, 301, 302, 400, 401, 403, 404, 407, 408, 483, 500}
@@ -58,16 +58,16 @@ func New(env *core.Env) *core.Module {
 	}
 	send := func(m *core.Msg, a []core.Val) (core.Val, error) {
 		if tx, ok := m.Tx.(core.TxReplier); ok && m.Req != nil {
-			if err := tx.Reply(m, int(a[0].I), a[1].S); err != nil {
+			if err := tx.Reply(m, int(a[0].Int), a[1].Str); err != nil {
 				if errors.Is(err, core.ErrFinalReplied) {
-					env.Log.Warn("sl.send_reply: "+err.Error(), "code", a[0].I, "at", m.Pos())
+					env.Log.Warn("sl.send_reply: "+err.Error(), "code", a[0].Int, "at", m.Pos())
 					return core.Int(-1), nil
 				}
 				return core.Null, err
 			}
 			return core.Int(1), nil
 		}
-		return reply(m, int(a[0].I), a[1].S)
+		return reply(m, int(a[0].Int), a[1].Str)
 	}
 	return &core.Module{
 		Name: "sl",
@@ -75,7 +75,7 @@ func New(env *core.Env) *core.Module {
 		Funcs: []core.Func{
 			{Name: "sl_send_reply", Args: []core.ArgType{core.ArgInt, core.ArgStr}, Ret: core.RetInt, Routes: core.RouteRequest | core.RouteFailure | core.RouteBranch,
 				Doc: "(code, reason) send a stateless reply; 1 ok, -1 error; ACKs are never answered",
-				Fn:  func(m *core.Msg, a []core.Val) (core.Val, error) { return reply(m, int(a[0].I), a[1].S) }},
+				Fn:  func(m *core.Msg, a []core.Val) (core.Val, error) { return reply(m, int(a[0].Int), a[1].Str) }},
 			{Name: "send_reply", Args: []core.ArgType{core.ArgInt, core.ArgStr}, Ret: core.RetInt, Routes: core.RouteRequest | core.RouteFailure | core.RouteBranch,
 				Doc: "(code, reason) reply statefully if a transaction exists, else statelessly", Fn: send},
 			{Name: "sl_reply_error", Ret: core.RetInt, Routes: core.RouteRequest | core.RouteFailure,

@@ -50,7 +50,7 @@ func TestReplies(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || v.I != tc.want {
+			if err != nil || v.Int != tc.want {
 				t.Fatalf("%s = %v, %v; want %d", tc.fn, v, err, tc.want)
 			}
 			out := rec.All()

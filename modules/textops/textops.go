@@ -19,7 +19,7 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-func init() { core.Register("textops", New) }
+func init() { core.Register(New) }
 
 // lineRegex compiles a pattern the way Kamailio's KEMI textops functions
 // do: REG_EXTENDED|REG_ICASE|REG_NEWLINE.
@@ -305,15 +305,20 @@ func cmpRet(c int) core.Val {
 	return core.Int(-2)
 }
 
+// textops has no state: its KSR functions are methods so that the table
+// in New names each one (KSR.textops.subst is t.subst).
+type textops struct{}
+
 // New builds the textops module.
 func New(env *core.Env) *core.Module {
+	var t textops
 	s1 := []core.ArgType{core.ArgStr}
 	s2 := []core.ArgType{core.ArgStr, core.ArgStr}
 	s3 := []core.ArgType{core.ArgStr, core.ArgStr, core.ArgStr}
 	reFn := func(name string, args []core.ArgType, doc string, f func(m *core.Msg, re *regexp.Regexp, a []core.Val) (core.Val, error)) core.Func {
 		return core.Func{Name: name, Args: args, Ret: core.RetInt, Doc: doc,
 			Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-				re, err := lineRegex(a[0].S)
+				re, err := lineRegex(a[0].Str)
 				if err != nil {
 					return core.Null, fmt.Errorf("textops.%s: %v", name, err)
 				}
@@ -323,7 +328,7 @@ func New(env *core.Env) *core.Module {
 	substFn := func(name, doc string, f func(m *core.Msg, s *subst) (core.Val, error)) core.Func {
 		return core.Func{Name: name, Args: s1, Ret: core.RetInt, Doc: doc,
 			Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-				s, err := parseSubst(a[0].S)
+				s, err := parseSubst(a[0].Str)
 				if err != nil {
 					return core.Null, fmt.Errorf("textops.%s: %v", name, err)
 				}
@@ -333,11 +338,11 @@ func New(env *core.Env) *core.Module {
 	replaceFn := func(name, doc string, sc scope, all bool) core.Func {
 		return reFn(name, s2, doc, func(m *core.Msg, re *regexp.Regexp, a []core.Val) (core.Val, error) {
 			if sc != scopeBody {
-				if err := core.CheckText("replacement", a[1].S); err != nil {
+				if err := core.CheckText("replacement", a[1].Str); err != nil {
 					return core.Null, err
 				}
 			}
-			return edit(m, sc, func(in string) (string, int) { return replaceRE(re, in, a[1].S, all) })
+			return edit(m, sc, func(in string) (string, int) { return replaceRE(re, in, a[1].Str, all) })
 		})
 	}
 	return &core.Module{
@@ -345,185 +350,251 @@ func New(env *core.Env) *core.Module {
 		Doc:  "regex search/replace on the message, headers, body and string helpers (Go RE2 regex syntax)",
 		Funcs: []core.Func{
 			reFn("search", s1, "(regex) 1 if the whole message (start line, headers, body) matches; -1 otherwise",
-				func(m *core.Msg, re *regexp.Regexp, _ []core.Val) (core.Val, error) {
-					return core.IntRet(re.MatchString(core.MessageString(m.Message()))), nil
-				}),
+				t.search),
 			reFn("search_body", s1, "(regex) 1 if the body matches",
-				func(m *core.Msg, re *regexp.Regexp, _ []core.Val) (core.Val, error) {
-					msg := m.Message()
-					return core.IntRet(msg != nil && re.Match(msg.Body())), nil
-				}),
+				t.searchBody),
 			reFn("search_append", s2, "(regex, text) insert text after the first match in the message; -1 if no match",
-				func(m *core.Msg, re *regexp.Regexp, a []core.Val) (core.Val, error) {
-					return edit(m, scopeAll, func(in string) (string, int) {
-						loc := re.FindStringIndex(in)
-						if loc == nil {
-							return in, 0
-						}
-						return in[:loc[1]] + a[1].S + in[loc[1]:], 1
-					})
-				}),
+				t.searchAppend),
 			reFn("search_append_body", s2, "(regex, text) insert text after the first match in the body",
-				func(m *core.Msg, re *regexp.Regexp, a []core.Val) (core.Val, error) {
-					return edit(m, scopeBody, func(in string) (string, int) {
-						loc := re.FindStringIndex(in)
-						if loc == nil {
-							return in, 0
-						}
-						return in[:loc[1]] + a[1].S + in[loc[1]:], 1
-					})
-				}),
+				t.searchAppendBody),
 			replaceFn("replace", "(regex, text) replace the first match in headers and body with text; 1 replaced, -1 no match", scopeMsg, false),
 			replaceFn("replace_all", "(regex, text) replace every match in headers and body", scopeMsg, true),
 			replaceFn("replace_body", "(regex, text) replace the first match in the body", scopeBody, false),
 			replaceFn("replace_body_all", "(regex, text) replace every match in the body", scopeBody, true),
 			substFn("subst", "(\"/re/repl/flags\") sed-like substitution on headers and body; \\N back references; flags g, i, s",
-				func(m *core.Msg, s *subst) (core.Val, error) { return edit(m, scopeMsg, s.apply) }),
+				t.subst),
 			substFn("subst_body", "(\"/re/repl/flags\") substitution on the body",
-				func(m *core.Msg, s *subst) (core.Val, error) { return edit(m, scopeBody, s.apply) }),
+				t.substBody),
 			substFn("subst_uri", "(\"/re/repl/flags\") substitution on the R-URI; the result must be a valid SIP URI",
-				func(m *core.Msg, s *subst) (core.Val, error) {
-					if m.Req == nil {
-						return core.Null, core.ErrNoRequest
-					}
-					out, n := s.apply(m.Req.Recipient.String())
-					if n == 0 {
-						return core.Int(-1), nil
-					}
-					if err := m.SetRURI(out); err != nil {
-						return core.Null, fmt.Errorf("textops.subst_uri: %v", err)
-					}
-					return core.Int(1), nil
-				}),
+				t.substURI),
 			substFn("subst_user", "(\"/re/repl/flags\") substitution on the R-URI user (an empty user matches \"\")",
-				func(m *core.Msg, s *subst) (core.Val, error) {
-					if m.Req == nil {
-						return core.Null, core.ErrNoRequest
-					}
-					out, n := s.apply(m.Req.Recipient.User)
-					if n == 0 {
-						return core.Int(-1), nil
-					}
-					if err := m.SetRURIUser(out); err != nil {
-						return core.Null, fmt.Errorf("textops.subst_user: %v", err)
-					}
-					return core.Int(1), nil
-				}),
+				t.substUser),
 			{Name: "is_present_hf", Args: s1, Ret: core.RetInt, Doc: "(name) 1 if a header with that name exists (compact forms too), -1 if not",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					msg := m.Message()
-					return core.IntRet(msg != nil && core.FirstHeader(msg, a[0].S) != nil), nil
-				}},
+				Fn: t.isPresentHf},
 			reFn("is_present_hf_re", s1, "(regex) 1 if a header name matches",
-				func(m *core.Msg, re *regexp.Regexp, _ []core.Val) (core.Val, error) {
-					for _, h := range core.Headers(m.Message()) {
-						if re.MatchString(h.Name()) {
-							return core.Int(1), nil
-						}
-					}
-					return core.Int(-1), nil
-				}),
+				t.isPresentHfRe),
 			{Name: "remove_hf", Args: s1, Ret: core.RetInt, Doc: "(name) remove every header with that name; the count removed, -1 if none",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					msg := m.Message()
-					if msg == nil {
-						return core.Int(-1), nil
-					}
-					if n := core.RemoveHeaders(msg, a[0].S); n > 0 {
-						return core.Int(n), nil
-					}
-					return core.Int(-1), nil
-				}},
+				Fn: t.removeHf},
 			reFn("remove_hf_re", s1, "(regex) remove every header whose name matches; the count removed, -1 if none",
-				func(m *core.Msg, re *regexp.Regexp, _ []core.Val) (core.Val, error) {
-					msg := m.Message()
-					if msg == nil {
-						return core.Int(-1), nil
-					}
-					hs := core.Headers(msg)
-					out := make([]sip.Header, 0, len(hs))
-					for _, h := range hs {
-						if !re.MatchString(h.Name()) {
-							out = append(out, h)
-						}
-					}
-					n := len(hs) - len(out)
-					if n == 0 {
-						return core.Int(-1), nil
-					}
-					core.SetHeaders(msg, out)
-					return core.Int(n), nil
-				}),
+				t.removeHfRe),
 			{Name: "append_hf", Args: s1, Ret: core.RetInt, Doc: "(\"Name: value\\r\\n\") append header(s) after the last header",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					msg := m.Message()
-					if msg == nil {
-						return core.Int(-1), nil
-					}
-					hs, err := core.ParseHeaderText(a[0].S)
-					if err != nil {
-						return core.Null, fmt.Errorf("textops.append_hf: %v", err)
-					}
-					for _, h := range hs {
-						msg.AppendHeader(h)
-					}
-					return core.Int(1), nil
-				}},
+				Fn: t.appendHf},
 			{Name: "set_body", Args: s2, Ret: core.RetInt, Doc: "(body, content_type) replace the body and Content-Type; Content-Length follows; -1 for an empty body",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					msg := m.Message()
-					if msg == nil || a[0].S == "" {
-						return core.Int(-1), nil
-					}
-					ct := strings.TrimSpace(a[1].S)
-					if err := core.CheckText("content type", ct); err != nil {
-						return core.Null, err
-					}
-					if ct == "" || !strings.Contains(ct, "/") {
-						return core.Null, fmt.Errorf("textops.set_body: invalid content type %q", a[1].S)
-					}
-					core.RemoveHeaders(msg, "Content-Type")
-					h := sip.ContentTypeHeader(ct)
-					msg.AppendHeader(&h)
-					setBody(msg, []byte(a[0].S))
-					return core.Int(1), nil
-				}},
+				Fn: t.setBody},
 			{Name: "has_body", Ret: core.RetInt, Doc: "1 if the message has a non-empty body, -1 if not",
-				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) {
-					msg := m.Message()
-					return core.IntRet(msg != nil && len(msg.Body()) > 0), nil
-				}},
+				Fn: t.hasBody},
 			{Name: "has_body_type", Args: s1, Ret: core.RetInt, Doc: "(\"type/subtype\") 1 if the body is of that type (or a multipart body has such a part)",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					msg := m.Message()
-					return core.IntRet(msg != nil && hasBodyType(msg, a[0].S)), nil
-				}},
+				Fn: t.hasBodyType},
 			{Name: "in_list", Args: s3, Ret: core.RetInt, Doc: "(subject, list, separator) 1 if subject equals an item of list (items trimmed); separator is one character",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					if len(a[2].S) != 1 {
-						return core.Null, fmt.Errorf("textops.in_list: separator must be one character, got %q", a[2].S)
-					}
-					for _, it := range strings.Split(a[1].S, a[2].S) {
-						if strings.TrimSpace(it) == a[0].S {
-							return core.Int(1), nil
-						}
-					}
-					return core.Int(-1), nil
-				}},
+				Fn: t.inList},
 			{Name: "cmp_str", Args: s2, Ret: core.RetInt, Doc: "(s1, s2) 1 equal, -1 s1 > s2, -2 s1 < s2",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) { return cmpRet(strings.Compare(a[0].S, a[1].S)), nil }},
+				Fn: t.cmpStr},
 			{Name: "cmp_istr", Args: s2, Ret: core.RetInt, Doc: "(s1, s2) like cmp_str, case-insensitive",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					return cmpRet(strings.Compare(strings.ToLower(a[0].S), strings.ToLower(a[1].S))), nil
-				}},
+				Fn: t.cmpIstr},
 			{Name: "starts_with", Args: s2, Ret: core.RetInt, Doc: "(s, prefix) 1 if s starts with prefix, -1 if not",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					return core.IntRet(strings.HasPrefix(a[0].S, a[1].S)), nil
-				}},
+				Fn: t.startsWith},
 			{Name: "ends_with", Args: s2, Ret: core.RetInt, Doc: "(s, suffix) 1 if s ends with suffix, -1 if not",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					return core.IntRet(strings.HasSuffix(a[0].S, a[1].S)), nil
-				}},
+				Fn: t.endsWith},
 		},
 	}
+}
+
+// search is KSR.textops.search.
+func (t textops) search(m *core.Msg, re *regexp.Regexp, _ []core.Val) (core.Val, error) {
+	return core.IntRet(re.MatchString(core.MessageString(m.Message()))), nil
+}
+
+// searchBody is KSR.textops.search_body.
+func (t textops) searchBody(m *core.Msg, re *regexp.Regexp, _ []core.Val) (core.Val, error) {
+	msg := m.Message()
+	return core.IntRet(msg != nil && re.Match(msg.Body())), nil
+}
+
+// searchAppend is KSR.textops.search_append.
+func (t textops) searchAppend(m *core.Msg, re *regexp.Regexp, a []core.Val) (core.Val, error) {
+	return edit(m, scopeAll, appendAfterMatch(re, a[1].Str))
+}
+
+// searchAppendBody is KSR.textops.search_append_body.
+func (t textops) searchAppendBody(m *core.Msg, re *regexp.Regexp, a []core.Val) (core.Val, error) {
+	return edit(m, scopeBody, appendAfterMatch(re, a[1].Str))
+}
+
+// appendAfterMatch inserts text after the first match of re.
+func appendAfterMatch(re *regexp.Regexp, text string) func(string) (string, int) {
+	return func(in string) (string, int) {
+		loc := re.FindStringIndex(in)
+		if loc == nil {
+			return in, 0
+		}
+		return in[:loc[1]] + text + in[loc[1]:], 1
+	}
+}
+
+// subst is KSR.textops.subst.
+func (t textops) subst(m *core.Msg, s *subst) (core.Val, error) { return edit(m, scopeMsg, s.apply) }
+
+// substBody is KSR.textops.subst_body.
+func (t textops) substBody(m *core.Msg, s *subst) (core.Val, error) {
+	return edit(m, scopeBody, s.apply)
+}
+
+// substURI is KSR.textops.subst_uri.
+func (t textops) substURI(m *core.Msg, s *subst) (core.Val, error) {
+	if m.Req == nil {
+		return core.Null, core.ErrNoRequest
+	}
+	out, n := s.apply(m.Req.Recipient.String())
+	if n == 0 {
+		return core.Int(-1), nil
+	}
+	if err := m.SetRURI(out); err != nil {
+		return core.Null, fmt.Errorf("textops.subst_uri: %v", err)
+	}
+	return core.Int(1), nil
+}
+
+// substUser is KSR.textops.subst_user.
+func (t textops) substUser(m *core.Msg, s *subst) (core.Val, error) {
+	if m.Req == nil {
+		return core.Null, core.ErrNoRequest
+	}
+	out, n := s.apply(m.Req.Recipient.User)
+	if n == 0 {
+		return core.Int(-1), nil
+	}
+	if err := m.SetRURIUser(out); err != nil {
+		return core.Null, fmt.Errorf("textops.subst_user: %v", err)
+	}
+	return core.Int(1), nil
+}
+
+// isPresentHf is KSR.textops.is_present_hf.
+func (t textops) isPresentHf(m *core.Msg, a []core.Val) (core.Val, error) {
+	msg := m.Message()
+	return core.IntRet(msg != nil && core.FirstHeader(msg, a[0].Str) != nil), nil
+}
+
+// isPresentHfRe is KSR.textops.is_present_hf_re.
+func (t textops) isPresentHfRe(m *core.Msg, re *regexp.Regexp, _ []core.Val) (core.Val, error) {
+	for _, h := range core.Headers(m.Message()) {
+		if re.MatchString(h.Name()) {
+			return core.Int(1), nil
+		}
+	}
+	return core.Int(-1), nil
+}
+
+// removeHf is KSR.textops.remove_hf.
+func (t textops) removeHf(m *core.Msg, a []core.Val) (core.Val, error) {
+	msg := m.Message()
+	if msg == nil {
+		return core.Int(-1), nil
+	}
+	if n := core.RemoveHeaders(msg, a[0].Str); n > 0 {
+		return core.Int(n), nil
+	}
+	return core.Int(-1), nil
+}
+
+// removeHfRe is KSR.textops.remove_hf_re.
+func (t textops) removeHfRe(m *core.Msg, re *regexp.Regexp, _ []core.Val) (core.Val, error) {
+	msg := m.Message()
+	if msg == nil {
+		return core.Int(-1), nil
+	}
+	hs := core.Headers(msg)
+	out := make([]sip.Header, 0, len(hs))
+	for _, h := range hs {
+		if !re.MatchString(h.Name()) {
+			out = append(out, h)
+		}
+	}
+	n := len(hs) - len(out)
+	if n == 0 {
+		return core.Int(-1), nil
+	}
+	core.SetHeaders(msg, out)
+	return core.Int(n), nil
+}
+
+// appendHf is KSR.textops.append_hf.
+func (t textops) appendHf(m *core.Msg, a []core.Val) (core.Val, error) {
+	msg := m.Message()
+	if msg == nil {
+		return core.Int(-1), nil
+	}
+	hs, err := core.ParseHeaderText(a[0].Str)
+	if err != nil {
+		return core.Null, fmt.Errorf("textops.append_hf: %v", err)
+	}
+	for _, h := range hs {
+		msg.AppendHeader(h)
+	}
+	return core.Int(1), nil
+}
+
+// setBody is KSR.textops.set_body.
+func (t textops) setBody(m *core.Msg, a []core.Val) (core.Val, error) {
+	msg := m.Message()
+	if msg == nil || a[0].Str == "" {
+		return core.Int(-1), nil
+	}
+	ct := strings.TrimSpace(a[1].Str)
+	if err := core.CheckText("content type", ct); err != nil {
+		return core.Null, err
+	}
+	if ct == "" || !strings.Contains(ct, "/") {
+		return core.Null, fmt.Errorf("textops.set_body: invalid content type %q", a[1].Str)
+	}
+	core.RemoveHeaders(msg, "Content-Type")
+	h := sip.ContentTypeHeader(ct)
+	msg.AppendHeader(&h)
+	setBody(msg, []byte(a[0].Str))
+	return core.Int(1), nil
+}
+
+// hasBody is KSR.textops.has_body.
+func (t textops) hasBody(m *core.Msg, _ []core.Val) (core.Val, error) {
+	msg := m.Message()
+	return core.IntRet(msg != nil && len(msg.Body()) > 0), nil
+}
+
+// hasBodyType is KSR.textops.has_body_type.
+func (t textops) hasBodyType(m *core.Msg, a []core.Val) (core.Val, error) {
+	msg := m.Message()
+	return core.IntRet(msg != nil && hasBodyType(msg, a[0].Str)), nil
+}
+
+// inList is KSR.textops.in_list.
+func (t textops) inList(m *core.Msg, a []core.Val) (core.Val, error) {
+	if len(a[2].Str) != 1 {
+		return core.Null, fmt.Errorf("textops.in_list: separator must be one character, got %q", a[2].Str)
+	}
+	for _, it := range strings.Split(a[1].Str, a[2].Str) {
+		if strings.TrimSpace(it) == a[0].Str {
+			return core.Int(1), nil
+		}
+	}
+	return core.Int(-1), nil
+}
+
+// cmpStr is KSR.textops.cmp_str.
+func (t textops) cmpStr(m *core.Msg, a []core.Val) (core.Val, error) {
+	return cmpRet(strings.Compare(a[0].Str, a[1].Str)), nil
+}
+
+// cmpIstr is KSR.textops.cmp_istr.
+func (t textops) cmpIstr(m *core.Msg, a []core.Val) (core.Val, error) {
+	return cmpRet(strings.Compare(strings.ToLower(a[0].Str), strings.ToLower(a[1].Str))), nil
+}
+
+// startsWith is KSR.textops.starts_with.
+func (t textops) startsWith(m *core.Msg, a []core.Val) (core.Val, error) {
+	return core.IntRet(strings.HasPrefix(a[0].Str, a[1].Str)), nil
+}
+
+// endsWith is KSR.textops.ends_with.
+func (t textops) endsWith(m *core.Msg, a []core.Val) (core.Val, error) {
+	return core.IntRet(strings.HasSuffix(a[0].Str, a[1].Str)), nil
 }

@@ -164,8 +164,8 @@ func TestEdits(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if v.I != tc.want {
-				t.Fatalf("%s = %d, want %d", tc.fn, v.I, tc.want)
+			if v.Int != tc.want {
+				t.Fatalf("%s = %d, want %d", tc.fn, v.Int, tc.want)
 			}
 			if tc.check != nil {
 				tc.check(t, m)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"regexp"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -895,23 +894,11 @@ func (t *TM) anyBranch(m *core.Msg, f func(b *branch) bool) core.Val {
 	return core.Int(-1)
 }
 
-var (
-	reMu    sync.Mutex
-	reCache = map[string]*regexp.Regexp{}
-)
-
+// compileStatus anchors a t_check_status pattern; core's cache keeps it.
 func compileStatus(s string) (*regexp.Regexp, error) {
-	reMu.Lock()
-	defer reMu.Unlock()
-	if re, ok := reCache[s]; ok {
-		return re, nil
-	}
-	re, err := regexp.Compile("^(?:" + s + ")$")
+	re, err := core.CompileRegex("^(?:" + s + ")$")
 	if err != nil {
-		return nil, fmt.Errorf("t_check_status: bad regex %q: %v", s, err)
-	}
-	if len(reCache) < 256 {
-		reCache[s] = re
+		return nil, fmt.Errorf("t_check_status: %v", err)
 	}
 	return re, nil
 }

@@ -17,7 +17,7 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-func init() { core.Register("tm", New) }
+func init() { core.Register(New) }
 
 // TM is one tm module instance.
 type TM struct {
@@ -49,11 +49,6 @@ type settings struct {
 // New builds the tm module.
 func New(env *core.Env) *core.Module {
 	t := &TM{env: env, txs: map[string]*Tx{}, clients: map[string]*Tx{}, dlgs: map[string]*Tx{}}
-	t.frTimer.Store(30000)
-	t.frInvTimer.Store(120000)
-	t.waitTimer.Store(5000)
-	t.maxInvLife.Store(180000)
-	t.maxLife.Store(32000)
 	s := env.Stats
 	t.st.created = s.Counter("tm", "created")
 	t.st.freed = s.Counter("tm", "freed")
@@ -69,137 +64,70 @@ func New(env *core.Env) *core.Module {
 		t.st.codes[i] = s.Counter("tm", strconv.Itoa(i)+"xx")
 	}
 	positive := func(v core.Val) error {
-		if v.I <= 0 {
-			return fmt.Errorf("must be a positive number of milliseconds, got %d", v.I)
+		if v.Int <= 0 {
+			return fmt.Errorf("must be a positive number of milliseconds, got %d", v.Int)
 		}
 		return nil
 	}
-	msInt := func(dst *atomic.Int64, _ string) func(core.Val) error {
-		return func(v core.Val) error {
-			if err := positive(v); err != nil {
-				return err
-			}
-			dst.Store(v.I)
-			return nil
-		}
+	msParam := func(name string, def int, doc string, dst *atomic.Int64) core.Param {
+		return core.Param{Name: name, Type: core.ArgInt, Default: core.Int(def), Doc: doc, Check: positive,
+			Set: func(v core.Val) error {
+				if err := positive(v); err != nil {
+					return err
+				}
+				dst.Store(v.Int)
+				return nil
+			},
+			Get: func() core.Val { return core.Int(int(dst.Load())) }}
 	}
 	i := core.ArgInt
 	s1 := []core.ArgType{core.ArgStr}
 	reqRoutes := core.RouteRequest | core.RouteFailure
-	return &core.Module{
+	return core.ApplyDefaults(&core.Module{
 		Name: "tm",
 		Doc:  "stateful transactions",
 		Params: []core.Param{
-			{Name: "fr_timer", Type: i, Default: core.Int(30000), Doc: "ms to wait for a final reply when no provisional came", Check: positive, Set: msInt(&t.frTimer, "fr_timer")},
-			{Name: "fr_inv_timer", Type: i, Default: core.Int(120000), Doc: "ms to wait for a final reply to an INVITE after a provisional", Check: positive, Set: msInt(&t.frInvTimer, "fr_inv_timer")},
-			{Name: "wait_timer", Type: i, Default: core.Int(5000), Doc: "ms a finished transaction is kept to absorb retransmissions", Check: positive, Set: msInt(&t.waitTimer, "wait_timer")},
-			{Name: "max_inv_lifetime", Type: i, Default: core.Int(180000), Doc: "ms an INVITE transaction may live before it is ended (408 on pending branches)", Check: positive, Set: msInt(&t.maxInvLife, "max_inv_lifetime")},
-			{Name: "max_noninv_lifetime", Type: i, Default: core.Int(32000), Doc: "ms a non-INVITE transaction may live before it is ended", Check: positive, Set: msInt(&t.maxLife, "max_noninv_lifetime")},
+			msParam("fr_timer", 30000, "ms to wait for a final reply when no provisional came", &t.frTimer),
+			msParam("fr_inv_timer", 120000, "ms to wait for a final reply to an INVITE after a provisional", &t.frInvTimer),
+			msParam("wait_timer", 5000, "ms a finished transaction is kept to absorb retransmissions", &t.waitTimer),
+			msParam("max_inv_lifetime", 180000, "ms an INVITE transaction may live before it is ended (408 on pending branches)", &t.maxInvLife),
+			msParam("max_noninv_lifetime", 32000, "ms a non-INVITE transaction may live before it is ended", &t.maxLife),
 		},
 		Funcs: []core.Func{
 			{Name: "t_relay", Ret: core.RetInt, Routes: reqRoutes, Doc: "relay statefully to $du or the R-URI; 1 ok, 0 retransmission absorbed, <0 error",
-				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) { return t.relay(m, nil) }},
+				Fn: t.tRelay},
 			{Name: "t_relay_to_proxy", Args: s1, Ret: core.RetInt, Routes: reqRoutes, Doc: "(\"proto:host:port\") relay statefully to that address",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					sock, err := core.ParseSocket(a[0].S)
-					if err != nil {
-						return core.Null, err
-					}
-					dst := core.Target{Proto: sock.Proto, Host: sock.IP, Port: sock.Port}
-					return t.relay(m, &dst)
-				}},
+				Fn: t.tRelayToProxy},
 			cbSetter("t_on_failure", func(m *core.Msg, n string) { m.OnFailure = n }),
 			cbSetter("t_on_reply", func(m *core.Msg, n string) { m.OnReply = n }),
 			cbSetter("t_on_branch", func(m *core.Msg, n string) { m.OnBranch = n }),
 			cbSetter("t_on_branch_failure", func(m *core.Msg, n string) { m.OnBranchFailure = n }),
 			{Name: "t_check_trans", Ret: core.RetInt, Doc: "requests: 0 retransmission absorbed (or ACK to a negative reply), 1 CANCEL/ACK whose INVITE transaction exists, -1 none; replies: 1/-1",
-				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) { return t.checkTrans(m), nil }},
+				Fn: t.tCheckTrans},
 			{Name: "t_newtran", Ret: core.RetInt, Routes: core.RouteRequest, Doc: "create the transaction now: 1 new, 0 retransmission (absorbed), -10 already exists for this message",
-				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) { return t.newtran(m) }},
+				Fn: t.tNewtran},
 			{Name: "t_reply", Args: []core.ArgType{i, core.ArgStr}, Ret: core.RetInt, Routes: reqRoutes, Doc: "(code, reason) stateful reply; -1 without a transaction",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					tx, _ := m.Tx.(*Tx)
-					if tx == nil {
-						return core.Int(-1), nil
-					}
-					return t.reply(tx, m, a)
-				}},
+				Fn: t.tReply},
 			{Name: "t_send_reply", Args: []core.ArgType{i, core.ArgStr}, Ret: core.RetInt, Routes: reqRoutes, Doc: "t_newtran() then t_reply()",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					if m.Tx == nil {
-						if v, err := t.newtran(m); err != nil || v.I <= 0 {
-							return v, err
-						}
-					}
-					return t.reply(m.Tx.(*Tx), m, a)
-				}},
+				Fn: t.tSendReply},
 			{Name: "t_set_fr", Args: []core.ArgType{i, i}, Ret: core.RetInt, Routes: reqRoutes | core.RouteBranch, Doc: "(fr_inv_ms, fr_ms) final-response timers for this transaction; 0 leaves one unchanged",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					if a[0].I < 0 || a[1].I < 0 {
-						return core.Null, fmt.Errorf("t_set_fr: timers must not be negative")
-					}
-					s := settingsOf(m)
-					if a[0].I > 0 {
-						s.frInv = time.Duration(a[0].I) * time.Millisecond
-					}
-					if a[1].I > 0 {
-						s.fr = time.Duration(a[1].I) * time.Millisecond
-					}
-					if tx, ok := m.Tx.(*Tx); ok {
-						tx.mu.Lock()
-						tx.frInv, tx.frTimeout = nz(s.frInv, tx.frInv), nz(s.fr, tx.frTimeout)
-						tx.mu.Unlock()
-					}
-					return core.Int(1), nil
-				}},
+				Fn: t.tSetFr},
 			{Name: "t_reset_fr", Ret: core.RetInt, Routes: reqRoutes, Doc: "back to the fr_timer/fr_inv_timer modparams",
-				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) {
-					m.SetExt("tm", &settings{})
-					return core.Int(1), nil
-				}},
+				Fn: t.tResetFr},
 			{Name: "t_is_canceled", Ret: core.RetInt, Doc: "1 if the transaction was CANCELed",
-				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) {
-					tx, _ := m.Tx.(*Tx)
-					return core.IntRet(tx != nil && tx.isCanceled()), nil
-				}},
+				Fn: t.tIsCanceled},
 			{Name: "t_branch_timeout", Ret: core.RetInt, Routes: core.RouteFailure, Doc: "1 if the failed branch timed out",
-				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) {
-					return t.branchTest(m, func(b *branch) bool { return b.timedOut }), nil
-				}},
+				Fn: t.tBranchTimeout},
 			{Name: "t_branch_replied", Ret: core.RetInt, Routes: core.RouteFailure, Doc: "1 if the failed branch received a reply",
-				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) {
-					return t.branchTest(m, func(b *branch) bool { return b.code > 0 && !b.timedOut }), nil
-				}},
+				Fn: t.tBranchReplied},
 			{Name: "t_any_timeout", Ret: core.RetInt, Doc: "1 if any branch timed out",
-				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) {
-					return t.anyBranch(m, func(b *branch) bool { return b.timedOut }), nil
-				}},
+				Fn: t.tAnyTimeout},
 			{Name: "t_any_replied", Ret: core.RetInt, Doc: "1 if any branch received a reply",
-				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) {
-					return t.anyBranch(m, func(b *branch) bool { return b.code > 0 && !b.timedOut }), nil
-				}},
+				Fn: t.tAnyReplied},
 			{Name: "t_get_status_code", Ret: core.RetInt, Doc: "the most relevant status code, or -1",
-				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) {
-					if m.Res != nil {
-						return core.Int(m.Res.StatusCode), nil
-					}
-					if m.ReplyCode > 0 {
-						return core.Int(m.ReplyCode), nil
-					}
-					return core.Int(-1), nil
-				}},
+				Fn: t.tGetStatusCode},
 			{Name: "t_check_status", Args: s1, Ret: core.RetInt, Doc: "(regex) match the reply status: received (onreply), winning (failure) or last sent (request)",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					code := m.ReplyCode
-					if m.Res != nil {
-						code = m.Res.StatusCode
-					}
-					re, err := compileStatus(a[0].S)
-					if err != nil {
-						return core.Null, err
-					}
-					return core.IntRet(code > 0 && re.MatchString(strconv.Itoa(code))), nil
-				}},
+				Fn: t.tCheckStatus},
 		},
 		RPC: []core.RPCMethod{{
 			Name: "tm.stats", Doc: "transaction statistics", ReadOnly: true,
@@ -209,14 +137,14 @@ func New(env *core.Env) *core.Module {
 		OnRequest: t.onRequest,
 		OnReply:   t.onReply,
 		Stop:      t.stop,
-	}
+	})
 }
 
 // reply is t_reply: like Kamailio, a reply after the final one is -1 (logged), not a script error.
 func (t *TM) reply(tx *Tx, m *core.Msg, a []core.Val) (core.Val, error) {
-	if err := tx.Reply(m, int(a[0].I), a[1].S); err != nil {
+	if err := tx.Reply(m, int(a[0].Int), a[1].Str); err != nil {
 		if errors.Is(err, errFinalSent) {
-			t.env.Log.Error("tm: t_reply: "+err.Error(), "code", a[0].I, "at", m.Pos())
+			t.env.Log.Error("tm: t_reply: "+err.Error(), "code", a[0].Int, "at", m.Pos())
 			return core.Int(-1), nil
 		}
 		return core.Null, err
@@ -232,23 +160,23 @@ func nz(a, b time.Duration) time.Duration {
 }
 
 func cbSetter(name string, set func(m *core.Msg, n string)) core.Func {
-	return core.Func{Name: name, Args: []core.ArgType{core.ArgStr}, Ret: core.RetInt, CallbackArg: 0,
+	return core.Func{Name: name, Args: []core.ArgType{core.ArgStr}, Ret: core.RetInt, CallbackArg: 1,
 		Doc: "(\"function\") name the callback; \"\" resets; an undefined name is an error (checked at load for literals)",
 		Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-			if a[0].S != "" && m.Env.Router != nil && !m.Env.Router.HasCallback(m.Prog, a[0].S) {
-				return core.Null, fmt.Errorf("%s: the script defines no function %q", name, a[0].S)
+			if a[0].Str != "" && m.Env.Router != nil && !m.Env.Router.HasCallback(m.Prog, a[0].Str) {
+				return core.Null, fmt.Errorf("%s: the script defines no function %q", name, a[0].Str)
 			}
-			set(m, a[0].S)
+			set(m, a[0].Str)
 			if tx, ok := m.Tx.(*Tx); ok && m.RouteType == core.RouteFailure {
 				// In a failure route the names apply to the new branches.
 				tx.mu.Lock()
 				switch name {
 				case "t_on_failure":
-					tx.onFailure = a[0].S
+					tx.onFailure = a[0].Str
 				case "t_on_reply":
-					tx.onReply = a[0].S
+					tx.onReply = a[0].Str
 				case "t_on_branch":
-					tx.onBranch = a[0].S
+					tx.onBranch = a[0].Str
 				}
 				tx.mu.Unlock()
 			}
@@ -301,4 +229,118 @@ func branchID(key string, seq uint64) string {
 	h := fnv.New64a()
 	h.Write([]byte(key))
 	return "z9hG4bKkg" + strconv.FormatUint(h.Sum64(), 36) + strconv.FormatUint(seq, 36)
+}
+
+// tRelay is KSR.tm.t_relay.
+func (t *TM) tRelay(m *core.Msg, _ []core.Val) (core.Val, error) { return t.relay(m, nil) }
+
+// tRelayToProxy is KSR.tm.t_relay_to_proxy.
+func (t *TM) tRelayToProxy(m *core.Msg, a []core.Val) (core.Val, error) {
+	sock, err := core.ParseSocket(a[0].Str)
+	if err != nil {
+		return core.Null, err
+	}
+	dst := core.Target{Proto: sock.Proto, Host: sock.IP, Port: sock.Port}
+	return t.relay(m, &dst)
+}
+
+// tCheckTrans is KSR.tm.t_check_trans.
+func (t *TM) tCheckTrans(m *core.Msg, _ []core.Val) (core.Val, error) { return t.checkTrans(m), nil }
+
+// tNewtran is KSR.tm.t_newtran.
+func (t *TM) tNewtran(m *core.Msg, _ []core.Val) (core.Val, error) { return t.newtran(m) }
+
+// tReply is KSR.tm.t_reply.
+func (t *TM) tReply(m *core.Msg, a []core.Val) (core.Val, error) {
+	tx, _ := m.Tx.(*Tx)
+	if tx == nil {
+		return core.Int(-1), nil
+	}
+	return t.reply(tx, m, a)
+}
+
+// tSendReply is KSR.tm.t_send_reply.
+func (t *TM) tSendReply(m *core.Msg, a []core.Val) (core.Val, error) {
+	if m.Tx == nil {
+		if v, err := t.newtran(m); err != nil || v.Int <= 0 {
+			return v, err
+		}
+	}
+	return t.reply(m.Tx.(*Tx), m, a)
+}
+
+// tSetFr is KSR.tm.t_set_fr.
+func (t *TM) tSetFr(m *core.Msg, a []core.Val) (core.Val, error) {
+	if a[0].Int < 0 || a[1].Int < 0 {
+		return core.Null, fmt.Errorf("t_set_fr: timers must not be negative")
+	}
+	s := settingsOf(m)
+	if a[0].Int > 0 {
+		s.frInv = time.Duration(a[0].Int) * time.Millisecond
+	}
+	if a[1].Int > 0 {
+		s.fr = time.Duration(a[1].Int) * time.Millisecond
+	}
+	if tx, ok := m.Tx.(*Tx); ok {
+		tx.mu.Lock()
+		tx.frInv, tx.frTimeout = nz(s.frInv, tx.frInv), nz(s.fr, tx.frTimeout)
+		tx.mu.Unlock()
+	}
+	return core.Int(1), nil
+}
+
+// tResetFr is KSR.tm.t_reset_fr.
+func (t *TM) tResetFr(m *core.Msg, _ []core.Val) (core.Val, error) {
+	m.SetExt("tm", &settings{})
+	return core.Int(1), nil
+}
+
+// tIsCanceled is KSR.tm.t_is_canceled.
+func (t *TM) tIsCanceled(m *core.Msg, _ []core.Val) (core.Val, error) {
+	tx, _ := m.Tx.(*Tx)
+	return core.IntRet(tx != nil && tx.isCanceled()), nil
+}
+
+// tBranchTimeout is KSR.tm.t_branch_timeout.
+func (t *TM) tBranchTimeout(m *core.Msg, _ []core.Val) (core.Val, error) {
+	return t.branchTest(m, func(b *branch) bool { return b.timedOut }), nil
+}
+
+// tBranchReplied is KSR.tm.t_branch_replied.
+func (t *TM) tBranchReplied(m *core.Msg, _ []core.Val) (core.Val, error) {
+	return t.branchTest(m, func(b *branch) bool { return b.code > 0 && !b.timedOut }), nil
+}
+
+// tAnyTimeout is KSR.tm.t_any_timeout.
+func (t *TM) tAnyTimeout(m *core.Msg, _ []core.Val) (core.Val, error) {
+	return t.anyBranch(m, func(b *branch) bool { return b.timedOut }), nil
+}
+
+// tAnyReplied is KSR.tm.t_any_replied.
+func (t *TM) tAnyReplied(m *core.Msg, _ []core.Val) (core.Val, error) {
+	return t.anyBranch(m, func(b *branch) bool { return b.code > 0 && !b.timedOut }), nil
+}
+
+// tGetStatusCode is KSR.tm.t_get_status_code.
+func (t *TM) tGetStatusCode(m *core.Msg, _ []core.Val) (core.Val, error) {
+	if m.Res != nil {
+		return core.Int(m.Res.StatusCode), nil
+	}
+	if m.ReplyCode > 0 {
+		return core.Int(m.ReplyCode), nil
+	}
+	return core.Int(-1), nil
+}
+
+// tCheckStatus is KSR.tm.t_check_status.
+func (t *TM) tCheckStatus(m *core.Msg, a []core.Val) (core.Val, error) {
+	code := m.ReplyCode
+	if m.Res != nil {
+		code = m.Res.StatusCode
+	}
+	re, err := compileStatus(a[0].Str)
+	if err != nil {
+		return core.Null, err
+	}
+	return core.IntRet(code > 0 && re.MatchString(strconv.Itoa(code))), nil
 }

@@ -306,7 +306,7 @@ func (f *fixture) advance(d time.Duration) out {
 	return f.do(func() { f.clk.Advance(d) })
 }
 
-func (f *fixture) shv(name string) int64 { return f.env.Shv.Get(name).I }
+func (f *fixture) shv(name string) int64 { return f.env.Shv.Get(name).Int }
 
 func (f *fixture) stats() map[string]int64 {
 	f.t.Helper()

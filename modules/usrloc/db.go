@@ -2,9 +2,10 @@ package usrloc
 
 import (
 	"database/sql"
-	"fmt"
 	"strings"
 	"time"
+
+	"github.com/kamgo/kamgo/modules/core"
 )
 
 // TableVersion is the location table's version in Kamailio's version table.
@@ -57,30 +58,7 @@ const columns = `ruid, username, domain, contact, received, path, expires, q, ca
 
 // ensureTable creates the table and its version row, or checks the version.
 func (u *UL) ensureTable(t string) error {
-	var v int
-	err := u.db.QueryRow(`SELECT table_version FROM version WHERE table_name = ?`, t).Scan(&v)
-	switch {
-	case err == sql.ErrNoRows:
-		tx, err := u.db.Begin()
-		if err != nil {
-			return err
-		}
-		defer tx.Rollback()
-		for _, q := range createSQL(t) {
-			if _, err := tx.Exec(q); err != nil {
-				return fmt.Errorf("create table %s: %w", t, err)
-			}
-		}
-		if _, err := tx.Exec(`INSERT INTO version (table_name, table_version) VALUES (?, ?)`, t, TableVersion); err != nil {
-			return err
-		}
-		return tx.Commit()
-	case err != nil:
-		return err
-	case v != TableVersion:
-		return fmt.Errorf("table %s has version %d in the version table, want %d (Kamailio 5.x+ schema)", t, v, TableVersion)
-	}
-	return nil
+	return core.EnsureTable(u.db, core.TableSchema{Name: t, Version: TableVersion, Create: createSQL(t)})
 }
 
 // loadDomain creates the table if needed and loads its unexpired rows;

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
-	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -22,7 +21,7 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-func init() { core.Register("usrloc", New) }
+func init() { core.Register(New) }
 
 // DB modes (Kamailio's db_mode values).
 const (
@@ -187,16 +186,11 @@ func Of(env *core.Env) *UL {
 // New builds the usrloc module.
 func New(env *core.Env) *core.Module {
 	u := &UL{env: env, domains: map[string]*Domain{}, pending: map[string][]string{}}
-	u.timerInterval.Store(60)
-	u.hashSize.Store(10)
-	u.natBflag.Store(-1)
 	u.ruidBase = fmt.Sprintf("uloc-%x-%x", env.Clock.Now().Unix(), rand.Uint32())
 	u.expiredCtr = env.Stats.Counter("usrloc", "expired_contacts")
 	instances.Store(env, u)
-	return u.module()
+	return core.ApplyDefaults(u.module())
 }
-
-var tableRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,63}$`)
 
 func errorf(format string, a ...any) error { return fmt.Errorf("usrloc: "+format, a...) }
 
@@ -256,7 +250,7 @@ func (u *UL) Domain(name string) (*Domain, error) {
 	if d := u.domains[name]; d != nil {
 		return d, nil
 	}
-	if !tableRE.MatchString(name) {
+	if !core.ValidSQLName(name) {
 		return nil, errorf("invalid table name %q", name)
 	}
 	d := u.newDomain(name)

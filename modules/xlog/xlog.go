@@ -10,7 +10,7 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
-func init() { core.Register("xlog", New) }
+func init() { core.Register(New) }
 
 // LevelAlert is above crit (core.LevelCrit).
 const LevelAlert = core.LevelAlert
@@ -34,7 +34,7 @@ func New(env *core.Env) *core.Module {
 		return core.Func{Name: name, Args: []core.ArgType{core.ArgStr}, Ret: core.RetInt,
 			Doc: "log at " + strings.TrimPrefix(name, "x") + " with $pv expansion (a trailing newline is trimmed); 1",
 			Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-				Log(m, level, a[0].S)
+				Log(m, level, a[0].Str)
 				return one, nil
 			}}
 	}
@@ -48,11 +48,11 @@ func New(env *core.Env) *core.Module {
 			{Name: "xlog", Args: []core.ArgType{core.ArgStr, core.ArgStr}, Ret: core.RetInt,
 				Doc: "(level, text) level L_DBG|L_INFO|L_NOTICE|L_WARN|L_ERR|L_CRIT|L_ALERT (the L_ prefix is optional); an unknown level is an error; 1",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					l, ok := ParseLevel(a[0].S)
+					l, ok := ParseLevel(a[0].Str)
 					if !ok {
-						return core.Null, fmt.Errorf("xlog: unknown level %q (L_DBG, L_INFO, L_NOTICE, L_WARN, L_ERR, L_CRIT, L_ALERT)", a[0].S)
+						return core.Null, fmt.Errorf("xlog: unknown level %q (L_DBG, L_INFO, L_NOTICE, L_WARN, L_ERR, L_CRIT, L_ALERT)", a[0].Str)
 					}
-					Log(m, l, a[1].S)
+					Log(m, l, a[1].Str)
 					return one, nil
 				}},
 		},

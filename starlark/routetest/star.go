@@ -452,7 +452,7 @@ func (v *resultValue) attr(name string) (sk.Value, error) {
 			if m == nil {
 				return nil, fmt.Errorf("this result routed no message")
 			}
-			pv, err := core.ParsePV(spec)
+			pv, err := m.Env.ParsePV(spec)
 			if err != nil {
 				return nil, err
 			}
