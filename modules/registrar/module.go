@@ -51,8 +51,8 @@ func (r *Reg) module() *core.Module {
 	return core.ApplyDefaults(&core.Module{
 		Name:  "registrar",
 		Needs: []string{"usrloc"},
-		Doc:  "SIP registrar: save REGISTERs into usrloc, look contacts up",
-		PVs:  ulcPVs,
+		Doc:   "SIP registrar: save REGISTERs into usrloc, look contacts up",
+		PVs:   ulcPVs,
 		Params: []core.Param{
 			intParam("default_expires", 3600, "expires of a contact when neither its expires param nor an Expires header says", nonNegative("default_expires"), &r.defaultExpires),
 			intParam("min_expires", 60, "shortest accepted expires (0: none); see min_expires_mode", nonNegative("min_expires"), &r.minExpires),
