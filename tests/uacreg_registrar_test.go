@@ -97,7 +97,7 @@ type testRegistrar struct {
 	def      *regUser // for users not configured; nil: 404
 	records  []regRecord
 	nonces   map[string]*regNonce
-	staleHit map[string]bool              // users whose StaleOnce was used
+	staleHit map[string]bool                 // users whose StaleOnce was used
 	bindings map[string]map[string]time.Time // user -> contact URI -> expiry
 	changed  chan struct{}                   // closed and replaced on every record
 }
