@@ -61,7 +61,9 @@ func runMain(m *testing.M) int {
 			return 1
 		}
 	}
-	return m.Run()
+	code := m.Run()
+	stopSharedKamailio() // uacreg_kamailio_test.go: one Kamailio for the whole binary
+	return code
 }
 
 // goBuild builds pkg (relative to the repo root) into out. When the tests

@@ -151,3 +151,19 @@ func TestUACRegTestRegistrar(t *testing.T) {
 		t.Errorf("after Expires: 0: bindings %v", b)
 	}
 }
+
+func TestUACRegKamailioSelfTest(t *testing.T) {
+	kam := sharedKamailio(t)
+	kam.AddUser(t, "selftest", "s3cret")
+	cli := sipgoRegisterClient(t)
+	if res := sipgoRegister(t, cli, kam.Addr(), "selftest", kam.Addr(), "selftest", "wrong", 60); res.StatusCode != 401 {
+		t.Errorf("wrong password: got %d, want 401", res.StatusCode)
+	}
+	if res := sipgoRegister(t, cli, kam.Addr(), "selftest", kam.Addr(), "selftest", "s3cret", 60); res.StatusCode != 200 {
+		t.Fatalf("REGISTER with digest: got %d\nKamailio log:\n%s", res.StatusCode, kam.Log())
+	}
+	l := kam.WaitLocation(t, "selftest", "sip:selftest-ct@127.0.0.1:9", 5*time.Second)
+	if exp, err := time.Parse(time.DateTime, l.Expires); err != nil || time.Until(exp) < 30*time.Second || time.Until(exp) > 90*time.Second {
+		t.Errorf("location row %+v: want an expiry about 60s from now (%v)", l, err)
+	}
+}
