@@ -11,6 +11,7 @@ package tests
 
 import (
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -31,17 +32,22 @@ import (
 // kamRealm is the realm the shared Kamailio challenges with.
 const kamRealm = "kam.test"
 
+// kamRefUUID is the uacreg row Kamailio's own uac module registers (with
+// Kamailio itself).
+const kamRefUUID = "kamref"
+
 // kamailioRegistrar is the running shared Kamailio.
 type kamailioRegistrar struct {
-	Port   int
-	Realm  string
-	Dir    string
-	DBPath string
-	db     *sql.DB
-	cmd    *exec.Cmd
-	log    *logBuffer
-	done   chan struct{}
-	err    error // Wait's result, valid after done is closed
+	Port    int
+	RPCPort int // jsonrpcs over UDP datagrams
+	Realm   string
+	Dir     string
+	DBPath  string
+	db      *sql.DB
+	cmd     *exec.Cmd
+	log     *logBuffer
+	done    chan struct{}
+	err     error // Wait's result, valid after done is closed
 }
 
 var sharedKam struct {
@@ -118,13 +124,17 @@ func findKamailio() (bin, modDir, schemaDir, missing string) {
 
 // kamailioCfg is the registrar script: REGISTER is authenticated against
 // the subscriber table and saved to the location table; anything else gets
-// a 404 (the readiness probe uses OPTIONS).
-func kamailioCfg(port int, modDir, dbURL string) string {
+// a 404 (the readiness probe uses OPTIONS). One UDP worker and a rare
+// usrloc timer: Kamailio's db_sqlite sets no busy timeout, so two of its
+// processes writing at once fail with "database is locked". Kamailio's own uac module
+// registers the uacreg row kamRefUUID with itself, so that the tests can
+// compare kamd's uac.reg_dump with Kamailio's (JSON-RPC over UDP, rpcPort).
+func kamailioCfg(port, rpcPort int, modDir, dbURL string) string {
 	p := strconv.Itoa(port)
 	return `#!KAMAILIO
 debug=2
 log_stderror=yes
-children=2
+children=1
 tcp_children=1
 auto_aliases=no
 listen=udp:127.0.0.1:` + p + `
@@ -138,8 +148,17 @@ loadmodule "usrloc.so"
 loadmodule "registrar.so"
 loadmodule "auth.so"
 loadmodule "auth_db.so"
+loadmodule "uac.so"
+loadmodule "jsonrpcs.so"
 modparam("usrloc", "db_url", "` + dbURL + `")
+modparam("uac", "reg_db_url", "` + dbURL + `")
+modparam("uac", "reg_contact_addr", "127.0.0.1:` + p + `")
+modparam("uac", "reg_timer_interval", 10)
+modparam("uac", "restore_mode", "none")
+modparam("jsonrpcs", "transport", 4)
+modparam("jsonrpcs", "dgram_socket", "udp:127.0.0.1:` + strconv.Itoa(rpcPort) + `")
 modparam("usrloc", "db_mode", 1)
+modparam("usrloc", "timer_interval", 3600)
 modparam("auth_db", "db_url", "` + dbURL + `")
 modparam("auth_db", "calculate_ha1", 1)
 modparam("auth_db", "password_column", "password")
@@ -191,7 +210,7 @@ func (k *kamailioRegistrar) createDB(schemaDir string) error {
 		return err
 	}
 	k.db = db
-	for _, f := range []string{"standard-create.sql", "auth_db-create.sql", "usrloc-create.sql"} {
+	for _, f := range []string{"standard-create.sql", "auth_db-create.sql", "usrloc-create.sql", "uac-create.sql"} {
 		b, err := os.ReadFile(filepath.Join(schemaDir, f))
 		if err != nil {
 			return err
@@ -204,13 +223,24 @@ func (k *kamailioRegistrar) createDB(schemaDir string) error {
 }
 
 func (k *kamailioRegistrar) launch(bin, modDir string) error {
-	k.Port = freePortNoT()
-	if k.Port == 0 {
+	k.Port, k.RPCPort = freePortNoT(), freePortNoT()
+	if k.Port == 0 || k.RPCPort == 0 || k.Port == k.RPCPort {
 		return errors.New("no free port")
+	}
+	// The reference row: Kamailio registers with itself as kamRefUUID.
+	if _, err := k.db.Exec(`DELETE FROM uacreg; DELETE FROM subscriber WHERE username = ?`, kamRefUUID); err != nil {
+		return err
+	}
+	if _, err := k.db.Exec(`INSERT INTO subscriber (username, domain, password) VALUES (?, ?, 'refpw')`, kamRefUUID, kamRealm); err != nil {
+		return err
+	}
+	if _, err := k.db.Exec(`INSERT INTO uacreg (l_uuid, l_username, l_domain, r_username, r_domain, auth_username, auth_password, auth_proxy, expires)
+		VALUES (?, 'ref', 'local.test', ?, ?, ?, 'refpw', ?, 3600)`, kamRefUUID, kamRefUUID, k.Addr(), kamRefUUID, "sip:"+k.Addr()); err != nil {
+		return err
 	}
 	cfg := filepath.Join(k.Dir, "kamailio.cfg")
 	// Kamailio's db_sqlite drops the URL's leading slash: four for an absolute path.
-	if err := os.WriteFile(cfg, []byte(kamailioCfg(k.Port, modDir, "sqlite:///"+k.DBPath)), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(kamailioCfg(k.Port, k.RPCPort, modDir, "sqlite:///"+k.DBPath)), 0o644); err != nil {
 		return err
 	}
 	k.log = &logBuffer{}
@@ -287,6 +317,34 @@ func freePortNoT() int {
 		}
 	}
 	return 0
+}
+
+// RPC calls a method over jsonrpcs' UDP datagram transport and returns
+// the raw response object.
+func (k *kamailioRegistrar) RPC(t testing.TB, method string, params ...any) []byte {
+	t.Helper()
+	m := map[string]any{"jsonrpc": "2.0", "method": method, "id": 1}
+	// Kamailio 5.6 answers an array method called with "params": [] with
+	// an empty array: send no params member at all then.
+	if len(params) > 0 {
+		m["params"] = params
+	}
+	req, _ := json.Marshal(m)
+	c, err := net.Dial("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(k.RPCPort)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(req); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 65536)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatalf("Kamailio RPC %s: %v", method, err)
+	}
+	return buf[:n]
 }
 
 // Addr is "127.0.0.1:port".

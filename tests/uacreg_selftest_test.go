@@ -7,6 +7,7 @@ package tests
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"strconv"
@@ -165,5 +166,17 @@ func TestUACRegKamailioSelfTest(t *testing.T) {
 	l := kam.WaitLocation(t, "selftest", "sip:selftest-ct@127.0.0.1:9", 5*time.Second)
 	if exp, err := time.Parse(time.DateTime, l.Expires); err != nil || time.Until(exp) < 30*time.Second || time.Until(exp) > 90*time.Second {
 		t.Errorf("location row %+v: want an expiry about 60s from now (%v)", l, err)
+	}
+}
+
+func TestUACRegKamailioOwnUAC(t *testing.T) {
+	kam := sharedKamailio(t)
+	kam.WaitLocation(t, kamRefUUID, "sip:"+kamRefUUID+"@127.0.0.1:", 10*time.Second)
+	var res struct{ Result []map[string]any }
+	if err := json.Unmarshal(kam.RPC(t, "uac.reg_dump"), &res); err != nil || len(res.Result) != 1 {
+		t.Fatalf("Kamailio's uac.reg_dump: %v %v", res, err)
+	}
+	if r := res.Result[0]; r["l_uuid"] != kamRefUUID || r["flags"] != 20.0 || len(r) != 18 {
+		t.Errorf("Kamailio's uac.reg_dump record: %v", r)
 	}
 }
