@@ -69,6 +69,16 @@ type uacKamd struct {
 // extra modparam lines params.
 func newUACKamd(t testing.TB, params string, rows ...uacRow) *uacKamd {
 	t.Helper()
+	u := newUACKamdNoStart(t, params)
+	u.insert(t, rows...)
+	u.start(t)
+	t.Cleanup(func() { u.stop(t) })
+	return u
+}
+
+// newUACKamdNoStart creates the directory and the uacreg file.
+func newUACKamdNoStart(t testing.TB, params string) *uacKamd {
+	t.Helper()
 	if kamctlBin == "" {
 		t.Fatal("kamctl was not built")
 	}
@@ -84,7 +94,28 @@ func newUACKamd(t testing.TB, params string, rows ...uacRow) *uacKamd {
 	if _, err := db.Exec(uacregDDL); err != nil {
 		t.Fatal(err)
 	}
-	u.insert(t, rows...)
+	return u
+}
+
+// newUACKamdRows is newUACKamd with n rows made by row, inserted in one
+// transaction (for the benchmark's thousands).
+func newUACKamdRows(t testing.TB, params string, n int, row func(i int) uacRow) *uacKamd {
+	t.Helper()
+	u := newUACKamdNoStart(t, params)
+	tx, err := u.db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < n; i++ {
+		r := row(i)
+		if _, err := tx.Exec(`INSERT INTO uacreg (l_uuid, l_username, l_domain, r_username, r_domain, auth_username, auth_password, auth_proxy, expires)
+			VALUES (?, ?, 'local.test', ?, ?, ?, 'pw', ?, ?)`, r.UUID, "l_"+r.UUID, r.UUID, r.RDomain, r.UUID, r.Proxy, r.Expires); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
 	u.start(t)
 	t.Cleanup(func() { u.stop(t) })
 	return u

@@ -519,7 +519,9 @@ func (r *testRegistrar) checkAuth(req *sip.Request, rec regRecord, u regUser) st
 		r.mu.Lock()
 		hit := r.staleHit[rec.User]
 		r.staleHit[rec.User] = true
-		delete(r.nonces, p["nonce"])
+		if !hit {
+			delete(r.nonces, p["nonce"]) // that nonce is over
+		}
 		r.mu.Unlock()
 		if !hit {
 			return "stale"
