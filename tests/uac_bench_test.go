@@ -107,6 +107,16 @@ func BenchmarkUACReg10k(b *testing.B) {
 		peak = max(peak, n)
 	}
 	avg := float64(total) / elapsed.Seconds()
+	// The peak second of each 30s slice shows whether bursts die down.
+	var slices []string
+	for s0 := t0.Unix(); s0 < t0.Add(elapsed).Unix(); s0 += 30 {
+		p := 0
+		for s := s0; s < s0+30; s++ {
+			p = max(p, perSec[s])
+		}
+		slices = append(slices, strconv.Itoa(p))
+	}
+	b.Logf("peak REGISTERs/s per 30s slice of the window: %s", strings.Join(slices, " "))
 	b.ReportMetric(100*cpu.Seconds()/elapsed.Seconds(), "%cpu-steady")
 	b.ReportMetric(rssMax, "MiB-rss")
 	b.ReportMetric(avg, "reg/s-avg")

@@ -218,6 +218,15 @@ func TestUACRegStateMachine(t *testing.T) {
 		}
 	}
 
+	// The registrar grants a longer expiry: the schedule follows it.
+	n = reg.Count("grant")
+	reg.SetUser("grant", regUser{Grant: 12})
+	k.waitRec(t, "grant", 10*time.Second, "granted 12s", func(r map[string]any) bool { return r["granted_expires"] == jsonNum(12) })
+	recs = reg.WaitRecords(t, "grant", n+2, 20*time.Second)
+	if gap := recs[n+1].At.Sub(recs[n].At); gap < 6*time.Second || gap >= 12*time.Second {
+		t.Errorf("grant: refresh %v after a 12s grant: %s", gap, fmtRecords(recs[n:]))
+	}
+
 	// No answer at all: tm's timeout is a 408, the record fails.
 	r = k.waitState(t, "silent", "failed", 45*time.Second)
 	if got := recInt(t, r, "last_code"); got != 408 {
