@@ -7,10 +7,14 @@ package tests
 //	KAMGO_E2E_NORACE=1 go test -run '^$' -bench UACReg10k -benchtime 1x -timeout 30m ./tests/
 //
 // KAMGO_UACBENCH_ROWS and KAMGO_UACBENCH_WINDOW (seconds of steady state)
-// change the size for a quick look.
+// change the size for a quick look; KAMGO_UACBENCH_EXPIRES (default 60) the
+// rows' expires (with a long one, the refresh schedule that reg_dump's
+// next_refresh shows is the interesting figure).
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"sort"
 	"strconv"
@@ -59,7 +63,7 @@ func procRSS(b testing.TB, pid int) float64 {
 func BenchmarkUACReg10k(b *testing.B) {
 	rows := envInt("KAMGO_UACBENCH_ROWS", 10000)
 	window := time.Duration(envInt("KAMGO_UACBENCH_WINDOW", 150)) * time.Second
-	const expires = 60
+	expires := envInt("KAMGO_UACBENCH_EXPIRES", 60)
 	reg := newTestRegistrar(b, &regUser{})
 	k := newUACKamdRows(b, "", rows, func(i int) uacRow {
 		r := toRow(fmt.Sprintf("b%05d", i), reg.Addr())
@@ -84,7 +88,26 @@ func BenchmarkUACReg10k(b *testing.B) {
 
 	// 2. Steady state: refreshes only. CPU and RSS over the window, and
 	// REGISTERs per second once the first refresh round is under way.
-	time.Sleep(time.Duration(expires/2) * time.Second)
+	// The schedule kamd has made: refreshes due per second (next_refresh).
+	due := map[int64]int{}
+	var first, last int64
+	for _, r := range k.dump(b) {
+		n := recInt(b, r, "next_refresh")
+		due[n]++
+		if first == 0 || n < first {
+			first = n
+		}
+		last = max(last, n)
+	}
+	duePeak := 0
+	for _, n := range due {
+		duePeak = max(duePeak, n)
+	}
+	dueAvg := float64(rows) / (float64(expires) * 0.7) // one round per ~70% of expires
+	b.ReportMetric(float64(duePeak)/dueAvg, "sched-peak/avg")
+	b.Logf("first refresh round as scheduled: %d rows due between +%ds and +%ds, at most %d in one second (steady average %.1f/s, %.1fx)",
+		rows, first-time.Now().Unix(), last-time.Now().Unix(), duePeak, dueAvg, float64(duePeak)/dueAvg)
+	time.Sleep(min(time.Duration(expires/2)*time.Second, 30*time.Second))
 	cpu0, t0 := procCPU(b, pid), time.Now()
 	var rssMax float64
 	for time.Since(t0) < window {
@@ -135,6 +158,26 @@ func BenchmarkUACReg10k(b *testing.B) {
 	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	b.ReportMetric(float64(lat[len(lat)/2].Milliseconds()), "ms-reg_dump")
+	// The RPC alone: one HTTP POST, the whole answer read, not decoded.
+	var rawLat []time.Duration
+	size := 0
+	for i := 0; i < 5; i++ {
+		t1 := time.Now()
+		res, err := http.Post(k.HTTP(), "application/json", strings.NewReader(`{"jsonrpc":"2.0","method":"uac.reg_dump","id":1}`))
+		if err != nil {
+			b.Fatal(err)
+		}
+		body, err := io.ReadAll(res.Body)
+		res.Body.Close()
+		if err != nil || res.StatusCode != 200 {
+			b.Fatalf("reg_dump over HTTP: %d %v", res.StatusCode, err)
+		}
+		rawLat = append(rawLat, time.Since(t1))
+		size = len(body)
+	}
+	sort.Slice(rawLat, func(i, j int) bool { return rawLat[i] < rawLat[j] })
+	b.ReportMetric(float64(rawLat[len(rawLat)/2].Milliseconds()), "ms-reg_dump-http")
+	b.Logf("uac.reg_dump over HTTP: %v median, %d KiB", rawLat[len(rawLat)/2].Round(time.Millisecond), size/1024)
 
 	// 4. A reload that changes one row: that row re-registers (with its
 	// new expires), the others keep their reg_init and registration.
