@@ -317,4 +317,3 @@ func TestStartIsSpreadAndDelayed(t *testing.T) {
 		t.Errorf("reg_delay: %s", hdr(s.req, "Contact"))
 	}
 }
-
