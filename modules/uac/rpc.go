@@ -365,7 +365,7 @@ func (u *UAC) Refresh(uuid string) error {
 	}
 	r := u.newRecord(row, u.now())
 	if old != nil {
-		u.retire(old)
+		u.replaced(old, row)
 		for i, o := range u.order {
 			if o == old {
 				u.order[i] = r

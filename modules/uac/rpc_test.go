@@ -210,11 +210,12 @@ func TestAddRemove(t *testing.T) {
 
 // reg_reload applies the table as a diff.
 func TestReloadDiff(t *testing.T) {
-	h := newHarness(t, []Row{row("same"), row("changed"), row("gone")})
+	h := newHarness(t, []Row{row("same"), row("changed"), row("moved"), row("gone")})
 	h.registerAll()
 	before := h.info("same")
 	db := h.env.DB
 	db.Exec(`UPDATE uacreg SET expires = 300 WHERE l_uuid = 'changed'`)
+	db.Exec(`UPDATE uacreg SET r_domain = '127.0.0.1:25071' WHERE l_uuid = 'moved'`)
 	db.Exec(`DELETE FROM uacreg WHERE l_uuid = 'gone'`)
 	nr := row("added")
 	insertRow(db, "uacreg", &nr)
@@ -222,7 +223,7 @@ func TestReloadDiff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m := res.(map[string]int); m["added"] != 1 || m["changed"] != 1 || m["removed"] != 1 {
+	if m := res.(map[string]int); m["added"] != 1 || m["changed"] != 2 || m["removed"] != 1 {
 		t.Errorf("diff %v", m)
 	}
 	after := h.info("same")
@@ -235,13 +236,14 @@ func TestReloadDiff(t *testing.T) {
 		c := hdr(s.req, "Contact")
 		got = append(got, c[5:strings.Index(c, "@")]+"="+hdr(s.req, "Expires"))
 	}
-	// changed: the old binding unregistered and the new row registered;
-	// gone: unregistered; added: registered; same: nothing.
+	// changed (same binding): registered again, no un-REGISTER racing it;
+	// moved (another AoR): the old binding unregistered, the new one
+	// registered; gone: unregistered; added: registered; same: nothing.
 	sort.Strings(got)
-	if want := []string{"added=120", "changed=0", "changed=300", "gone=0"}; !slices.Equal(got, want) {
+	if want := []string{"added=120", "changed=300", "gone=0", "moved=0", "moved=120"}; !slices.Equal(got, want) {
 		t.Errorf("sent %v, want %v", got, want)
 	}
-	if len(h.u.Dump(false)) != 3 {
+	if len(h.u.Dump(false)) != 4 {
 		t.Errorf("%d records", len(h.u.Dump(false)))
 	}
 	// Reloads are never refused for coming too fast.

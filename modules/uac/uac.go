@@ -417,7 +417,7 @@ func (u *UAC) apply(rows []Row) (added, changed, removed int) {
 		r := u.newRecord(row, now)
 		if old != nil {
 			changed++
-			u.retire(old)
+			u.replaced(old, row)
 		} else {
 			added++
 		}
@@ -450,6 +450,26 @@ func recKey(row Row) string {
 func sameRow(a, b Row) bool {
 	a.ID = b.ID
 	return a == b
+}
+
+// replaced drops old, which row changed: its binding is unregistered
+// unless the new record registers the very same one (an un-REGISTER
+// racing that REGISTER could remove the binding it just made).
+func (u *UAC) replaced(old *record, row Row) {
+	if !sameBinding(old.src, row) {
+		u.retire(old)
+		return
+	}
+	old.removed = true
+	u.unschedule(old)
+	old.gen++
+}
+
+// sameBinding reports whether two rows register the same Contact for the
+// same AoR at the same place.
+func sameBinding(a, b Row) bool {
+	return a.LUUID == b.LUUID && a.RUsername == b.RUsername && a.RDomain == b.RDomain &&
+		a.AuthProxy == b.AuthProxy && a.ContactAddr == b.ContactAddr
 }
 
 // retire drops a record: its binding is unregistered, its timer stopped.
