@@ -299,4 +299,10 @@ func TestScriptFunctions(t *testing.T) {
 	if call("uac_reg_lookup", "nope", "$var(x)") != -1 {
 		t.Error("lookup of a missing uuid")
 	}
+	m := &core.Msg{Env: h.env}
+	v, _ := f["uac_reg_lookup"].Fn(m, []core.Val{core.Str("acc"), core.Str("$var(x)")})
+	pv, err := h.env.ParsePV("$var(x)")
+	if err != nil || v.Int != 1 || pv.Get(m).String() != "sip:alice@local.test" {
+		t.Errorf("lookup: %v %v %v", v, err, pv.Get(m))
+	}
 }
