@@ -1,8 +1,6 @@
 package uac
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	mrand "math/rand/v2"
 	"net"
@@ -90,12 +88,6 @@ func (r *record) contact() string {
 }
 
 func (r *record) aor() string { return "sip:" + r.RUsername + "@" + r.RDomain }
-
-func randHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
 
 func (u *UAC) now() time.Time { return u.env.Clock.Now() }
 

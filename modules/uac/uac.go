@@ -180,6 +180,8 @@ func bool01(name string) func(int64) error {
 
 func static(p core.Param) core.Param { p.Static = true; return p }
 
+func callback(p core.Param) core.Param { p.Callback = true; return p }
+
 func (u *UAC) module() *core.Module {
 	return &core.Module{
 		Name:  "uac",
@@ -226,7 +228,7 @@ func (u *UAC) module() *core.Module {
 				_, err := core.ParseSocket(s)
 				return err
 			}),
-			strP("event_callback", "", "script function called for uac_req_send replies (event \"uac:reply\")", &u.eventCallback, nil),
+			callback(strP("event_callback", "", "script function called for uac_req_send replies (event \"uac:reply\"); a name the script does not define fails the load", &u.eventCallback, nil)),
 			strP("restore_mode", "auto", "none, manual or auto: how uac_replace_from/to are restored", &u.restoreMode, func(s string) error {
 				switch s {
 				case "none", "manual", "auto":
@@ -239,7 +241,7 @@ func (u *UAC) module() *core.Module {
 			strP("restore_to_avp", "", "AVP that keeps the original To URI", &u.restoreToAVP, nil),
 			strP("rr_from_store_param", "vsf", "Record-Route param holding the original From", &u.rrFromParam, nil),
 			strP("rr_to_store_param", "vst", "Record-Route param holding the original To", &u.rrToParam, nil),
-			strP("credential", "", "realm:user:password for uac_auth (may be set several times in Kamailio; kamd keeps the last)", &u.credential, nil),
+			strP("credential", "", "username:realm:password for uac_auth (Kamailio's format; may be set several times in Kamailio; kamd keeps the last)", &u.credential, nil),
 			strP("auth_username_avp", "", "AVP with the username for uac_auth", &u.authUserAVP, nil),
 			strP("auth_realm_avp", "", "AVP with the realm for uac_auth", &u.authRealmAVP, nil),
 			strP("auth_password_avp", "", "AVP with the password for uac_auth", &u.authPasswordAVP, nil),
