@@ -98,6 +98,14 @@ func (u *UAC) setState(r *record, s string) {
 	}
 	old := r.state
 	r.state = s
+	if !r.removed {
+		if c := u.gauge(old); c != nil {
+			c.Add(-1)
+		}
+		if c := u.gauge(s); c != nil {
+			c.Add(1)
+		}
+	}
 	u.events = append(u.events, map[string]any{
 		"event": "reg_state", "l_uuid": r.LUUID, "state": s, "old_state": old,
 		"last_code": r.lastCode, "last_reason": r.lastReason, "failures": r.failures,

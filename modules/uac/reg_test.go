@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kamgo/kamgo/modules/core"
 )
 
 func TestRegisterWireFormatAndGrantedExpiry(t *testing.T) {
@@ -315,5 +317,35 @@ func TestStartIsSpreadAndDelayed(t *testing.T) {
 	h.clock.Advance(2 * time.Second)
 	if s := h.one(); !strings.Contains(hdr(s.req, "Contact"), "late") {
 		t.Errorf("reg_delay: %s", hdr(s.req, "Contact"))
+	}
+}
+
+// auth_proxy's transport comes from its URI; a name without a port goes
+// through the resolver (SRV) once per proxy, outside the lock.
+func TestProxyResolution(t *testing.T) {
+	a, b := row("a"), row("b")
+	a.AuthProxy = "sip:trunk.example;transport=tcp"
+	b.AuthProxy = "sip:trunk.example:5080;transport=tcp"
+	h := newHarness(t, nil)
+	calls := 0
+	h.u.resolve = func(tg core.Target, explicit bool) core.Target {
+		calls++
+		if !explicit {
+			tg.Host, tg.Port = "192.0.2.7", 5099
+		}
+		return tg
+	}
+	insertRow(h.env.DB, "uacreg", &a)
+	insertRow(h.env.DB, "uacreg", &b)
+	if _, _, _, err := h.u.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	h.clock.Advance(time.Second)
+	got := map[string]string{}
+	for _, s := range h.take() {
+		got[s.req.From().Address.User] = s.dst.String()
+	}
+	if got["a_r"] != "tcp:192.0.2.7:5099" || got["b_r"] != "tcp:trunk.example:5080" || calls != 2 {
+		t.Errorf("targets %v, %d lookups", got, calls)
 	}
 }

@@ -108,6 +108,9 @@ func TestDumpFieldsTypesAndRedaction(t *testing.T) {
 func TestInfoEnableDisableErrors(t *testing.T) {
 	h := newHarness(t, []Row{row("acc")})
 	h.registerAll()
+	if st := h.env.Stats.Get("uac:"); st["uac:regtotal"] != 1 || st["uac:regactive"] != 1 {
+		t.Errorf("counters: %v", st)
+	}
 	for _, tc := range []struct {
 		method string
 		a      []any
@@ -143,6 +146,9 @@ func TestInfoEnableDisableErrors(t *testing.T) {
 	h.reply(s, 200, "OK")
 	if got := h.info("acc"); got.State != StateDisabled || got.Flags&flagDisabled == 0 || got.Flags&flagOnline != 0 {
 		t.Errorf("after disable: %+v", got)
+	}
+	if st := h.env.Stats.Get("uac:"); st["uac:regtotal"] != 1 || st["uac:regactive"] != 0 || st["uac:regdisabled"] != 1 {
+		t.Errorf("counters after disable: %v", st)
 	}
 	h.clock.Advance(time.Hour)
 	h.none()
@@ -225,6 +231,9 @@ func TestReloadDiff(t *testing.T) {
 	}
 	if m := res.(map[string]int); m["added"] != 1 || m["changed"] != 2 || m["removed"] != 1 {
 		t.Errorf("diff %v", m)
+	}
+	if st := h.env.Stats.Get("uac:"); st["uac:regtotal"] != 4 || st["uac:regactive"] != 1 || st["uac:regdisabled"] != 0 {
+		t.Errorf("counters after reload: %v", st)
 	}
 	after := h.info("same")
 	if after.State != StateRegistered || after.CallID != before.CallID || after.NextRefresh != before.NextRefresh {

@@ -83,6 +83,13 @@ type UAC struct {
 
 	// send hands a REGISTER to tm (tests replace it).
 	send func(req *sip.Request, dst core.Target, socket string, onReply func(*sip.Response)) error
+	// Kamailio's counters, as gauges derived from the states.
+	stTotal, stActive, stDisabled *core.Counter
+
+	// dsts caches auth_proxy → next hop, filled by resolveRows before mu
+	// is taken (a DNS lookup never runs under the registration lock).
+	dstMu sync.Mutex
+	dsts  map[string]core.Target
 	// resolve turns auth_proxy into the next hop (SRV for a name without port).
 	resolve func(t core.Target, explicitPort bool) core.Target
 }
@@ -100,6 +107,12 @@ func Of(env *core.Env) *UAC {
 // New builds the uac module.
 func New(env *core.Env) *core.Module {
 	u := &UAC{env: env, recs: map[string]*record{}, resolve: srvTarget}
+	u.stTotal = env.Stats.Counter("uac", "regtotal")
+	u.stActive = env.Stats.Counter("uac", "regactive")
+	u.stDisabled = env.Stats.Counter("uac", "regdisabled")
+	for _, c := range []*core.Counter{u.stTotal, u.stActive, u.stDisabled} {
+		c.NoReset = true
+	}
 	instances.Store(env, u)
 	return core.ApplyDefaults(u.module())
 }
@@ -285,6 +298,7 @@ func (u *UAC) init() error {
 	if err != nil {
 		return err
 	}
+	u.resolveRows(rows, true)
 	u.mu.Lock()
 	defer u.unlock()
 	u.apply(rows)
@@ -367,8 +381,7 @@ func (u *UAC) newRecord(row Row, now time.Time) *record {
 		u.env.Log.Error("uac: invalid uacreg row - ignoring record", "id", row.ID, "l_uuid", row.LUUID, "reason", r.invalid)
 		return r
 	}
-	t, explicit := proxyTargetPort(r.AuthProxy)
-	r.dst = u.resolve(t, explicit)
+	r.dst = u.target(r.AuthProxy)
 	if r.RegDelay == 0 && u.regRandomDelay.Load() > 0 {
 		r.RegDelay = int(rand.Int64N(u.regRandomDelay.Load()))
 	}
@@ -377,6 +390,42 @@ func (u *UAC) newRecord(row Row, now time.Time) *record {
 		r.state = StateDisabled
 	}
 	return r
+}
+
+// resolveRows looks up the next hops of rows (once per auth_proxy, with
+// the lock not held); fresh drops what earlier loads cached, so a reload
+// sees DNS changes.
+func (u *UAC) resolveRows(rows []Row, fresh bool) {
+	u.dstMu.Lock()
+	if fresh || u.dsts == nil {
+		u.dsts = map[string]core.Target{}
+	}
+	todo := map[string]bool{}
+	for _, r := range rows {
+		if _, ok := u.dsts[r.AuthProxy]; !ok && r.AuthProxy != "" {
+			todo[r.AuthProxy] = true
+		}
+	}
+	u.dstMu.Unlock()
+	for p := range todo {
+		t, explicit := proxyTargetPort(p)
+		t = u.resolve(t, explicit)
+		u.dstMu.Lock()
+		u.dsts[p] = t
+		u.dstMu.Unlock()
+	}
+}
+
+// target is auth_proxy's next hop (from the cache resolveRows filled).
+func (u *UAC) target(proxy string) core.Target {
+	u.dstMu.Lock()
+	t, ok := u.dsts[proxy]
+	u.dstMu.Unlock()
+	if ok {
+		return t
+	}
+	t, _ = proxyTargetPort(proxy) // not resolved ahead: the transport does A/AAAA
+	return t
 }
 
 // contactAddr is reg_contact_addr, else the first listen socket's address.
@@ -426,6 +475,7 @@ func (u *UAC) apply(rows []Row) (added, changed, removed int) {
 		next[key] = r
 		order = append(order, r)
 		kick = append(kick, r)
+		u.adopt(r)
 	}
 	for key, old := range u.recs {
 		if next[key] == nil {
@@ -434,6 +484,7 @@ func (u *UAC) apply(rows []Row) (added, changed, removed int) {
 		}
 	}
 	u.recs, u.order = next, order
+	u.stTotal.Set(int64(len(u.recs)))
 	if u.started {
 		u.kick(kick)
 	}
@@ -462,7 +513,7 @@ func (u *UAC) replaced(old *record, row Row) {
 		u.retire(old)
 		return
 	}
-	old.removed = true
+	u.markRemoved(old)
 	u.unschedule(old)
 	old.gen++
 }
@@ -476,9 +527,40 @@ func sameBinding(a, b Row) bool {
 
 // retire drops a record: its binding is unregistered, its timer stopped.
 func (u *UAC) retire(r *record) {
-	r.removed = true
+	u.markRemoved(r)
 	u.unregister(r, nil)
 	r.gen++
+}
+
+// gauge is the counter a state counts in (uac:regactive: registered,
+// uac:regdisabled: disabled), or nil.
+func (u *UAC) gauge(state string) *core.Counter {
+	switch state {
+	case StateRegistered:
+		return u.stActive
+	case StateDisabled:
+		return u.stDisabled
+	}
+	return nil
+}
+
+// adopt counts a record entering the table.
+func (u *UAC) adopt(r *record) {
+	if c := u.gauge(r.state); c != nil {
+		c.Add(1)
+	}
+}
+
+// markRemoved takes a record out of the counts; its later replies change
+// nothing that is counted.
+func (u *UAC) markRemoved(r *record) {
+	if r.removed {
+		return
+	}
+	r.removed = true
+	if c := u.gauge(r.state); c != nil {
+		c.Add(-1)
+	}
 }
 
 // kick schedules the first REGISTER of each record, spread by
@@ -510,6 +592,7 @@ func (u *UAC) Reload() (added, changed, removed int, err error) {
 	if err != nil {
 		return 0, 0, 0, err
 	}
+	u.resolveRows(rows, true)
 	u.mu.Lock()
 	defer u.unlock()
 	a, c, r := u.apply(rows)
