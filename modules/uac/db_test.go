@@ -40,7 +40,7 @@ func TestSqlitePath(t *testing.T) {
 func TestRegDBURLCreatesTheFile(t *testing.T) {
 	for _, slashes := range []string{"sqlite:///", "sqlite:////"} {
 		dir := t.TempDir()
-		path := filepath.Join(dir, "uac.db")
+		path := filepath.Join(dir, "new", "dir", "uac.db") // created too
 		env := core.NewEnv(nil)
 		mod := New(env)
 		u := Of(env)

@@ -349,3 +349,84 @@ func TestProxyResolution(t *testing.T) {
 		t.Errorf("targets %v, %d lookups", got, calls)
 	}
 }
+
+func TestKeepCallID(t *testing.T) {
+	for _, keep := range []int{0, 1} {
+		h := newHarness(t, []Row{row("acc")}, "reg_keep_callid="+strconv.Itoa(keep))
+		h.clock.Advance(0)
+		s1 := h.one()
+		h.reply(s1, 200, "OK", "Expires: 60")
+		h.clock.Advance(time.Minute)
+		s2 := h.one()
+		same := s2.req.CallID().Value() == s1.req.CallID().Value()
+		tag1, _ := s1.req.From().Params.Get("tag")
+		tag2, _ := s2.req.From().Params.Get("tag")
+		if same != (keep == 1) || (tag1 == tag2) != (keep == 1) {
+			t.Errorf("keep %d: same Call-ID %v, same tag %v", keep, same, tag1 == tag2)
+		}
+		if want := uint32(10); keep == 1 {
+			want = 11
+			if s2.req.CSeq().SeqNo != want {
+				t.Errorf("keep 1: CSeq %d, want %d", s2.req.CSeq().SeqNo, want)
+			}
+		} else if s2.req.CSeq().SeqNo != want {
+			t.Errorf("keep 0: CSeq %d, want %d", s2.req.CSeq().SeqNo, want)
+		}
+	}
+}
+
+func TestRegActive(t *testing.T) {
+	h := newHarness(t, []Row{row("acc")}, "reg_active=0")
+	h.clock.Advance(time.Hour)
+	h.none()
+	if got := h.info("acc"); got.State != StateIdle {
+		t.Errorf("inactive: %s", got.State)
+	}
+	if old := h.u.SetActive(true); old != 0 {
+		t.Errorf("omode %d", old)
+	}
+	h.clock.Advance(0)
+	h.one()
+}
+
+func TestUnregisterOnStop(t *testing.T) {
+	h := newHarness(t, []Row{row("acc"), row("idle")}, "reg_unregister_on_stop=1")
+	h.clock.Advance(0)
+	h.reply(h.one(), 200, "OK", "Expires: 60") // acc registered; idle's first REGISTER is 2 ms later
+	done := make(chan struct{})
+	go func() { h.mod.Stop(); close(done) }()
+	var s *sent
+	for s == nil {
+		if ss := h.take(); len(ss) > 0 {
+			s = ss[0]
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if hdr(s.req, "Expires") != "0" || !strings.Contains(hdr(s.req, "Contact"), "sip:acc@") {
+		t.Fatalf("stop sent %s", s.req)
+	}
+	h.reply(s, 200, "OK")
+	select {
+	case <-done:
+	case <-time.After(3 * time.Second):
+		t.Fatal("Stop did not return after the un-REGISTER's reply")
+	}
+	h.clock.Advance(time.Hour)
+	h.none()
+}
+
+func TestDefaultSocketMustBeLocal(t *testing.T) {
+	env := core.NewEnv(nil)
+	env.Sockets = []core.Socket{{Proto: "udp", IP: "127.0.0.1", Port: 5060}}
+	mod := New(env)
+	u := Of(env)
+	u.send = fakeSend
+	u.defaultSocket.Store("udp:127.0.0.1:5099")
+	if err := mod.Init(); err == nil || !strings.Contains(err.Error(), "not a local listen socket") {
+		t.Errorf("err %v", err)
+	}
+	u.defaultSocket.Store("udp:127.0.0.1:5060")
+	if err := mod.Init(); err != nil {
+		t.Error(err)
+	}
+}

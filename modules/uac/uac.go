@@ -281,6 +281,16 @@ func (u *UAC) init() error {
 			return t.SendRequest(&tm.LocalRequest{Req: req, Dst: dst, Socket: socket, OnReply: onReply})
 		}
 	}
+	if ds := u.defaultSocket.Load(); ds != "" && len(u.env.Sockets) > 0 {
+		want, _ := core.ParseSocket(ds)
+		local := false
+		for _, s := range u.env.Sockets {
+			local = local || s.Proto == want.Proto && s.IP == want.IP && s.Port == want.Port
+		}
+		if !local {
+			return fmt.Errorf("uac: default_socket %s is not a local listen socket", ds)
+		}
+	}
 	if u.env.DB == nil && u.regDBURL.Load() == "" {
 		// Route tests and kamd -c run without a database: no registrations.
 		u.env.Log.Debug("uac: no database, outbound registrations are off")
