@@ -366,7 +366,7 @@ func (u *UAC) Refresh(uuid string) error {
 	}
 	r := u.newRecord(row, u.now())
 	if old != nil {
-		u.replaced(old, row)
+		u.replaced(old, r)
 		for i, o := range u.order {
 			if o == old {
 				u.order[i] = r

@@ -216,12 +216,13 @@ func TestAddRemove(t *testing.T) {
 
 // reg_reload applies the table as a diff.
 func TestReloadDiff(t *testing.T) {
-	h := newHarness(t, []Row{row("same"), row("changed"), row("moved"), row("gone")})
+	h := newHarness(t, []Row{row("same"), row("changed"), row("moved"), row("gone"), row("off")})
 	h.registerAll()
 	before := h.info("same")
 	db := h.env.DB
 	db.Exec(`UPDATE uacreg SET expires = 300 WHERE l_uuid = 'changed'`)
 	db.Exec(`UPDATE uacreg SET r_domain = '127.0.0.1:25071' WHERE l_uuid = 'moved'`)
+	db.Exec(`UPDATE uacreg SET flags = 1 WHERE l_uuid = 'off'`)
 	db.Exec(`DELETE FROM uacreg WHERE l_uuid = 'gone'`)
 	nr := row("added")
 	insertRow(db, "uacreg", &nr)
@@ -229,10 +230,10 @@ func TestReloadDiff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m := res.(map[string]int); m["added"] != 1 || m["changed"] != 2 || m["removed"] != 1 {
+	if m := res.(map[string]int); m["added"] != 1 || m["changed"] != 3 || m["removed"] != 1 {
 		t.Errorf("diff %v", m)
 	}
-	if st := h.env.Stats.Get("uac:"); st["uac:regtotal"] != 4 || st["uac:regactive"] != 1 || st["uac:regdisabled"] != 0 {
+	if st := h.env.Stats.Get("uac:"); st["uac:regtotal"] != 5 || st["uac:regactive"] != 1 || st["uac:regdisabled"] != 1 {
 		t.Errorf("counters after reload: %v", st)
 	}
 	after := h.info("same")
@@ -247,12 +248,16 @@ func TestReloadDiff(t *testing.T) {
 	}
 	// changed (same binding): registered again, no un-REGISTER racing it;
 	// moved (another AoR): the old binding unregistered, the new one
-	// registered; gone: unregistered; added: registered; same: nothing.
+	// registered; off (disabled in the table): unregistered; gone:
+	// unregistered; added: registered; same: nothing.
 	sort.Strings(got)
-	if want := []string{"added=120", "changed=300", "gone=0", "moved=0", "moved=120"}; !slices.Equal(got, want) {
+	if want := []string{"added=120", "changed=300", "gone=0", "moved=0", "moved=120", "off=0"}; !slices.Equal(got, want) {
 		t.Errorf("sent %v, want %v", got, want)
 	}
-	if len(h.u.Dump(false)) != 4 {
+	if got := h.info("off"); got.State != StateDisabled || got.Flags != flagDisabled {
+		t.Errorf("off: %+v", got)
+	}
+	if len(h.u.Dump(false)) != 5 {
 		t.Errorf("%d records", len(h.u.Dump(false)))
 	}
 	// Reloads are never refused for coming too fast.

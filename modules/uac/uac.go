@@ -478,7 +478,7 @@ func (u *UAC) apply(rows []Row) (added, changed, removed int) {
 		r := u.newRecord(row, now)
 		if old != nil {
 			changed++
-			u.replaced(old, row)
+			u.replaced(old, r)
 		} else {
 			added++
 		}
@@ -515,11 +515,13 @@ func sameRow(a, b Row) bool {
 	return a == b
 }
 
-// replaced drops old, which row changed: its binding is unregistered
-// unless the new record registers the very same one (an un-REGISTER
+// replaced drops old, which the record r of a changed row replaces: its
+// binding is unregistered (a row disabled in the table unregisters)
+// unless r registers the very same one (an un-REGISTER
 // racing that REGISTER could remove the binding it just made).
-func (u *UAC) replaced(old *record, row Row) {
-	if !sameBinding(old.src, row) {
+func (u *UAC) replaced(old, r *record) {
+	registers := r.invalid == "" && r.flags&flagDisabled == 0 && r.expires > 0
+	if !registers || !sameBinding(old.src, r.src) {
 		u.retire(old)
 		return
 	}
