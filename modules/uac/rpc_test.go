@@ -319,4 +319,11 @@ func TestScriptFunctions(t *testing.T) {
 	if err != nil || v.Int != 1 || pv.Get(m).String() != "sip:alice@local.test" {
 		t.Errorf("lookup: %v %v %v", v, err, pv.Get(m))
 	}
+	if call("uac_reg_lookup_uri", "sip:alice@elsewhere.test", "$var(y)") != 1 || call("uac_reg_lookup_uri", "sip:bob@local.test", "$var(y)") != -1 {
+		t.Error("lookup_uri")
+	}
+	h.set("reg_use_domain=1")
+	if call("uac_reg_lookup_uri", "sip:alice@elsewhere.test", "$var(y)") != -1 || call("uac_reg_lookup_uri", "sip:alice@local.test", "$var(y)") != 1 {
+		t.Error("lookup_uri with reg_use_domain")
+	}
 }

@@ -232,7 +232,7 @@ func (u *UAC) module() *core.Module {
 				}
 				return nil
 			})),
-			intP("reg_use_domain", 0, "1: uac_reg_lookup also matches the domain", &u.regUseDomain, bool01("reg_use_domain")),
+			intP("reg_use_domain", 0, "1: uac_reg_lookup_uri also matches the domain", &u.regUseDomain, bool01("reg_use_domain")),
 			intP("reg_unregister_on_stop", 0, "kamgo: 1 sends Expires: 0 for every registered record when kamd stops", &u.regUnregStop, bool01("reg_unregister_on_stop")),
 			strP("default_socket", "", "proto:ip:port to send from when a row has no socket (and for uac_req_send)", &u.defaultSocket, func(s string) error {
 				if s == "" {
