@@ -233,8 +233,11 @@ func TestReloadDiff(t *testing.T) {
 	if m := res.(map[string]int); m["added"] != 1 || m["changed"] != 3 || m["removed"] != 1 {
 		t.Errorf("diff %v", m)
 	}
-	if st := h.env.Stats.Get("uac:"); st["uac:regtotal"] != 5 || st["uac:regactive"] != 1 || st["uac:regdisabled"] != 1 {
+	if st := h.env.Stats.Get("uac:"); st["uac:regtotal"] != 5 || st["uac:regactive"] != 2 || st["uac:regdisabled"] != 1 {
 		t.Errorf("counters after reload: %v", st)
+	}
+	if got := h.info("changed"); got.State != StateRegistered || got.Expires != 300 {
+		t.Errorf("changed (same binding, still valid): %+v", got)
 	}
 	after := h.info("same")
 	if after.State != StateRegistered || after.CallID != before.CallID || after.NextRefresh != before.NextRefresh {

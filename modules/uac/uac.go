@@ -528,6 +528,13 @@ func (u *UAC) replaced(old, r *record) {
 	u.markRemoved(old)
 	u.unschedule(old)
 	old.gen++
+	if old.flags&flagOnline != 0 && old.timerExpires.After(u.now()) {
+		// The binding is the same and still valid: r stays registered
+		// while its first REGISTER refreshes it.
+		r.state, r.flags = StateRegistered, r.flags|flagOnline|flagInit
+		r.timerExpires, r.granted, r.lastSuccess = old.timerExpires, old.granted, old.lastSuccess
+		r.lastCode, r.lastReason = old.lastCode, old.lastReason
+	}
 }
 
 // sameBinding reports whether two rows register the same Contact for the
