@@ -129,6 +129,30 @@ def ksr_request_route():
 	if c := core.FirstHeader(first, "Contact").Value(); c != "<sip:trunk1@127.0.0.1:"+strconv.Itoa(k.Port)+">" {
 		t.Errorf("Contact %q", c)
 	}
+	// State changes are events on the topic "uac".
+	_, evs := subscribe(t, k, "uac")
+	for _, cmd := range []string{"uac.reg_disable", "uac.reg_enable"} {
+		if res := runKamctl(t, nil, "-s", k.WS(), cmd, "l_uuid", "trunk1"); res.Code != 0 {
+			t.Fatalf("%s", res)
+		}
+	}
+	var states []string
+	for len(states) < 5 {
+		select {
+		case ev := <-evs:
+			var d struct{ Event, L_uuid, State string }
+			json.Unmarshal(ev.Data, &d)
+			if ev.Topic != "uac" || d.Event != "reg_state" || d.L_uuid != "trunk1" {
+				t.Fatalf("event %s %s", ev.Topic, ev.Data)
+			}
+			states = append(states, d.State)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("events so far %v", states)
+		}
+	}
+	if strings.Join(states, " ") != "unregistering disabled idle registering registered" {
+		t.Errorf("events %v", states)
+	}
 	// kamcmd-style output.
 	res := runKamctl(t, nil, "-s", k.WS(), "uac.reg_dump")
 	if !strings.Contains(res.Stdout, "\tl_uuid: trunk1\n") || !strings.Contains(res.Stdout, "\tsocket: <null string>\n") {
