@@ -7,12 +7,19 @@ package uac
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
+	"math/rand/v2"
+	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
+	"github.com/emiago/sipgo/sip"
 	"github.com/kamgo/kamgo/modules/core"
+	"github.com/kamgo/kamgo/modules/tm"
 )
 
 func init() { core.Register(New) }
@@ -61,7 +68,23 @@ type UAC struct {
 	authRealmAVP    strVar
 	authPasswordAVP strVar
 
-	mu sync.Mutex
+	// Registrations. mu guards every record and the index; events are
+	// the state changes queued under mu, published by unlock.
+	mu      sync.Mutex
+	recs    map[string]*record // by l_uuid
+	order   []*record          // reg_dump order: the table's, then reg_add's
+	events  []map[string]any
+	started bool
+	db      *sql.DB
+	ownDB   bool
+	table   string
+	// reloadMu serialises reloads (never refused for being too fast).
+	reloadMu sync.Mutex
+
+	// send hands a REGISTER to tm (tests replace it).
+	send func(req *sip.Request, dst core.Target, socket string, onReply func(*sip.Response)) error
+	// resolve turns auth_proxy into the next hop (SRV for a name without port).
+	resolve func(t core.Target, explicitPort bool) core.Target
 }
 
 var instances sync.Map // *core.Env -> *UAC
@@ -76,7 +99,7 @@ func Of(env *core.Env) *UAC {
 
 // New builds the uac module.
 func New(env *core.Env) *core.Module {
-	u := &UAC{env: env}
+	u := &UAC{env: env, recs: map[string]*record{}, resolve: srvTarget}
 	instances.Store(env, u)
 	return core.ApplyDefaults(u.module())
 }
@@ -183,7 +206,11 @@ func (u *UAC) module() *core.Module {
 			intP("reg_retry_max", 1800, "kamgo: the cap of the retry backoff in seconds", &u.regRetryMax, positive("reg_retry_max")),
 			intP("reg_keep_callid", 0, "1: refreshes reuse the Call-ID and From-tag with CSeq+1", &u.regKeepCallID, bool01("reg_keep_callid")),
 			intP("reg_random_delay", 0, "rows with reg_delay 0 start after a random delay in [0, N) seconds", &u.regRandomDelay, nonNeg("reg_random_delay")),
-			intP("reg_active", 1, "0: no REGISTER is sent (runtime switch: uac.reg_active)", &u.regActive, bool01("reg_active")),
+			func() core.Param {
+				p := intP("reg_active", 1, "0: no REGISTER is sent (runtime switch: uac.reg_active)", &u.regActive, bool01("reg_active"))
+				p.Set = func(v core.Val) error { u.SetActive(v.Int == 1); return nil }
+				return p
+			}(),
 			intP("reg_gc_interval", 150, "accepted for compatibility: reloads are applied as a diff, nothing is kept for garbage collection", &u.regGCIntv, nonNeg("reg_gc_interval")),
 			intP("reload_delta", 30, "accepted for compatibility: reloads are serialised, never refused for being too fast", &u.reloadDelta, nonNeg("reload_delta")),
 			static(intP("reg_hash_size", 4, "accepted for compatibility (records are indexed by maps)", &u.regHashSize, func(v int64) error {
@@ -229,17 +256,263 @@ func (u *UAC) module() *core.Module {
 	}
 }
 
-// init runs after the config phase.
-func (u *UAC) init() error { return nil }
+// init opens the uacreg table (creating or migrating it) and loads it;
+// an unknown table version stops kamd with the error.
+func (u *UAC) init() error {
+	if u.send == nil {
+		t, err := tm.Of(u.env)
+		if err != nil {
+			return fmt.Errorf("uac: %w", err)
+		}
+		u.send = func(req *sip.Request, dst core.Target, socket string, onReply func(*sip.Response)) error {
+			return t.SendRequest(&tm.LocalRequest{Req: req, Dst: dst, Socket: socket, OnReply: onReply})
+		}
+	}
+	if u.env.DB == nil && u.regDBURL.Load() == "" {
+		// Route tests and kamd -c run without a database: no registrations.
+		u.env.Log.Debug("uac: no database, outbound registrations are off")
+		return nil
+	}
+	db, own, err := u.openDB()
+	if err != nil {
+		return err
+	}
+	u.db, u.ownDB, u.table = db, own, u.regDBTable.Load()
+	if err := core.EnsureTable(db, u.schema(u.table)); err != nil {
+		return fmt.Errorf("uac: %w", err)
+	}
+	rows, err := loadRows(db, u.table, "")
+	if err != nil {
+		return err
+	}
+	u.mu.Lock()
+	defer u.unlock()
+	u.apply(rows)
+	return nil
+}
 
-// start runs when the listeners are up.
-func (u *UAC) start(ctx context.Context) error { return nil }
+// start sends the first REGISTERs (spread) once the listeners are up.
+func (u *UAC) start(ctx context.Context) error {
+	u.mu.Lock()
+	defer u.unlock()
+	u.started = true
+	u.kick(u.order)
+	return nil
+}
 
-// stop runs on shutdown, before tm's Stop.
-func (u *UAC) stop() {}
+// stopWait bounds how long Stop waits for the un-REGISTERs to finish.
+const stopWait = 5 * time.Second
 
-// regFuncs are the registration-side script functions.
-func (u *UAC) regFuncs() []core.Func { return nil }
+// stop cancels every timer and, with reg_unregister_on_stop, unregisters
+// the registered records first (tm is still running: uac Needs it).
+func (u *UAC) stop() {
+	done := make(chan struct{})
+	pending := 0
+	u.mu.Lock()
+	u.started = false
+	unreg := u.regUnregStop.Load() == 1
+	for _, r := range u.order {
+		if unreg && r.flags&flagOnline != 0 {
+			pending++
+			u.unregister(r, func() {
+				pending--
+				if pending == 0 {
+					close(done)
+				}
+			})
+		} else {
+			u.unschedule(r)
+		}
+	}
+	if pending == 0 {
+		close(done)
+	}
+	u.unlock()
+	select {
+	case <-done:
+	case <-time.After(stopWait):
+		u.env.Log.Warn("uac: un-REGISTERs still pending at shutdown")
+	}
+	u.mu.Lock()
+	for _, r := range u.order {
+		r.removed = true
+		u.unschedule(r)
+	}
+	u.unlock()
+	if u.ownDB && u.db != nil {
+		u.db.Close()
+	}
+}
 
-// rpcMethods are the uac.* RPC methods.
-func (u *UAC) rpcMethods() []core.RPCMethod { return nil }
+// newRecord builds the record of a row (state invalid if the row breaks
+// the load rules).
+func (u *UAC) newRecord(row Row, now time.Time) *record {
+	r := &record{Row: row, src: row, regInit: now, expires: row.Expires, flags: row.Flags &^ (flagOngoing | flagOnline | flagAuthSent | flagInit)}
+	if r.ContactAddr == "" {
+		r.ContactAddr = u.contactAddr()
+	}
+	r.AuthHA1 = strings.ToLower(r.AuthHA1)
+	err := checkRow(&r.Row)
+	if err == nil && r.ContactAddr == "" {
+		err = fmt.Errorf("no contact address: set contact_addr or modparam reg_contact_addr")
+	}
+	if err == nil {
+		if _, perr := core.ParseURI("sip:" + r.LUUID + "@" + r.ContactAddr); perr != nil {
+			err = fmt.Errorf("contact sip:%s@%s is not a SIP URI: %v", r.LUUID, r.ContactAddr, perr)
+		}
+	}
+	if err != nil {
+		r.invalid = err.Error()
+		r.state = StateInvalid
+		u.env.Log.Error("uac: invalid uacreg row - ignoring record", "id", row.ID, "l_uuid", row.LUUID, "reason", r.invalid)
+		return r
+	}
+	t, explicit := proxyTargetPort(r.AuthProxy)
+	r.dst = u.resolve(t, explicit)
+	if r.RegDelay == 0 && u.regRandomDelay.Load() > 0 {
+		r.RegDelay = int(rand.Int64N(u.regRandomDelay.Load()))
+	}
+	r.state = StateIdle
+	if r.flags&flagDisabled != 0 || r.expires == 0 {
+		r.state = StateDisabled
+	}
+	return r
+}
+
+// contactAddr is reg_contact_addr, else the first listen socket's address.
+func (u *UAC) contactAddr() string {
+	if a := u.regContactAddr.Load(); a != "" {
+		return a
+	}
+	if len(u.env.Sockets) > 0 {
+		s := u.env.Sockets[0]
+		a := net.JoinHostPort(s.Host(), strconv.Itoa(s.Port))
+		if s.Proto != "udp" {
+			a += ";transport=" + s.Proto
+		}
+		return a
+	}
+	return ""
+}
+
+// apply makes the records match rows (under mu), as a diff: unchanged
+// rows keep their state, Call-ID, CSeq and timers; changed rows are
+// replaced (the old binding unregistered, the new one registered); rows
+// gone (and records reg_add put in memory only) are unregistered and
+// dropped; new rows register.
+func (u *UAC) apply(rows []Row) (added, changed, removed int) {
+	now := u.now()
+	next := map[string]*record{}
+	var order, kick []*record
+	for _, row := range rows {
+		key := recKey(row)
+		if next[key] != nil {
+			continue // the unique index makes this impossible in SQL
+		}
+		old := u.recs[key]
+		if old != nil && sameRow(old.src, row) {
+			old.ID, old.src.ID = row.ID, row.ID
+			next[key] = old
+			order = append(order, old)
+			continue
+		}
+		r := u.newRecord(row, now)
+		if old != nil {
+			changed++
+			u.replaced(old, row)
+		} else {
+			added++
+		}
+		next[key] = r
+		order = append(order, r)
+		kick = append(kick, r)
+	}
+	for key, old := range u.recs {
+		if next[key] == nil {
+			u.retire(old)
+			removed++
+		}
+	}
+	u.recs, u.order = next, order
+	if u.started {
+		u.kick(kick)
+	}
+	return
+}
+
+// recKey indexes a record: its l_uuid (an invalid row without one by id).
+func recKey(row Row) string {
+	if row.LUUID == "" {
+		return fmt.Sprintf("#%d", row.ID)
+	}
+	return row.LUUID
+}
+
+// sameRow reports whether two rows hold the same registration.
+func sameRow(a, b Row) bool {
+	a.ID = b.ID
+	return a == b
+}
+
+// replaced drops old, which row changed: its binding is unregistered
+// unless the new record registers the very same one (an un-REGISTER
+// racing that REGISTER could remove the binding it just made).
+func (u *UAC) replaced(old *record, row Row) {
+	if !sameBinding(old.src, row) {
+		u.retire(old)
+		return
+	}
+	old.removed = true
+	u.unschedule(old)
+	old.gen++
+}
+
+// sameBinding reports whether two rows register the same Contact for the
+// same AoR at the same place.
+func sameBinding(a, b Row) bool {
+	return a.LUUID == b.LUUID && a.RUsername == b.RUsername && a.RDomain == b.RDomain &&
+		a.AuthProxy == b.AuthProxy && a.ContactAddr == b.ContactAddr
+}
+
+// retire drops a record: its binding is unregistered, its timer stopped.
+func (u *UAC) retire(r *record) {
+	r.removed = true
+	u.unregister(r, nil)
+	r.gen++
+}
+
+// kick schedules the first REGISTER of each record, spread by
+// startSpacing, after its reg_delay.
+func (u *UAC) kick(rs []*record) {
+	now := u.now()
+	i := 0
+	for _, r := range rs {
+		if r.invalid != "" || r.removed || r.flags&flagDisabled != 0 || r.expires == 0 || r.flags&flagOngoing != 0 || r.timer != nil {
+			continue
+		}
+		at := now.Add(time.Duration(i) * startSpacing)
+		if r.flags&flagInit == 0 && r.RegDelay > 0 {
+			at = r.regInit.Add(time.Duration(r.RegDelay) * time.Second)
+		}
+		u.schedule(r, at)
+		i++
+	}
+}
+
+// Reload re-reads the table and applies it as a diff (uac.reg_reload).
+func (u *UAC) Reload() (added, changed, removed int, err error) {
+	u.reloadMu.Lock()
+	defer u.reloadMu.Unlock()
+	if u.db == nil {
+		return 0, 0, 0, fmt.Errorf("no database")
+	}
+	rows, err := loadRows(u.db, u.table, "")
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	u.mu.Lock()
+	defer u.unlock()
+	a, c, r := u.apply(rows)
+	u.env.Log.Info("uac: registrations reloaded", "added", a, "changed", c, "removed", r)
+	return a, c, r, nil
+}
