@@ -1,6 +1,8 @@
 package uac
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	mrand "math/rand/v2"
 	"net"
@@ -88,6 +90,13 @@ func (r *record) contact() string {
 }
 
 func (r *record) aor() string { return "sip:" + r.RUsername + "@" + r.RDomain }
+
+// randHex is n random bytes in hex (Call-IDs, tags, cnonces).
+func randHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
 
 func (u *UAC) now() time.Time { return u.env.Clock.Now() }
 

@@ -6,8 +6,6 @@ package uac
 // uac_replace_from/to and uac_auth on routed requests.
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -145,13 +143,6 @@ func (u *UAC) reqFuncs() []core.Func {
 			Doc: "in a failure route after a 401/407: add (Proxy-)Authorization for the challenged realm from the credential modparam; then t_relay() again. 1 added, -1 no challenge or no credential for its realm",
 			Fn:  u.uacAuth},
 	}
-}
-
-// randHex is n random bytes in hex (Call-IDs, tags, cnonces).
-func randHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
 }
 
 var warnedRestore atomic.Bool
