@@ -430,3 +430,26 @@ func TestDefaultSocketMustBeLocal(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// The granted expiry is our Contact's, also among several (one header or
+// many), else the only Contact's (a registrar that rewrote it), else the
+// Expires header.
+func TestGrantedExpiry(t *testing.T) {
+	for _, tc := range []struct {
+		hdrs []string
+		want int
+	}{
+		{[]string{"Contact: <sip:other@192.0.2.1>;expires=10, <sip:acc@127.0.0.1:5060>;expires=77", "Expires: 5"}, 77},
+		{[]string{"Contact: <sip:other@192.0.2.1>;expires=10", "Contact: <sip:acc@127.0.0.1:5060>;expires=78"}, 78},
+		{[]string{"Contact: <sip:rewritten@127.0.0.1:5060>;expires=79", "Expires: 5"}, 79},
+		{[]string{"Contact: <sip:other@192.0.2.1>;expires=10, <sip:x@192.0.2.2>;expires=11", "Expires: 80"}, 80},
+		{nil, 120}, // nothing said: the requested expires
+	} {
+		h := newHarness(t, []Row{row("acc")})
+		h.clock.Advance(0)
+		h.reply(h.one(), 200, "OK", tc.hdrs...)
+		if got := h.info("acc").GrantedExpires; got != tc.want {
+			t.Errorf("%v: granted %d, want %d", tc.hdrs, got, tc.want)
+		}
+	}
+}
