@@ -328,12 +328,15 @@ func TestProxyResolution(t *testing.T) {
 	b.AuthProxy = "sip:trunk.example:5080;transport=tcp"
 	h := newHarness(t, nil)
 	calls := 0
-	h.u.resolve = func(tg core.Target, explicit bool) core.Target {
+	h.u.resolve = func(tg core.Target, explicit bool) []core.Target {
 		calls++
-		if !explicit {
-			tg.Host, tg.Port = "192.0.2.7", 5099
+		if explicit {
+			return []core.Target{tg}
 		}
-		return tg
+		x, y := tg, tg
+		x.Host, x.Port = "192.0.2.7", 5099
+		y.Host, y.Port = "192.0.2.8", 5098
+		return []core.Target{x, y}
 	}
 	insertRow(h.env.DB, "uacreg", &a)
 	insertRow(h.env.DB, "uacreg", &b)
@@ -347,6 +350,33 @@ func TestProxyResolution(t *testing.T) {
 	}
 	if got["a_r"] != "tcp:192.0.2.7:5099" || got["b_r"] != "tcp:trunk.example:5080" || calls != 2 {
 		t.Errorf("targets %v, %d lookups", got, calls)
+	}
+	// A timeout moves a's next attempt to the next SRV target; a 403 does not.
+	h.take()
+	h.u.mu.Lock()
+	ra := h.u.recs["a"]
+	h.u.mu.Unlock()
+	for i, tc := range []struct {
+		code int
+		want string
+	}{{408, "tcp:192.0.2.8:5098"}, {403, "tcp:192.0.2.8:5098"}, {503, "tcp:192.0.2.7:5099"}} {
+		h.u.mu.Lock()
+		h.u.unschedule(ra)
+		h.u.startAttempt(ra, false)
+		h.u.mu.Unlock()
+		var s *sent
+		for _, x := range h.take() {
+			if x.req.From().Address.User == "a_r" {
+				s = x
+			}
+		}
+		h.reply(s, tc.code, "x")
+		h.u.mu.Lock()
+		got := ra.dst().String()
+		h.u.mu.Unlock()
+		if got != tc.want {
+			t.Errorf("step %d (%d): next target %s, want %s", i, tc.code, got, tc.want)
+		}
 	}
 }
 

@@ -89,9 +89,10 @@ type UAC struct {
 	// dsts caches auth_proxy → next hop, filled by resolveRows before mu
 	// is taken (a DNS lookup never runs under the registration lock).
 	dstMu sync.Mutex
-	dsts  map[string]core.Target
-	// resolve turns auth_proxy into the next hop (SRV for a name without port).
-	resolve func(t core.Target, explicitPort bool) core.Target
+	dsts  map[string][]core.Target
+	// resolve turns auth_proxy into its next hops (SRV for a name without
+	// port: every target, in the order to try them).
+	resolve func(t core.Target, explicitPort bool) []core.Target
 }
 
 var instances sync.Map // *core.Env -> *UAC
@@ -106,7 +107,7 @@ func Of(env *core.Env) *UAC {
 
 // New builds the uac module.
 func New(env *core.Env) *core.Module {
-	u := &UAC{env: env, recs: map[string]*record{}, resolve: srvTarget}
+	u := &UAC{env: env, recs: map[string]*record{}, resolve: srvTargets}
 	u.stTotal = env.Stats.Counter("uac", "regtotal")
 	u.stActive = env.Stats.Counter("uac", "regactive")
 	u.stDisabled = env.Stats.Counter("uac", "regdisabled")
@@ -391,7 +392,7 @@ func (u *UAC) newRecord(row Row, now time.Time) *record {
 		u.env.Log.Error("uac: invalid uacreg row - ignoring record", "id", row.ID, "l_uuid", row.LUUID, "reason", r.invalid)
 		return r
 	}
-	r.dst = u.target(r.AuthProxy)
+	r.dsts = u.targets(r.AuthProxy)
 	if r.RegDelay == 0 && u.regRandomDelay.Load() > 0 {
 		r.RegDelay = int(rand.Int64N(u.regRandomDelay.Load()))
 	}
@@ -408,7 +409,7 @@ func (u *UAC) newRecord(row Row, now time.Time) *record {
 func (u *UAC) resolveRows(rows []Row, fresh bool) {
 	u.dstMu.Lock()
 	if fresh || u.dsts == nil {
-		u.dsts = map[string]core.Target{}
+		u.dsts = map[string][]core.Target{}
 	}
 	todo := map[string]bool{}
 	for _, r := range rows {
@@ -419,23 +420,23 @@ func (u *UAC) resolveRows(rows []Row, fresh bool) {
 	u.dstMu.Unlock()
 	for p := range todo {
 		t, explicit := proxyTargetPort(p)
-		t = u.resolve(t, explicit)
+		ts := u.resolve(t, explicit)
 		u.dstMu.Lock()
-		u.dsts[p] = t
+		u.dsts[p] = ts
 		u.dstMu.Unlock()
 	}
 }
 
-// target is auth_proxy's next hop (from the cache resolveRows filled).
-func (u *UAC) target(proxy string) core.Target {
+// targets are auth_proxy's next hops (from the cache resolveRows filled).
+func (u *UAC) targets(proxy string) []core.Target {
 	u.dstMu.Lock()
-	t, ok := u.dsts[proxy]
+	ts, ok := u.dsts[proxy]
 	u.dstMu.Unlock()
-	if ok {
-		return t
+	if ok && len(ts) > 0 {
+		return ts
 	}
-	t, _ = proxyTargetPort(proxy) // not resolved ahead: the transport does A/AAAA
-	return t
+	t, _ := proxyTargetPort(proxy) // not resolved ahead: the transport does A/AAAA
+	return []core.Target{t}
 }
 
 // contactAddr is reg_contact_addr, else the first listen socket's address.
