@@ -1,12 +1,14 @@
 package uac
 
 import (
+	"errors"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/emiago/sipgo/sip"
 	"github.com/kamgo/kamgo/modules/core"
 )
 
@@ -481,5 +483,22 @@ func TestGrantedExpiry(t *testing.T) {
 		if got := h.info("acc").GrantedExpires; got != tc.want {
 			t.Errorf("%v: granted %d, want %d", tc.hdrs, got, tc.want)
 		}
+	}
+}
+
+// Un-REGISTERs that cannot be sent at all at shutdown end Stop at once.
+func TestUnregisterOnStopSendFails(t *testing.T) {
+	h := newHarness(t, []Row{row("a"), row("b")}, "reg_unregister_on_stop=1")
+	h.clock.Advance(time.Second)
+	for _, s := range h.take() {
+		h.reply(s, 200, "OK", "Expires: 60")
+	}
+	h.u.mu.Lock()
+	h.u.send = func(*sip.Request, core.Target, string, func(*sip.Response)) error { return errors.New("down") }
+	h.u.mu.Unlock()
+	start := time.Now()
+	h.mod.Stop()
+	if time.Since(start) > time.Second {
+		t.Error("Stop waited for un-REGISTERs that failed to send")
 	}
 }

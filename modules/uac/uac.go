@@ -332,26 +332,27 @@ const stopWait = 5 * time.Second
 // the registered records first (tm is still running: uac Needs it).
 func (u *UAC) stop() {
 	done := make(chan struct{})
-	pending := 0
 	u.mu.Lock()
 	u.started = false
 	unreg := u.regUnregStop.Load() == 1
+	// pending counts the un-REGISTERs in flight (guarded by mu); it starts
+	// at 1 for the loop itself, so a send that fails at once cannot close
+	// done early.
+	pending := 1
+	finish := func() {
+		if pending--; pending == 0 {
+			close(done)
+		}
+	}
 	for _, r := range u.order {
 		if unreg && r.flags&flagOnline != 0 {
 			pending++
-			u.unregister(r, func() {
-				pending--
-				if pending == 0 {
-					close(done)
-				}
-			})
+			u.unregister(r, finish)
 		} else {
 			u.unschedule(r)
 		}
 	}
-	if pending == 0 {
-		close(done)
-	}
+	finish()
 	u.unlock()
 	select {
 	case <-done:
