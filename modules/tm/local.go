@@ -223,8 +223,36 @@ func (tx *Tx) localFail(b *branch, code int, reason string) {
 		tx.sendCancel(b)
 	}
 	tx.tm.st.rplGenerated.Inc()
-	tx.deliver(core.BuildReply(b.req, code, reason, nil))
+	res := core.BuildReply(b.req, code, reason, nil)
+	generated.Store(res, true)
+	tx.deliver(res)
+	generated.Delete(res)
 	tx.finishLocal()
+}
+
+// generated holds the replies tm built itself while OnReply runs.
+var generated sync.Map // *sip.Response -> bool
+
+// Generated reports, inside OnReply, whether res was built by tm (the 408
+// of timer F/B, the 503 of a send failure) rather than received:
+// Kamailio's $uac_req(evtype) 2 versus 1.
+func Generated(res *sip.Response) bool {
+	_, ok := generated.Load(res)
+	return ok
+}
+
+// FailedReply is, in a failure route, the final reply of the branch that
+// failed (nil when it timed out or was not sent): uac_auth reads its
+// challenge.
+func FailedReply(m *core.Msg) *sip.Response {
+	b, _ := m.Ext["tm.branch"].(*branch)
+	tx, _ := m.Tx.(*Tx)
+	if b == nil || tx == nil {
+		return nil
+	}
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	return b.reply
 }
 
 // deliver hands a reply to the caller's callback, shielding tm from a panic in it.

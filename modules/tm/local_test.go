@@ -19,9 +19,10 @@ def ksr_request_route():
 
 // replies collects what OnReply got.
 type replies struct {
-	mu    sync.Mutex
-	codes []int
-	last  *sip.Response
+	mu        sync.Mutex
+	codes     []int
+	last      *sip.Response
+	generated []bool // tm.Generated as seen inside OnReply
 }
 
 func (r *replies) on(res *sip.Response) {
@@ -29,6 +30,7 @@ func (r *replies) on(res *sip.Response) {
 	defer r.mu.Unlock()
 	r.codes = append(r.codes, res.StatusCode)
 	r.last = res
+	r.generated = append(r.generated, tm.Generated(res))
 }
 
 func (r *replies) got() []int {
@@ -161,8 +163,8 @@ func TestLocalRequests(t *testing.T) {
 				t.Errorf("duplicate final made kamd send:\n%s", x)
 			}
 			f.reply(o[0], 500, "b1")
-			if got := r.got(); !eqInts(got, []int{100, 202}) {
-				t.Errorf("OnReply got %v, want [100 202]", got)
+			if got := r.got(); !eqInts(got, []int{100, 202}) || r.generated[0] || r.generated[1] {
+				t.Errorf("OnReply got %v (generated %v), want [100 202] received", got, r.generated)
 			}
 			if x := f.advance(40 * time.Second); len(x) != 0 {
 				t.Errorf("sent after the final:\n%s", x)
@@ -185,8 +187,11 @@ func TestLocalRequests(t *testing.T) {
 			if got := r.got(); !eqInts(got, []int{408}) {
 				t.Fatalf("OnReply got %v, want [408]", got)
 			}
-			if r.last.Reason != "Request Timeout" || r.last.CallID() == nil {
-				t.Errorf("408: %s", r.last.String())
+			if r.last.Reason != "Request Timeout" || r.last.CallID() == nil || !r.generated[0] {
+				t.Errorf("408 (generated %v): %s", r.generated, r.last.String())
+			}
+			if tm.Generated(r.last) {
+				t.Errorf("still marked generated after OnReply")
 			}
 			if f.stats()["timeouts"] != 1 {
 				t.Errorf("timeouts %v", f.stats())

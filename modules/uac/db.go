@@ -104,7 +104,7 @@ func sqlitePath(url string) (string, error) {
 
 // openDB opens the uacreg database: kamd's own (env.DB) with no
 // reg_db_url, else the file it names (created with its directory's
-// existing permissions if missing).
+// directory if missing).
 func (u *UAC) openDB() (db *sql.DB, own bool, err error) {
 	url := u.regDBURL.Load()
 	if url == "" {
@@ -117,10 +117,8 @@ func (u *UAC) openDB() (db *sql.DB, own bool, err error) {
 	if err != nil {
 		return nil, false, fmt.Errorf("uac: %w", err)
 	}
-	if dir := filepath.Dir(path); dir != "" {
-		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-			return nil, false, fmt.Errorf("uac: reg_db_url %q: directory %s does not exist", url, dir)
-		}
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, false, fmt.Errorf("uac: reg_db_url %q: %w", url, err)
 	}
 	db, err = core.OpenDB(path)
 	if err != nil {

@@ -1,6 +1,8 @@
 package uac
 
 import (
+	"strings"
+
 	"github.com/kamgo/kamgo/modules/core"
 )
 
@@ -13,6 +15,9 @@ func (u *UAC) regFuncs() []core.Func {
 		{Name: "uac_reg_lookup", Args: s2, Ret: core.RetInt,
 			Doc: "(l_uuid, dst) write sip:l_username@l_domain of the record into the pseudo-variable dst; 1 found, -1 not found or dst not writable",
 			Fn:  u.fRegLookup},
+		{Name: "uac_reg_lookup_uri", Args: s2, Ret: core.RetInt,
+			Doc: "(uri, dst) write the l_uuid of the record whose l_username is the URI's user (and l_domain its host with reg_use_domain 1) into the pseudo-variable dst; 1 found, -1 not found",
+			Fn:  u.fRegLookupURI},
 		{Name: "uac_reg_status", Args: s1, Ret: core.RetInt,
 			Doc: "(l_uuid) 1 registered, -2 a REGISTER in progress, -3 disabled, -99 otherwise (e.g. waiting for a retry), -1 not found",
 			Fn:  u.fRegStatus},
@@ -86,6 +91,31 @@ func (u *UAC) fRecord(a []core.Val, f func(r *record) error) (core.Val, error) {
 
 func (u *UAC) fRegRefresh(m *core.Msg, a []core.Val) (core.Val, error) {
 	if err := u.Refresh(a[0].Str); err != nil {
+		return core.Int(-1), nil
+	}
+	return core.Int(1), nil
+}
+
+func (u *UAC) fRegLookupURI(m *core.Msg, a []core.Val) (core.Val, error) {
+	uri, err := core.ParseURI(a[0].Str)
+	if err != nil || uri.User == "" {
+		return core.Int(-1), nil
+	}
+	useDomain := u.regUseDomain.Load() == 1
+	var v string
+	u.mu.Lock()
+	for _, r := range u.order {
+		if r.invalid == "" && r.LUsername == uri.User && (!useDomain || strings.EqualFold(r.LDomain, uri.Host)) {
+			v = r.LUUID
+			break
+		}
+	}
+	u.unlock()
+	if v == "" {
+		return core.Int(-1), nil
+	}
+	pv, err := m.Env.ParsePV(a[1].Str)
+	if err != nil || pv.Set(m, core.Str(v)) != nil {
 		return core.Int(-1), nil
 	}
 	return core.Int(1), nil

@@ -145,8 +145,9 @@ func newHarness(t *testing.T, rows []Row, params ...string) *harness {
 	env.DB = db
 	h.env = env
 	h.mod = New(env)
+	env.SetModule(h.mod)
 	h.u = Of(env)
-	h.u.resolve = func(t core.Target, _ bool) core.Target { return t }
+	h.u.resolve = func(t core.Target, _ bool) []core.Target { return []core.Target{t} }
 	h.u.send = func(req *sip.Request, dst core.Target, sock string, onReply func(*sip.Response)) error {
 		h.mu.Lock()
 		defer h.mu.Unlock()

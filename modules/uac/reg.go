@@ -48,9 +48,10 @@ const max423 = 3
 // guarded by UAC.mu.
 type record struct {
 	Row
-	src     Row    // the row as read (reload compares it)
-	invalid string // why the row was refused (state invalid)
-	dst     core.Target
+	src     Row           // the row as read (reload compares it)
+	invalid string        // why the row was refused (state invalid)
+	dsts    []core.Target // auth_proxy's next hops (several with SRV)
+	dstIdx  int           // the one in use: a timeout or 503 moves on
 
 	expires      int // requested expires in effect (423 and unregister change it)
 	flags        int
@@ -89,8 +90,16 @@ func (r *record) contact() string {
 	return "<sip:" + r.LUUID + "@" + r.ContactAddr + ">"
 }
 
+func (r *record) dst() core.Target {
+	if len(r.dsts) == 0 {
+		return core.Target{}
+	}
+	return r.dsts[r.dstIdx%len(r.dsts)]
+}
+
 func (r *record) aor() string { return "sip:" + r.RUsername + "@" + r.RDomain }
 
+// randHex is n random bytes in hex (Call-IDs, tags, cnonces).
 func randHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
@@ -106,6 +115,14 @@ func (u *UAC) setState(r *record, s string) {
 	}
 	old := r.state
 	r.state = s
+	if !r.removed {
+		if c := u.gauge(old); c != nil {
+			c.Add(-1)
+		}
+		if c := u.gauge(s); c != nil {
+			c.Add(1)
+		}
+	}
 	u.events = append(u.events, map[string]any{
 		"event": "reg_state", "l_uuid": r.LUUID, "state": s, "old_state": old,
 		"last_code": r.lastCode, "last_reason": r.lastReason, "failures": r.failures,
@@ -240,7 +257,7 @@ func (u *UAC) sendRegister(r *record) {
 		u.fail(r, 500, "tm is not available", 0)
 		return
 	}
-	if err := send(req, r.dst, sock, func(res *sip.Response) { u.onReply(r, gen, res) }); err != nil {
+	if err := send(req, r.dst(), sock, func(res *sip.Response) { u.onReply(r, gen, res) }); err != nil {
 		u.env.Log.Warn("uac: cannot send REGISTER", "l_uuid", r.LUUID, "err", err)
 		u.fail(r, 503, "cannot send: "+err.Error(), 0)
 	}
@@ -493,6 +510,11 @@ func (u *UAC) fail(r *record, code int, reason string, after time.Duration) {
 	}
 	r.failures++
 	r.timerExpires = now
+	if (code == 408 || code == 503) && len(r.dsts) > 1 {
+		// No answer or unreachable: the next attempt tries the next SRV target.
+		r.dstIdx = (r.dstIdx + 1) % len(r.dsts)
+		u.env.Log.Info("uac: next attempt goes to the next SRV target", "l_uuid", r.LUUID, "target", r.dst().String())
+	}
 	u.setState(r, StateFailed)
 	if u.regRetryIntv.Load() == 0 {
 		r.flags |= flagDisabled
@@ -523,12 +545,13 @@ func (u *UAC) unregister(r *record, then func()) {
 	u.startAttempt(r, true)
 }
 
-// srvTarget resolves auth_proxy's host by SRV when it is a name without a
-// port (RFC 3263 §4.2); A/AAAA is left to the transport. A failed lookup
-// keeps the name.
-func srvTarget(t core.Target, explicitPort bool) core.Target {
+// srvTargets resolves auth_proxy's host by SRV when it is a name without
+// a port (RFC 3263 §4.2): every target, by priority and weight as
+// net.LookupSRV orders them; A/AAAA is left to the transport. A failed
+// lookup keeps the name.
+func srvTargets(t core.Target, explicitPort bool) []core.Target {
 	if explicitPort || net.ParseIP(strings.Trim(t.Host, "[]")) != nil {
-		return t
+		return []core.Target{t}
 	}
 	svc, proto := "sip", "udp"
 	switch t.Proto {
@@ -539,9 +562,13 @@ func srvTarget(t core.Target, explicitPort bool) core.Target {
 	}
 	_, srvs, err := net.LookupSRV(svc, proto, t.Host)
 	if err != nil || len(srvs) == 0 {
-		return t
+		return []core.Target{t}
 	}
-	t.Host = strings.TrimSuffix(srvs[0].Target, ".")
-	t.Port = int(srvs[0].Port)
-	return t
+	out := make([]core.Target, 0, len(srvs))
+	for _, s := range srvs {
+		x := t
+		x.Host, x.Port = strings.TrimSuffix(s.Target, "."), int(s.Port)
+		out = append(out, x)
+	}
+	return out
 }

@@ -1,11 +1,15 @@
 package uac
 
 import (
+	"errors"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/kamgo/kamgo/modules/core"
 )
 
 func TestRegisterWireFormatAndGrantedExpiry(t *testing.T) {
@@ -318,3 +322,183 @@ func TestStartIsSpreadAndDelayed(t *testing.T) {
 	}
 }
 
+// auth_proxy's transport comes from its URI; a name without a port goes
+// through the resolver (SRV) once per proxy, outside the lock.
+func TestProxyResolution(t *testing.T) {
+	a, b := row("a"), row("b")
+	a.AuthProxy = "sip:trunk.example;transport=tcp"
+	b.AuthProxy = "sip:trunk.example:5080;transport=tcp"
+	h := newHarness(t, nil)
+	calls := 0
+	h.u.resolve = func(tg core.Target, explicit bool) []core.Target {
+		calls++
+		if explicit {
+			return []core.Target{tg}
+		}
+		x, y := tg, tg
+		x.Host, x.Port = "192.0.2.7", 5099
+		y.Host, y.Port = "192.0.2.8", 5098
+		return []core.Target{x, y}
+	}
+	insertRow(h.env.DB, "uacreg", &a)
+	insertRow(h.env.DB, "uacreg", &b)
+	if _, _, _, err := h.u.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	h.clock.Advance(time.Second)
+	got := map[string]string{}
+	for _, s := range h.take() {
+		got[s.req.From().Address.User] = s.dst.String()
+	}
+	if got["a_r"] != "tcp:192.0.2.7:5099" || got["b_r"] != "tcp:trunk.example:5080" || calls != 2 {
+		t.Errorf("targets %v, %d lookups", got, calls)
+	}
+	// A timeout moves a's next attempt to the next SRV target; a 403 does not.
+	h.take()
+	h.u.mu.Lock()
+	ra := h.u.recs["a"]
+	h.u.mu.Unlock()
+	for i, tc := range []struct {
+		code int
+		want string
+	}{{408, "tcp:192.0.2.8:5098"}, {403, "tcp:192.0.2.8:5098"}, {503, "tcp:192.0.2.7:5099"}} {
+		h.u.mu.Lock()
+		h.u.unschedule(ra)
+		h.u.startAttempt(ra, false)
+		h.u.mu.Unlock()
+		var s *sent
+		for _, x := range h.take() {
+			if x.req.From().Address.User == "a_r" {
+				s = x
+			}
+		}
+		h.reply(s, tc.code, "x")
+		h.u.mu.Lock()
+		got := ra.dst().String()
+		h.u.mu.Unlock()
+		if got != tc.want {
+			t.Errorf("step %d (%d): next target %s, want %s", i, tc.code, got, tc.want)
+		}
+	}
+}
+
+func TestKeepCallID(t *testing.T) {
+	for _, keep := range []int{0, 1} {
+		h := newHarness(t, []Row{row("acc")}, "reg_keep_callid="+strconv.Itoa(keep))
+		h.clock.Advance(0)
+		s1 := h.one()
+		h.reply(s1, 200, "OK", "Expires: 60")
+		h.clock.Advance(time.Minute)
+		s2 := h.one()
+		same := s2.req.CallID().Value() == s1.req.CallID().Value()
+		tag1, _ := s1.req.From().Params.Get("tag")
+		tag2, _ := s2.req.From().Params.Get("tag")
+		if same != (keep == 1) || (tag1 == tag2) != (keep == 1) {
+			t.Errorf("keep %d: same Call-ID %v, same tag %v", keep, same, tag1 == tag2)
+		}
+		if want := uint32(10); keep == 1 {
+			want = 11
+			if s2.req.CSeq().SeqNo != want {
+				t.Errorf("keep 1: CSeq %d, want %d", s2.req.CSeq().SeqNo, want)
+			}
+		} else if s2.req.CSeq().SeqNo != want {
+			t.Errorf("keep 0: CSeq %d, want %d", s2.req.CSeq().SeqNo, want)
+		}
+	}
+}
+
+func TestRegActive(t *testing.T) {
+	h := newHarness(t, []Row{row("acc")}, "reg_active=0")
+	h.clock.Advance(time.Hour)
+	h.none()
+	if got := h.info("acc"); got.State != StateIdle {
+		t.Errorf("inactive: %s", got.State)
+	}
+	if old := h.u.SetActive(true); old != 0 {
+		t.Errorf("omode %d", old)
+	}
+	h.clock.Advance(0)
+	h.one()
+}
+
+func TestUnregisterOnStop(t *testing.T) {
+	h := newHarness(t, []Row{row("acc"), row("idle")}, "reg_unregister_on_stop=1")
+	h.clock.Advance(0)
+	h.reply(h.one(), 200, "OK", "Expires: 60") // acc registered; idle's first REGISTER is 2 ms later
+	done := make(chan struct{})
+	go func() { h.mod.Stop(); close(done) }()
+	var s *sent
+	for s == nil {
+		if ss := h.take(); len(ss) > 0 {
+			s = ss[0]
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if hdr(s.req, "Expires") != "0" || !strings.Contains(hdr(s.req, "Contact"), "sip:acc@") {
+		t.Fatalf("stop sent %s", s.req)
+	}
+	h.reply(s, 200, "OK")
+	select {
+	case <-done:
+	case <-time.After(3 * time.Second):
+		t.Fatal("Stop did not return after the un-REGISTER's reply")
+	}
+	h.clock.Advance(time.Hour)
+	h.none()
+}
+
+func TestDefaultSocketMustBeLocal(t *testing.T) {
+	env := core.NewEnv(nil)
+	env.Sockets = []core.Socket{{Proto: "udp", IP: "127.0.0.1", Port: 5060}}
+	mod := New(env)
+	u := Of(env)
+	u.send = fakeSend
+	u.defaultSocket.Store("udp:127.0.0.1:5099")
+	if err := mod.Init(); err == nil || !strings.Contains(err.Error(), "not a local listen socket") {
+		t.Errorf("err %v", err)
+	}
+	u.defaultSocket.Store("udp:127.0.0.1:5060")
+	if err := mod.Init(); err != nil {
+		t.Error(err)
+	}
+}
+
+// The granted expiry is our Contact's, also among several (one header or
+// many), else the only Contact's (a registrar that rewrote it), else the
+// Expires header.
+func TestGrantedExpiry(t *testing.T) {
+	for _, tc := range []struct {
+		hdrs []string
+		want int
+	}{
+		{[]string{"Contact: <sip:other@192.0.2.1>;expires=10, <sip:acc@127.0.0.1:5060>;expires=77", "Expires: 5"}, 77},
+		{[]string{"Contact: <sip:other@192.0.2.1>;expires=10", "Contact: <sip:acc@127.0.0.1:5060>;expires=78"}, 78},
+		{[]string{"Contact: <sip:rewritten@127.0.0.1:5060>;expires=79", "Expires: 5"}, 79},
+		{[]string{"Contact: <sip:other@192.0.2.1>;expires=10, <sip:x@192.0.2.2>;expires=11", "Expires: 80"}, 80},
+		{nil, 120}, // nothing said: the requested expires
+	} {
+		h := newHarness(t, []Row{row("acc")})
+		h.clock.Advance(0)
+		h.reply(h.one(), 200, "OK", tc.hdrs...)
+		if got := h.info("acc").GrantedExpires; got != tc.want {
+			t.Errorf("%v: granted %d, want %d", tc.hdrs, got, tc.want)
+		}
+	}
+}
+
+// Un-REGISTERs that cannot be sent at all at shutdown end Stop at once.
+func TestUnregisterOnStopSendFails(t *testing.T) {
+	h := newHarness(t, []Row{row("a"), row("b")}, "reg_unregister_on_stop=1")
+	h.clock.Advance(time.Second)
+	for _, s := range h.take() {
+		h.reply(s, 200, "OK", "Expires: 60")
+	}
+	h.u.mu.Lock()
+	h.u.send = func(*sip.Request, core.Target, string, func(*sip.Response)) error { return errors.New("down") }
+	h.u.mu.Unlock()
+	start := time.Now()
+	h.mod.Stop()
+	if time.Since(start) > time.Second {
+		t.Error("Stop waited for un-REGISTERs that failed to send")
+	}
+}

@@ -355,6 +355,7 @@ func (u *UAC) Refresh(uuid string) error {
 	if len(rows) == 0 {
 		return errNotFound
 	}
+	u.resolveRows(rows, false)
 	u.mu.Lock()
 	defer u.unlock()
 	row := rows[0]
@@ -365,7 +366,7 @@ func (u *UAC) Refresh(uuid string) error {
 	}
 	r := u.newRecord(row, u.now())
 	if old != nil {
-		u.retire(old)
+		u.replaced(old, r)
 		for i, o := range u.order {
 			if o == old {
 				u.order[i] = r
@@ -375,6 +376,8 @@ func (u *UAC) Refresh(uuid string) error {
 		u.order = append(u.order, r)
 	}
 	u.recs[uuid] = r
+	u.adopt(r)
+	u.stTotal.Set(int64(len(u.recs)))
 	if u.started {
 		u.kick([]*record{r})
 	}
@@ -421,6 +424,7 @@ func (u *UAC) removeLocked(r *record) {
 		}
 	}
 	u.retire(r)
+	u.stTotal.Set(int64(len(u.recs)))
 }
 
 func dot(s string) string {
@@ -454,6 +458,7 @@ func (u *UAC) rpcAdd(ctx context.Context, args core.RPCArgs) (any, error) {
 	row := Row{LUUID: s[0], LUsername: s[1], LDomain: s[2], RUsername: s[3], RDomain: s[4], Realm: s[5],
 		AuthUsername: s[6], AuthPassword: s[7], AuthHA1: s[8], AuthProxy: s[9],
 		Expires: n[0], Flags: n[1], RegDelay: n[2], Socket: s[10], ContactAddr: s[11]}
+	u.resolveRows([]Row{row}, false)
 	u.mu.Lock()
 	defer u.unlock()
 	if row.LUUID == "" {
@@ -470,6 +475,8 @@ func (u *UAC) rpcAdd(ctx context.Context, args core.RPCArgs) (any, error) {
 		return nil, rpcErr(500, "Failed to add record - "+r.invalid)
 	}
 	u.recs[row.LUUID] = r
+	u.adopt(r)
+	u.stTotal.Set(int64(len(u.recs)))
 	u.order = append(u.order, r)
 	if u.started {
 		u.kick([]*record{r})

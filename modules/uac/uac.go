@@ -83,8 +83,16 @@ type UAC struct {
 
 	// send hands a REGISTER to tm (tests replace it).
 	send func(req *sip.Request, dst core.Target, socket string, onReply func(*sip.Response)) error
-	// resolve turns auth_proxy into the next hop (SRV for a name without port).
-	resolve func(t core.Target, explicitPort bool) core.Target
+	// Kamailio's counters, as gauges derived from the states.
+	stTotal, stActive, stDisabled *core.Counter
+
+	// dsts caches auth_proxy → next hop, filled by resolveRows before mu
+	// is taken (a DNS lookup never runs under the registration lock).
+	dstMu sync.Mutex
+	dsts  map[string][]core.Target
+	// resolve turns auth_proxy into its next hops (SRV for a name without
+	// port: every target, in the order to try them).
+	resolve func(t core.Target, explicitPort bool) []core.Target
 }
 
 var instances sync.Map // *core.Env -> *UAC
@@ -99,7 +107,13 @@ func Of(env *core.Env) *UAC {
 
 // New builds the uac module.
 func New(env *core.Env) *core.Module {
-	u := &UAC{env: env, recs: map[string]*record{}, resolve: srvTarget}
+	u := &UAC{env: env, recs: map[string]*record{}, resolve: srvTargets}
+	u.stTotal = env.Stats.Counter("uac", "regtotal")
+	u.stActive = env.Stats.Counter("uac", "regactive")
+	u.stDisabled = env.Stats.Counter("uac", "regdisabled")
+	for _, c := range []*core.Counter{u.stTotal, u.stActive, u.stDisabled} {
+		c.NoReset = true
+	}
 	instances.Store(env, u)
 	return core.ApplyDefaults(u.module())
 }
@@ -180,6 +194,8 @@ func bool01(name string) func(int64) error {
 
 func static(p core.Param) core.Param { p.Static = true; return p }
 
+func callback(p core.Param) core.Param { p.Callback = true; return p }
+
 func (u *UAC) module() *core.Module {
 	return &core.Module{
 		Name:  "uac",
@@ -217,7 +233,7 @@ func (u *UAC) module() *core.Module {
 				}
 				return nil
 			})),
-			intP("reg_use_domain", 0, "1: uac_reg_lookup also matches the domain", &u.regUseDomain, bool01("reg_use_domain")),
+			intP("reg_use_domain", 0, "1: uac_reg_lookup_uri also matches the domain", &u.regUseDomain, bool01("reg_use_domain")),
 			intP("reg_unregister_on_stop", 0, "kamgo: 1 sends Expires: 0 for every registered record when kamd stops", &u.regUnregStop, bool01("reg_unregister_on_stop")),
 			strP("default_socket", "", "proto:ip:port to send from when a row has no socket (and for uac_req_send)", &u.defaultSocket, func(s string) error {
 				if s == "" {
@@ -226,7 +242,7 @@ func (u *UAC) module() *core.Module {
 				_, err := core.ParseSocket(s)
 				return err
 			}),
-			strP("event_callback", "", "script function called for uac_req_send replies (event \"uac:reply\")", &u.eventCallback, nil),
+			callback(strP("event_callback", "", "script function called for uac_req_send replies (event \"uac:reply\"); a name the script does not define fails the load", &u.eventCallback, nil)),
 			strP("restore_mode", "auto", "none, manual or auto: how uac_replace_from/to are restored", &u.restoreMode, func(s string) error {
 				switch s {
 				case "none", "manual", "auto":
@@ -239,7 +255,7 @@ func (u *UAC) module() *core.Module {
 			strP("restore_to_avp", "", "AVP that keeps the original To URI", &u.restoreToAVP, nil),
 			strP("rr_from_store_param", "vsf", "Record-Route param holding the original From", &u.rrFromParam, nil),
 			strP("rr_to_store_param", "vst", "Record-Route param holding the original To", &u.rrToParam, nil),
-			strP("credential", "", "realm:user:password for uac_auth (may be set several times in Kamailio; kamd keeps the last)", &u.credential, nil),
+			strP("credential", "", "username:realm:password for uac_auth (Kamailio's format; may be set several times in Kamailio; kamd keeps the last)", &u.credential, nil),
 			strP("auth_username_avp", "", "AVP with the username for uac_auth", &u.authUserAVP, nil),
 			strP("auth_realm_avp", "", "AVP with the realm for uac_auth", &u.authRealmAVP, nil),
 			strP("auth_password_avp", "", "AVP with the password for uac_auth", &u.authPasswordAVP, nil),
@@ -266,6 +282,16 @@ func (u *UAC) init() error {
 			return t.SendRequest(&tm.LocalRequest{Req: req, Dst: dst, Socket: socket, OnReply: onReply})
 		}
 	}
+	if ds := u.defaultSocket.Load(); ds != "" && len(u.env.Sockets) > 0 {
+		want, _ := core.ParseSocket(ds)
+		local := false
+		for _, s := range u.env.Sockets {
+			local = local || s.Proto == want.Proto && s.IP == want.IP && s.Port == want.Port
+		}
+		if !local {
+			return fmt.Errorf("uac: default_socket %s is not a local listen socket", ds)
+		}
+	}
 	if u.env.DB == nil && u.regDBURL.Load() == "" {
 		// Route tests and kamd -c run without a database: no registrations.
 		u.env.Log.Debug("uac: no database, outbound registrations are off")
@@ -283,6 +309,7 @@ func (u *UAC) init() error {
 	if err != nil {
 		return err
 	}
+	u.resolveRows(rows, true)
 	u.mu.Lock()
 	defer u.unlock()
 	u.apply(rows)
@@ -305,26 +332,27 @@ const stopWait = 5 * time.Second
 // the registered records first (tm is still running: uac Needs it).
 func (u *UAC) stop() {
 	done := make(chan struct{})
-	pending := 0
 	u.mu.Lock()
 	u.started = false
 	unreg := u.regUnregStop.Load() == 1
+	// pending counts the un-REGISTERs in flight (guarded by mu); it starts
+	// at 1 for the loop itself, so a send that fails at once cannot close
+	// done early.
+	pending := 1
+	finish := func() {
+		if pending--; pending == 0 {
+			close(done)
+		}
+	}
 	for _, r := range u.order {
 		if unreg && r.flags&flagOnline != 0 {
 			pending++
-			u.unregister(r, func() {
-				pending--
-				if pending == 0 {
-					close(done)
-				}
-			})
+			u.unregister(r, finish)
 		} else {
 			u.unschedule(r)
 		}
 	}
-	if pending == 0 {
-		close(done)
-	}
+	finish()
 	u.unlock()
 	select {
 	case <-done:
@@ -365,8 +393,7 @@ func (u *UAC) newRecord(row Row, now time.Time) *record {
 		u.env.Log.Error("uac: invalid uacreg row - ignoring record", "id", row.ID, "l_uuid", row.LUUID, "reason", r.invalid)
 		return r
 	}
-	t, explicit := proxyTargetPort(r.AuthProxy)
-	r.dst = u.resolve(t, explicit)
+	r.dsts = u.targets(r.AuthProxy)
 	if r.RegDelay == 0 && u.regRandomDelay.Load() > 0 {
 		r.RegDelay = int(rand.Int64N(u.regRandomDelay.Load()))
 	}
@@ -375,6 +402,42 @@ func (u *UAC) newRecord(row Row, now time.Time) *record {
 		r.state = StateDisabled
 	}
 	return r
+}
+
+// resolveRows looks up the next hops of rows (once per auth_proxy, with
+// the lock not held); fresh drops what earlier loads cached, so a reload
+// sees DNS changes.
+func (u *UAC) resolveRows(rows []Row, fresh bool) {
+	u.dstMu.Lock()
+	if fresh || u.dsts == nil {
+		u.dsts = map[string][]core.Target{}
+	}
+	todo := map[string]bool{}
+	for _, r := range rows {
+		if _, ok := u.dsts[r.AuthProxy]; !ok && r.AuthProxy != "" {
+			todo[r.AuthProxy] = true
+		}
+	}
+	u.dstMu.Unlock()
+	for p := range todo {
+		t, explicit := proxyTargetPort(p)
+		ts := u.resolve(t, explicit)
+		u.dstMu.Lock()
+		u.dsts[p] = ts
+		u.dstMu.Unlock()
+	}
+}
+
+// targets are auth_proxy's next hops (from the cache resolveRows filled).
+func (u *UAC) targets(proxy string) []core.Target {
+	u.dstMu.Lock()
+	ts, ok := u.dsts[proxy]
+	u.dstMu.Unlock()
+	if ok && len(ts) > 0 {
+		return ts
+	}
+	t, _ := proxyTargetPort(proxy) // not resolved ahead: the transport does A/AAAA
+	return []core.Target{t}
 }
 
 // contactAddr is reg_contact_addr, else the first listen socket's address.
@@ -417,13 +480,14 @@ func (u *UAC) apply(rows []Row) (added, changed, removed int) {
 		r := u.newRecord(row, now)
 		if old != nil {
 			changed++
-			u.retire(old)
+			u.replaced(old, r)
 		} else {
 			added++
 		}
 		next[key] = r
 		order = append(order, r)
 		kick = append(kick, r)
+		u.adopt(r)
 	}
 	for key, old := range u.recs {
 		if next[key] == nil {
@@ -432,6 +496,7 @@ func (u *UAC) apply(rows []Row) (added, changed, removed int) {
 		}
 	}
 	u.recs, u.order = next, order
+	u.stTotal.Set(int64(len(u.recs)))
 	if u.started {
 		u.kick(kick)
 	}
@@ -452,11 +517,71 @@ func sameRow(a, b Row) bool {
 	return a == b
 }
 
+// replaced drops old, which the record r of a changed row replaces: its
+// binding is unregistered (a row disabled in the table unregisters)
+// unless r registers the very same one (an un-REGISTER
+// racing that REGISTER could remove the binding it just made).
+func (u *UAC) replaced(old, r *record) {
+	registers := r.invalid == "" && r.flags&flagDisabled == 0 && r.expires > 0
+	if !registers || !sameBinding(old.src, r.src) {
+		u.retire(old)
+		return
+	}
+	u.markRemoved(old)
+	u.unschedule(old)
+	old.gen++
+	if old.flags&flagOnline != 0 && old.timerExpires.After(u.now()) {
+		// The binding is the same and still valid: r stays registered
+		// while its first REGISTER refreshes it.
+		r.state, r.flags = StateRegistered, r.flags|flagOnline|flagInit
+		r.timerExpires, r.granted, r.lastSuccess = old.timerExpires, old.granted, old.lastSuccess
+		r.lastCode, r.lastReason = old.lastCode, old.lastReason
+	}
+}
+
+// sameBinding reports whether two rows register the same Contact for the
+// same AoR at the same place.
+func sameBinding(a, b Row) bool {
+	return a.LUUID == b.LUUID && a.RUsername == b.RUsername && a.RDomain == b.RDomain &&
+		a.AuthProxy == b.AuthProxy && a.ContactAddr == b.ContactAddr
+}
+
 // retire drops a record: its binding is unregistered, its timer stopped.
 func (u *UAC) retire(r *record) {
-	r.removed = true
+	u.markRemoved(r)
 	u.unregister(r, nil)
 	r.gen++
+}
+
+// gauge is the counter a state counts in (uac:regactive: registered,
+// uac:regdisabled: disabled), or nil.
+func (u *UAC) gauge(state string) *core.Counter {
+	switch state {
+	case StateRegistered:
+		return u.stActive
+	case StateDisabled:
+		return u.stDisabled
+	}
+	return nil
+}
+
+// adopt counts a record entering the table.
+func (u *UAC) adopt(r *record) {
+	if c := u.gauge(r.state); c != nil {
+		c.Add(1)
+	}
+}
+
+// markRemoved takes a record out of the counts; its later replies change
+// nothing that is counted.
+func (u *UAC) markRemoved(r *record) {
+	if r.removed {
+		return
+	}
+	r.removed = true
+	if c := u.gauge(r.state); c != nil {
+		c.Add(-1)
+	}
 }
 
 // kick schedules the first REGISTER of each record, spread by
@@ -488,6 +613,7 @@ func (u *UAC) Reload() (added, changed, removed int, err error) {
 	if err != nil {
 		return 0, 0, 0, err
 	}
+	u.resolveRows(rows, true)
 	u.mu.Lock()
 	defer u.unlock()
 	a, c, r := u.apply(rows)
