@@ -60,12 +60,7 @@ func isTokenBytes(b []byte) bool {
 	return true
 }
 
-var (
-	crlf   = []byte("\r\n")
-	cr     = []byte{'\r'}
-	lf     = []byte{'\n'}
-	hdrEnd = []byte("\r\n\r\n")
-)
+var cr = []byte{'\r'}
 
 // WireProblem checks the header section of one message as it arrived
 // (data holds the message's own bytes; a stream may have leading CRLFs).
@@ -84,56 +79,71 @@ func WireProblem(msg sip.Message, data []byte, datagram bool) (int, string) {
 	for len(data) >= 2 && data[0] == '\r' && data[1] == '\n' {
 		data = data[2:]
 	}
-	first := bytes.Index(data, crlf)
-	if first < 0 {
+	// One pass over the lines of the header section: each must end in
+	// CRLF, and a header line starts with a token and a colon.
+	first := bytes.IndexByte(data, '\n')
+	if first <= 0 || data[first-1] != '\r' {
 		return 400, "Bad Request - no CRLF after the start line"
 	}
-	end := bytes.Index(data[first:], hdrEnd)
+	lines, end := 1, -1
+	for pos := first + 1; pos < len(data); {
+		i := bytes.IndexByte(data[pos:], '\n')
+		if i < 0 {
+			break
+		}
+		nl := pos + i
+		if i == 0 || data[nl-1] != '\r' {
+			return 400, "Bad Request - bare LF in the header section"
+		}
+		line := data[pos : nl-1]
+		lines++
+		pos = nl + 1
+		if len(line) == 0 {
+			end = pos
+			break
+		}
+		if line[0] == ' ' || line[0] == '\t' {
+			if lines == 2 {
+				return 400, "Bad Request - folded first header line"
+			}
+			continue // a continuation line
+		}
+		k := 0
+		for k < len(line) && tokenChars[line[k]] {
+			k++
+		}
+		if k == 0 {
+			return 400, "Bad Request - invalid header name"
+		}
+		for k < len(line) && (line[k] == ' ' || line[k] == '\t') {
+			k++
+		}
+		if k == len(line) || line[k] != ':' {
+			return 400, "Bad Request - invalid header name"
+		}
+	}
 	if end < 0 {
 		if datagram {
 			return 400, "Bad Request - no empty line after the headers"
 		}
-		end = len(data) - first - 2 // a stream parser framed it: keep going
-		if end < 0 {
-			end = 0
-		}
+		end = len(data) // a stream parser framed it
 	}
-	head := data[:first+end+2] // start line and headers, each with its CRLF
+	head := data[:end]
+	// Every line ends in the only CR it may have: no bare CR.
+	if bytes.Count(head, cr) != lines {
+		return 400, "Bad Request - bare CR in the header section"
+	}
 	// A NUL is allowed only as a quoted-pair ("\\" NUL inside a quoted
 	// string, RFC 3261 25.1; RFC 4475's intmeth has one).
-	for rest, off := head, 0; ; {
-		i := bytes.IndexByte(rest, 0)
+	for off := 0; ; {
+		i := bytes.IndexByte(head[off:], 0)
 		if i < 0 {
 			break
 		}
 		if off+i == 0 || head[off+i-1] != '\\' {
 			return 400, "Bad Request - NUL in the header section"
 		}
-		rest, off = rest[i+1:], off+i+1
-	}
-	// Every LF preceded by a CR and as many CRs as LFs: no bare CR nor LF.
-	if n := bytes.Count(head, lf); n != bytes.Count(head, cr) || bytes.Count(head, crlf) != n {
-		return 400, "Bad Request - bare CR or LF in the header section"
-	}
-	if first+2 < len(head) && (head[first+2] == ' ' || head[first+2] == '\t') {
-		return 400, "Bad Request - folded first header line"
-	}
-	// Header names are tokens (a NUL or a space inside one is not).
-	for rest := head[first+2:]; len(rest) > 0; {
-		i := bytes.Index(rest, crlf)
-		line := rest[:i]
-		rest = rest[i+2:]
-		if len(line) == 0 || line[0] == ' ' || line[0] == '\t' {
-			continue // a continuation line
-		}
-		colon := bytes.IndexByte(line, ':')
-		if colon < 0 {
-			return 400, "Bad Request - header line without a colon"
-		}
-		name := bytes.TrimRight(line[:colon], " \t")
-		if !isTokenBytes(name) {
-			return 400, "Bad Request - invalid header name"
-		}
+		off += i + 1
 	}
 	if req, ok := msg.(*sip.Request); ok {
 		sp := bytes.IndexByte(data[:first], ' ')
