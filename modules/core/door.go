@@ -282,7 +282,8 @@ func ReplyProblem(res *sip.Response) string {
 // RefusalReply builds the answer to a request refused at the door from
 // those of its headers that are valid: Via (in order, up to the first
 // invalid one), From, To, Call-ID and CSeq. ok is false when it cannot be
-// built (no valid From, To, Call-ID or CSeq to echo). The caller decides
+// built: without a valid Call-ID and CSeq the client could not match it to
+// its request (a missing or invalid From or To is left out). The caller decides
 // where it goes: with no valid top Via (ViaOK), there is nowhere to send it
 // on UDP.
 func RefusalReply(req *sip.Request, code int, reason string) (res *sip.Response, ok bool) {
@@ -330,7 +331,7 @@ func RefusalReply(req *sip.Request, code int, reason string) (res *sip.Response,
 			}
 		}
 	}
-	if !from || !to || !callid || !cseq {
+	if !callid || !cseq {
 		return nil, false
 	}
 	res.AppendHeader(sip.NewHeader("Server", ServerHeader))

@@ -202,8 +202,14 @@ func TestRefusalReplyEchoesOnlyValid(t *testing.T) {
 	}
 	bad := doorMsg(okStart, okVia, "From: :0m0tag= [", "")
 	msg, _ = sip.NewParser().ParseSIP([]byte(bad))
+	res, ok = core.RefusalReply(msg.(*sip.Request), 400, "Bad Request")
+	if !ok || res.From() != nil || strings.Contains(res.String(), "0m0tag") || res.Via() == nil {
+		t.Fatalf("ok=%v, want the Via and no From:\n%v", ok, res)
+	}
+	bad = strings.Replace(doorMsg(okStart, okVia, okFrom, ""), "CSeq: 1 OPTIONS", "CSeq: 1 OPT IONS", 1)
+	msg, _ = sip.NewParser().ParseSIP([]byte(bad))
 	if res, ok := core.RefusalReply(msg.(*sip.Request), 400, "Bad Request"); ok {
-		t.Fatalf("answered without a valid From:\n%s", res)
+		t.Fatalf("answered without a valid CSeq:\n%s", res)
 	}
 }
 
