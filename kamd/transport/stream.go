@@ -180,7 +180,7 @@ func (t *Transport) streamFor(o *core.Outgoing) (*streamConn, error) {
 	d := net.Dialer{Timeout: 5 * time.Second}
 	var c net.Conn
 	if o.Dst.Proto == "tls" {
-		cfg := &tls.Config{ServerName: o.Dst.Host, MinVersion: tls.VersionTLS12}
+		cfg := &tls.Config{ServerName: core.BareHost(o.Dst.Host), MinVersion: tls.VersionTLS12}
 		if t.cfg.TLSConfig != nil && t.cfg.TLSConfig.RootCAs != nil {
 			cfg.RootCAs = t.cfg.TLSConfig.RootCAs
 		}

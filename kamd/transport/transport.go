@@ -299,7 +299,7 @@ func (t *Transport) overload(j job) {
 		return
 	}
 	if j.msg == nil {
-		if c, _ := core.WireProblem(req, j.data, j.proto == "udp"); c != 0 {
+		if c, _ := core.WireProblem(req, j.data, true); c != 0 {
 			return
 		}
 	}
@@ -347,8 +347,9 @@ func (t *Transport) process(parser *sip.Parser, j job) {
 			t.rejectRaw(j, 400, "Bad Request")
 			return
 		}
-		// Stream readers and the UDP backlog path check before queueing.
-		if code, why := core.WireProblem(msg, j.data, j.proto == "udp"); code != 0 {
+		// A whole message (UDP datagram, WebSocket frame); stream readers
+		// and the UDP backlog path check theirs before queueing.
+		if code, why := core.WireProblem(msg, j.data, true); code != 0 {
 			t.badMsgs.Inc()
 			t.log.Debug("malformed message refused", "src", j.remoteAddr(), "proto", j.proto, "why", why)
 			t.rejectRaw(j, code, why)
