@@ -522,11 +522,12 @@ func validScheme(s string) bool {
 }
 
 // uriText rejects what cannot be inside a URI in a header: whitespace,
-// controls, non-ASCII, and the characters that end a name-addr or quote.
+// controls, and the characters that end a name-addr or quote. (Raw UTF-8
+// should be escaped, but it breaks nothing: tolerated, as Kamailio does.)
 func uriText(s string) bool {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		if c <= ' ' || c >= 0x7f || c == '<' || c == '>' || c == '"' {
+		if c <= ' ' || c == 0x7f || c == '<' || c == '>' || c == '"' {
 			return false
 		}
 	}
@@ -562,14 +563,14 @@ func quotedBody(s string) bool {
 	return true
 }
 
-// validCallID accepts RFC 3261's word ["@" word] leniently: visible ASCII
-// characters, no whitespace or controls.
+// validCallID accepts RFC 3261's word ["@" word] leniently: no
+// whitespace or controls.
 func validCallID(s string) bool {
 	if s == "" {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
-		if s[i] <= ' ' || s[i] >= 0x7f {
+		if s[i] <= ' ' || s[i] == 0x7f {
 			return false
 		}
 	}
