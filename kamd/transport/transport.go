@@ -328,9 +328,15 @@ func (t *Transport) worker(q chan job) {
 }
 
 func (t *Transport) process(parser *sip.Parser, j job) {
+	defer func() {
+		// Nothing a message does may take the daemon down.
+		if r := recover(); r != nil {
+			t.log.Error("panic while handling message", "panic", r, "src", j.remoteAddr())
+		}
+	}()
 	if j.closeConn != nil {
+		defer t.unregister(j.closeConn)
 		t.rejectRaw(j, 400, "Bad Request")
-		t.unregister(j.closeConn)
 		return
 	}
 	if j.refuse != 0 {
@@ -357,12 +363,6 @@ func (t *Transport) process(parser *sip.Parser, j job) {
 		}
 	}
 	m := t.newMsg(j)
-	defer func() {
-		// Nothing a message does may take the daemon down.
-		if r := recover(); r != nil {
-			t.log.Error("panic while handling message", "panic", r, "src", j.remoteAddr())
-		}
-	}()
 	switch x := msg.(type) {
 	case *sip.Request:
 		m.Req = x
