@@ -72,6 +72,7 @@ func TestDoorRefusesMalformedRequests(t *testing.T) {
 			extra: "Contact: <sip:alice@" + local + ">;x=\nX-Injected: yes\r\n", code: 400},
 		{name: "bare LF ends a header", start: "OPTIONS " + ruri + " SIP/2.0", extra: "X-A: 1\nX-Injected: yes\r\n", code: 400},
 		{name: "NUL in a header value", start: "OPTIONS " + ruri + " SIP/2.0", extra: "X-A: a\x00b\r\n", code: 400},
+		{name: "NUL as a quoted-pair", start: "OPTIONS " + ruri + " SIP/2.0", extra: "X-A: \"a\\\x00b\"\r\n", code: 400},
 		{name: "NUL inside a header name", start: "OPTIONS " + ruri + " SIP/2.0", extra: "X-N\x00ul: 1\r\n", code: 400},
 		{name: "bare CR in a header", start: "OPTIONS " + ruri + " SIP/2.0", extra: "X-A: a\rX-Injected: yes\r\n", code: 400},
 		{name: "Via: //R m (no valid Via: nowhere to answer)", start: "OPTIONS " + ruri + " SIP/2.0", via: "Via: //R m", code: 0},

@@ -133,17 +133,11 @@ func WireProblem(msg sip.Message, data []byte, datagram bool) (int, string) {
 	if bytes.Count(head, cr) != lines {
 		return 400, "Bad Request - bare CR in the header section"
 	}
-	// A NUL is allowed only as a quoted-pair ("\\" NUL inside a quoted
-	// string, RFC 3261 25.1; RFC 4475's intmeth has one).
-	for off := 0; ; {
-		i := bytes.IndexByte(head[off:], 0)
-		if i < 0 {
-			break
-		}
-		if off+i == 0 || head[off+i-1] != '\\' {
-			return 400, "Bad Request - NUL in the header section"
-		}
-		off += i + 1
+	// No NUL at all, even as a quoted-pair ("\\" NUL, which RFC 3261 25.1
+	// allows and RFC 4475's intmeth uses; Kamailio drops intmeth): nothing
+	// kamd sends carries a NUL in a header.
+	if bytes.IndexByte(head, 0) >= 0 {
+		return 400, "Bad Request - NUL in the header section"
 	}
 	if req, ok := msg.(*sip.Request); ok {
 		sp := bytes.IndexByte(data[:first], ' ')
@@ -282,13 +276,15 @@ func ReplyProblem(res *sip.Response) string {
 // RefusalReply builds the answer to a request refused at the door from
 // those of its headers that are valid: Via (in order, up to the first
 // invalid one), From, To, Call-ID and CSeq. ok is false when it cannot be
-// built: without a valid Call-ID and CSeq the client could not match it to
-// its request (a missing or invalid From or To is left out). The caller decides
+// built: the client matches it to its request by the top Via's branch and
+// the CSeq (RFC 3261 17.1.3), or by Call-ID and CSeq, so it needs a valid
+// CSeq and a valid Via or Call-ID; anything else invalid or missing is left
+// out. The caller decides
 // where it goes: with no valid top Via (ViaOK), there is nowhere to send it
 // on UDP.
 func RefusalReply(req *sip.Request, code int, reason string) (res *sip.Response, ok bool) {
 	res = sip.NewResponse(code, reason)
-	var from, to, callid, cseq bool
+	var from, to, callid, cseq, via bool
 	viaDone := false
 	for _, h := range req.Headers() {
 		switch x := h.(type) {
@@ -301,6 +297,7 @@ func RefusalReply(req *sip.Request, code int, reason string) (res *sip.Response,
 				viaDone = true
 				continue
 			}
+			via = true
 			res.AppendHeader(sip.HeaderClone(x))
 		case *sip.FromHeader:
 			if !from && nameAddrProblem(x.DisplayName, &x.Address) == "" {
@@ -331,7 +328,7 @@ func RefusalReply(req *sip.Request, code int, reason string) (res *sip.Response,
 			}
 		}
 	}
-	if !callid || !cseq {
+	if !cseq || !callid && !via {
 		return nil, false
 	}
 	res.AppendHeader(sip.NewHeader("Server", ServerHeader))
@@ -551,7 +548,7 @@ func quotedBody(s string) bool {
 		switch c := s[i]; {
 		case c == '\\':
 			i++
-			if i == len(s) {
+			if i == len(s) || s[i] == 0 || s[i] == '\r' || s[i] == '\n' {
 				return false
 			}
 		case c == '"':
