@@ -146,11 +146,26 @@ func TestDoorIPv6(t *testing.T) {
 			t.Errorf("%s: reply target %+v", host, tg)
 		}
 	}
+	// $rd = an IPv6 address: the R-URI keeps it in brackets.
+	for _, ip := range []string{"::ffff:192.0.2.10", "fe80::1%lo", "2001:db8::1", "[2001:db8::2]"} {
+		m := request(t, invite)
+		if err := m.SetRURIHost(ip); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := m.Req.Recipient.String(), "sip:bob@"+core.HostRef(ip)+":5070;transport=tcp"; got != want || !strings.Contains(want, "[") {
+			t.Errorf("$rd = %s: R-URI %s, want %s", ip, got, want)
+		}
+	}
 	// Our own Via and Record-Route for an IPv6 socket.
 	for _, ip := range []string{"::1", "::ffff:192.0.2.10", "fe80::1%lo"} {
 		v := core.OurVia(core.Socket{Proto: "udp", IP: ip, Port: 5060}, "z9hG4bK1")
 		if got := v.Value(); got != "SIP/2.0/UDP ["+ip+"]:5060;branch=z9hG4bK1" {
 			t.Errorf("our Via on %s: %s", ip, got)
+		}
+		// rr builds its Record-Route URI from Socket.Host the same way.
+		rr := sip.Uri{Scheme: "sip", Host: core.Socket{Proto: "udp", IP: ip, Port: 5060}.Host(), Port: 5060}
+		if got := rr.String(); got != "sip:["+ip+"]:5060" {
+			t.Errorf("Record-Route URI on %s: %s", ip, got)
 		}
 		if got := (core.Target{Proto: "udp", Host: "[" + ip + "]", Port: 5060}).URI(); got != "sip:["+ip+"]:5060" {
 			t.Errorf("Target.URI of a bracketed host: %s", got)
