@@ -3,6 +3,7 @@ package transport
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"net"
 	"strconv"
 	"strings"
@@ -175,5 +176,43 @@ func TestSalvageRequest(t *testing.T) {
 		if _, err := sip.ParseMessage([]byte(out)); err != nil || strings.Contains(out, "X-Injected") || strings.Contains(out, "//") || strings.Contains(out, "0m0tag") {
 			t.Errorf("%s: the answer echoes what does not parse (%v):\n%s", tc.name, err, out)
 		}
+	}
+}
+
+// TestUDPBacklogDoor: when the workers are busy, the UDP reader parses and
+// queues; a datagram the door refuses is answered from its bytes there and
+// never reaches the handler.
+func TestUDPBacklogDoor(t *testing.T) {
+	tr, socks, h := start(t, core.Socket{Proto: "udp", IP: "127.0.0.1"})
+	tr.inflight.Add(1) // as if a worker were busy: no inline handling
+	defer tr.inflight.Add(-1)
+	c, err := net.Dial("udp", addr(socks[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	via := "UDP " + c.LocalAddr().String()
+	bad := strings.Replace(request("OPTIONS", via, 1), "Content-Length: 0\r\n", "X-A: 1\nX-Injected: yes\r\nContent-Length: 0\r\n", 1)
+	_, _ = c.Write([]byte(bad))
+	_, _ = c.Write([]byte(request("OPTIONS", via, 2)))
+	buf := make([]byte, 4096)
+	got := map[string]bool{}
+	for i := 0; i < 2; i++ {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatalf("reply %d: %v", i, err)
+		}
+		res, err := sip.ParseMessage(buf[:n])
+		if err != nil || strings.Contains(string(buf[:n]), "X-Injected") {
+			t.Fatalf("reply %q, %v", buf[:n], err)
+		}
+		got[fmt.Sprintf("%d %s", res.(*sip.Response).StatusCode, *res.CallID())] = true
+	}
+	if !got["400 t1"] || !got["200 t2"] {
+		t.Fatalf("replies %v", got)
+	}
+	if m := h.methods(); len(m) != 1 {
+		t.Fatalf("handled %v, want only the well-formed OPTIONS", m)
 	}
 }
