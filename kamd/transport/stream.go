@@ -218,7 +218,7 @@ func salvageRequest(data []byte) (*sip.Request, bool) {
 		return nil, false
 	}
 	method := string(first[:sp])
-	if !core.IsToken(method) || method == "ACK" {
+	if method == "ACK" {
 		return nil, false
 	}
 	req := sip.NewRequest(sip.RequestMethod(method), sip.Uri{})

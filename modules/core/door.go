@@ -20,8 +20,10 @@ import (
 // check is a byte loop over what is already in memory: no allocation on a
 // well-formed message.
 
-// tokenChars is RFC 3261's token (25.1): alphanum and -.!%*_+`'~
-var tokenChars = func() (t [256]bool) {
+// doorTokenChars is RFC 3261's token (25.1): alphanum and -.!%*_+`'~
+// (escape.go has the same table for what kamd writes; the door keeps its
+// own so the two files stay independent.)
+var doorTokenChars = func() (t [256]bool) {
 	for c := '0'; c <= '9'; c++ {
 		t[c] = true
 	}
@@ -35,25 +37,25 @@ var tokenChars = func() (t [256]bool) {
 	return
 }()
 
-// IsToken reports whether s is a non-empty RFC 3261 token.
-func IsToken(s string) bool {
+// isDoorToken reports whether s is a non-empty RFC 3261 token.
+func isDoorToken(s string) bool {
 	if s == "" {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
-		if !tokenChars[s[i]] {
+		if !doorTokenChars[s[i]] {
 			return false
 		}
 	}
 	return true
 }
 
-func isTokenBytes(b []byte) bool {
+func isDoorTokenBytes(b []byte) bool {
 	if len(b) == 0 {
 		return false
 	}
 	for _, c := range b {
-		if !tokenChars[c] {
+		if !doorTokenChars[c] {
 			return false
 		}
 	}
@@ -109,7 +111,7 @@ func WireProblem(msg sip.Message, data []byte, datagram bool) (int, string) {
 			continue // a continuation line
 		}
 		k := 0
-		for k < len(line) && tokenChars[line[k]] {
+		for k < len(line) && doorTokenChars[line[k]] {
 			k++
 		}
 		if k == 0 {
@@ -141,7 +143,7 @@ func WireProblem(msg sip.Message, data []byte, datagram bool) (int, string) {
 	}
 	if req, ok := msg.(*sip.Request); ok {
 		sp := bytes.IndexByte(data[:first], ' ')
-		if sp <= 0 || !isTokenBytes(data[:sp]) {
+		if sp <= 0 || !isDoorTokenBytes(data[:sp]) {
 			return 400, "Bad Request - invalid method"
 		}
 		if string(data[:sp]) != string(req.Method) { // no allocation: compared in place
@@ -205,7 +207,7 @@ func RequestRefusal(r *sip.Request) (int, string) {
 			}
 		case *sip.CSeqHeader:
 			cseq++
-			if !IsToken(cseqMethod(x)) {
+			if !isDoorToken(cseqMethod(x)) {
 				return 400, "Bad Request - invalid CSeq method"
 			}
 		case *sip.ContentLengthHeader:
@@ -267,7 +269,7 @@ func ReplyProblem(res *sip.Response) string {
 	if vias == 0 || res.CSeq() == nil || res.CallID() == nil || res.From() == nil || res.To() == nil {
 		return "missing Via, From, To, Call-ID or CSeq"
 	}
-	if !IsToken(cseqMethod(res.CSeq())) {
+	if !isDoorToken(cseqMethod(res.CSeq())) {
 		return "invalid CSeq method"
 	}
 	return ""
@@ -322,7 +324,7 @@ func RefusalReply(req *sip.Request, code int, reason string) (res *sip.Response,
 				res.AppendHeader(sip.HeaderClone(x))
 			}
 		case *sip.CSeqHeader:
-			if !cseq && IsToken(cseqMethod(x)) {
+			if !cseq && isDoorToken(cseqMethod(x)) {
 				cseq = true
 				res.AppendHeader(sip.HeaderClone(x))
 			}
@@ -389,7 +391,7 @@ func viaProblem(v *sip.ViaHeader) string {
 		return "protocol is not SIP"
 	case !validVersionNumber(v.ProtocolVersion):
 		return "bad version"
-	case !IsToken(v.Transport):
+	case !isDoorToken(v.Transport):
 		return "bad transport"
 	case !validHost(v.Host):
 		return "bad sent-by host"
