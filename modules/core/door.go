@@ -398,7 +398,55 @@ func viaProblem(v *sip.ViaHeader) string {
 	case v.Port < 0 || v.Port > 65535:
 		return "bad sent-by port"
 	}
+	// Parameters: a token name and a token or host value (sipgo splits a
+	// quoted value wrongly, so one cannot be forwarded as received);
+	// received an IP address, with or without brackets (RFC 5118 4.5);
+	// rport empty or a port.
+	for _, p := range v.Params {
+		switch {
+		case !isDoorToken(p.K):
+			return "bad parameter name"
+		case strings.EqualFold(p.K, "received"):
+			if !validIP(p.V) {
+				return "received is not an IP address"
+			}
+		case strings.EqualFold(p.K, "rport"):
+			if p.V != "" && (!allDigits(p.V) || len(p.V) > 5) {
+				return "bad rport"
+			}
+		case !paramValue(p.V):
+			return "bad parameter value"
+		}
+	}
 	return ""
+}
+
+// validIP is an IPv4 or IPv6 address, bare or in brackets.
+func validIP(s string) bool {
+	s = BareHost(s)
+	if strings.IndexByte(s, ':') >= 0 {
+		return validIPv6ish(s)
+	}
+	dots := 0
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '.':
+			dots++
+		case c < '0' || c > '9':
+			return false
+		}
+	}
+	return dots == 3 && s[0] != '.' && s[len(s)-1] != '.'
+}
+
+// paramValue is an empty, token or host parameter value.
+func paramValue(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !doorTokenChars[c] && c != ':' && c != '[' && c != ']' {
+			return false
+		}
+	}
+	return true
 }
 
 // validVersion is "SIP/" 1*DIGIT "." 1*DIGIT (RFC 3261 25.1), any case.
