@@ -348,7 +348,7 @@ func ViaOK(v *sip.ViaHeader) bool {
 	return viaProblem(v) == ""
 }
 
-// NormalizeVia repairs two of sipgo's misreadings of a valid Via, so it is
+// NormalizeVia repairs sipgo's misreadings of a valid Via, so it is
 // checked and forwarded as it was received:
 //   - an IPv6 sent-by loses its brackets in parsing, and sipgo writes a
 //     v4-mapped or zoned address back without them ("::ffff:192.0.2.10:5060");
@@ -365,6 +365,13 @@ func NormalizeVia(v *sip.ViaHeader) {
 	}
 	if strings.IndexByte(v.Host, ':') >= 0 && v.Host[0] != '[' {
 		v.Host = "[" + v.Host + "]"
+	}
+	// sipgo keeps the LWS around a parameter's "=" (RFC 3261 EQUAL allows
+	// it; RFC 4475 wsinv has "branch  =   z9hG4bK9ikj8  ") in its name and
+	// value.
+	for i := range v.Params {
+		p := &v.Params[i]
+		p.K, p.V = strings.Trim(p.K, " \t"), strings.Trim(p.V, " \t")
 	}
 }
 
