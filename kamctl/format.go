@@ -122,7 +122,7 @@ func decodeValue(dec *json.Decoder) (*value, error) {
 	case bool:
 		return &value{kind: 'b', text: strconv.FormatBool(t)}, nil
 	case nil:
-		return &value{kind: 'z', text: "<null>"}, nil
+		return &value{kind: 'z', text: "<null string>"}, nil
 	}
 	return nil, fmt.Errorf("unexpected JSON token %v", tok)
 }

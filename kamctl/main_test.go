@@ -158,7 +158,7 @@ func TestCommands(t *testing.T) {
 		contains   []string
 		stderrPart string
 	}{
-		{name: "reg_dump readable", args: []string{"uac.reg_dump"}, stdout: "{\n\tl_uuid: 1001\n\tl_username: alice\n\texpires: 3600\n\tflags: 0\n\tauth_password: <null>\n}\n" +
+		{name: "reg_dump readable", args: []string{"uac.reg_dump"}, stdout: "{\n\tl_uuid: 1001\n\tl_username: alice\n\texpires: 3600\n\tflags: 0\n\tauth_password: <null string>\n}\n" +
 			"{\n\tl_uuid: 1002\n\tl_username: bob\n\texpires: 60\n\tflags: 4\n\tauth_password: ***\n}\n"},
 		{name: "stats readable", args: []string{"stats.get_statistics", "all"}, stdout: "uac:regactive = 0\nuac:regtotal = 6\n"},
 		{name: "nested readable", args: []string{"test.nested"}, stdout: "{\n\tDomains: [\n\t\t{\n\t\t\tDomain: location\n\t\t\tStats: {\n\t\t\t\tRecords: 2\n\t\t\t}\n\t\t\tAoRs: [\n\t\t\t\tsip:a@x\n\t\t\t\tsip:b@x\n\t\t\t]\n\t\t\tEmpty: []\n\t\t}\n\t]\n\tup: true\n}\n"},

@@ -440,6 +440,13 @@ func (e *Engine) Compile(path string, src []byte) (*Program, error) {
 			return nil, fmt.Errorf("%s: callback %q is named here but the script defines no function %s", refs.callbacks[name], name, name)
 		}
 	}
+	for _, mp := range cfg.ModParams {
+		// A modparam naming a callback (uac's event_callback) is checked like t_on_failure's literal.
+		if prm := e.params[mp.Module][mp.Name]; prm != nil && prm.Callback && mp.Value.Str != "" && p.callbacks[mp.Value.Str] == nil {
+			return nil, fmt.Errorf("%s: modparam(%q, %q) names callback %q but the script defines no function %s (of none or one parameter)",
+				mp.Pos, mp.Module, mp.Name, mp.Value.Str, mp.Value.Str)
+		}
+	}
 	if init := p.callbacks[ModInit]; init != nil {
 		th := &sk.Thread{Name: "mod_init", Print: e.printer()}
 		th.SetMaxExecutionSteps(p.MaxSteps)

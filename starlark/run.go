@@ -62,6 +62,9 @@ func (e *Engine) Run(prog any, name string, rt core.RouteType, m *core.Msg) (err
 	var args sk.Tuple
 	if fn.NumParams() == 1 {
 		args = sk.Tuple{&msgValue{m: m}}
+		if m.Event != "" {
+			args = sk.Tuple{sk.String(m.Event)} // KEMI: ksr_uac_event(evname)
+		}
 	}
 	start := th.ExecutionSteps() // route tests count steps: see steps.go
 	_, err = sk.Call(th, fn, args, nil)

@@ -108,6 +108,8 @@ func AdaptRPC(rm core.RPCMethod) rpc.Method {
 	h := rm.Handler
 	return rpc.Method{Name: rm.Name, Doc: rm.Doc, Params: ps, Result: rm.Result, ReadOnly: rm.ReadOnly,
 		Handler: func(ctx context.Context, p rpc.Params) (any, error) {
+			// Modules cannot import rpc: the caller's role reaches them through core.
+			ctx = core.WithRPCAdmin(ctx, rpc.RoleFromContext(ctx) == rpc.RoleAdmin)
 			res, err := h(ctx, p)
 			if e, ok := err.(*core.RPCError); ok {
 				return nil, rpc.NewError(e.Code, e.Message)

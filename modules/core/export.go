@@ -124,6 +124,9 @@ type Param struct {
 	// error with file:line); Set applies it when the version is installed.
 	Check func(v Val) error
 	Set   func(v Val) error
+	// Callback marks a string param naming a script callback (uac's
+	// event_callback): a load fails unless the script defines the function.
+	Callback bool
 
 	// Lifecycle fields (issue 8, kamd wiring). Static marks a param that
 	// cannot change in a running kamd (it sizes or opens something at

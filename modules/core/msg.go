@@ -49,6 +49,10 @@ type Msg struct {
 	ReplyHeaders []sip.Header
 	// Where reports the script position of the current KSR call, for logs.
 	Where func() string
+	// Event names the event a callback runs for ("uac:reply"): a callback
+	// of one parameter then gets the event name, as Kamailio's KEMI event
+	// callbacks do, instead of the msg.
+	Event string
 }
 
 // Message returns the SIP message, request or reply.

@@ -452,11 +452,22 @@ func (tx *Tx) addBranch(m *core.Msg, req *sip.Request, dst core.Target) error {
 }
 
 func (tx *Tx) send(b *branch) error {
-	return tx.tm.env.Sender.Send(&core.Outgoing{Kind: core.OutBranch, Msg: b.req, Dst: b.dst, Branch: b.idx})
+	kind := core.OutBranch
+	if tx.local != nil {
+		kind = core.OutLocalRequest
+	}
+	return tx.tm.env.Sender.Send(&core.Outgoing{Kind: kind, Msg: b.req, Dst: b.dst, Branch: b.idx})
 }
 
 // armBranch starts retransmission (UDP) and final-response timers. Called with tx.mu held.
 func (tx *Tx) armBranch(b *branch) {
+	tx.armRetransmit(b)
+	b.fr = tx.after(tx.frTimeout, func() { tx.branchTimeout(b) })
+}
+
+// armRetransmit is timer A / E on UDP: T1 doubling, for non-INVITE capped
+// at T2 (and T2 once a provisional came). Called with tx.mu held.
+func (tx *Tx) armRetransmit(b *branch) {
 	if b.dst.Proto == "udp" {
 		interval := T1
 		var retr func()
@@ -478,7 +489,6 @@ func (tx *Tx) armBranch(b *branch) {
 		}
 		b.retr = tx.after(interval, retr)
 	}
-	b.fr = tx.after(tx.frTimeout, func() { tx.branchTimeout(b) })
 }
 
 // branchTimeout is fr_timer / fr_inv_timer firing: the branch fails with 408.
@@ -683,6 +693,10 @@ func (t *TM) onReply(m *core.Msg) bool {
 	t.st.rplReceived.Inc()
 	if res.CSeq().MethodName == sip.CANCEL {
 		return true // the reply to our own CANCEL ends here
+	}
+	if tx.local != nil {
+		tx.onLocalReply(b, res)
+		return true
 	}
 	code := res.StatusCode
 	tx.mu.Lock()

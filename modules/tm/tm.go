@@ -28,6 +28,7 @@ type TM struct {
 	clients map[string]*Tx // our branch id → tx
 	dlgs    map[string]*Tx // Call-ID|From tag|CSeq → INVITE tx (e2e ACK matching)
 	seq     atomic.Uint64
+	stopped atomic.Bool // no new local requests once tm stops
 
 	frTimer    atomic.Int64 // ms
 	frInvTimer atomic.Int64 // ms
@@ -49,6 +50,7 @@ type settings struct {
 // New builds the tm module.
 func New(env *core.Env) *core.Module {
 	t := &TM{env: env, txs: map[string]*Tx{}, clients: map[string]*Tx{}, dlgs: map[string]*Tx{}}
+	instances.Store(env, t)
 	s := env.Stats
 	t.st.created = s.Counter("tm", "created")
 	t.st.freed = s.Counter("tm", "freed")
@@ -204,6 +206,7 @@ func (t *TM) stats() map[string]int64 {
 }
 
 func (t *TM) stop() {
+	t.stopped.Store(true)
 	t.mu.Lock()
 	txs := make([]*Tx, 0, len(t.txs))
 	for _, tx := range t.txs {

@@ -110,9 +110,13 @@ type recorder struct {
 	t    *testing.T
 	mu   sync.Mutex
 	sent []sent
+	fail error // when set, every Send fails with it (nothing recorded)
 }
 
 func (r *recorder) Send(o *core.Outgoing) error {
+	if r.fail != nil {
+		return r.fail
+	}
 	var sb strings.Builder
 	o.Msg.StringWrite(&sb)
 	msg, err := sip.NewParser().ParseSIP([]byte(sb.String()))

@@ -56,6 +56,7 @@ type Tx struct {
 	flags     uint64
 	timers    []core.Timer
 	deleted   bool
+	local     *LocalRequest // set for a request kamd originated (no server side)
 }
 
 type branch struct {

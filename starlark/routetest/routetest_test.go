@@ -10,6 +10,7 @@ import (
 	"github.com/kamgo/kamgo/kamd/node"
 	_ "github.com/kamgo/kamgo/modules/all"
 	"github.com/kamgo/kamgo/modules/core"
+	"github.com/kamgo/kamgo/modules/tm"
 	"github.com/kamgo/kamgo/starlark/routetest"
 )
 
@@ -287,5 +288,48 @@ func TestNormalizeSIP(t *testing.T) {
 	crlf := "OPTIONS sip:a SIP/2.0\r\nContent-Length: 99\r\n"
 	if got := routetest.NormalizeSIP(crlf); got != crlf+"\r\n" {
 		t.Errorf("CRLF text changed: %q", got)
+	}
+}
+
+// TestLocalRequestAnswered: a request kamd originates (tm.SendRequest, as
+// uac does) is recorded as a local_request, and a reply routed back to
+// the harness reaches its OnReply instead of going anywhere.
+func TestLocalRequestAnswered(t *testing.T) {
+	h, err := routetest.NewHarness(node.RouteTest, "rt.star", []byte(rtScript), routetest.HarnessOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	tmi, err := tm.Of(h.Env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := routetest.ParseMessage("MESSAGE sip:bob@192.0.2.30:5070 SIP/2.0\nFrom: <sip:kamd@127.0.0.1>;tag=1\n" +
+		"To: <sip:bob@192.0.2.30>\nCall-ID: local1\nCSeq: 10 MESSAGE\nContent-Type: text/plain\n\nhello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []int
+	if err := tmi.SendRequest(&tm.LocalRequest{Req: msg.(*sip.Request), OnReply: func(res *sip.Response) { got = append(got, res.StatusCode) }}); err != nil {
+		t.Fatal(err)
+	}
+	all := h.AllSent()
+	if len(all) != 1 || all[0].Kind != core.OutLocalRequest || all[0].Dst.URI() != "sip:192.0.2.30:5070" {
+		t.Fatalf("recorded %+v", all)
+	}
+	// Retransmitted at T1 on UDP, seen by route.advance.
+	if r := h.Advance(500 * time.Millisecond); len(r.Of(core.OutLocalRequest)) != 1 {
+		t.Errorf("no retransmission at T1: %+v", r.Sent)
+	}
+	res := core.BuildReply(all[0].Msg.(*sip.Request), 200, "OK", nil)
+	r, err := h.Reply(res, "192.0.2.30:5070", "udp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Sent) != 0 || len(got) != 1 || got[0] != 200 {
+		t.Errorf("reply: sent %+v, OnReply got %v", r.Sent, got)
+	}
+	if r := h.Advance(40 * time.Second); len(r.Sent) != 0 || len(got) != 1 {
+		t.Errorf("after the final: sent %+v, OnReply got %v", r.Sent, got)
 	}
 }
