@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"sync"
@@ -94,35 +95,52 @@ func (t *Transport) readLoop(sc *streamConn) {
 	defer parser.Close()
 	r := bufio.NewReaderSize(sc.c, 65536)
 	buf := make([]byte, 65536)
+	// pending holds the bytes of the messages the parser has not finished,
+	// from the first byte of the oldest one: each message is checked on
+	// its own bytes (core.WireProblem), and a broken one is answered from
+	// its own bytes only, never from those of the messages before it.
+	var pending []byte
 	for {
 		_ = sc.c.SetReadDeadline(time.Now().Add(t.cfg.IdleTimeout))
 		n, err := r.Read(buf)
 		if n > 0 {
 			data := buf[:n]
 			// RFC 5626 keepalive: CRLFCRLF ping gets a CRLF pong.
-			if bytes.Equal(data, []byte("\r\n\r\n")) {
+			if len(pending) == 0 && bytes.Equal(data, []byte("\r\n\r\n")) {
 				_ = sc.write([]byte("\r\n"))
 				continue
 			}
-			perr := parser.ParseSIPStream(data, func(msg sip.Message) {
-				t.enqueue(job{msg: msg, sock: sc.sock, proto: sc.proto, remote: sc.remote, connID: sc.id, at: time.Now()})
-			})
-			if perr != nil && !errors.Is(perr, sip.ErrParseSipPartial) {
-				// A broken stream cannot be resynchronised: answer 400 if the
-				// message is readable enough and close it, after the messages
-				// queued before it are answered.
-				t.badMsgs.Inc()
-				t.log.Debug("closing stream after parse error", "remote", sc.remote, "err", perr)
-				// The parser may have drained the broken message's first lines:
-				// answer from whichever holds a readable request, its buffer or
-				// the bytes just read.
-				bad := append([]byte(nil), parser.Buffer().Bytes()...)
-				if _, _, ok := badRequestReply(bad, perr); !ok {
-					bad = append(bad[:0], data...)
+			_, _ = parser.Write(data)
+			pending = append(pending, data...)
+			for parser.Buffer().Len() > 0 {
+				msg, used, perr := parser.ParseNext()
+				if errors.Is(perr, io.ErrUnexpectedEOF) {
+					break // the rest of the message is still to come
 				}
-				handedOff = true
-				t.enqueue(job{closeConn: sc, data: bad, sock: sc.sock, proto: sc.proto, remote: sc.remote, connID: sc.id, at: time.Now()})
-				return
+				if perr != nil {
+					// A broken stream cannot be resynchronised: answer 400 if
+					// the message is readable enough and close it, after the
+					// messages queued before it are answered.
+					t.badMsgs.Inc()
+					t.log.Debug("closing stream after parse error", "remote", sc.remote, "err", perr)
+					handedOff = true
+					t.enqueue(job{closeConn: sc, data: append([]byte(nil), pending...), sock: sc.sock, proto: sc.proto, remote: sc.remote, connID: sc.id, at: time.Now()})
+					return
+				}
+				used = min(used, len(pending))
+				raw := pending[:used]
+				j := job{msg: msg, sock: sc.sock, proto: sc.proto, remote: sc.remote, connID: sc.id, at: time.Now()}
+				if code, why := core.WireProblem(msg, raw, false); code != 0 {
+					// Framing is intact: refuse this one, keep the connection.
+					t.badMsgs.Inc()
+					t.log.Debug("malformed message refused", "remote", sc.remote, "why", why)
+					j = job{refuse: code, why: why, data: append([]byte(nil), raw...), sock: sc.sock, proto: sc.proto, remote: sc.remote, connID: sc.id, at: j.at}
+				}
+				t.enqueue(j)
+				pending = append(pending[:0], pending[used:]...)
+			}
+			if cap(pending) > 256<<10 && len(pending) == 0 {
+				pending = nil // do not keep a huge buffer for an idle peer
 			}
 		}
 		if err != nil {
@@ -162,7 +180,7 @@ func (t *Transport) streamFor(o *core.Outgoing) (*streamConn, error) {
 	d := net.Dialer{Timeout: 5 * time.Second}
 	var c net.Conn
 	if o.Dst.Proto == "tls" {
-		cfg := &tls.Config{ServerName: o.Dst.Host, MinVersion: tls.VersionTLS12}
+		cfg := &tls.Config{ServerName: core.BareHost(o.Dst.Host), MinVersion: tls.VersionTLS12}
 		if t.cfg.TLSConfig != nil && t.cfg.TLSConfig.RootCAs != nil {
 			cfg.RootCAs = t.cfg.TLSConfig.RootCAs
 		}
@@ -181,60 +199,55 @@ func (t *Transport) streamFor(o *core.Outgoing) (*streamConn, error) {
 	return sc, nil
 }
 
-// badRequestReply builds a 400 for a message whose start line says it is a
-// request and whose headers are readable line by line.
-func badRequestReply(data []byte, perr error) (*sip.Response, core.Target, bool) {
+// salvageRequest reads what it can of a request that did not parse or
+// failed the wire check, from its own bytes: the start line must be a
+// request's (not an ACK: never answered), and every header line that
+// contains no bare CR, LF or NUL and parses on its own (folded lines
+// joined) is kept. core.RefusalReply then echoes only the valid ones.
+func salvageRequest(data []byte) (*sip.Request, bool) {
+	for len(data) >= 2 && data[0] == '\r' && data[1] == '\n' {
+		data = data[2:]
+	}
 	end := bytes.Index(data, []byte("\r\n"))
 	if end < 0 {
-		return nil, core.Target{}, false
+		return nil, false
 	}
-	first := string(data[:end])
-	if len(first) < 8 || first[len(first)-7:] != "SIP/2.0" || bytes.HasPrefix(data, []byte("ACK ")) {
-		return nil, core.Target{}, false
+	first := data[:end]
+	sp := bytes.IndexByte(first, ' ')
+	if sp <= 0 || len(first) < 8 || !bytes.HasSuffix(first, []byte(" SIP/2.0")) || bytes.ContainsAny(first, "\n\x00") {
+		return nil, false
 	}
-	res := sip.NewResponse(400, "Bad Request")
-	var dst core.Target
-	have := map[string]bool{}
-	lines := bytes.Split(data[end+2:], []byte("\r\n"))
+	method := string(first[:sp])
+	if method == "ACK" {
+		return nil, false
+	}
+	req := sip.NewRequest(sip.RequestMethod(method), sip.Uri{})
+	head := data[end+2:]
+	if i := bytes.Index(head, []byte("\r\n\r\n")); i >= 0 {
+		head = head[:i+2]
+	}
 	hp := sip.HeadersParser(sip.DefaultHeadersParser())
-	for _, ln := range lines {
-		if len(ln) == 0 {
-			break
+	var line []byte
+	flush := func() {
+		if len(line) == 0 || bytes.ContainsAny(line, "\r\n\x00") {
+			return
 		}
-		var hs []sip.Header
-		hs, err := hp.ParseHeader(nil, ln)
-		if err != nil || len(hs) == 0 {
-			// An unparsable CSeq (e.g. a number over 2^32) is echoed as it
-			// came, so the 400 still matches the client's transaction.
-			name, value, ok := bytes.Cut(ln, []byte(":"))
-			if !ok || core.CanonicalHeader(string(name)) != "cseq" {
-				continue
-			}
-			hs = []sip.Header{sip.NewHeader("CSeq", string(bytes.TrimSpace(value)))}
+		hs, err := hp.ParseHeader(nil, line)
+		if err != nil {
+			return
 		}
 		for _, h := range hs {
-			c := core.CanonicalHeader(h.Name())
-			switch c {
-			case "via", "from", "to", "call-id", "cseq":
-				if c != "via" && have[c] {
-					continue
-				}
-				have[c] = true
-				res.AppendHeader(h)
-				if v, ok := h.(*sip.ViaHeader); ok && dst.Host == "" {
-					dst = core.ViaTarget(v)
-				}
-			}
+			req.AppendHeader(h)
 		}
 	}
-	if !have["via"] || !have["call-id"] || !have["cseq"] || !have["from"] || !have["to"] {
-		return nil, core.Target{}, false
+	for _, ln := range bytes.Split(head, []byte("\r\n")) {
+		if len(ln) > 0 && (ln[0] == ' ' || ln[0] == '\t') && line != nil {
+			line = append(append(line, ' '), bytes.TrimLeft(ln, " \t")...)
+			continue
+		}
+		flush()
+		line = append([]byte(nil), ln...)
 	}
-	if sh := core.ServerHeader(); sh != "" {
-		res.AppendHeader(sip.NewHeader("Server", sh))
-	}
-	cl := sip.ContentLengthHeader(0)
-	res.AppendHeader(&cl)
-	_ = perr
-	return res, dst, true
+	flush()
+	return req, true
 }

@@ -52,6 +52,11 @@ type job struct {
 	// connection once the messages queued before it are handled (their
 	// replies must go out first); data then holds the broken bytes.
 	closeConn *streamConn
+	// refuse, set by a stream reader whose message failed the wire check
+	// (core.WireProblem), is the code to answer with from data, the
+	// message's own bytes; why is its reason.
+	refuse int
+	why    string
 }
 
 // source returns the sender as ip, port.
@@ -283,6 +288,9 @@ func (t *Transport) overload(j job) {
 		t.unregister(j.closeConn)
 		return
 	}
+	if j.refuse != 0 {
+		return
+	}
 	msg := j.msg
 	if msg == nil {
 		var err error
@@ -293,6 +301,14 @@ func (t *Transport) overload(j job) {
 	req, ok := msg.(*sip.Request)
 	if !ok || req.IsAck() || req.Via() == nil {
 		return
+	}
+	if j.msg == nil {
+		if c, _ := core.WireProblem(req, j.data, true); c != 0 {
+			return
+		}
+	}
+	if c, _ := core.RequestRefusal(req); c != 0 {
+		return // its answer would echo what the door refuses
 	}
 	m := t.newMsg(j)
 	m.Req = req
@@ -316,9 +332,19 @@ func (t *Transport) worker(q chan job) {
 }
 
 func (t *Transport) process(parser *sip.Parser, j job) {
+	defer func() {
+		// Nothing a message does may take the daemon down.
+		if r := recover(); r != nil {
+			t.log.Error("panic while handling message", "panic", r, "src", j.remoteAddr())
+		}
+	}()
 	if j.closeConn != nil {
-		t.rejectUnparsable(j, nil)
-		t.unregister(j.closeConn)
+		defer t.unregister(j.closeConn)
+		t.rejectRaw(j, 400, "Bad Request")
+		return
+	}
+	if j.refuse != 0 {
+		t.rejectRaw(j, j.refuse, j.why)
 		return
 	}
 	msg := j.msg
@@ -328,26 +354,26 @@ func (t *Transport) process(parser *sip.Parser, j job) {
 		if err != nil {
 			t.badMsgs.Inc()
 			t.log.Debug("unparsable message dropped", "src", j.remoteAddr(), "proto", j.proto, "err", err)
-			t.rejectUnparsable(j, err)
+			t.rejectRaw(j, 400, "Bad Request")
+			return
+		}
+		// A whole message (UDP datagram, WebSocket frame); stream readers
+		// and the UDP backlog path check theirs before queueing.
+		if code, why := core.WireProblem(msg, j.data, true); code != 0 {
+			t.badMsgs.Inc()
+			t.log.Debug("malformed message refused", "src", j.remoteAddr(), "proto", j.proto, "why", why)
+			t.rejectRaw(j, code, why)
 			return
 		}
 	}
 	m := t.newMsg(j)
-	defer func() {
-		// Nothing a message does may take the daemon down.
-		if r := recover(); r != nil {
-			t.log.Error("panic while handling message", "panic", r, "src", j.remoteAddr())
-		}
-	}()
 	switch x := msg.(type) {
 	case *sip.Request:
 		m.Req = x
-		if reason := core.RequestProblem(x); reason != "" {
+		if code, why := core.RequestRefusal(x); code != 0 {
 			t.badMsgs.Inc()
-			if x.Via() != nil && !x.IsAck() {
-				m.FixVia()
-				_ = t.Send(m.ReplyOutgoing(core.BuildReply(x, 400, reason, nil), core.OutReply))
-			}
+			t.log.Debug("request refused before routing", "src", j.remoteAddr(), "proto", j.proto, "code", code, "why", why)
+			t.refuse(m, code, why, false)
 			return
 		}
 		if j.proto != "udp" {
@@ -356,32 +382,58 @@ func (t *Transport) process(parser *sip.Parser, j job) {
 		t.h.HandleRequest(m)
 	case *sip.Response:
 		m.Res = x
-		if x.Via() == nil || x.CSeq() == nil {
+		if why := core.ReplyProblem(x); why != "" {
 			t.badMsgs.Inc()
+			t.log.Debug("malformed reply dropped", "src", j.remoteAddr(), "proto", j.proto, "why", why)
 			return
 		}
 		t.h.HandleReply(m)
 	}
 }
 
-// rejectUnparsable answers 400 when the start line and Via are readable
-// enough to route a reply; otherwise the message is dropped.
-func (t *Transport) rejectUnparsable(j job, perr error) {
+// rejectRaw answers a message that did not parse or failed the wire check,
+// from its own bytes (j.data): what salvageRequest can read of it.
+func (t *Transport) rejectRaw(j job, code int, reason string) {
 	if j.data == nil {
 		return
 	}
-	res, dst, ok := badRequestReply(j.data, perr)
+	req, ok := salvageRequest(j.data)
 	if !ok {
 		return
 	}
-	o := &core.Outgoing{Kind: core.OutReply, Msg: res, Dst: core.Target{Proto: j.proto, Host: "", Port: 0}}
-	ip, port := j.source()
-	o.Dst.Host, o.Dst.Port = ip, port
-	if j.proto == "udp" && dst.Port != 0 {
-		// Reply to the source address: the Via could not be trusted.
-		o.Dst.Port = port
+	m := t.newMsg(j)
+	m.Req = req
+	t.refuse(m, code, reason, true)
+}
+
+// refuse answers a request the door refuses, echoing only headers that are
+// valid (core.RefusalReply). With no valid top Via there is nowhere to send
+// it over UDP; over a stream it goes back on the connection. toSource sends
+// it to the packet's source rather than to the Via (the message did not
+// parse: its Via is not trusted with more than being echoed).
+func (t *Transport) refuse(m *core.Msg, code int, reason string, toSource bool) {
+	req := m.Req
+	if req.IsAck() {
+		return
 	}
-	o.ConnID = j.connID
+	viaOK := core.ViaOK(req.Via())
+	if !viaOK && m.Proto == "udp" {
+		return
+	}
+	if viaOK && !toSource {
+		m.FixVia()
+	}
+	res, ok := core.RefusalReply(req, code, reason)
+	if !ok {
+		return
+	}
+	var o *core.Outgoing
+	if viaOK && !toSource {
+		o = m.ReplyOutgoing(res, core.OutReply)
+	} else {
+		o = &core.Outgoing{Kind: core.OutReply, Msg: res, ConnID: m.ConnID,
+			Dst: core.Target{Proto: m.Proto, Host: m.SrcIP, Port: m.SrcPort}}
+	}
 	_ = t.Send(o)
 }
 

@@ -3,6 +3,7 @@ package transport
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"net"
 	"strconv"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emiago/sipgo/sip"
 	"github.com/kamgo/kamgo/modules/core"
 )
 
@@ -128,7 +130,7 @@ func TestTCPStream(t *testing.T) {
 	}
 	// A broken message is answered 400 when readable, then the connection closes.
 	_, _ = c.Write([]byte("INVITE sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/" + local + ";branch=z9hG4bK-9\r\n" +
-		"From: <sip:a@example.com>;tag=f\r\nTo: <sip:x@127.0.0.1>\r\nCall-ID: bad\r\nCSeq: 99999999999 INVITE\r\nContent-Length: 0\r\n\r\n"))
+		"From: <sip:a@example.com>;tag=f\r\nTo: <sip:x@127.0.0.1>\r\nCall-ID: bad\r\nCSeq: 9 INVITE\r\nMax-Forwards: many\r\nContent-Length: 0\r\n\r\n"))
 	if s := readStatus(); !strings.HasPrefix(s, "SIP/2.0 400") {
 		t.Fatalf("broken message: %q", s)
 	}
@@ -138,25 +140,79 @@ func TestTCPStream(t *testing.T) {
 	}
 }
 
-func TestBadRequestReply(t *testing.T) {
+// TestSalvageRequest: what a message that did not parse is answered with,
+// over UDP (a valid Via is needed to send anything) and over a stream.
+func TestSalvageRequest(t *testing.T) {
+	const via = "Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n"
+	const rest = "From: <sip:a@b>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n"
 	for _, tc := range []struct {
-		name, in string
-		ok       bool
+		name, in    string
+		udp, stream bool // answered over UDP / over a stream
 	}{
-		{"readable", "OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n", true},
-		{"huge CSeq is echoed", "OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 36893488147419103232 OPTIONS\r\n\r\n", true},
-		{"no Via", "OPTIONS sip:x SIP/2.0\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n", false},
-		{"ACK is never answered", "ACK sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 ACK\r\n\r\n", false},
-		{"a reply", "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n\r\n", false},
-		{"garbage", "\x00\x01\x02 hello", false},
+		{"readable", "OPTIONS sip:x SIP/2.0\r\n" + via + rest + "\r\n", true, true},
+		{"huge CSeq: no CSeq to echo, not answered", "OPTIONS sip:x SIP/2.0\r\n" + via + "From: <sip:a@b>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 36893488147419103232 OPTIONS\r\n\r\n", false, false},
+		{"no Via: nowhere to send it on UDP", "OPTIONS sip:x SIP/2.0\r\n" + rest + "\r\n", false, true},
+		{"Via: // 0 is not echoed", "OPTIONS sip:x SIP/2.0\r\nVia: // 0\r\n" + rest + "\r\n", false, true},
+		{"From that does not parse is not echoed", "OPTIONS sip:x SIP/2.0\r\n" + via + "From: :0m0tag= [\r\nTo: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n", true, true},
+		{"a line with a bare LF is not echoed", "OPTIONS sip:x SIP/2.0\r\n" + via + "From: <sip:a@b>;tag=1\nX-Injected: yes\r\nTo: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n", true, true},
+		{"ACK is never answered", "ACK sip:x SIP/2.0\r\n" + via + rest + "\r\n", false, false},
+		{"a reply", "SIP/2.0 200 OK\r\n" + via + "\r\n", false, false},
+		{"garbage", "\x00\x01\x02 hello", false, false},
 	} {
-		res, _, ok := badRequestReply([]byte(tc.in), nil)
-		if ok != tc.ok {
-			t.Errorf("%s: ok=%v, want %v", tc.name, ok, tc.ok)
+		var res *sip.Response
+		req, ok := salvageRequest([]byte(tc.in))
+		if ok {
+			res, ok = core.RefusalReply(req, 400, "Bad Request")
+		}
+		udp := ok && core.ViaOK(req.Via())
+		if udp != tc.udp || ok != tc.stream {
+			t.Errorf("%s: answered over UDP %v, over a stream %v; want %v, %v", tc.name, udp, ok, tc.udp, tc.stream)
 			continue
 		}
-		if ok && (res.StatusCode != 400 || res.CSeq() == nil && !strings.Contains(res.String(), "CSeq:")) {
-			t.Errorf("%s: %s", tc.name, res.String())
+		if !ok {
+			continue
 		}
+		out := res.String()
+		if _, err := sip.ParseMessage([]byte(out)); err != nil || strings.Contains(out, "X-Injected") || strings.Contains(out, "//") || strings.Contains(out, "0m0tag") {
+			t.Errorf("%s: the answer echoes what does not parse (%v):\n%s", tc.name, err, out)
+		}
+	}
+}
+
+// TestUDPBacklogDoor: when the workers are busy, the UDP reader parses and
+// queues; a datagram the door refuses is answered from its bytes there and
+// never reaches the handler.
+func TestUDPBacklogDoor(t *testing.T) {
+	tr, socks, h := start(t, core.Socket{Proto: "udp", IP: "127.0.0.1"})
+	tr.inflight.Add(1) // as if a worker were busy: no inline handling
+	defer tr.inflight.Add(-1)
+	c, err := net.Dial("udp", addr(socks[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	via := "UDP " + c.LocalAddr().String()
+	bad := strings.Replace(request("OPTIONS", via, 1), "Content-Length: 0\r\n", "X-A: 1\nX-Injected: yes\r\nContent-Length: 0\r\n", 1)
+	_, _ = c.Write([]byte(bad))
+	_, _ = c.Write([]byte(request("OPTIONS", via, 2)))
+	buf := make([]byte, 4096)
+	got := map[string]bool{}
+	for i := 0; i < 2; i++ {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatalf("reply %d: %v", i, err)
+		}
+		res, err := sip.ParseMessage(buf[:n])
+		if err != nil || strings.Contains(string(buf[:n]), "X-Injected") {
+			t.Fatalf("reply %q, %v", buf[:n], err)
+		}
+		got[fmt.Sprintf("%d %s", res.(*sip.Response).StatusCode, *res.CallID())] = true
+	}
+	if !got["400 t1"] || !got["200 t2"] {
+		t.Fatalf("replies %v", got)
+	}
+	if m := h.methods(); len(m) != 1 {
+		t.Fatalf("handled %v, want only the well-formed OPTIONS", m)
 	}
 }

@@ -7,7 +7,11 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/kamgo/kamgo/modules/core"
 )
+
+// errRefused marks a datagram the door refuses (core.WireProblem).
+var errRefused = errors.New("refused at the door")
 
 // udpBatch is how many datagrams one read may return (recvmmsg on Linux).
 const udpBatch = 16
@@ -60,8 +64,15 @@ func (t *Transport) udpLoop(u *udpSock) {
 			// A backlog: parse here (the read buffer is reused) and let
 			// the workers route, spread by Call-ID (see peerHash).
 			msg, err := parser.ParseSIP(data)
+			if err == nil {
+				if code, _ := core.WireProblem(msg, data, true); code != 0 {
+					err = errRefused
+				}
+			}
 			if err != nil {
-				j.data = data // the error path (a 400 or a drop) runs here
+				// The error path (a 400 or a drop, from the datagram's
+				// bytes) runs here, while they are still in the buffer.
+				j.data = data
 				t.process(parser, j)
 				continue
 			}

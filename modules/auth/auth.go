@@ -192,13 +192,8 @@ func (a *Auth) Authenticate(m *core.Msg, realm string, hf HF, method string, loo
 	nc := uint32(d.Nc)
 	trk := a.trk()
 	if track {
-		switch trk.check(n.id, n.ts, nc, once) {
-		case trackReused:
-			state(m).stale = true
-			return ErrNonceReused, c
-		case trackEvicted:
-			state(m).stale = true
-			return ErrStaleNonce, c
+		if rc := staleCode(m, trk.check(n.id, n.ts, nc, once)); rc != OK {
+			return rc, c
 		}
 	}
 	ha1, rc := lookup(c, realm)
@@ -222,13 +217,8 @@ func (a *Auth) Authenticate(m *core.Msg, realm string, hf HF, method string, loo
 		return ErrInvalidPassword, c
 	}
 	if track {
-		switch trk.use(n.id, n.ts, nc, once, now-expire) {
-		case trackReused:
-			state(m).stale = true
-			return ErrNonceReused, c
-		case trackEvicted:
-			state(m).stale = true
-			return ErrStaleNonce, c
+		if rc := staleCode(m, trk.use(n.id, n.ts, nc, once, now-expire)); rc != OK {
+			return rc, c
 		}
 	}
 	state(m).authorized = c.hdr
@@ -568,4 +558,18 @@ func (a *Auth) module() *core.Module {
 		},
 		Stop: func() { instances.CompareAndDelete(a.env, a) },
 	}
+}
+
+// staleCode turns the nonce tracker's verdict into the result code; a
+// reused or forgotten nonce marks the challenge that follows stale=true.
+func staleCode(m *core.Msg, r trackResult) int {
+	switch r {
+	case trackReused:
+		state(m).stale = true
+		return ErrNonceReused
+	case trackEvicted:
+		state(m).stale = true
+		return ErrStaleNonce
+	}
+	return OK
 }

@@ -96,3 +96,19 @@ func BenchmarkSerialiseInvite(b *testing.B) {
 		req.StringWrite(&sb)
 	}
 }
+
+// BenchmarkDoor: kamd's checks before routing on a well-formed INVITE
+// (WireProblem on its bytes, RequestRefusal on the parsed request).
+func BenchmarkDoor(b *testing.B) {
+	data := []byte(sippmsg.Invite)
+	req := benchReq(b, sippmsg.Invite)
+	b.ReportAllocs()
+	for b.Loop() {
+		if code, why := WireProblem(req, data, true); code != 0 {
+			b.Fatal(why)
+		}
+		if code, why := RequestRefusal(req); code != 0 {
+			b.Fatal(why)
+		}
+	}
+}

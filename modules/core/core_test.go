@@ -321,7 +321,8 @@ func TestRequestProblem(t *testing.T) {
 	}{
 		{func(s string) string { return s }, ""},
 		{func(s string) string { return strings.Replace(s, "CSeq: 7 INVITE", "CSeq: 7 BYE", 1) }, "CSeq method mismatch"},
-		{func(s string) string { return strings.Replace(s, "CSeq: 7 INVITE", "CSeq: 7 invite", 1) }, ""},
+		// Methods are case-sensitive (RFC 3261 7.1): "invite" is not INVITE.
+		{func(s string) string { return strings.Replace(s, "CSeq: 7 INVITE", "CSeq: 7 invite", 1) }, "CSeq method mismatch"},
 		{func(s string) string { return strings.Replace(s, "To: <sip:bob@example.com>\r\n", "", 1) }, "missing To"},
 		{func(s string) string {
 			return strings.Replace(s, "Call-ID: c1@10.0.0.1\r\n", "Call-ID: c1@10.0.0.1\r\nCall-ID: c2\r\n", 1)

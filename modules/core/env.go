@@ -35,13 +35,15 @@ type Target struct {
 	Port  int
 }
 
+// Host may be an IPv6 reference ("[::1]", from a URI) or bare ("::1"):
+// both render as one bracketed address.
 func (t Target) String() string {
-	return t.Proto + ":" + net.JoinHostPort(t.Host, strconv.Itoa(t.Port))
+	return t.Proto + ":" + net.JoinHostPort(BareHost(t.Host), strconv.Itoa(t.Port))
 }
 
 // URI renders the target as a SIP URI, as route tests show it.
 func (t Target) URI() string {
-	s := "sip:" + net.JoinHostPort(t.Host, strconv.Itoa(t.Port))
+	s := "sip:" + net.JoinHostPort(BareHost(t.Host), strconv.Itoa(t.Port))
 	if t.Proto != "" && t.Proto != "udp" {
 		s += ";transport=" + t.Proto
 	}
@@ -79,12 +81,13 @@ func (s Socket) String() string {
 	return s.Proto + ":" + net.JoinHostPort(s.IP, strconv.Itoa(s.Port))
 }
 
-// Host is the address written into our Via and Record-Route.
+// Host is the address written into our Via and Record-Route: an IPv6
+// address in brackets (sipgo writes v4-mapped and zoned ones bare).
 func (s Socket) Host() string {
 	if s.Advertise != "" {
-		return s.Advertise
+		return HostRef(s.Advertise)
 	}
-	return s.IP
+	return HostRef(s.IP)
 }
 
 // ParseSocket parses Kamailio's "proto:addr:port" listen syntax.

@@ -229,53 +229,11 @@ func (m *Msg) ForceRport() {
 	setReceived(v, m.SrcIP)
 }
 
-// RequestProblem is why a parsed request cannot be routed at all (the
-// transport answers it 400 with this reason), or "".
+// RequestProblem is why a parsed request cannot be routed at all, or "":
+// the reason of RequestRefusal (door.go), which also gives the code.
 func RequestProblem(r *sip.Request) string {
-	switch {
-	case r.Via() == nil:
-		return "Bad Request - missing Via"
-	case r.From() == nil:
-		return "Bad Request - missing From"
-	case r.To() == nil:
-		return "Bad Request - missing To"
-	case r.CallID() == nil:
-		return "Bad Request - missing Call-ID"
-	case r.CSeq() == nil:
-		return "Bad Request - missing CSeq"
-	case !strings.EqualFold(string(r.CSeq().MethodName), string(r.Method)) && !(r.IsAck() && r.CSeq().MethodName == sip.INVITE):
-		return "Bad Request - CSeq method mismatch"
-	case duplicated(r):
-		return "Bad Request - duplicate header"
-	}
-	return ""
-}
-
-// duplicated reports headers that must appear once (RFC 3261 7.3: From,
-// To, Call-ID, CSeq; Content-Length with conflicting values, RFC 4475
-// mcl01/multi01): sipgo silently keeps the first.
-func duplicated(r *sip.Request) bool {
-	var from, to, callid, cseq int
-	cl := ""
-	for _, h := range r.Headers() {
-		switch h.(type) {
-		case *sip.FromHeader:
-			from++
-		case *sip.ToHeader:
-			to++
-		case *sip.CallIDHeader:
-			callid++
-		case *sip.CSeqHeader:
-			cseq++
-		case *sip.ContentLengthHeader:
-			v := h.Value()
-			if cl != "" && v != cl {
-				return true
-			}
-			cl = v
-		}
-	}
-	return from > 1 || to > 1 || callid > 1 || cseq > 1
+	_, why := RequestRefusal(r)
+	return why
 }
 
 // setReceived records the real source in the Via. A received= the sender

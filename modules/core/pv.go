@@ -233,6 +233,7 @@ func (m *Msg) SetRURIHost(host string) error {
 	if host == "" || strings.ContainsAny(host, " ;?@<>\"") {
 		return fmt.Errorf("invalid host %q", host)
 	}
+	host = HostRef(host) // an IPv6 address keeps its brackets in the URI
 	return setRURI(m, func(u *sip.Uri) error { u.Host = host; return nil })
 }
 

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -449,9 +450,14 @@ func (h *Harness) action(m *core.Msg, f func()) *Result {
 // ParseMessage parses SIP text as a test gives it: "\n" line endings are
 // normalised to CRLF (see NormalizeSIP).
 func ParseMessage(raw string) (sip.Message, error) {
-	msg, err := sip.NewParser().ParseSIP([]byte(NormalizeSIP(raw)))
+	data := []byte(NormalizeSIP(raw))
+	msg, err := sip.NewParser().ParseSIP(data)
 	if err != nil {
 		return nil, fmt.Errorf("cannot parse SIP message: %v", err)
+	}
+	// As the transport does: the method as written, and the wire check.
+	if code, why := core.WireProblem(msg, data, true); code != 0 {
+		return nil, fmt.Errorf("the transport answers this message %q before routing", strconv.Itoa(code)+" "+why)
 	}
 	return msg, nil
 }
@@ -495,8 +501,8 @@ func splitSrc(src string) (string, int, error) {
 // hands it to the engine (HandleRequest: module hooks, request route, 500 on
 // a script error).
 func (h *Harness) Request(req *sip.Request, src, proto string) (*Result, error) {
-	if why := core.RequestProblem(req); why != "" {
-		return nil, fmt.Errorf("the transport answers this request %q before routing", "400 "+why)
+	if code, why := core.RequestRefusal(req); code != 0 {
+		return nil, fmt.Errorf("the transport answers this request %q before routing", strconv.Itoa(code)+" "+why)
 	}
 	m, err := h.newMsg(src, proto)
 	if err != nil {
