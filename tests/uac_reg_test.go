@@ -30,6 +30,8 @@ func TestUACRegStateMachine(t *testing.T) {
 		"forbid":  {Reply: 403},
 		"nf":      {Reply: 404},
 		"busy":    {Reply: 503},
+		"decline": {Reply: 603},
+		"tcp":     {Password: "pw", Algorithms: []string{"SHA-256"}},
 		"wrongpw": {Password: "right"},
 		"realm":   {Password: "pw"},
 		"silent":  {NoAnswer: true},
@@ -47,12 +49,14 @@ func TestUACRegStateMachine(t *testing.T) {
 			r.Realm = "other.test"
 		case "proxy", "md5":
 			r.Expires = 3600 // no refresh while the test runs
+		case "tcp":
+			r.Proxy += ";transport=tcp"
 		}
 		rows = append(rows, r)
 	}
 	k := newUACKamd(t, "", rows...)
 
-	for _, name := range []string{"md5", "sha256", "sha512", "stale", "proxy"} {
+	for _, name := range []string{"md5", "sha256", "sha512", "stale", "proxy", "tcp"} {
 		r := k.waitState(t, name, "registered", 10*time.Second)
 		recs := reg.Records(name)
 		last := recs[len(recs)-1]
@@ -91,8 +95,10 @@ func TestUACRegStateMachine(t *testing.T) {
 			t.Errorf("%s: Authorization without qop=auth/nc: %s", name, last.Authorization)
 		}
 	}
-	if recs := reg.Records("proxy"); !strings.Contains(recs[len(recs)-1].Authorization, `algorithm=`) {
-		t.Logf("proxy: %s", recs[len(recs)-1].Authorization)
+	for _, rec := range reg.Records("tcp") {
+		if rec.Transport != "TCP" {
+			t.Errorf("tcp: auth_proxy has ;transport=tcp, REGISTER came over %s", rec.Transport)
+		}
 	}
 
 	// 423: retried with Min-Expires, which becomes the record's expires.
@@ -105,7 +111,7 @@ func TestUACRegStateMachine(t *testing.T) {
 	}
 
 	// Final failures: state failed with the code, counted, retried later.
-	for name, code := range map[string]int64{"forbid": 403, "nf": 404, "busy": 503, "wrongpw": 401} {
+	for name, code := range map[string]int64{"forbid": 403, "nf": 404, "busy": 503, "decline": 603, "wrongpw": 401} {
 		r := k.waitState(t, name, "failed", 10*time.Second)
 		if got := recInt(t, r, "last_code"); got != code {
 			t.Errorf("%s: last_code %d, want %d", name, got, code)
