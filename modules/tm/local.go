@@ -50,11 +50,9 @@ type LocalRequest struct {
 	OnReply func(res *sip.Response)
 }
 
-// localTimeout is timer B / F (RFC 3261 17.1.1.2, 17.1.2.2).
-func localTimeout() time.Duration { return 64 * T1 }
 
 // SendRequest starts the client transaction for lr: it retransmits on UDP
-// (T1 doubling, capped at T2 for non-INVITE), ends at timer F/B with a 408
+// (T1 doubling, capped at T2 for non-INVITE), ends at fr_timer (Kamailio's timer F/B for requests it makes; 30 s by default, as 64*T1 nearly) with a 408
 // (an INVITE that got a provisional waits fr_inv_timer instead, then is
 // CANCELed), ACKs a negative final reply to an INVITE (a 2xx is the
 // caller's to ACK) and hands every reply to lr.OnReply. It returns an error
@@ -111,7 +109,7 @@ func (t *TM) SendRequest(lr *LocalRequest) error {
 	b.req = req
 	tx := &Tx{tm: t, key: key + "|" + id, id: id, local: lr, origin: &core.Msg{Env: t.env},
 		invite: req.IsInvite(), branches: []*branch{b},
-		frTimeout: localTimeout(), frInv: time.Duration(t.frInvTimer.Load()) * time.Millisecond}
+		frTimeout: time.Duration(t.frTimer.Load()) * time.Millisecond, frInv: time.Duration(t.frInvTimer.Load()) * time.Millisecond}
 	t.mu.Lock()
 	t.txs[tx.key] = tx
 	t.clients[id] = tx

@@ -410,21 +410,29 @@ func (u *UAC) registered(r *record, res *sip.Response) {
 		granted = r.expires
 	}
 	r.granted = granted
+	first := r.state != StateRegistered // a registration, not a refresh
 	r.flags |= flagOnline
 	r.failures = 0
 	r.lastSuccess = now
 	r.timerExpires = r.sentAt.Add(time.Duration(granted) * time.Second)
 	u.setState(r, StateRegistered)
-	u.schedule(r, r.sentAt.Add(refreshAfter(granted)))
+	u.schedule(r, r.sentAt.Add(refreshAfter(granted, first)))
 }
 
 // refreshAfter is the refresh rule: re-REGISTER after 65–75% of the granted
-// expiry (uniformly spread so thousands of records refreshing together
-// drift apart), at least 1 s after the send; the remaining 25–35% leaves
-// time for a 401 round trip and tm's 32 s timeout on long expiries.
-func refreshAfter(granted int) time.Duration {
+// expiry, at least 1 s after the send; the remaining 25–35% leaves time for
+// a 401 round trip and tm's timeout on long expiries. The first refresh
+// after a registration (start, enable, reload, recovery) comes at a uniform
+// 10–75% instead: records that registered together — thousands at start —
+// are spread over the whole period at once, so refreshes never come in
+// bursts, and later refreshes (±5%) keep them spread.
+func refreshAfter(granted int, first bool) time.Duration {
 	g := time.Duration(granted) * time.Second
-	d := g*3/4 - time.Duration(mrand.Int64N(int64(g/10)+1))
+	width := g / 10
+	if first {
+		width = g * 65 / 100
+	}
+	d := g*3/4 - time.Duration(mrand.Int64N(int64(width)+1))
 	if d < time.Second {
 		d = time.Second
 	}

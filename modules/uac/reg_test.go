@@ -53,8 +53,8 @@ func TestRegisterWireFormatAndGrantedExpiry(t *testing.T) {
 	if got.TimerExpires != t0.Unix()+60 {
 		t.Errorf("timer_expires %d, want send time + 60", got.TimerExpires)
 	}
-	if d := got.NextRefresh - t0.Unix(); d < 39 || d > 45 {
-		t.Errorf("refresh %d s after the send, want 65-75%% of 60", d)
+	if d := got.NextRefresh - t0.Unix(); d < 6 || d > 45 {
+		t.Errorf("first refresh %d s after the send, want 10-75%% of 60", d)
 	}
 	if h.u.Status("acc_ok") != 1 {
 		t.Errorf("uac_reg_status %d", h.u.Status("acc_ok"))
@@ -63,9 +63,10 @@ func TestRegisterWireFormatAndGrantedExpiry(t *testing.T) {
 		t.Errorf("events %v", st)
 	}
 	// Nothing until the refresh: no REGISTER on every tick.
-	h.clock.Advance(38 * time.Second)
+	wait := time.Unix(got.NextRefresh, 0).Sub(h.clock.Now())
+	h.clock.Advance(wait - time.Second)
 	h.none()
-	h.clock.Advance(8 * time.Second)
+	h.clock.Advance(2 * time.Second)
 	s2 := h.one()
 	if got := h.info("acc_ok"); got.State != StateRegistered {
 		t.Errorf("during the refresh: %s, want registered (the binding is still valid)", got.State)
@@ -273,7 +274,8 @@ func TestRefreshesAreSpread(t *testing.T) {
 	for _, s := range first {
 		h.reply(s, 200, "OK", "Expires: 600")
 	}
-	// Refreshes fall in 390-450 s after the send; count per second.
+	// First refreshes fall in 60-450 s after the send (10-75% of 600),
+	// later ones 390-450 s after theirs; count per second.
 	perSec := map[int64]int{}
 	for range 500 {
 		h.clock.Advance(time.Second)
@@ -287,11 +289,11 @@ func TestRefreshesAreSpread(t *testing.T) {
 		maxN = max(maxN, n)
 		total += n
 	}
-	if total != 200 {
-		t.Fatalf("%d refreshes, want 200", total)
+	if total < 200 {
+		t.Fatalf("%d refreshes, want every one of the 200 refreshed", total)
 	}
-	if maxN > 15 {
-		t.Errorf("a burst of %d refreshes in one second (200 over ~60 s)", maxN)
+	if maxN > 6 {
+		t.Errorf("a burst of %d refreshes in one second (200 registered in the same second, spread over ~390 s)", maxN)
 	}
 }
 
