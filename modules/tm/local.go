@@ -50,7 +50,6 @@ type LocalRequest struct {
 	OnReply func(res *sip.Response)
 }
 
-
 // SendRequest starts the client transaction for lr: it retransmits on UDP
 // (T1 doubling, capped at T2 for non-INVITE), ends at fr_timer (Kamailio's timer F/B for requests it makes; 30 s by default, as 64*T1 nearly) with a 408
 // (an INVITE that got a provisional waits fr_inv_timer instead, then is
