@@ -43,6 +43,7 @@ type ueSet struct {
 	pair            Pair
 	set             *SASet
 	ck, ik          []byte
+	server          Mechanism // the Security-Server sent in the 401
 	timer           core.Timer
 }
 
@@ -151,6 +152,9 @@ func newModule(env *core.Env, k Kernel) (*mod, *core.Module) {
 			{Name: "ipsec_forward", Args: []core.ArgType{core.ArgStr, core.ArgInt}, Ret: core.RetInt, Routes: core.RouteRequest | core.RouteTmReply | core.RouteReply | core.RouteFailure | core.RouteBranch,
 				Doc: "(domain, flags) send through the UE's protected ports. Today: a 200 to REGISTER moves its set to established (expires from the reply), Expires 0 marks it deleting; sending from a protected socket needs the transport API and returns -1 until it lands",
 				Fn:  m.ipsecForward},
+			{Name: "ipsec_verify", Args: []core.ArgType{core.ArgStr}, Ret: core.RetInt, Routes: core.RouteRequest,
+				Doc: "(domain) kamgo addition (Kamailio does not check): on the protected REGISTER, compare Security-Verify with the Security-Server sent to this UE (RFC 3329 §2.3.1); 1 match, -1 no SA set for the source, -2 Security-Verify missing or different: the set is removed (answer 494)",
+				Fn:  m.ipsecVerify},
 			{Name: "ipsec_destroy", Args: []core.ArgType{core.ArgStr}, Ret: core.RetInt,
 				Doc: "(domain) remove the SAs of the message's UE (request: source address; reply: the REGISTER's) and release its SPIs; 1 removed, -1 none",
 				Fn:  m.ipsecDestroy},
@@ -418,8 +422,10 @@ func (m *mod) ipsecCreate(msg *core.Msg, a []core.Val) (core.Val, error) {
 		pool.Release(pair)
 		return fail("kernel", err)
 	}
+	server := Mechanism{Name: "ipsec-3gpp", Q: 100, Prot: "esp", Mod: "trans", SpiC: pair.SpiPC, SpiS: pair.SpiPS,
+		PortC: pair.PortPC, PortS: pair.PortPS, Alg: mech.Alg, Ealg: mech.Ealg}
 	now := m.env.Clock.Now()
-	s := &ueSet{id: fmt.Sprintf("%s:%d", ueIP, ue.PortC), domain: a[0].Str, aor: pend.aor, contact: pend.contact,
+	s := &ueSet{server: server, id: fmt.Sprintf("%s:%d", ueIP, ue.PortC), domain: a[0].Str, aor: pend.aor, contact: pend.contact,
 		callID: strings.SplitN(pendingKey(msg.Res), "\x00", 2)[0], ue: ue, p: p, alg: mech.Alg, ealg: mech.Ealg,
 		state: StateTemporary, created: now, pair: pair, set: set, ck: ck, ik: ik}
 	m.mu.Lock()
@@ -434,8 +440,6 @@ func (m *mod) ipsecCreate(msg *core.Msg, a []core.Val) (core.Val, error) {
 	m.armLocked(s, time.Duration(m.tempLifetime.Load())*time.Second)
 	m.mu.Unlock()
 
-	server := Mechanism{Name: "ipsec-3gpp", Q: 100, Prot: "esp", Mod: "trans", SpiC: pair.SpiPC, SpiS: pair.SpiPS,
-		PortC: pair.PortPC, PortS: pair.PortPS, Alg: mech.Alg, Ealg: mech.Ealg}
 	msg.Res.AppendHeader(sip.NewHeader("Security-Server", server.String()))
 	msg.Res.AppendHeader(sip.NewHeader("Supported", "sec-agree"))
 	m.emit("created", s)
@@ -612,6 +616,47 @@ func (m *mod) dropOtherSets(keep *ueSet) {
 	for _, s := range old {
 		m.destroy(s, "replaced")
 	}
+}
+
+func (m *mod) ipsecVerify(msg *core.Msg, a []core.Val) (core.Val, error) {
+	if msg.Req == nil {
+		return core.Null, core.ErrNoRequest
+	}
+	if !m.enabled() {
+		return core.Int(-1), nil
+	}
+	m.mu.Lock()
+	s := m.sets[fmt.Sprintf("%s:%d", msg.SrcIP, msg.SrcPort)]
+	m.mu.Unlock()
+	if s == nil {
+		return core.Int(-1), nil
+	}
+	var vals []string
+	for _, h := range core.FindHeaders(msg.Req, "Security-Verify") {
+		vals = append(vals, h.Value())
+	}
+	var err error
+	if len(vals) == 0 {
+		err = errors.New("no Security-Verify")
+	} else if ms, perr := ParseSecurity(vals...); perr != nil {
+		err = perr
+	} else {
+		found := false
+		for i := range ms {
+			if ms[i].IsIPsec3GPP() && ms[i].SameSA(&s.server) {
+				found = true
+			}
+		}
+		if !found || len(ms) != 1 {
+			err = fmt.Errorf("Security-Verify %q differs from the Security-Server sent %q", strings.Join(vals, ", "), s.server.String())
+		}
+	}
+	if err != nil {
+		m.log().Warn("ims_ipsec_pcscf: Security-Verify check failed; removing the SA set", "ue", s.id, "err", err, "at", msg.Pos())
+		m.destroy(s, "verify-mismatch")
+		return core.Int(-2), nil
+	}
+	return core.Int(1), nil
 }
 
 func (m *mod) ipsecDestroy(msg *core.Msg, a []core.Val) (core.Val, error) {

@@ -432,3 +432,39 @@ func TestDestroyByAoRAndStop(t *testing.T) {
 		t.Errorf("%d states after Stop", len(sts))
 	}
 }
+
+func TestVerify(t *testing.T) {
+	r := newRig(t, map[string]core.Val{})
+	r.register(t, "c1", "10.99.0.2")
+	r.call(t, r.reply(t, "c1", "401 Unauthorized", wwwAuth), "ipsec_create", core.Str("l"), core.Int(0))
+	protected := func(verify string) *core.Msg {
+		req := parse(t, `REGISTER sip:ims.example SIP/2.0
+Via: SIP/2.0/UDP 10.99.0.2:31001;branch=z9hG4bK2
+From: <sip:alice@ims.example>;tag=a1
+To: <sip:alice@ims.example>
+Call-ID: c1
+CSeq: 2 REGISTER
+`+verify).(*sip.Request)
+		return &core.Msg{Env: r.env, Req: req, Proto: "udp", SrcIP: "10.99.0.2", SrcPort: 31000}
+	}
+	good := "Security-Verify: ipsec-3gpp; q=0.1; prot=esp; mod=trans; spi-c=4096; spi-s=4097; port-c=5100; port-s=6100; alg=hmac-sha-1-96; ealg=null"
+	if got := r.call(t, protected(good), "ipsec_verify", core.Str("l")); got != 1 {
+		t.Fatalf("matching Security-Verify: %d", got)
+	}
+	stranger := protected(good)
+	stranger.SrcIP = "10.99.0.5"
+	if got := r.call(t, stranger, "ipsec_verify", core.Str("l")); got != -1 {
+		t.Errorf("unknown source: %d", got)
+	}
+	if got := r.call(t, protected(strings.Replace(good, "spi-s=4097", "spi-s=4099", 1)), "ipsec_verify", core.Str("l")); got != -2 {
+		t.Fatalf("mismatch: %d", got)
+	}
+	if sts, _ := r.k.List(r.m.rng); len(sts) != 0 {
+		t.Errorf("%d states after a mismatch", len(sts))
+	}
+	r.register(t, "c2", "10.99.0.2")
+	r.call(t, r.reply(t, "c2", "401 Unauthorized", wwwAuth), "ipsec_create", core.Str("l"), core.Int(0))
+	if got := r.call(t, protected(""), "ipsec_verify", core.Str("l")); got != -2 {
+		t.Errorf("missing Security-Verify: %d", got)
+	}
+}
