@@ -407,7 +407,16 @@ func (m *mod) ipsecCreate(msg *core.Msg, a []core.Val) (core.Val, error) {
 	if pool == nil {
 		return fail("not initialised", nil)
 	}
-	pair, err := pool.Acquire()
+	id := fmt.Sprintf("%s:%d", ueIP, mech.PortC)
+	m.mu.Lock()
+	old := m.sets[id]
+	m.mu.Unlock()
+	if old != nil {
+		// Same UE address and client port: the UE started over; its old
+		// set would clash with the new one's selectors.
+		m.destroy(old, "replaced")
+	}
+	pair, err := m.acquireFor(pool, ueIP, mech.PortS)
 	if err != nil {
 		return fail("allocation", err)
 	}
@@ -415,7 +424,7 @@ func (m *mod) ipsecCreate(msg *core.Msg, a []core.Val) (core.Val, error) {
 	p := Endpoint{IP: rng.Local, PortC: pair.PortPC, PortS: pair.PortPS, SpiC: pair.SpiPC, SpiS: pair.SpiPS}
 	set, err := BuildSASet(ue, p, keys)
 	if err == nil {
-		set.HardLifetime = uint64(m.tempLifetime.Load())
+		set.HardLifetime = uint64(m.tempLifetime.Load()) + 60
 		err = m.kernel.Install(set)
 	}
 	if err != nil {
@@ -425,17 +434,10 @@ func (m *mod) ipsecCreate(msg *core.Msg, a []core.Val) (core.Val, error) {
 	server := Mechanism{Name: "ipsec-3gpp", Q: 100, Prot: "esp", Mod: "trans", SpiC: pair.SpiPC, SpiS: pair.SpiPS,
 		PortC: pair.PortPC, PortS: pair.PortPS, Alg: mech.Alg, Ealg: mech.Ealg}
 	now := m.env.Clock.Now()
-	s := &ueSet{server: server, id: fmt.Sprintf("%s:%d", ueIP, ue.PortC), domain: a[0].Str, aor: pend.aor, contact: pend.contact,
+	s := &ueSet{server: server, id: id, domain: a[0].Str, aor: pend.aor, contact: pend.contact,
 		callID: strings.SplitN(pendingKey(msg.Res), "\x00", 2)[0], ue: ue, p: p, alg: mech.Alg, ealg: mech.Ealg,
 		state: StateTemporary, created: now, pair: pair, set: set, ck: ck, ik: ik}
 	m.mu.Lock()
-	if old := m.sets[s.id]; old != nil {
-		// Same UE address and client port: the old set's kernel states
-		// would clash on nothing (new SPIs) but its record is replaced.
-		m.mu.Unlock()
-		m.destroy(old, "replaced")
-		m.mu.Lock()
-	}
 	m.sets[s.id] = s
 	m.armLocked(s, time.Duration(m.tempLifetime.Load())*time.Second)
 	m.mu.Unlock()
@@ -444,6 +446,39 @@ func (m *mod) ipsecCreate(msg *core.Msg, a []core.Val) (core.Val, error) {
 	msg.Res.AppendHeader(sip.NewHeader("Supported", "sec-agree"))
 	m.emit("created", s)
 	return core.Int(1), nil
+}
+
+// acquireFor takes a pair whose port_pc no other set of this UE with the
+// same port_us uses: ports repeat every ipsec_max_connections pairs, and
+// during re-authentication the UE keeps port_us, so the same port_pc would
+// give SAs C and D selectors the kernel already has. (port_uc differs, or
+// the old set was replaced, so A and B cannot clash.) Skipped pairs go
+// back to the pool.
+func (m *mod) acquireFor(pool *Pool, ueIP net.IP, portUS uint16) (Pair, error) {
+	var skipped []Pair
+	defer func() {
+		for _, p := range skipped {
+			pool.Release(p)
+		}
+	}()
+	for {
+		pr, err := pool.Acquire()
+		if err != nil {
+			return Pair{}, err
+		}
+		clash := false
+		m.mu.Lock()
+		for _, s := range m.sets {
+			if s.ue.IP.Equal(ueIP) && s.ue.PortS == portUS && s.p.PortC == pr.PortPC {
+				clash = true
+			}
+		}
+		m.mu.Unlock()
+		if !clash {
+			return pr, nil
+		}
+		skipped = append(skipped, pr)
+	}
 }
 
 // armLocked (re)starts the set's expiry timer.
@@ -588,6 +623,11 @@ func (m *mod) ipsecForward(msg *core.Msg, a []core.Val) (core.Val, error) {
 			m.armLocked(s, time.Duration(exp+30)*time.Second)
 		}
 		m.mu.Unlock()
+		// The kernel's hard lifetime follows, with a margin so kamd's own
+		// removal (which also frees the SPIs) normally comes first.
+		if err := m.kernel.SetLifetime(s.set, uint64(exp)+30+60); err != nil {
+			m.log().Warn("ims_ipsec_pcscf: cannot update the SA lifetime", "ue", s.id, "err", err)
+		}
 		if exp != 0 {
 			m.dropOtherSets(s)
 			m.emit("established", s)

@@ -468,3 +468,114 @@ CSeq: 2 REGISTER
 		t.Errorf("missing Security-Verify: %d", got)
 	}
 }
+
+// Re-authentication: the UE re-REGISTERs over its SAs with a new port_uc
+// and the same port_us; the new set gets a port_pc the old one does not
+// use (even with one port pair per two SPIs pairs) and, once its 200 comes,
+// the old set is removed.
+func TestReauthReplacesOldSet(t *testing.T) {
+	r := newRig(t, map[string]core.Val{"ipsec_max_connections": core.Int(2)})
+	r.register(t, "c1", "10.99.0.2")
+	r.call(t, r.reply(t, "c1", "401 Unauthorized", wwwAuth), "ipsec_create", core.Str("l"), core.Int(0))
+	r.call(t, r.reply(t, "c1", "200 OK", "Expires: 600"), "ipsec_forward", core.Str("l"), core.Int(0))
+	// Occupy pair 2 with another UE, so the next free pair cycles back to
+	// port_pc 5100, the one the first set uses.
+	r.register(t, "x", "10.99.0.9")
+	r.call(t, r.reply(t, "x", "401 Unauthorized", wwwAuth), "ipsec_create", core.Str("l"), core.Int(0))
+
+	req := parse(t, `REGISTER sip:ims.example SIP/2.0
+Via: SIP/2.0/UDP 10.99.0.2:31001;branch=z9hG4bK2
+From: <sip:alice@ims.example>;tag=a1
+To: <sip:alice@ims.example>
+Call-ID: c1
+CSeq: 2 REGISTER
+Security-Client: ipsec-3gpp;alg=hmac-md5-96;spi-c=33333;spi-s=44444;port-c=31002;port-s=31001`).(*sip.Request)
+	r.t.OnRequest(&core.Msg{Env: r.env, Req: req, Proto: "udp", SrcIP: "10.99.0.2", SrcPort: 31000})
+	res := parse(t, `SIP/2.0 401 Unauthorized
+Via: SIP/2.0/UDP 10.99.0.2:31001;branch=z9hG4bK2
+From: <sip:alice@ims.example>;tag=a1
+To: <sip:alice@ims.example>;tag=s2
+Call-ID: c1
+CSeq: 2 REGISTER
+`+wwwAuth).(*sip.Response)
+	msg := &core.Msg{Env: r.env, Res: res, RouteType: core.RouteTmReply}
+	if got := r.call(t, msg, "ipsec_create", core.Str("l"), core.Int(0)); got != 1 {
+		t.Fatalf("re-auth create: %d", got)
+	}
+	if s := hdr(res, "Security-Server"); !strings.Contains(s, "port-c=5101") || !strings.Contains(s, "alg=hmac-md5-96") {
+		t.Errorf("Security-Server %s: want port-c 5101 (5100 is the old set's)", s)
+	}
+	if sts, _ := r.k.List(r.m.rng); len(sts) != 12 {
+		t.Fatalf("%d states, want 4 old + 4 new + 4 other UE", len(sts))
+	}
+	ok := parse(t, `SIP/2.0 200 OK
+Via: SIP/2.0/UDP 10.99.0.2:31001;branch=z9hG4bK2
+From: <sip:alice@ims.example>;tag=a1
+To: <sip:alice@ims.example>;tag=s2
+Call-ID: c1
+CSeq: 2 REGISTER
+Contact: <sip:alice@10.99.0.2:31001>;expires=600`).(*sip.Response)
+	r.call(t, &core.Msg{Env: r.env, Res: ok}, "ipsec_forward", core.Str("l"), core.Int(0))
+	v, _ := r.rpc(t, "ipsec.get", "10.99.0.2")
+	l := v.([]map[string]any)
+	if len(l) != 1 || l[0]["port_uc"] != uint16(31002) || l[0]["state"] != StateEstablished {
+		t.Fatalf("after re-auth 200: %+v", l)
+	}
+	if sts, _ := r.k.List(r.m.rng); len(sts) != 8 {
+		t.Errorf("%d states, want 8", len(sts))
+	}
+	if st := r.k.states["10.99.0.1/"+fmt.Sprint(l[0]["spi_ps"])]; st.HardLifetime != 690 {
+		t.Errorf("kernel hard lifetime %d, want 600+30+60", st.HardLifetime)
+	}
+}
+
+func TestDeregistrationRemovesAfterDelay(t *testing.T) {
+	r := newRig(t, map[string]core.Val{})
+	r.register(t, "c1", "10.99.0.2")
+	r.call(t, r.reply(t, "c1", "401 Unauthorized", wwwAuth), "ipsec_create", core.Str("l"), core.Int(0))
+	r.call(t, r.reply(t, "c1", "200 OK", "Expires: 600"), "ipsec_forward", core.Str("l"), core.Int(0))
+	r.call(t, r.reply(t, "c1", "200 OK", "Contact: <sip:alice@10.99.0.2:31001>;expires=0"), "ipsec_forward", core.Str("l"), core.Int(0))
+	v, _ := r.rpc(t, "ipsec.list")
+	if l := v.([]map[string]any); len(l) != 1 || l[0]["state"] != StateDeleting {
+		t.Fatalf("after de-registration 200: %+v", l)
+	}
+	// The 200 still has its SAs for a moment, then nothing is left.
+	r.clock.Advance(4 * time.Second)
+	if sts, _ := r.k.List(r.m.rng); len(sts) != 4 {
+		t.Fatalf("%d states before the delay", len(sts))
+	}
+	r.clock.Advance(time.Second)
+	if sts, _ := r.k.List(r.m.rng); len(sts) != 0 {
+		t.Errorf("%d states after it", len(sts))
+	}
+}
+
+func TestCreateConcurrent(t *testing.T) {
+	r := newRig(t, map[string]core.Val{"ipsec_spi_id_range": core.Int(40)}) // 20 pairs
+	var wg sync.WaitGroup
+	var okN, failN sync.Map
+	for i := 0; i < 30; i++ {
+		ue, cid := fmt.Sprintf("10.99.1.%d", i+1), fmt.Sprintf("c%d", i)
+		r.register(t, cid, ue)
+		msg := r.reply(t, cid, "401 Unauthorized", wwwAuth)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v, _ := r.t.Funcs[0].Fn(msg, []core.Val{core.Str("l"), core.Int(0)})
+			if v.Int == 1 {
+				okN.Store(cid, true)
+			} else {
+				failN.Store(cid, true)
+			}
+		}()
+	}
+	wg.Wait()
+	n := 0
+	okN.Range(func(any, any) bool { n++; return true })
+	if n != 20 {
+		t.Errorf("%d created, want 20 (the pool)", n)
+	}
+	if sts, _ := r.k.List(r.m.rng); len(sts) != 80 {
+		t.Errorf("%d states, want 80", len(sts))
+	}
+}

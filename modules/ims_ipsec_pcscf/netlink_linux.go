@@ -144,6 +144,22 @@ func (k *NetlinkKernel) remove(h *netlink.Handle, sas []*SA, half *SA) error {
 	return errors.Join(errs...)
 }
 
+// SetLifetime updates each state's hard lifetime in place (XfrmStateUpdate
+// needs the full state, keys included).
+func (k *NetlinkKernel) SetLifetime(s *SASet, hard uint64) error {
+	h, err := k.handle()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for i := range s.SAs {
+		if err := h.XfrmStateUpdate(nlState(&s.SAs[i], hard)); err != nil {
+			errs = append(errs, fmt.Errorf("SA %s spi %d: %w", s.SAs[i].Name, s.SAs[i].SPI, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Remove deletes the set; what is already gone is not an error.
 func (k *NetlinkKernel) Remove(s *SASet) error {
 	h, err := k.handle()

@@ -114,6 +114,7 @@ type StateInfo struct {
 	IntegrityFailed  uint32
 	Replay           uint32
 	AddTime, UseTime uint64
+	HardLifetime     uint64 // seconds; the fake's record (netlink does not list it)
 }
 
 // Kernel is the seam to the kernel's xfrm tables. Install is all or
@@ -126,6 +127,9 @@ type Kernel interface {
 	Probe(r SPIRange) error
 	Install(s *SASet) error
 	Remove(s *SASet) error
+	// SetLifetime changes the hard lifetime of the set's states (the
+	// temporary one after the 401, registration expiry + 30 s after the 200).
+	SetLifetime(s *SASet, hardSecs uint64) error
 	List(r SPIRange) ([]StateInfo, error)
 	// PolicyCount is the number of policies tied to the range (for audit).
 	PolicyCount(r SPIRange) (int, error)
@@ -203,6 +207,22 @@ func (f *FakeKernel) Install(s *SASet) error {
 		f.states[k] = StateInfo{Src: sa.Src.String(), Dst: sa.Dst.String(), SrcPort: sa.SrcPort, DstPort: sa.DstPort, SPI: sa.SPI, Reqid: sa.SPI}
 		f.policies[polKey(sa)] = sa.SPI
 		done = append(done, i)
+	}
+	return nil
+}
+
+// SetLifetime records the lifetime; states must exist.
+func (f *FakeKernel) SetLifetime(s *SASet, hard uint64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i := range s.SAs {
+		k := stateKey(s.SAs[i].Dst, s.SAs[i].SPI)
+		st, ok := f.states[k]
+		if !ok {
+			return fmt.Errorf("state spi %d: no such process", s.SAs[i].SPI)
+		}
+		st.HardLifetime = hard
+		f.states[k] = st
 	}
 	return nil
 }
