@@ -91,3 +91,34 @@ func TestInstallListRemoveNetlink(t *testing.T) {
 		t.Errorf("after remove: %d states", len(l))
 	}
 }
+
+// Policies need no ESP, so this runs on the development kernel too (with
+// KAMGO_IPSEC_KERNEL=1): the ownership rule keeps a foreign policy.
+func TestPoliciesOwnedNetlink(t *testing.T) {
+	k := kernelInNewNS(t)
+	h, _ := k.handle()
+	r := rigRange()
+	s, _ := BuildSASet(rigUE, rigP, rigKeys(t))
+	for i := range s.SAs {
+		if err := h.XfrmPolicyAdd(nlPolicy(&s.SAs[i])); err != nil {
+			t.Fatalf("policy %s: %v", s.SAs[i].Name, err)
+		}
+	}
+	foreign := SA{Src: net.ParseIP("10.99.0.1"), SrcPort: 4000, Dst: net.ParseIP("10.99.0.7"), DstPort: 7000, SPI: 300000, Dir: DirOut}
+	if err := h.XfrmPolicyAdd(nlPolicy(&foreign)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := k.PolicyCount(r); err != nil || n != 4 {
+		t.Fatalf("owned policies %d %v, want 4", n, err)
+	}
+	if _, err := k.RemoveOwned(r); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := k.PolicyCount(r); n != 0 {
+		t.Errorf("%d owned policies left", n)
+	}
+	all, err := h.XfrmPolicyList(0)
+	if err != nil || len(all) != 1 || all[0].DstPort != 7000 {
+		t.Errorf("left %+v %v, want only the foreign policy", all, err)
+	}
+}
