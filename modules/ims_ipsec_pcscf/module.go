@@ -44,6 +44,7 @@ type ueSet struct {
 	set             *SASet
 	ck, ik          []byte
 	server          Mechanism // the Security-Server sent in the 401
+	seq             uint64    // creation order (times can tie)
 	timer           core.Timer
 }
 
@@ -83,6 +84,7 @@ type mod struct {
 	pool    *Pool
 	rng     SPIRange
 	sets    map[string]*ueSet
+	seq     uint64
 	pending map[string]pending
 }
 
@@ -147,7 +149,7 @@ func newModule(env *core.Env, k Kernel) (*mod, *core.Module) {
 		},
 		Funcs: []core.Func{
 			{Name: "ipsec_create", Args: []core.ArgType{core.ArgStr, core.ArgInt}, Ret: core.RetInt, Routes: core.RouteTmReply | core.RouteReply,
-				Doc: "(domain, flags) on the 401 to a REGISTER: strip ck/ik from WWW-Authenticate, pick the mechanism from the REGISTER's Security-Client, allocate SPIs/ports, install 4 SAs + 4 policies, add Security-Server and Supported: sec-agree. flags 0x01: first remove expired sets. 1 ok, -1 error (nothing created; answer the UE with a 5xx)",
+				Doc: "(domain, flags) onreply route, on the 401 to a REGISTER: strip ck/ik from WWW-Authenticate, pick the mechanism from the REGISTER's Security-Client, allocate SPIs/ports, install 4 SAs + 4 policies, add Security-Server and Supported: sec-agree. flags 0x01: first remove expired sets. 1 ok, -1 error: nothing created, ck/ik still removed, no Security-Server added",
 				Fn:  m.ipsecCreate},
 			{Name: "ipsec_forward", Args: []core.ArgType{core.ArgStr, core.ArgInt}, Ret: core.RetInt, Routes: core.RouteRequest | core.RouteTmReply | core.RouteReply | core.RouteFailure | core.RouteBranch,
 				Doc: "(domain, flags) send through the UE's protected ports. Today: a 200 to REGISTER moves its set to established (expires from the reply), Expires 0 marks it deleting; sending from a protected socket needs the transport API and returns -1 until it lands",
@@ -191,15 +193,15 @@ func (m *mod) init() error {
 		ClientPort: uint16(m.clientPort.Load()), ServerPort: uint16(m.serverPort.Load()), MaxConnections: int(m.maxConn.Load())}
 	pool, err := NewPool(cfg)
 	if err != nil {
-		return fmt.Errorf("%s: %w", Name, err)
+		return err
 	}
 	rng := SPIRange{Start: cfg.SPIStart, Len: cfg.SPIRange, Local: net.ParseIP(m.str(&m.listenAddr)),
 		ClientPort: cfg.ClientPort, ServerPort: cfg.ServerPort, Ports: cfg.MaxConnections}
 	if err := m.kernel.Probe(rng); err != nil {
-		return fmt.Errorf("%s: %w", Name, err)
+		return err
 	}
 	if n, err := m.kernel.RemoveOwned(rng); err != nil {
-		return fmt.Errorf("%s: removing stale SAs: %w", Name, err)
+		return fmt.Errorf("removing stale SAs: %w", err)
 	} else if n > 0 {
 		m.log().Info("ims_ipsec_pcscf: removed SAs left by a previous run", "states", n)
 	}
@@ -273,7 +275,8 @@ func (m *mod) remember(msg *core.Msg) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if len(m.pending) >= pendingMax {
+	// REGISTERs answered without a 401 are never taken: sweep now and then.
+	if n := len(m.pending); n >= pendingMax || n > 0 && n%1024 == 0 {
 		m.gcPending(p.at)
 		if len(m.pending) >= pendingMax {
 			m.log().Warn("ims_ipsec_pcscf: too many REGISTERs awaiting a 401; dropping this one's Security-Client")
@@ -438,6 +441,8 @@ func (m *mod) ipsecCreate(msg *core.Msg, a []core.Val) (core.Val, error) {
 		callID: strings.SplitN(pendingKey(msg.Res), "\x00", 2)[0], ue: ue, p: p, alg: mech.Alg, ealg: mech.Ealg,
 		state: StateTemporary, created: now, pair: pair, set: set, ck: ck, ik: ik}
 	m.mu.Lock()
+	m.seq++
+	s.seq = m.seq
 	m.sets[s.id] = s
 	m.armLocked(s, time.Duration(m.tempLifetime.Load())*time.Second)
 	m.mu.Unlock()
@@ -569,7 +574,7 @@ func (m *mod) findForMsg(msg *core.Msg) *ueSet {
 	}
 	var best *ueSet
 	for _, s := range m.sets {
-		if s.callID == cid.Value() && (best == nil || s.created.After(best.created)) {
+		if s.callID == cid.Value() && (best == nil || s.seq > best.seq) {
 			best = s
 		}
 	}

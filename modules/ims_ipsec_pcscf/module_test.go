@@ -3,6 +3,8 @@ package ims_ipsec_pcscf
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -77,6 +79,7 @@ type rig struct {
 func newRig(t *testing.T, params map[string]core.Val) *rig {
 	t.Helper()
 	env := core.NewEnv(nil)
+	env.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	r := &rig{k: NewFakeKernel(), clock: &fclock{now: time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC)}, env: env}
 	env.Clock = r.clock
 	env.Publish = func(topic string, data any) {
