@@ -5,6 +5,7 @@ import (
 	_ "github.com/kamgo/kamgo/modules/auth"
 	_ "github.com/kamgo/kamgo/modules/auth_db"
 	_ "github.com/kamgo/kamgo/modules/htable"
+	_ "github.com/kamgo/kamgo/modules/ims_ipsec_pcscf"
 	_ "github.com/kamgo/kamgo/modules/kx"
 	_ "github.com/kamgo/kamgo/modules/maxfwd"
 	_ "github.com/kamgo/kamgo/modules/pvx"

@@ -1,0 +1,111 @@
+package ims_ipsec_pcscf
+
+import (
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+)
+
+func cfg(start, rng uint32, maxc int) PoolConfig {
+	return PoolConfig{SPIStart: start, SPIRange: rng, ClientPort: 5100, ServerPort: 6100, MaxConnections: maxc}
+}
+
+func TestPoolConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		c      PoolConfig
+		errHas string
+	}{
+		{cfg(4096, 1000, 10), ""},
+		{cfg(100, 1000, 10), "reserved"},
+		{cfg(4096, 1, 10), "at least one pair"},
+		{cfg(4294967000, 1000, 10), "32 bits"},
+		{cfg(4096, 1000, 0), "at least 1"},
+		{PoolConfig{SPIStart: 4096, SPIRange: 10, ClientPort: 5062, ServerPort: 5063, MaxConnections: 2}, "overlap"},
+		{PoolConfig{SPIStart: 4096, SPIRange: 10, ClientPort: 65535, ServerPort: 6100, MaxConnections: 2}, "65535"},
+	} {
+		err := tc.c.Validate()
+		if tc.errHas == "" && err != nil || tc.errHas != "" && (err == nil || !strings.Contains(err.Error(), tc.errHas)) {
+			t.Errorf("%+v: %v, want %q", tc.c, err, tc.errHas)
+		}
+	}
+}
+
+func TestPoolPairsAndPorts(t *testing.T) {
+	p, err := NewPool(cfg(4096, 7, 2)) // 3 pairs: 4096/97, 98/99, 4100/01; 4102 alone is unused
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Pair{{4096, 4097, 5100, 6100}, {4098, 4099, 5101, 6101}, {4100, 4101, 5100, 6100}}
+	for i, w := range want {
+		got, err := p.Acquire()
+		if err != nil || got != w {
+			t.Fatalf("acquire %d: %+v %v, want %+v", i, got, err, w)
+		}
+	}
+	if _, err := p.Acquire(); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("4th acquire: %v, want ErrExhausted", err)
+	}
+	if u, n := p.Usage(); u != 3 || n != 3 {
+		t.Errorf("usage %d/%d", u, n)
+	}
+	// FIFO: released pairs come back in release order, after nothing else.
+	p.Release(want[1])
+	p.Release(want[0])
+	if !p.Owns(4102) || p.Owns(4103) || p.Owns(4095) {
+		t.Error("Owns range wrong")
+	}
+	if got, _ := p.Acquire(); got != want[1] {
+		t.Errorf("reuse got %+v, want %+v", got, want[1])
+	}
+	// Double release and a foreign pair are no-ops, not duplicates.
+	if p.Release(want[0]) {
+		t.Error("double release accepted")
+	}
+	if p.Release(Pair{SpiPC: 9, SpiPS: 10}) {
+		t.Error("foreign pair accepted")
+	}
+	if u, n := p.Usage(); u != 2 || n != 3 {
+		t.Errorf("usage after double release %d/%d", u, n)
+	}
+}
+
+func TestPoolConcurrent(t *testing.T) {
+	p, _ := NewPool(cfg(0x10000, 2*500, 10))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	seen := map[uint32]int{}
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 200; i++ {
+				pr, err := p.Acquire()
+				if err != nil {
+					continue
+				}
+				mu.Lock()
+				seen[pr.SpiPC]++
+				if seen[pr.SpiPC] > 1 {
+					t.Errorf("pair %d handed out twice", pr.SpiPC)
+				}
+				mu.Unlock()
+				if i%2 == 0 {
+					mu.Lock()
+					seen[pr.SpiPC]--
+					mu.Unlock()
+					p.Release(pr)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	u, n := p.Usage()
+	held := 0
+	for _, c := range seen {
+		held += c
+	}
+	if u != held || n != 500 {
+		t.Errorf("usage %d/%d, held %d", u, n, held)
+	}
+}
