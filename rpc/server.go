@@ -250,7 +250,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.servers = append(s.servers, hs)
 	s.addr = ln.Addr().String()
 	s.mu.Unlock()
-	s.log.Info("rpc: listening", "addr", ln.Addr().String(), "tls", s.cfg.TLSCertFile != "")
+	// kamd logs "rpc listening on ADDR (scheme)" itself; the server stays quiet.
 	var err error
 	if s.cfg.TLSCertFile != "" && s.cfg.TLSKeyFile != "" {
 		err = hs.ServeTLS(ln, s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
