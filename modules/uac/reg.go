@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"math"
 	mrand "math/rand/v2"
 	"net"
 	"strconv"
@@ -416,23 +417,25 @@ func (u *UAC) registered(r *record, res *sip.Response) {
 	r.lastSuccess = now
 	r.timerExpires = r.sentAt.Add(time.Duration(granted) * time.Second)
 	u.setState(r, StateRegistered)
-	u.schedule(r, r.sentAt.Add(refreshAfter(granted, first)))
+	u.schedule(r, r.sentAt.Add(u.refreshAfter(granted, first)))
 }
 
-// refreshAfter is the refresh rule: re-REGISTER after 65–75% of the granted
-// expiry, at least 1 s after the send; the remaining 25–35% leaves time for
-// a 401 round trip and tm's timeout on long expiries. The first refresh
-// after a registration (start, enable, reload, recovery) comes at a uniform
-// 10–75% instead: records that registered together — thousands at start —
-// are spread over the whole period at once, so refreshes never come in
-// bursts, and later refreshes (±5%) keep them spread.
-func refreshAfter(granted int, first bool) time.Duration {
+// refreshAfter is the refresh rule: re-REGISTER 70% of the granted expiry
+// after the REGISTER was sent (at least 1 s), leaving 30% for a challenge
+// round trip and tm's timeout. The first refresh after a registration
+// (start, enable, reload, recovery from a failure) comes between 10% and
+// 75% instead, at a point of a low-discrepancy sequence (the golden-ratio
+// fractions of a counter): rows that registered in the same seconds —
+// thousands at start — are spread evenly over the whole period at once,
+// and the fixed 70% afterwards keeps them spread. Random jitter would
+// leave Poisson clusters (several times the average in some second).
+func (u *UAC) refreshAfter(granted int, first bool) time.Duration {
 	g := time.Duration(granted) * time.Second
-	width := g / 10
+	d := g * 7 / 10
 	if first {
-		width = g * 65 / 100
+		frac := math.Mod(float64(u.spreadSeq.Add(1))*0.6180339887498949, 1)
+		d = g/10 + time.Duration(frac*float64(g*65/100))
 	}
-	d := g*3/4 - time.Duration(mrand.Int64N(int64(width)+1))
 	if d < time.Second {
 		d = time.Second
 	}

@@ -37,7 +37,8 @@ func (s *strVar) Store(v string) { s.p.Store(&v) }
 
 // UAC is one uac module instance.
 type UAC struct {
-	env *core.Env
+	spreadSeq atomic.Uint64 // first refreshes placed so far (refreshAfter)
+	env       *core.Env
 
 	// Registration params (Kamailio names).
 	regDBURL       strVar
