@@ -259,7 +259,7 @@ func (n *Node) Init() (err error) {
 				socks[i].Port = 5060
 			}
 		}
-		env.Sockets = socks
+		env.SetSockets(socks)
 		env.Sender = eng.WrapSender(n.Opts.Sender)
 	} else {
 		tlsConf, err := n.sipTLS(p)
@@ -271,7 +271,7 @@ func (n *Node) Init() (err error) {
 		if err != nil {
 			return err
 		}
-		env.Sockets = bound
+		env.SetSockets(bound)
 		env.Sender = eng.WrapSender(n.tr)
 	}
 	for _, m := range n.Modules {
@@ -308,7 +308,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	if n.tr != nil {
 		n.tr.Start()
-		for _, s := range n.Env.Sockets {
+		for _, s := range n.Env.Sockets() {
 			n.Env.Log.Info("listening on " + s.String())
 		}
 	}

@@ -145,8 +145,8 @@ func TestSenderIsReadyFromInitOn(t *testing.T) {
 	if initSender == nil || errors.Is(initSender.Send(&core.Outgoing{}), node.ErrNotReady) {
 		t.Errorf("the Sender Init saw is not the real one")
 	}
-	if len(n.Env.Sockets) == 0 || n.Env.DB == nil {
-		t.Errorf("Init left Sockets %v, DB %v", n.Env.Sockets, n.Env.DB)
+	if len(n.Env.Sockets()) == 0 || n.Env.DB == nil {
+		t.Errorf("Init left Sockets %v, DB %v", n.Env.Sockets(), n.Env.DB)
 	}
 }
 

@@ -202,7 +202,7 @@ func (n *Node) rpcPs(context.Context, core.RPCArgs) (any, error) { return n.Ps()
 
 func (n *Node) rpcSockets(context.Context, core.RPCArgs) (any, error) {
 	var out []map[string]any
-	for _, s := range n.Env.Sockets {
+	for _, s := range n.Env.Sockets() {
 		out = append(out, map[string]any{"proto": s.Proto, "address": s.IP, "port": s.Port, "advertise": s.Advertise})
 	}
 	return map[string]any{"socket": out}, nil
@@ -299,7 +299,7 @@ func (n *Node) Ps() []map[string]any {
 	var out []map[string]any
 	add := func(dsc string) { out = append(out, map[string]any{"idx": len(out), "pid": os.Getpid(), "dsc": dsc}) }
 	add("main process")
-	for _, s := range n.Env.Sockets {
+	for _, s := range n.Env.Sockets() {
 		if s.Proto == "udp" {
 			add("udp receiver " + s.String())
 		} else {
