@@ -261,6 +261,7 @@ func (n *Node) Init() (err error) {
 		}
 		env.SetSockets(socks)
 		env.Sender = eng.WrapSender(n.Opts.Sender)
+		env.SocketManager = listedSockets{env}
 	} else {
 		tlsConf, err := n.sipTLS(p)
 		if err != nil {
@@ -273,6 +274,7 @@ func (n *Node) Init() (err error) {
 		}
 		env.SetSockets(bound)
 		env.Sender = eng.WrapSender(n.tr)
+		env.SocketManager = n.tr
 	}
 	for _, m := range n.Modules {
 		if m.Init != nil {
@@ -281,6 +283,30 @@ func (n *Node) Init() (err error) {
 			}
 		}
 		n.inited = append(n.inited, m)
+	}
+	return nil
+}
+
+// listedSockets is the SocketManager of route tests (Options.Sender): a
+// socket is only listed in Env.Sockets(), nothing is bound.
+type listedSockets struct{ env *core.Env }
+
+func (l listedSockets) OpenSocket(_ context.Context, s core.Socket) (core.Socket, error) {
+	if s.Port <= 0 || s.Port > 65535 {
+		return s, fmt.Errorf("open socket %s: a route test needs a port (1-65535)", s)
+	}
+	for _, x := range l.env.Sockets() {
+		if x.Proto == s.Proto && x.Port == s.Port && x.IP == s.IP {
+			return s, fmt.Errorf("open socket %s: already open", s)
+		}
+	}
+	l.env.AddSocket(s)
+	return s, nil
+}
+
+func (l listedSockets) CloseSocket(s core.Socket) error {
+	if !l.env.RemoveSocket(s) {
+		return fmt.Errorf("close socket %s: not open", s)
 	}
 	return nil
 }

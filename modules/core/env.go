@@ -192,8 +192,8 @@ type Env struct {
 	// SocketManager opens and closes sockets at runtime (see OpenSocket).
 	SocketManager SocketManager
 	Aliases       []string // extra names for is_myself
-	Stats   *Stats
-	Shv     *SharedVars
+	Stats         *Stats
+	Shv           *SharedVars
 	// Publish emits an event to RPC subscribers (nil-safe via Emit).
 	Publish func(topic string, data any)
 	// DBPath is the SQLite file for modules that store state; DB is it
