@@ -551,3 +551,27 @@ func TestSocketsReadWhileChanging(t *testing.T) {
 	close(done)
 	readers.Wait()
 }
+
+// A socket opened before Start (a module's Init) is read once traffic is
+// let in.
+func TestOpenBeforeStart(t *testing.T) {
+	env := core.NewEnv(nil)
+	h := &localHandler{}
+	tr := New(env, h, Config{Workers: 1})
+	h.tr = tr
+	t.Cleanup(tr.Close)
+	env.Sender, env.SocketManager = tr, tr
+	u, err := env.OpenSocket(context.Background(), core.Socket{Proto: "udp", IP: "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !listed(env, u) {
+		t.Fatalf("Env.Sockets() = %v", env.Sockets())
+	}
+	// No listen() socket here: the reply is sent from u explicitly.
+	h.from = u
+	tr.Start()
+	if _, reply, err := udpAsk(udpClient(t), u, 1); err != nil || !strings.HasPrefix(reply, "SIP/2.0 200 OK\r\n") {
+		t.Fatalf("a socket opened before Start: %q %v", reply, err)
+	}
+}
