@@ -218,28 +218,29 @@ func (t *Transport) closeRuntime() {
 
 // sendFrom sends a message from o.LocalSocket.
 func (t *Transport) sendFrom(o *core.Outgoing, data []byte) error {
+	ls := *o.LocalSocket
 	proto := o.Dst.Proto
 	if proto == "" {
 		proto = "udp"
 	}
-	if o.LocalSocket.Proto != proto {
-		return fmt.Errorf("cannot send to %s from %s: not the same protocol", o.Dst, o.LocalSocket)
+	if ls.Proto != proto {
+		return fmt.Errorf("cannot send to %s from %s: not the same protocol", o.Dst, ls)
 	}
 	switch proto {
 	case "udp":
-		k := sockKey(o.LocalSocket)
+		k := sockKey(ls)
 		t.rtMu.RLock()
 		u := t.udpBy[k]
 		t.rtMu.RUnlock()
 		if u == nil {
-			return fmt.Errorf("cannot send to %s from %s: no such open socket", o.Dst, o.LocalSocket)
+			return fmt.Errorf("cannot send to %s from %s: no such open socket", o.Dst, ls)
 		}
 		ip, err := t.resolv.resolve(o.Dst.Host)
 		if err != nil {
 			return err
 		}
 		if ip.Is4() != u.v4 {
-			return fmt.Errorf("cannot send to %s from %s: another address family", o.Dst, o.LocalSocket)
+			return fmt.Errorf("cannot send to %s from %s: another address family", o.Dst, ls)
 		}
 		to := netip.AddrPortFrom(ip, uint16(o.Dst.Port))
 		us := u.senders.Get().(*udpSender)
@@ -263,7 +264,8 @@ func (t *Transport) sendFrom(o *core.Outgoing, data []byte) error {
 // the ConnID's connection if it is on that socket, an open one between the
 // two, or a new one dialled from the socket's address and port.
 func (t *Transport) streamFrom(o *core.Outgoing) (*streamConn, error) {
-	k := sockKey(o.LocalSocket)
+	ls := *o.LocalSocket
+	k := sockKey(ls)
 	if o.ConnID != "" {
 		if v, ok := t.conns.Load(o.ConnID); ok {
 			if sc := v.(*streamConn); sockKey(sc.sock) == k {
@@ -280,15 +282,15 @@ func (t *Transport) streamFrom(o *core.Outgoing) (*streamConn, error) {
 		return v.(*streamConn), nil
 	}
 	if o.Dst.Proto == "ws" || o.Dst.Proto == "wss" {
-		return nil, fmt.Errorf("no websocket connection from %s to %s", o.LocalSocket, remote)
+		return nil, fmt.Errorf("no websocket connection from %s to %s", ls, remote)
 	}
 	t.rtMu.RLock()
 	rt, fixed := t.rt[k], t.fixed[k]
 	t.rtMu.RUnlock()
 	if rt == nil && !fixed {
-		return nil, fmt.Errorf("cannot connect to %s from %s: no such open socket", remote, o.LocalSocket)
+		return nil, fmt.Errorf("cannot connect to %s from %s: no such open socket", remote, ls)
 	}
-	sock := o.LocalSocket
+	sock := ls
 	if rt != nil {
 		sock = rt.sock
 	}

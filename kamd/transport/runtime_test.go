@@ -38,7 +38,9 @@ func (h *localHandler) HandleRequest(m *core.Msg) {
 	res := core.BuildReply(m.Req, 200, "OK", nil)
 	m.FixVia()
 	o := m.ReplyOutgoing(res, core.OutReply)
-	o.LocalSocket = from
+	if from.Port != 0 {
+		o.LocalSocket = &from
+	}
 	_ = h.tr.Send(o)
 }
 
@@ -217,10 +219,10 @@ func TestOpenCloseErrors(t *testing.T) {
 		o    core.Outgoing
 		want string
 	}{
-		{core.Outgoing{Dst: core.Target{Proto: "udp", Host: "127.0.0.1", Port: 9}, LocalSocket: u}, "no such open socket"},
-		{core.Outgoing{Dst: core.Target{Proto: "tcp", Host: "127.0.0.1", Port: 9}, LocalSocket: fixed}, "not the same protocol"},
-		{core.Outgoing{Dst: core.Target{Proto: "udp", Host: "::1", Port: 9}, LocalSocket: fixed}, "another address family"},
-		{core.Outgoing{Dst: core.Target{Proto: "tcp", Host: "127.0.0.1", Port: 9}, LocalSocket: core.Socket{Proto: "tcp", IP: "127.0.0.1", Port: 9}}, "no such open socket"},
+		{core.Outgoing{Dst: core.Target{Proto: "udp", Host: "127.0.0.1", Port: 9}, LocalSocket: &u}, "no such open socket"},
+		{core.Outgoing{Dst: core.Target{Proto: "tcp", Host: "127.0.0.1", Port: 9}, LocalSocket: &fixed}, "not the same protocol"},
+		{core.Outgoing{Dst: core.Target{Proto: "udp", Host: "::1", Port: 9}, LocalSocket: &fixed}, "another address family"},
+		{core.Outgoing{Dst: core.Target{Proto: "tcp", Host: "127.0.0.1", Port: 9}, LocalSocket: &core.Socket{Proto: "tcp", IP: "127.0.0.1", Port: 9}}, "no such open socket"},
 	} {
 		c.o.Msg = req
 		if err := tr.Send(&c.o); err == nil || !strings.Contains(err.Error(), c.want) {
@@ -258,7 +260,7 @@ func TestUDPSendFromChosenSocket(t *testing.T) {
 	pa := peer.LocalAddr().(*net.UDPAddr)
 	req := sip.NewRequest(sip.OPTIONS, sip.Uri{Host: "127.0.0.1", Port: pa.Port})
 	req.AppendHeader(sip.NewHeader("Via", "SIP/2.0/UDP 127.0.0.1:"+strconv.Itoa(client.Port)+";branch=z9hG4bK-out"))
-	if err := tr.Send(&core.Outgoing{Kind: core.OutLocalRequest, Msg: req, Dst: core.Target{Proto: "udp", Host: "127.0.0.1", Port: pa.Port}, LocalSocket: client}); err != nil {
+	if err := tr.Send(&core.Outgoing{Kind: core.OutLocalRequest, Msg: req, Dst: core.Target{Proto: "udp", Host: "127.0.0.1", Port: pa.Port}, LocalSocket: &client}); err != nil {
 		t.Fatal(err)
 	}
 	_ = peer.SetReadDeadline(time.Now().Add(3 * time.Second))
@@ -290,7 +292,7 @@ func TestTCPDialFromChosenPort(t *testing.T) {
 		req.AppendHeader(sip.NewHeader("Call-ID", "dial-"+strconv.Itoa(n)))
 		req.AppendHeader(sip.NewHeader("CSeq", strconv.Itoa(n)+" OPTIONS"))
 		req.AppendHeader(sip.NewHeader("Content-Length", "0"))
-		if err := tr.Send(&core.Outgoing{Kind: core.OutLocalRequest, Msg: req, Dst: dst, LocalSocket: pc}); err != nil {
+		if err := tr.Send(&core.Outgoing{Kind: core.OutLocalRequest, Msg: req, Dst: dst, LocalSocket: &pc}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -495,7 +495,7 @@ func (t *Transport) sendBytes(o *core.Outgoing, data []byte) error {
 	if t.sendHook != nil {
 		return t.sendHook(o, data)
 	}
-	if o.LocalSocket.Port != 0 {
+	if o.LocalSocket != nil {
 		return t.sendFrom(o, data)
 	}
 	switch o.Dst.Proto {

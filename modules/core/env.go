@@ -62,13 +62,14 @@ type Outgoing struct {
 	ConnID string
 	// Branch is the tm branch index for OutBranch.
 	Branch int
-	// LocalSocket, when set (Port != 0), is the local socket the message
-	// leaves from: over UDP the datagram is sent on that socket, over
-	// TCP/TLS a connection from that address and port is used or dialled
-	// (a ConnID whose connection is on another local socket is then not
-	// used). It must be one of Env.Sockets(). Zero: the transport picks as
-	// always (the first socket of the address family, any connection).
-	LocalSocket Socket
+	// LocalSocket, when set, is the local socket the message leaves from:
+	// over UDP the datagram is sent on that socket, over TCP/TLS a
+	// connection from that address and port is used or dialled (a ConnID
+	// whose connection is on another local socket is then not used). It
+	// must be one of Env.Sockets(). nil: the transport picks as always (the
+	// first socket of the address family, any connection). A pointer keeps
+	// Outgoing, allocated per message, in its size class.
+	LocalSocket *Socket
 }
 
 // Sender is the one door through which every effect leaves kamd. The
