@@ -254,7 +254,8 @@ func (t *Transport) bindStream(ctx context.Context, s core.Socket, reuse bool) (
 }
 
 // Start runs the readers and workers. Call it after the Env's Sender and
-// Sockets are set: workers read them without locks.
+// Sockets are set (the workers read the Sender without a lock; sockets
+// opened before Start are read from here on).
 func (t *Transport) Start() {
 	t.startRuntime()
 	for _, u := range t.udp {
