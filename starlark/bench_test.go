@@ -27,7 +27,7 @@ func benchEngine(b *testing.B) (*Engine, *discard) {
 	b.Helper()
 	d := &discard{}
 	env := core.NewEnv(d)
-	env.Sockets = []core.Socket{{Proto: "udp", IP: "127.0.0.1", Port: 5060}}
+	env.SetSockets([]core.Socket{{Proto: "udp", IP: "127.0.0.1", Port: 5060}})
 	e := New(env)
 	// The Starlark twin of ../shared/bench/kamailio/route.lua, as benchmarked against Kamailio.
 	if _, err := e.LoadFile("../tests/bench/route.star"); err != nil {
@@ -46,7 +46,7 @@ func benchParse(b *testing.B, raw string) *sip.Request {
 }
 
 func newBenchMsg(e *Engine, req *sip.Request, srcPort int) *core.Msg {
-	return &core.Msg{Env: e.Env, Req: req, Proto: "udp", SrcIP: "127.0.0.1", SrcPort: srcPort, Local: e.Env.Sockets[0]}
+	return &core.Msg{Env: e.Env, Req: req, Proto: "udp", SrcIP: "127.0.0.1", SrcPort: srcPort, Local: e.Env.Sockets()[0]}
 }
 
 // BenchmarkRouteRegister: REGISTER → KSR.sl.send_reply(200) (BuildReply

@@ -289,7 +289,7 @@ def ksr_request_route(msg):
 		go func(g int) {
 			defer wg.Done()
 			for i := 0; i < 200; i++ {
-				m := &core.Msg{Env: h.Env, Req: options(t, g*1000+i), Proto: "udp", SrcIP: "192.0.2.10", SrcPort: 5070, Local: h.Env.Sockets[0]}
+				m := &core.Msg{Env: h.Env, Req: options(t, g*1000+i), Proto: "udp", SrcIP: "192.0.2.10", SrcPort: 5070, Local: h.Env.Sockets()[0]}
 				h.Engine.HandleRequest(m)
 				if !m.Replied || m.ReplyCode != 200 {
 					t.Errorf("request %d/%d: replied %v code %d", g, i, m.Replied, m.ReplyCode)

@@ -259,8 +259,9 @@ func (n *Node) Init() (err error) {
 				socks[i].Port = 5060
 			}
 		}
-		env.Sockets = socks
+		env.SetSockets(socks)
 		env.Sender = eng.WrapSender(n.Opts.Sender)
+		env.SocketManager = listedSockets{env}
 	} else {
 		tlsConf, err := n.sipTLS(p)
 		if err != nil {
@@ -271,8 +272,9 @@ func (n *Node) Init() (err error) {
 		if err != nil {
 			return err
 		}
-		env.Sockets = bound
+		env.SetSockets(bound)
 		env.Sender = eng.WrapSender(n.tr)
+		env.SocketManager = n.tr
 	}
 	for _, m := range n.Modules {
 		if m.Init != nil {
@@ -281,6 +283,30 @@ func (n *Node) Init() (err error) {
 			}
 		}
 		n.inited = append(n.inited, m)
+	}
+	return nil
+}
+
+// listedSockets is the SocketManager of route tests (Options.Sender): a
+// socket is only listed in Env.Sockets(), nothing is bound.
+type listedSockets struct{ env *core.Env }
+
+func (l listedSockets) OpenSocket(_ context.Context, s core.Socket) (core.Socket, error) {
+	if s.Port <= 0 || s.Port > 65535 {
+		return s, fmt.Errorf("open socket %s: a route test needs a port (1-65535)", s)
+	}
+	for _, x := range l.env.Sockets() {
+		if x.Proto == s.Proto && x.Port == s.Port && x.IP == s.IP {
+			return s, fmt.Errorf("open socket %s: already open", s)
+		}
+	}
+	l.env.AddSocket(s)
+	return s, nil
+}
+
+func (l listedSockets) CloseSocket(s core.Socket) error {
+	if !l.env.RemoveSocket(s) {
+		return fmt.Errorf("close socket %s: not open", s)
 	}
 	return nil
 }
@@ -308,7 +334,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	if n.tr != nil {
 		n.tr.Start()
-		for _, s := range n.Env.Sockets {
+		for _, s := range n.Env.Sockets() {
 			n.Env.Log.Info("listening on " + s.String())
 		}
 	}

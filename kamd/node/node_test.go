@@ -3,6 +3,7 @@ package node_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"go/parser"
 	"go/token"
 	"net"
@@ -145,8 +146,8 @@ func TestSenderIsReadyFromInitOn(t *testing.T) {
 	if initSender == nil || errors.Is(initSender.Send(&core.Outgoing{}), node.ErrNotReady) {
 		t.Errorf("the Sender Init saw is not the real one")
 	}
-	if len(n.Env.Sockets) == 0 || n.Env.DB == nil {
-		t.Errorf("Init left Sockets %v, DB %v", n.Env.Sockets, n.Env.DB)
+	if len(n.Env.Sockets()) == 0 || n.Env.DB == nil {
+		t.Errorf("Init left Sockets %v, DB %v", n.Env.Sockets(), n.Env.DB)
 	}
 }
 
@@ -340,5 +341,83 @@ func TestModuleImportsAreDeclared(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// Sockets opened at runtime (Env.SocketManager) show in core.ps and
+// core.sockets_list while open, marked as such.
+func TestRuntimeSocketsListed(t *testing.T) {
+	n, err := node.New(node.Options{Path: "p.star", Src: []byte(script), RPCAddr: "off", DBPath: t.TempDir() + "/k.db",
+		Listen: []string{"udp:127.0.0.1:0"}, Workers: 1, LogOutput: discard{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Stop()
+	if err := n.Init(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	fixed := n.Env.Sockets()[0]
+	rt, err := n.Env.OpenSocket(context.Background(), core.Socket{Proto: "tcp", IP: "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dsc []string
+	for _, p := range n.Ps() {
+		dsc = append(dsc, p["dsc"].(string))
+	}
+	want := []string{"main process", "udp receiver " + fixed.String(), "tcp listener " + rt.String() + " (opened at runtime)", "SIP worker 0"}
+	if strings.Join(dsc, "|") != strings.Join(want, "|") {
+		t.Errorf("core.ps:\n got %q\nwant %q", dsc, want)
+	}
+	list := func() string {
+		raw, err := n.RPC.Call(context.Background(), rpc.RoleReadOnly, "core.sockets_list")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(raw)
+	}
+	got := list()
+	wantRT := fmt.Sprintf(`{"address":"127.0.0.1","advertise":"","port":%d,"proto":"tcp","runtime":true}`, rt.Port)
+	wantFixed := fmt.Sprintf(`{"address":"127.0.0.1","advertise":"","port":%d,"proto":"udp","runtime":false}`, fixed.Port)
+	if !strings.Contains(got, wantRT) || !strings.Contains(got, wantFixed) {
+		t.Errorf("core.sockets_list = %s\nwant %s and %s", got, wantFixed, wantRT)
+	}
+	if err := n.Env.CloseSocket(rt); err != nil {
+		t.Fatal(err)
+	}
+	if got := list(); strings.Contains(got, `"tcp"`) {
+		t.Errorf("core.sockets_list after close = %s", got)
+	}
+}
+
+// In a route test (Options.Sender) nothing binds: a socket opened is only
+// listed, so module code that opens sockets runs unchanged there.
+func TestRouteTestSocketsAreListed(t *testing.T) {
+	n := newNode(t)
+	defer n.Stop()
+	if err := n.Init(); err != nil {
+		t.Fatal(err)
+	}
+	s := core.Socket{Proto: "udp", IP: "192.0.2.1", Port: 6100}
+	if _, err := n.Env.OpenSocket(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	if !n.Env.IsMyself("192.0.2.1", 6100) {
+		t.Errorf("an opened socket is not myself: %v", n.Env.Sockets())
+	}
+	if _, err := n.Env.OpenSocket(context.Background(), s); err == nil {
+		t.Errorf("opening it twice worked")
+	}
+	if _, err := n.Env.OpenSocket(context.Background(), core.Socket{Proto: "udp", IP: "192.0.2.1"}); err == nil {
+		t.Errorf("port 0 in a route test worked")
+	}
+	if err := n.Env.CloseSocket(s); err != nil || n.Env.IsMyself("192.0.2.1", 6100) {
+		t.Errorf("close: %v, still myself %v", err, n.Env.IsMyself("192.0.2.1", 6100))
+	}
+	if err := n.Env.CloseSocket(s); err == nil {
+		t.Errorf("closing twice worked")
 	}
 }

@@ -168,7 +168,7 @@ func (n *Node) CoreRPC() []core.RPCMethod {
 		{Name: "core.uptime", Doc: "time since start", Result: `{"now": "...", "up_since": "...", "uptime": seconds}`, ReadOnly: true, Handler: n.rpcUptime},
 		{Name: "core.info", Doc: "version, build and runtime details", Result: `{"version","go","os","arch","pid","cpus","script"}`, ReadOnly: true, Handler: n.rpcInfo},
 		{Name: "core.ps", Doc: "what runs: a receiver or listener per SIP socket, stream connection readers, SIP workers, the rpc server", Result: `[{"idx": n, "pid": n, "dsc": "..."}]`, ReadOnly: true, Handler: n.rpcPs},
-		{Name: "core.sockets_list", Doc: "listening SIP sockets", Result: `{"socket": [{"proto","address","port","advertise"}]}`, ReadOnly: true, Handler: n.rpcSockets},
+		{Name: "core.sockets_list", Doc: "listening SIP sockets, those of listen() and those opened at runtime (runtime: true)", Result: `{"socket": [{"proto","address","port","advertise","runtime"}]}`, ReadOnly: true, Handler: n.rpcSockets},
 		{Name: "core.mem", Doc: "Go runtime memory (bytes)", Result: `{"heap_alloc","heap_sys","heap_objects","sys","num_gc","goroutines"}`, ReadOnly: true, Handler: rpcMem},
 		{Name: "stats.get_statistics", Doc: "statistics: all, a group (\"tm:\" or \"tm\") or names", Result: `{"group:name": n, ...}`, ReadOnly: true, Params: names, Handler: n.rpcGetStats},
 		{Name: "stats.reset_statistics", Doc: "zero statistics (all, a group or names)", Result: `{"reset": n}`,
@@ -202,8 +202,9 @@ func (n *Node) rpcPs(context.Context, core.RPCArgs) (any, error) { return n.Ps()
 
 func (n *Node) rpcSockets(context.Context, core.RPCArgs) (any, error) {
 	var out []map[string]any
-	for _, s := range n.Env.Sockets {
-		out = append(out, map[string]any{"proto": s.Proto, "address": s.IP, "port": s.Port, "advertise": s.Advertise})
+	rt := n.runtimeSockets()
+	for _, s := range n.Env.Sockets() {
+		out = append(out, map[string]any{"proto": s.Proto, "address": s.IP, "port": s.Port, "advertise": s.Advertise, "runtime": rt[s.String()]})
 	}
 	return map[string]any{"socket": out}, nil
 }
@@ -299,12 +300,16 @@ func (n *Node) Ps() []map[string]any {
 	var out []map[string]any
 	add := func(dsc string) { out = append(out, map[string]any{"idx": len(out), "pid": os.Getpid(), "dsc": dsc}) }
 	add("main process")
-	for _, s := range n.Env.Sockets {
+	rt := n.runtimeSockets()
+	for _, s := range n.Env.Sockets() {
+		dsc := s.Proto + " listener " + s.String()
 		if s.Proto == "udp" {
-			add("udp receiver " + s.String())
-		} else {
-			add(s.Proto + " listener " + s.String())
+			dsc = "udp receiver " + s.String()
 		}
+		if rt[s.String()] {
+			dsc += " (opened at runtime)"
+		}
+		add(dsc)
 	}
 	if n.tr != nil {
 		if c := n.tr.Conns(); c > 0 {
@@ -316,6 +321,28 @@ func (n *Node) Ps() []map[string]any {
 	}
 	if a := n.RPC.Addr(); a != "" {
 		add("rpc server " + a)
+	}
+	return out
+}
+
+// runtimeSockets is the set of sockets opened at runtime, by String().
+func (n *Node) runtimeSockets() map[string]bool {
+	out := map[string]bool{}
+	if n.tr != nil {
+		for _, s := range n.tr.Opened() {
+			out[s.String()] = true
+		}
+		return out
+	}
+	// Route tests: every socket beyond the configured ones.
+	cfg := map[string]bool{}
+	for _, s := range n.configured {
+		cfg[s.String()] = true
+	}
+	for _, s := range n.Env.Sockets() {
+		if !cfg[s.String()] {
+			out[s.String()] = true
+		}
 	}
 	return out
 }

@@ -84,7 +84,7 @@ func benchLoop(b *testing.B, raw string) {
 		b.Fatal(err)
 	}
 	defer tr.Close()
-	env.Sockets = socks
+	env.SetSockets(socks)
 	env.Sender = eng.WrapSender(tr)
 	tr.Start() // after Sender and Sockets are set (see Transport.Start)
 	proxy := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: socks[0].Port}

@@ -93,8 +93,8 @@ func newFuzzKamd(tb testing.TB, script string) *fuzzKamd {
 	if _, err := eng.Load(filepath.Base(script), src); err != nil {
 		tb.Fatal(err)
 	}
-	env.Sockets = []core.Socket{{Proto: "udp", IP: "127.0.0.1", Port: 5060}, {Proto: "tcp", IP: "127.0.0.1", Port: 5060}}
-	for _, s := range env.Sockets {
+	env.SetSockets([]core.Socket{{Proto: "udp", IP: "127.0.0.1", Port: 5060}, {Proto: "tcp", IP: "127.0.0.1", Port: 5060}})
+	for _, s := range env.Sockets() {
 		k.socks[s.Proto] = s
 	}
 	k.tr = New(env, eng, Config{Workers: 1})

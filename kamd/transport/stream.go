@@ -27,6 +27,7 @@ type streamConn struct {
 	id     string
 	remote string
 	sock   core.Socket
+	rt     *rtSock // the runtime socket it was accepted on or dialled from
 	mu     sync.Mutex
 }
 
@@ -46,7 +47,7 @@ func (s *streamConn) write(data []byte) error {
 
 func connKey(proto, remote string) string { return proto + ":" + remote }
 
-func (t *Transport) acceptLoop(ln net.Listener, sock core.Socket) {
+func (t *Transport) acceptLoop(ln net.Listener, sock core.Socket, rt *rtSock) {
 	defer t.wg.Done()
 	for {
 		c, err := ln.Accept()
@@ -61,24 +62,41 @@ func (t *Transport) acceptLoop(ln net.Listener, sock core.Socket) {
 			c.Close()
 			continue
 		}
-		sc := t.register(c, sock.Proto, sock, nil)
+		sc := t.register(c, sock.Proto, sock, nil, rt)
 		t.wg.Add(1)
 		go t.readLoop(sc)
 	}
 }
 
-func (t *Transport) register(c net.Conn, proto string, sock core.Socket, ws *websocket.Conn) *streamConn {
-	sc := &streamConn{c: c, ws: ws, proto: proto, remote: c.RemoteAddr().String(), sock: sock,
+func (t *Transport) register(c net.Conn, proto string, sock core.Socket, ws *websocket.Conn, rt *rtSock) *streamConn {
+	sc := &streamConn{c: c, ws: ws, proto: proto, remote: c.RemoteAddr().String(), sock: sock, rt: rt,
 		id: "c" + strconv.FormatUint(connSeq.Add(1), 10)}
 	t.nconns.Add(1)
 	t.conns.Store(sc.id, sc)
 	t.conns.Store(connKey(proto, sc.remote), sc)
+	// Found by local socket and peer too, for Outgoing.LocalSocket.
+	t.conns.Store(localConnKey(sockKey(sock), sc.remote), sc)
+	if rt != nil {
+		rt.mu.Lock()
+		rt.conns[sc] = struct{}{}
+		closed := rt.closed
+		rt.mu.Unlock()
+		if closed { // CloseSocket ran meanwhile: its reader unregisters it
+			c.Close()
+		}
+	}
 	return sc
 }
 
 func (t *Transport) unregister(sc *streamConn) {
 	t.conns.CompareAndDelete(sc.id, sc)
 	t.conns.CompareAndDelete(connKey(sc.proto, sc.remote), sc)
+	t.conns.CompareAndDelete(localConnKey(sockKey(sc.sock), sc.remote), sc)
+	if sc.rt != nil {
+		sc.rt.mu.Lock()
+		delete(sc.rt.conns, sc)
+		sc.rt.mu.Unlock()
+	}
 	t.nconns.Add(-1)
 	sc.c.Close()
 }
@@ -191,7 +209,7 @@ func (t *Transport) streamFor(o *core.Outgoing) (*streamConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", remote, err)
 	}
-	sc := t.register(c, o.Dst.Proto, sock, nil)
+	sc := t.register(c, o.Dst.Proto, sock, nil, nil)
 	// Key it by the address we dialled too (RemoteAddr may differ for names).
 	t.conns.Store(connKey(o.Dst.Proto, remote), sc)
 	t.wg.Add(1)

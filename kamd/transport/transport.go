@@ -131,6 +131,16 @@ type Transport struct {
 	// sendHook, set only by tests (the fuzz targets), gets every
 	// serialised message instead of the network.
 	sendHook func(o *core.Outgoing, data []byte) error
+
+	// Sockets by key (sockKey): those of Listen (fixed) and those opened
+	// at runtime (rt). Only Outgoing.LocalSocket sends, OpenSocket and
+	// CloseSocket use them; the default send path does not.
+	rtMu      sync.RWMutex
+	started   bool
+	fixed     map[string]bool
+	udpBy     map[string]*udpSock
+	rt        map[string]*rtSock
+	rtPending []*rtSock // opened before Start
 }
 
 type pendingListener struct {
@@ -174,41 +184,26 @@ func New(env *core.Env, h Handler, cfg Config) *Transport {
 func (t *Transport) Listen(ctx context.Context, socks []core.Socket) ([]core.Socket, error) {
 	out := make([]core.Socket, 0, len(socks))
 	for _, s := range socks {
-		addr := net.JoinHostPort(s.IP, strconv.Itoa(s.Port))
 		switch s.Proto {
 		case "udp":
-			ua, err := net.ResolveUDPAddr("udp", addr)
+			us, bound, err := t.bindUDP(s)
 			if err != nil {
+				t.Close()
 				return nil, err
 			}
-			c, err := net.ListenUDP("udp", ua)
-			if err != nil {
-				t.Close()
-				return nil, fmt.Errorf("listen %s: %w", s, err)
-			}
-			_ = c.SetReadBuffer(4 << 20)
-			_ = c.SetWriteBuffer(4 << 20)
-			s.Port = c.LocalAddr().(*net.UDPAddr).Port
-			us := &udpSock{sock: s, conn: c, v4: ua.IP.To4() != nil}
-			us.senders.New = func() any { return newUDPSender(c, us.v4) }
+			s = bound
 			t.udp = append(t.udp, us)
+			t.addFixed(s, us)
 		case "tcp", "tls", "ws", "wss":
-			ln, err := net.Listen("tcp", addr)
+			ln, bound, err := t.bindStream(ctx, s, false)
 			if err != nil {
 				t.Close()
-				return nil, fmt.Errorf("listen %s: %w", s, err)
+				return nil, err
 			}
-			s.Port = ln.Addr().(*net.TCPAddr).Port
-			if s.Proto == "tls" || s.Proto == "wss" {
-				if t.cfg.TLSConfig == nil {
-					ln.Close()
-					t.Close()
-					return nil, fmt.Errorf("listen %s: no TLS certificate configured (core_param tls_certificate / tls_private_key)", s)
-				}
-				ln = tls.NewListener(ln, t.cfg.TLSConfig)
-			}
+			s = bound
 			t.lns = append(t.lns, ln)
 			t.pending = append(t.pending, pendingListener{ln: ln, sock: s})
+			t.addFixed(s, nil)
 		default:
 			t.Close()
 			return nil, fmt.Errorf("listen %s: protocol %s is not supported yet", s, s.Proto)
@@ -218,9 +213,51 @@ func (t *Transport) Listen(ctx context.Context, socks []core.Socket) ([]core.Soc
 	return out, nil
 }
 
+// bindUDP opens a UDP socket on s (port 0: a free one).
+func (t *Transport) bindUDP(s core.Socket) (*udpSock, core.Socket, error) {
+	ua, err := net.ResolveUDPAddr("udp", net.JoinHostPort(s.IP, strconv.Itoa(s.Port)))
+	if err != nil {
+		return nil, s, fmt.Errorf("listen %s: %w", s, err)
+	}
+	c, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		return nil, s, fmt.Errorf("listen %s: %w", s, err)
+	}
+	_ = c.SetReadBuffer(4 << 20)
+	_ = c.SetWriteBuffer(4 << 20)
+	s.Port = c.LocalAddr().(*net.UDPAddr).Port
+	us := &udpSock{sock: s, conn: c, v4: ua.IP.To4() != nil}
+	us.senders.New = func() any { return newUDPSender(c, us.v4) }
+	return us, s, nil
+}
+
+// bindStream opens a TCP listener on s (TLS-wrapped for tls and wss).
+// reuse sets SO_REUSEADDR and SO_REUSEPORT, so that connections can also
+// be dialled from its port (runtime sockets, Outgoing.LocalSocket).
+func (t *Transport) bindStream(ctx context.Context, s core.Socket, reuse bool) (net.Listener, core.Socket, error) {
+	if (s.Proto == "tls" || s.Proto == "wss") && t.cfg.TLSConfig == nil {
+		return nil, s, fmt.Errorf("listen %s: no TLS certificate configured (core_param tls_certificate / tls_private_key)", s)
+	}
+	var lc net.ListenConfig
+	if reuse {
+		lc.Control = reuseControl
+	}
+	ln, err := lc.Listen(ctx, "tcp", net.JoinHostPort(s.IP, strconv.Itoa(s.Port)))
+	if err != nil {
+		return nil, s, fmt.Errorf("listen %s: %w", s, err)
+	}
+	s.Port = ln.Addr().(*net.TCPAddr).Port
+	if s.Proto == "tls" || s.Proto == "wss" {
+		ln = tls.NewListener(ln, t.cfg.TLSConfig)
+	}
+	return ln, s, nil
+}
+
 // Start runs the readers and workers. Call it after the Env's Sender and
-// Sockets are set: workers read them without locks.
+// Sockets are set (the workers read the Sender without a lock; sockets
+// opened before Start are read from here on).
 func (t *Transport) Start() {
+	t.startRuntime()
 	for _, u := range t.udp {
 		t.wg.Add(1)
 		go t.udpLoop(u)
@@ -234,7 +271,7 @@ func (t *Transport) Start() {
 		if l.sock.Proto == "ws" || l.sock.Proto == "wss" {
 			go t.serveWS(l.ln, l.sock)
 		} else {
-			go t.acceptLoop(l.ln, l.sock)
+			go t.acceptLoop(l.ln, l.sock, nil)
 		}
 	}
 	t.pending = nil
@@ -251,6 +288,7 @@ func (t *Transport) Close() {
 	for _, ln := range t.lns {
 		ln.Close()
 	}
+	t.closeRuntime()
 	t.conns.Range(func(k, v any) bool {
 		v.(*streamConn).c.Close()
 		return true
@@ -457,6 +495,9 @@ func (t *Transport) Send(o *core.Outgoing) error {
 func (t *Transport) sendBytes(o *core.Outgoing, data []byte) error {
 	if t.sendHook != nil {
 		return t.sendHook(o, data)
+	}
+	if o.LocalSocket != nil {
+		return t.sendFrom(o, data)
 	}
 	switch o.Dst.Proto {
 	case "udp", "":

@@ -47,7 +47,8 @@ func start(t *testing.T, socks ...core.Socket) (*Transport, []core.Socket, *echo
 	if err != nil {
 		t.Fatal(err)
 	}
-	env.Sockets, env.Sender = bound, tr
+	env.SetSockets(bound)
+	env.Sender = tr
 	tr.Start()
 	t.Cleanup(tr.Close)
 	return tr, bound, h

@@ -32,7 +32,7 @@ func (t *Transport) serveWS(ln net.Listener, sock core.Socket) {
 				return // the upgrader has answered
 			}
 			ws.SetReadLimit(65535)
-			sc := t.register(ws.UnderlyingConn(), sock.Proto, sock, ws)
+			sc := t.register(ws.UnderlyingConn(), sock.Proto, sock, ws, nil)
 			t.wg.Add(1)
 			t.wsReadLoop(sc)
 		}),

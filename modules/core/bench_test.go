@@ -39,7 +39,7 @@ func (s *serialiser) Send(o *Outgoing) error {
 func benchEnv() (*Env, *serialiser) {
 	s := &serialiser{}
 	env := NewEnv(s)
-	env.Sockets = []Socket{{Proto: "udp", IP: "127.0.0.1", Port: 5060}}
+	env.SetSockets([]Socket{{Proto: "udp", IP: "127.0.0.1", Port: 5060}})
 	return env, s
 }
 

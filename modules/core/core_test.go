@@ -35,9 +35,9 @@ func request(t *testing.T, raw string) *core.Msg {
 		t.Fatal(err)
 	}
 	env := core.NewEnv(&nopSender{})
-	env.Sockets = []core.Socket{{Proto: "udp", IP: "127.0.0.1", Port: 5060}}
+	env.SetSockets([]core.Socket{{Proto: "udp", IP: "127.0.0.1", Port: 5060}})
 	return &core.Msg{Env: env, Req: msg.(*sip.Request), Proto: "udp", SrcIP: "192.0.2.7", SrcPort: 40000,
-		Local: env.Sockets[0]}
+		Local: env.Sockets()[0]}
 }
 
 func TestPVGet(t *testing.T) {
@@ -211,7 +211,7 @@ func typeName(h sip.Header) string {
 
 func TestIsMyself(t *testing.T) {
 	env := core.NewEnv(nil)
-	env.Sockets = []core.Socket{{Proto: "udp", IP: "127.0.0.1", Port: 5060}, {Proto: "udp", IP: "::1", Port: 5080, Advertise: "sip.example.com"}}
+	env.SetSockets([]core.Socket{{Proto: "udp", IP: "127.0.0.1", Port: 5060}, {Proto: "udp", IP: "::1", Port: 5080, Advertise: "sip.example.com"}})
 	env.Aliases = []string{"Proxy.Example.com"}
 	for _, tc := range []struct {
 		host string

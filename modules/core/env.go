@@ -1,6 +1,7 @@
 package core
 
 import (
+	"context"
 	"database/sql"
 	"fmt"
 	"log/slog"
@@ -8,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -60,6 +62,14 @@ type Outgoing struct {
 	ConnID string
 	// Branch is the tm branch index for OutBranch.
 	Branch int
+	// LocalSocket, when set, is the local socket the message leaves from:
+	// over UDP the datagram is sent on that socket, over TCP/TLS a
+	// connection from that address and port is used or dialled (a ConnID
+	// whose connection is on another local socket is then not used). It
+	// must be one of Env.Sockets(). nil: the transport picks as always (the
+	// first socket of the address family, any connection). A pointer keeps
+	// Outgoing, allocated per message, in its size class.
+	LocalSocket *Socket
 }
 
 // Sender is the one door through which every effect leaves kamd. The
@@ -75,6 +85,25 @@ type Socket struct {
 	Port  int
 	// Advertise overrides the host written into Via and Record-Route.
 	Advertise string
+}
+
+// SocketManager opens and closes listening sockets while kamd runs (the
+// transport implements it; route tests get one that only lists them).
+// An opened socket is a listener like those of listen(): what arrives on
+// it goes through the same door checks, script and workers, and it is in
+// Env.Sockets() until it is closed.
+type SocketManager interface {
+	// OpenSocket binds s (udp, tcp or tls on IP and Port; Port 0 picks a
+	// free port) and returns it as bound. TCP/TLS sockets are bound with
+	// SO_REUSEADDR and SO_REUSEPORT, so a connection can also be dialled
+	// from their port (Outgoing.LocalSocket), as a P-CSCF's protected
+	// client port both listens and dials.
+	OpenSocket(ctx context.Context, s Socket) (Socket, error)
+	// CloseSocket closes a socket OpenSocket opened, and its TCP
+	// connections (accepted on it or dialled from it). Its reader stops at
+	// its next read; other sockets are not affected. Sockets of listen()
+	// cannot be closed.
+	CloseSocket(s Socket) error
 }
 
 func (s Socket) String() string {
@@ -150,25 +179,32 @@ var RealClock Clock = realClock{}
 //
 // When fields are ready (kamd/node wires them): Log, Clock, Stats, Shv and
 // Publish are set before any module is built, so a factory may keep them.
-// Sender, Sockets, Aliases, DB and DBPath depend on the loaded script and
-// are set after every module is built and before the first Init: read them
-// from Init on (in Init, Start or per message), never in the factory — until
-// then Sender answers every send with an error.
+// Sender, Sockets() (SetSockets), SocketManager, Aliases, DB and DBPath
+// depend on the loaded script and are set after every module is built and
+// before the first Init: read them from Init on (in Init, Start or per
+// message), never in the factory — until then Sender answers every send
+// with an error. SocketManager may open sockets from Init on; their
+// readers start with the transport, after every module's Start.
 type Env struct {
-	Sender  Sender
-	Router  Router
-	Log     *slog.Logger
-	Clock   Clock
-	Sockets []Socket
-	Aliases []string // extra names for is_myself
-	Stats   *Stats
-	Shv     *SharedVars
+	Sender Sender
+	Router Router
+	Log    *slog.Logger
+	Clock  Clock
+	// SocketManager opens and closes sockets at runtime (see OpenSocket).
+	SocketManager SocketManager
+	Aliases       []string // extra names for is_myself
+	Stats         *Stats
+	Shv           *SharedVars
 	// Publish emits an event to RPC subscribers (nil-safe via Emit).
 	Publish func(topic string, data any)
 	// DBPath is the SQLite file for modules that store state; DB is it
 	// opened (nil in route tests unless a test opens one).
 	DBPath string
 	DB     *sql.DB
+
+	// socks is the immutable list Sockets returns; sockMu orders writers.
+	socks  atomic.Pointer[[]Socket]
+	sockMu sync.Mutex
 
 	mu      sync.Mutex
 	modules map[string]*Module
@@ -217,9 +253,77 @@ func (e *Env) Module(name string) *Module {
 	return e.modules[name]
 }
 
+// Sockets lists kamd's listening sockets: those of listen() first, then
+// those opened at runtime (SocketManager). It is safe to call while
+// sockets open and close (one atomic load); the slice is shared and must
+// not be modified.
+func (e *Env) Sockets() []Socket {
+	if p := e.socks.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// SetSockets replaces the socket list (a copy of ss is kept).
+func (e *Env) SetSockets(ss []Socket) {
+	e.sockMu.Lock()
+	defer e.sockMu.Unlock()
+	c := append([]Socket(nil), ss...)
+	e.socks.Store(&c)
+}
+
+// AddSocket appends a socket to the list (the transport, when it opens
+// one at runtime).
+func (e *Env) AddSocket(s Socket) {
+	e.sockMu.Lock()
+	defer e.sockMu.Unlock()
+	old := e.Sockets()
+	c := make([]Socket, len(old), len(old)+1)
+	copy(c, old)
+	c = append(c, s)
+	e.socks.Store(&c)
+}
+
+// RemoveSocket removes the socket with s's protocol, address and port; it
+// reports whether one was listed.
+func (e *Env) RemoveSocket(s Socket) bool {
+	e.sockMu.Lock()
+	defer e.sockMu.Unlock()
+	old := e.Sockets()
+	c := make([]Socket, 0, len(old))
+	found := false
+	for _, x := range old {
+		if !found && x.Proto == s.Proto && x.Port == s.Port && normHost(x.IP) == normHost(s.IP) {
+			found = true
+			continue
+		}
+		c = append(c, x)
+	}
+	if found {
+		e.socks.Store(&c)
+	}
+	return found
+}
+
+// OpenSocket opens a listening socket at runtime through SocketManager.
+func (e *Env) OpenSocket(ctx context.Context, s Socket) (Socket, error) {
+	if e.SocketManager == nil {
+		return Socket{}, fmt.Errorf("open socket %s: no socket manager (sockets open from module Init on)", s)
+	}
+	return e.SocketManager.OpenSocket(ctx, s)
+}
+
+// CloseSocket closes a socket OpenSocket opened, through SocketManager.
+func (e *Env) CloseSocket(s Socket) error {
+	if e.SocketManager == nil {
+		return fmt.Errorf("close socket %s: no socket manager", s)
+	}
+	return e.SocketManager.CloseSocket(s)
+}
+
 // SocketFor picks the local socket to send from for a protocol (first match).
 func (e *Env) SocketFor(proto string) (Socket, bool) {
-	for _, s := range e.Sockets {
+	for _, s := range e.Sockets() {
 		if s.Proto == proto {
 			return s, true
 		}
@@ -239,7 +343,7 @@ func (e *Env) IsMyself(host string, port int) bool {
 	if port == 0 {
 		port = 5060
 	}
-	for _, s := range e.Sockets {
+	for _, s := range e.Sockets() {
 		if s.Port != port {
 			continue
 		}
@@ -254,7 +358,7 @@ func (e *Env) IsMyself(host string, port int) bool {
 // sockets (same protocol, address and port).
 func (e *Env) IsLoop(t Target) bool {
 	h := normHost(t.Host)
-	for _, s := range e.Sockets {
+	for _, s := range e.Sockets() {
 		if s.Port == t.Port && s.Proto == t.Proto && (normHost(s.IP) == h || (s.Advertise != "" && normHost(s.Advertise) == h)) {
 			return true
 		}

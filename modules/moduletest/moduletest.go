@@ -48,10 +48,10 @@ func (r *Recorder) All() []Sent {
 func NewEnv() (*core.Env, *Recorder) {
 	rec := &Recorder{}
 	env := core.NewEnv(rec)
-	env.Sockets = []core.Socket{
+	env.SetSockets([]core.Socket{
 		{Proto: "udp", IP: "127.0.0.1", Port: 5060},
 		{Proto: "tcp", IP: "127.0.0.1", Port: 5060},
-	}
+	})
 	return env, rec
 }
 
@@ -74,7 +74,7 @@ func Parse(t testing.TB, hdrs, body string) sip.Message {
 // NewMsg wraps a parsed message as received over UDP from 192.0.2.10:5070.
 func NewMsg(t testing.TB, env *core.Env, hdrs, body string) *core.Msg {
 	t.Helper()
-	m := &core.Msg{Env: env, Proto: "udp", SrcIP: "192.0.2.10", SrcPort: 5070, Local: env.Sockets[0], RouteType: core.RouteRequest}
+	m := &core.Msg{Env: env, Proto: "udp", SrcIP: "192.0.2.10", SrcPort: 5070, Local: env.Sockets()[0], RouteType: core.RouteRequest}
 	switch x := Parse(t, hdrs, body).(type) {
 	case *sip.Request:
 		m.Req = x

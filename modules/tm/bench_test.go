@@ -75,7 +75,7 @@ func benchEngine(b *testing.B) (*lastSender, *routetest.FixedClock, *core.Env, *
 	env.Clock = clk
 	env.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	env.DBPath = b.TempDir() + "/kamgo.db"
-	env.Sockets = []core.Socket{{Proto: "udp", IP: "127.0.0.1", Port: 5060}}
+	env.SetSockets([]core.Socket{{Proto: "udp", IP: "127.0.0.1", Port: 5060}})
 	eng := starlark.New(env)
 	if _, err := eng.Load("bench.star", []byte(benchStatefulScript)); err != nil {
 		b.Fatal(err)
@@ -106,12 +106,12 @@ func BenchmarkStatefulInviteTransaction(b *testing.B) {
 			b.Fatal(err)
 		}
 		s.req = nil
-		eng.HandleRequest(&core.Msg{Env: env, Req: msg.(*sip.Request), Proto: "udp", SrcIP: "127.0.0.1", SrcPort: 5080, Local: env.Sockets[0], Arrived: clk.Now()})
+		eng.HandleRequest(&core.Msg{Env: env, Req: msg.(*sip.Request), Proto: "udp", SrcIP: "127.0.0.1", SrcPort: 5080, Local: env.Sockets()[0], Arrived: clk.Now()})
 		if s.req == nil {
 			b.Fatal("INVITE not relayed")
 		}
 		res := core.BuildReply(s.req, 200, "OK", nil)
-		eng.HandleReply(&core.Msg{Env: env, Res: res, Proto: "udp", SrcIP: "127.0.0.1", SrcPort: 5070, Local: env.Sockets[0], Arrived: clk.Now()})
+		eng.HandleReply(&core.Msg{Env: env, Res: res, Proto: "udp", SrcIP: "127.0.0.1", SrcPort: 5070, Local: env.Sockets()[0], Arrived: clk.Now()})
 		if i%64 == 0 {
 			clk.Advance(10 * time.Second) // past wait_timer: release finished transactions
 		}
@@ -138,9 +138,9 @@ func BenchmarkRetainedPerFinishedTx(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			eng.HandleRequest(&core.Msg{Env: env, Req: msg.(*sip.Request), Proto: "udp", SrcIP: "127.0.0.1", SrcPort: 5080, Local: env.Sockets[0]})
+			eng.HandleRequest(&core.Msg{Env: env, Req: msg.(*sip.Request), Proto: "udp", SrcIP: "127.0.0.1", SrcPort: 5080, Local: env.Sockets()[0]})
 			res := core.BuildReply(s.req, 200, "OK", nil)
-			eng.HandleReply(&core.Msg{Env: env, Res: res, Proto: "udp", SrcIP: "127.0.0.1", SrcPort: 5070, Local: env.Sockets[0]})
+			eng.HandleReply(&core.Msg{Env: env, Res: res, Proto: "udp", SrcIP: "127.0.0.1", SrcPort: 5070, Local: env.Sockets()[0]})
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)

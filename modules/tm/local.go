@@ -148,7 +148,7 @@ func (t *TM) localSocket(spec, proto string) (core.Socket, error) {
 	if want.Proto != proto {
 		return core.Socket{}, fmt.Errorf("tm: SendRequest: socket %s cannot send to a %s target", spec, proto)
 	}
-	for _, s := range t.env.Sockets {
+	for _, s := range t.env.Sockets() {
 		if s.Proto == want.Proto && s.Port == want.Port && s.IP == want.IP {
 			return s, nil
 		}

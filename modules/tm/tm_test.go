@@ -228,7 +228,7 @@ func newFixture(t *testing.T, script string) *fixture {
 	f.env.Clock = f.clk
 	f.env.Log = slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	f.env.DBPath = t.TempDir() + "/kamgo.db"
-	f.env.Sockets = []core.Socket{{Proto: "udp", IP: "127.0.0.1", Port: 5060}, {Proto: "tcp", IP: "127.0.0.1", Port: 5060}}
+	f.env.SetSockets([]core.Socket{{Proto: "udp", IP: "127.0.0.1", Port: 5060}, {Proto: "tcp", IP: "127.0.0.1", Port: 5060}})
 	f.eng = starlark.New(f.env)
 	if _, err := f.eng.Load("test.star", []byte(script)); err != nil {
 		t.Fatalf("load: %v", err)

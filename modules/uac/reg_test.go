@@ -451,7 +451,7 @@ func TestUnregisterOnStop(t *testing.T) {
 
 func TestDefaultSocketMustBeLocal(t *testing.T) {
 	env := core.NewEnv(nil)
-	env.Sockets = []core.Socket{{Proto: "udp", IP: "127.0.0.1", Port: 5060}}
+	env.SetSockets([]core.Socket{{Proto: "udp", IP: "127.0.0.1", Port: 5060}})
 	mod := New(env)
 	u := Of(env)
 	u.send = fakeSend

@@ -277,8 +277,8 @@ func (sc *sendCtx) build() error {
 
 // localHost is the host written into generated Call-IDs.
 func (u *UAC) localHost() string {
-	if len(u.env.Sockets) > 0 {
-		return u.env.Sockets[0].Host()
+	if len(u.env.Sockets()) > 0 {
+		return u.env.Sockets()[0].Host()
 	}
 	return "kamgo"
 }

@@ -283,10 +283,10 @@ func (u *UAC) init() error {
 			return t.SendRequest(&tm.LocalRequest{Req: req, Dst: dst, Socket: socket, OnReply: onReply})
 		}
 	}
-	if ds := u.defaultSocket.Load(); ds != "" && len(u.env.Sockets) > 0 {
+	if ds := u.defaultSocket.Load(); ds != "" && len(u.env.Sockets()) > 0 {
 		want, _ := core.ParseSocket(ds)
 		local := false
-		for _, s := range u.env.Sockets {
+		for _, s := range u.env.Sockets() {
 			local = local || s.Proto == want.Proto && s.IP == want.IP && s.Port == want.Port
 		}
 		if !local {
@@ -446,8 +446,8 @@ func (u *UAC) contactAddr() string {
 	if a := u.regContactAddr.Load(); a != "" {
 		return a
 	}
-	if len(u.env.Sockets) > 0 {
-		s := u.env.Sockets[0]
+	if len(u.env.Sockets()) > 0 {
+		s := u.env.Sockets()[0]
 		a := net.JoinHostPort(s.Host(), strconv.Itoa(s.Port))
 		if s.Proto != "udp" {
 			a += ";transport=" + s.Proto
