@@ -135,10 +135,19 @@ func (u *UAC) setState(r *record, s string) {
 func (u *UAC) unlock() {
 	ev := u.events
 	u.events = nil
+	if len(ev) == 0 {
+		u.mu.Unlock()
+		return
+	}
+	// emitMu is taken before mu is released, so events leave in the order
+	// their state changes happened even when two goroutines (an RPC and a
+	// reply) change states back to back.
+	u.emitMu.Lock()
 	u.mu.Unlock()
 	for _, e := range ev {
 		u.env.Emit("uac", e)
 	}
+	u.emitMu.Unlock()
 }
 
 // schedule arms r's one timer to fire at `at` (stopping the previous).

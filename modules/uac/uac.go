@@ -38,6 +38,7 @@ func (s *strVar) Store(v string) { s.p.Store(&v) }
 // UAC is one uac module instance.
 type UAC struct {
 	spreadSeq atomic.Uint64 // first refreshes placed so far (refreshAfter)
+	emitMu    sync.Mutex    // orders event publishing (unlock)
 	env       *core.Env
 
 	// Registration params (Kamailio names).
