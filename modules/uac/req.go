@@ -178,7 +178,12 @@ func (u *UAC) reqSend(m *core.Msg, _ []core.Val) (core.Val, error) {
 	if err := sc.build(); err != nil {
 		return fail(err.Error())
 	}
+	if n, max := u.reqPending.Add(1), u.reqMaxPending.Load(); max > 0 && n > max {
+		u.reqPending.Add(-1)
+		return fail(fmt.Sprintf("%d requests in flight already (modparam req_max_pending)", max), "method", d.method, "ruri", d.ruri)
+	}
 	if err := sc.send(sc.req); err != nil {
+		u.reqPending.Add(-1)
 		return fail("cannot send", "err", err, "method", d.method, "ruri", d.ruri)
 	}
 	return core.Int(1), nil
@@ -302,10 +307,12 @@ func (sc *sendCtx) onReply(res *sip.Response) {
 		if err == nil {
 			err = sc.send(req)
 		}
-		if err != nil {
-			sc.u.env.Log.Error("uac: uac_req_send: cannot answer the challenge", "code", code, "err", err, "ruri", sc.d.ruri)
+		if err == nil {
+			return // still in flight: the authenticated request's final ends it
 		}
+		sc.u.env.Log.Error("uac: uac_req_send: cannot answer the challenge", "code", code, "err", err, "ruri", sc.d.ruri)
 	}
+	sc.u.reqPending.Add(-1) // tm delivers exactly one final per transaction
 }
 
 // authorized is the request again with CSeq+1 and the credentials for

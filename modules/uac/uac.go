@@ -69,6 +69,10 @@ type UAC struct {
 	authUserAVP     strVar
 	authRealmAVP    strVar
 	authPasswordAVP strVar
+	// reqMaxPending caps the uac_req_send requests in flight (reqPending):
+	// a script looping over uac_req_send cannot pile up transactions.
+	reqMaxPending atomic.Int64
+	reqPending    atomic.Int64
 
 	// Registrations. mu guards every record and the index; events are
 	// the state changes queued under mu, published by unlock.
@@ -244,6 +248,7 @@ func (u *UAC) module() *core.Module {
 				_, err := core.ParseSocket(s)
 				return err
 			}),
+			intP("req_max_pending", 1000, "kamgo: the most uac_req_send requests in flight (sent, no final reply yet); beyond it uac_req_send returns -1 and logs; 0: no cap", &u.reqMaxPending, nonNeg("req_max_pending")),
 			callback(strP("event_callback", "", "script function called for uac_req_send replies (event \"uac:reply\"); a name the script does not define fails the load", &u.eventCallback, nil)),
 			strP("restore_mode", "auto", "none, manual or auto: how uac_replace_from/to are restored", &u.restoreMode, func(s string) error {
 				switch s {
