@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/md5"
 	"crypto/sha256"
+	"crypto/sha512"
 	"encoding/hex"
 	"fmt"
 	"hash"
@@ -291,6 +292,8 @@ func checkDigest(t *testing.T, v, password, ha1 string) map[string]string {
 		nh = md5.New
 	case "SHA-256":
 		nh = sha256.New
+	case "SHA-512-256":
+		nh = sha512.New512_256
 	default:
 		t.Fatalf("algorithm %q", p["algorithm"])
 	}

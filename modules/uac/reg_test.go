@@ -87,6 +87,8 @@ func TestDigestChallenges(t *testing.T) {
 	}{
 		{"md5", `WWW-Authenticate: Digest realm="fake.test", nonce="abc123", qop="auth", opaque="op42"`, "MD5", false},
 		{"sha256", `WWW-Authenticate: Digest realm="fake.test", nonce="n256", qop="auth", algorithm=SHA-256`, "SHA-256", false},
+		{"sha512-256", `WWW-Authenticate: Digest realm="fake.test", nonce="n512", qop="auth", algorithm=SHA-512-256`, "SHA-512-256", false},
+		{"strongest", "WWW-Authenticate: Digest realm=\"fake.test\", nonce=\"m\", qop=\"auth\", algorithm=MD5\r\nWWW-Authenticate: Digest realm=\"fake.test\", nonce=\"s\", qop=\"auth\", algorithm=SHA-256", "SHA-256", false},
 		{"proxy", `Proxy-Authenticate: Digest realm="fake.test", nonce="p1", qop="auth"`, "MD5", false},
 		{"ha1", `WWW-Authenticate: Digest realm="fake.test", nonce="h1", qop="auth"`, "MD5", true},
 	} {
@@ -120,8 +122,8 @@ func TestDigestChallenges(t *testing.T) {
 			if p["nc"] != "00000001" || p["cnonce"] == "" || p["uri"] != "sip:127.0.0.1:25070" || p["username"] != "acc_a" {
 				t.Errorf("digest params %v", p)
 			}
-			if strings.Contains(tc.challenge, "SHA-256") && p["algorithm"] != "SHA-256" {
-				t.Errorf("algorithm %q", p["algorithm"])
+			if want := tc.alg; p["algorithm"] != want && !(want == "MD5" && p["algorithm"] == "") {
+				t.Errorf("algorithm %q, want %s", p["algorithm"], want)
 			}
 			h.reply(s2, 200, "OK", "Contact: <sip:acc@127.0.0.1:5060>;expires=100")
 			if got := h.info("acc"); got.State != StateRegistered || got.Failures != 0 {
@@ -502,5 +504,26 @@ func TestUnregisterOnStopSendFails(t *testing.T) {
 	h.mod.Stop()
 	if time.Since(start) > time.Second {
 		t.Error("Stop waited for un-REGISTERs that failed to send")
+	}
+}
+
+// auth_ha1 has priority over auth_password (Kamailio's uacreg.xml); an
+// HA1 alone (MD5) cannot answer a SHA-256-only challenge, and says so.
+func TestHA1Priority(t *testing.T) {
+	rw := row("acc")
+	ha1 := md5hex("acc_a:fake.test:secret")
+	rw.AuthPassword, rw.AuthHA1 = "not-the-password", ha1
+	h := newHarness(t, []Row{rw})
+	h.clock.Advance(0)
+	h.reply(h.one(), 401, "Unauthorized", `WWW-Authenticate: Digest realm="fake.test", nonce="n", qop="auth"`)
+	checkDigest(t, hdr(h.one().req, "Authorization"), "", ha1)
+
+	rw.AuthPassword = ""
+	h = newHarness(t, []Row{rw})
+	h.clock.Advance(0)
+	h.reply(h.one(), 401, "Unauthorized", `WWW-Authenticate: Digest realm="fake.test", nonce="n", qop="auth", algorithm=SHA-256`)
+	h.none()
+	if got := h.info("acc"); got.State != StateFailed || !strings.Contains(got.LastReason, "only auth_ha1 (MD5) is set and no MD5 challenge was offered") {
+		t.Errorf("%+v", got)
 	}
 }
