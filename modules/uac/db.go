@@ -2,9 +2,11 @@ package uac
 
 import (
 	"database/sql"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/kamgo/kamgo/modules/core"
@@ -136,6 +138,10 @@ type Row struct {
 	AuthProxy                           string
 	Expires, Flags, RegDelay            int
 	ContactAddr, Socket                 string
+	// Garbled is why a column could not be read (text in an INTEGER
+	// column: SQLite's affinity lets any tool store it); the row is then
+	// invalid, never fatal for the others.
+	Garbled string
 }
 
 const selectCols = `id, l_uuid, l_username, l_domain, r_username, r_domain, realm, auth_username, auth_password, auth_ha1, auth_proxy, expires, flags, reg_delay, contact_addr, socket`
@@ -159,14 +165,29 @@ func loadRows(db *sql.DB, table, uuid string) ([]Row, error) {
 	for rows.Next() {
 		var r Row
 		var s [12]sql.NullString
-		var n [3]sql.NullInt64
+		var n [3]sql.NullString // scanned as text: a garbled value spoils only its row
 		if err := rows.Scan(&r.ID, &s[0], &s[1], &s[2], &s[3], &s[4], &s[5], &s[6], &s[7], &s[8], &s[9], &n[0], &n[1], &n[2], &s[10], &s[11]); err != nil {
 			return nil, fmt.Errorf("uac: reading %s: %w", table, err)
+		}
+		var num [3]int
+		for i, name := range []string{"expires", "flags", "reg_delay"} {
+			v := strings.TrimSpace(n[i].String)
+			if v == "" {
+				continue // NULL: unset, as Kamailio
+			}
+			x, err := strconv.ParseInt(v, 10, 32)
+			if err != nil {
+				if r.Garbled == "" {
+					r.Garbled = fmt.Sprintf("column '%s' %q is not an integer", name, n[i].String)
+				}
+				continue
+			}
+			num[i] = int(x)
 		}
 		r.LUUID, r.LUsername, r.LDomain = s[0].String, s[1].String, s[2].String
 		r.RUsername, r.RDomain, r.Realm = s[3].String, s[4].String, s[5].String
 		r.AuthUsername, r.AuthPassword, r.AuthHA1, r.AuthProxy = s[6].String, s[7].String, s[8].String, s[9].String
-		r.Expires, r.Flags, r.RegDelay = int(n[0].Int64), int(n[1].Int64), int(n[2].Int64)
+		r.Expires, r.Flags, r.RegDelay = num[0], num[1], num[2]
 		r.ContactAddr, r.Socket = s[10].String, s[11].String
 		out = append(out, r)
 	}
@@ -190,6 +211,9 @@ func isHex(s string) bool {
 // value written into a header needs; the error is the reason reg_dump
 // shows for the invalid record.
 func checkRow(r *Row) error {
+	if r.Garbled != "" {
+		return errors.New(r.Garbled)
+	}
 	for _, c := range []struct{ name, v string }{
 		{"l_uuid", r.LUUID}, {"l_username", r.LUsername}, {"l_domain", r.LDomain},
 		{"r_username", r.RUsername}, {"r_domain", r.RDomain}, {"auth_username", r.AuthUsername},

@@ -169,3 +169,31 @@ func TestBadRowsAreInvalidRecords(t *testing.T) {
 func fakeSend(req *sip.Request, dst core.Target, sock string, onReply func(*sip.Response)) error {
 	return nil
 }
+
+// Text in an INTEGER column (SQLite stores it as written) spoils only its
+// row: it is invalid with the reason, the others load and register, and
+// a reload does not fail.
+func TestGarbledIntegerColumn(t *testing.T) {
+	h := newHarness(t, []Row{row("ok")})
+	h.registerAll()
+	bad := row("bad")
+	if err := insertRow(h.u.db, "uacreg", &bad); err != nil {
+		t.Fatal(err)
+	}
+	for _, col := range []string{"expires", "flags", "reg_delay"} {
+		if _, err := h.u.db.Exec(`UPDATE uacreg SET ` + col + `='12x' WHERE l_uuid='bad'`); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h.rpc(true, "uac.reg_reload"); err != nil {
+			t.Fatalf("%s: reload: %v", col, err)
+		}
+		got := h.info("bad")
+		if got.State != StateInvalid || got.LastReason != "column '"+col+"' \"12x\" is not an integer" {
+			t.Errorf("%s: %s %q", col, got.State, got.LastReason)
+		}
+		if h.info("ok").State != StateRegistered {
+			t.Errorf("%s: the good row: %+v", col, h.info("ok"))
+		}
+		h.u.db.Exec(`UPDATE uacreg SET ` + col + `=0 WHERE l_uuid='bad'`)
+	}
+}
