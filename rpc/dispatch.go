@@ -153,6 +153,10 @@ func (s *Server) invoke(ctx context.Context, role Role, name string, raw json.Ra
 	}
 	p, perr := bindParams(m, raw)
 	if perr != nil {
+		if m.ParamError != nil {
+			e := *m.ParamError // a copy: the method's value is shared
+			return nil, &e
+		}
 		return nil, perr
 	}
 	ctx = context.WithValue(ctx, roleKey, role)

@@ -44,6 +44,10 @@ type Method struct {
 	Result   string // one-line description of the result shape
 	ReadOnly bool   // the read-only role may call it; otherwise admin only
 	Handler  func(ctx context.Context, p Params) (any, error)
+	// ParamError, when set, answers missing or wrongly typed params instead
+	// of -32602 (a Kamailio-compatible method's own fault, e.g. uac's 400
+	// "Invalid Parameters").
+	ParamError *Error
 }
 
 // Role is what a token grants.

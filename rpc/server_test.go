@@ -452,3 +452,41 @@ func TestListenAndServeShutdown(t *testing.T) {
 		t.Fatalf("off: %v", err)
 	}
 }
+
+// A method's ParamError replaces -32602 for missing or wrongly typed
+// params (Kamailio-compatible faults); without it the param is named.
+func TestParamError(t *testing.T) {
+	s := NewServer(Config{})
+	h := func(ctx context.Context, p Params) (any, error) { return map[string]int{"ok": 1}, nil }
+	ps := []Param{{Name: "attr", Type: TypeString}, {Name: "n", Type: TypeInt}}
+	if err := s.Register(Method{Name: "k.m", Params: ps, Handler: h, ParamError: NewError(400, "Invalid Parameters")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Register(Method{Name: "g.m", Params: ps, Handler: h}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		method string
+		params []any
+		code   int
+		msg    string
+	}{
+		{"k.m", []any{"a"}, 400, "Invalid Parameters"},
+		{"k.m", []any{"a", "x"}, 400, "Invalid Parameters"},
+		{"k.m", []any{"a", 1, 2}, 400, "Invalid Parameters"},
+		{"g.m", []any{"a"}, CodeInvalidParams, "Invalid params: n: missing"},
+		{"k.m", []any{"a", 1}, 0, ""},
+	} {
+		_, err := s.Call(context.Background(), RoleAdmin, tc.method, tc.params...)
+		var e *Error
+		if tc.code == 0 {
+			if err != nil {
+				t.Errorf("%s %v: %v", tc.method, tc.params, err)
+			}
+			continue
+		}
+		if !errors.As(err, &e) || e.Code != tc.code || e.Message != tc.msg {
+			t.Errorf("%s %v: %v, want %d %s", tc.method, tc.params, err, tc.code, tc.msg)
+		}
+	}
+}

@@ -104,6 +104,36 @@ def ksr_request_route():
 		t.Errorf("no log line for the bad rows:\n%s", k.Log())
 	}
 
+	// Wrong RPC params get Kamailio's codes and messages; kamd goes on.
+	add := []string{"uac.reg_add", "good", "x", "local.test", "x_r", "127.0.0.1:9", ".", "x_a", "pw", ".", "sip:127.0.0.1:9", "60", "0", "0", ".", "."}
+	for _, tc := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"uac.reg_info", "l_uuid"}, 400, "Invalid Parameters"},
+		{[]string{"uac.reg_info", "bogus", "x"}, 400, "Unsupported filter attribute"},
+		{[]string{"uac.reg_info", "l_uuid", "123"}, 404, "Record not found"},
+		{[]string{"uac.reg_enable", "r_username", "nobody"}, 404, "Record not found"},
+		{[]string{"uac.reg_refresh"}, 400, "Invalid Parameters"},
+		{[]string{"uac.reg_remove", "nope"}, 404, "Record not found"},
+		{[]string{"uac.reg_active", "s:on"}, 500, "Missing parameter"},
+		{[]string{"uac.reg_active"}, 500, "Missing parameter"},
+		{add[:10], 400, "Invalid Parameters"},
+		{add, 409, "uuid already exists"},
+		{append(append([]string{}, add[:11]...), "s:sixty", "0", "0", ".", "."), 400, "Invalid Parameters"},
+		{[]string{"uac.reg_dump", "5"}, 400, "secrets"},
+	} {
+		r := k.ctl(t, tc.args...)
+		wantRPCError(t, r, tc.code)
+		if !strings.Contains(r.Stdout+r.Stderr, tc.msg) {
+			t.Errorf("%v: want %q: %s", tc.args, tc.msg, r)
+		}
+	}
+	if out := k.ctlOK(t, "--json", "uac.reg_info", "l_uuid", "shortha1"); !strings.Contains(out, `"state": "invalid"`) && !strings.Contains(out, `"state":"invalid"`) {
+		t.Errorf("reg_info of an invalid row: %s", out)
+	}
+
 	// kamd creates the file and its tables wherever the URL points.
 	k2 := startRPCKamd(t, rpcKamdOpts{script: func(int) string {
 		return `modparam("uac", "reg_db_url", "sqlite://` + fresh + `")

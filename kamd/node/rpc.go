@@ -106,7 +106,11 @@ func AdaptRPC(rm core.RPCMethod) rpc.Method {
 		ps[i] = rpc.Param{Name: p.Name, Type: p.Type, Doc: p.Doc, Optional: p.Optional, Variadic: p.Variadic}
 	}
 	h := rm.Handler
-	return rpc.Method{Name: rm.Name, Doc: rm.Doc, Params: ps, Result: rm.Result, ReadOnly: rm.ReadOnly,
+	var perr *rpc.Error
+	if rm.ParamError != nil {
+		perr = rpc.NewError(rm.ParamError.Code, rm.ParamError.Message)
+	}
+	return rpc.Method{Name: rm.Name, Doc: rm.Doc, Params: ps, Result: rm.Result, ReadOnly: rm.ReadOnly, ParamError: perr,
 		Handler: func(ctx context.Context, p rpc.Params) (any, error) {
 			// Modules cannot import rpc: the caller's role reaches them through core.
 			ctx = core.WithRPCAdmin(ctx, rpc.RoleFromContext(ctx) == rpc.RoleAdmin)

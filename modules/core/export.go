@@ -190,6 +190,10 @@ type RPCMethod struct {
 	Result   string
 	ReadOnly bool
 	Handler  func(ctx context.Context, args RPCArgs) (any, error)
+	// ParamError, when set, is the fault for missing or wrongly typed
+	// params (Kamailio's, e.g. 400 "Invalid Parameters") instead of the
+	// RPC layer's -32602 naming the param.
+	ParamError *RPCError
 }
 
 // Module is a module's single export table.

@@ -179,7 +179,7 @@ func (u *UAC) rpcMethods() []core.RPCMethod {
 	secrets := core.RPCParam{Name: "secrets", Type: "string", Optional: true, Doc: "\"secrets\": auth_password and auth_ha1 in clear text (admin role only; otherwise \"***\")"}
 	rec := `{"l_uuid","l_username","l_domain","r_username","r_domain","realm": string|null,"auth_username","auth_password": "***"|"none","auth_ha1": "***"|"none","auth_proxy","expires","flags","diff_expires","timer_expires","reg_init","reg_delay","contact_addr","socket": string|null,"state","last_code","last_reason","last_attempt","last_success","next_refresh","granted_expires","failures","call_id","cseq"}`
 	noErr := `{}; 400 "Invalid Parameters", 400 "Unsupported filter attribute", 404 "Record not found"`
-	return []core.RPCMethod{
+	ms := []core.RPCMethod{
 		{Name: "uac.reg_dump", Doc: "Dump the contents of user registrations table.", ReadOnly: true,
 			Params: []core.RPCParam{secrets}, Result: "[" + rec + "]", Handler: u.rpcDump},
 		{Name: "uac.reg_info", Doc: "Return the details of registration record.", ReadOnly: true,
@@ -208,6 +208,16 @@ func (u *UAC) rpcMethods() []core.RPCMethod {
 		{Name: "uac.reg_active", Doc: "Set the global registration switch (reg_active).",
 			Params: []core.RPCParam{{Name: "mode", Type: "int", Doc: "0 or 1"}}, Result: `{"omode": old, "nmode": new}; 500 "Missing parameter"`, Handler: u.rpcActive},
 	}
+	// Missing or wrongly typed params get Kamailio's faults, not -32602.
+	for i := range ms {
+		switch ms[i].Name {
+		case "uac.reg_active":
+			ms[i].ParamError = rpcErr(500, "Missing parameter").(*core.RPCError)
+		default:
+			ms[i].ParamError = errInvalidParams.(*core.RPCError)
+		}
+	}
+	return ms
 }
 
 func (u *UAC) rpcDump(ctx context.Context, args core.RPCArgs) (any, error) {
