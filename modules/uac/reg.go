@@ -73,6 +73,10 @@ type record struct {
 	timer   core.Timer
 	gen     uint64 // bumped per REGISTER sent; an older reply is ignored
 	removed bool
+	// parked: a refresh came due while reg_active was 0; the timer now
+	// fires when the binding runs out (state idle then), and reg_active 1
+	// refreshes at once.
+	parked bool
 
 	// The attempt in flight.
 	sentAt    time.Time // send time of the attempt's first REGISTER
@@ -182,13 +186,20 @@ func (u *UAC) due(r *record, gen uint64) {
 	}
 	r.timer = nil
 	r.nextRefresh = time.Time{}
+	r.parked = false
 	if r.flags&flagOngoing != 0 || r.flags&flagDisabled != 0 || r.expires == 0 {
 		return
 	}
 	if u.regActive.Load() == 0 {
-		if r.state != StateRegistered {
-			u.setState(r, StateIdle)
+		if now := u.now(); r.state == StateRegistered && r.timerExpires.After(now) {
+			// No refresh while inactive: the binding stays until it
+			// runs out, and the dump says so then.
+			u.schedule(r, r.timerExpires)
+			r.parked = true
+			return
 		}
+		r.flags &^= flagOnline
+		u.setState(r, StateIdle)
 		return
 	}
 	r.flags |= flagInit

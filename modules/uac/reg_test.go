@@ -527,3 +527,38 @@ func TestHA1Priority(t *testing.T) {
 		t.Errorf("%+v", got)
 	}
 }
+
+// With reg_active 0 a registered record is not refreshed; it shows
+// registered until its binding runs out, idle afterwards, and reg_active 1
+// refreshes a parked record at once.
+func TestRegActiveParksRefreshes(t *testing.T) {
+	h := newHarness(t, []Row{row("acc"), row("two")})
+	h.clock.Advance(0)
+	for _, s := range h.take() {
+		h.reply(s, 200, "OK", "Expires: 100")
+	}
+	h.u.SetActive(false)
+	h.clock.Advance(80 * time.Second) // past every refresh point (≤ 75%)
+	h.none()
+	if got := h.info("acc"); got.State != StateRegistered || h.u.Status("acc") != 1 {
+		t.Errorf("before expiry: %s status %d", got.State, h.u.Status("acc"))
+	}
+	h.u.SetActive(true)
+	h.clock.Advance(time.Second)
+	if n := len(h.take()); n != 2 {
+		t.Errorf("reg_active 1 sent %d refreshes, want 2 at once", n)
+	}
+
+	h = newHarness(t, []Row{row("acc")})
+	h.clock.Advance(0)
+	h.reply(h.one(), 200, "OK", "Expires: 100")
+	h.u.SetActive(false)
+	h.clock.Advance(101 * time.Second)
+	h.none()
+	if got := h.info("acc"); got.State != StateIdle || got.Flags&flagOnline != 0 {
+		t.Errorf("after expiry: %s flags %d", got.State, got.Flags)
+	}
+	h.u.SetActive(true)
+	h.clock.Advance(0)
+	h.one()
+}

@@ -502,6 +502,12 @@ func (u *UAC) SetActive(on bool) (old int) {
 	old = int(u.regActive.Load())
 	if on {
 		u.regActive.Store(1)
+		for _, r := range u.order {
+			if r.parked { // its refresh is overdue: now
+				u.unschedule(r)
+				r.parked = false
+			}
+		}
 		if u.started {
 			u.kick(u.order)
 		}
