@@ -87,6 +87,7 @@ func newRig(t *testing.T, params map[string]core.Val) *rig {
 		defer r.mu.Unlock()
 		r.events = append(r.events, event{topic, data.(map[string]any)})
 	}
+	env.SocketManager = fakeSockets{env}
 	r.m, r.t = newModule(env, r.k)
 	env.SetModule(r.t)
 	if _, ok := params["ipsec_listen_addr"]; !ok {
@@ -254,11 +255,14 @@ func TestCreateHappyPath(t *testing.T) {
 		t.Errorf("audit %+v", a)
 	}
 
-	// 200 OK: established, expiry = granted + 30 s; forwarding itself is
-	// not available yet.
+	// 200 OK: established, expiry = granted + 30 s; over UDP it leaves
+	// port_pc for the UE's port_us.
 	ok := r.reply(t, "c1", "200 OK", "Contact: <sip:alice@10.99.0.2:31001>;expires=600")
-	if got := r.call(t, ok, "ipsec_forward", core.Str("location"), core.Int(0)); got != -1 {
-		t.Errorf("ipsec_forward = %d before the transport API", got)
+	if got := r.call(t, ok, "ipsec_forward", core.Str("location"), core.Int(0)); got != 1 {
+		t.Errorf("ipsec_forward = %d", got)
+	}
+	if ok.SendSocket == nil || ok.SendSocket.String() != "udp:10.99.0.1:5100" || ok.DstURI != "sip:10.99.0.2:31001" {
+		t.Errorf("200 leaves from %v to %q", ok.SendSocket, ok.DstURI)
 	}
 	if hdr(ok.Res, "Require") != "sec-agree" {
 		t.Errorf("Require %q", hdr(ok.Res, "Require"))
@@ -581,4 +585,24 @@ func TestCreateConcurrent(t *testing.T) {
 	if sts, _ := r.k.List(r.m.rng); len(sts) != 80 {
 		t.Errorf("%d states, want 80", len(sts))
 	}
+}
+
+// fakeSockets is a SocketManager that only lists sockets, as route tests'.
+type fakeSockets struct{ env *core.Env }
+
+func (f fakeSockets) OpenSocket(_ context.Context, s core.Socket) (core.Socket, error) {
+	for _, x := range f.env.Sockets() {
+		if x == s {
+			return s, fmt.Errorf("%s already open", s)
+		}
+	}
+	f.env.AddSocket(s)
+	return s, nil
+}
+
+func (f fakeSockets) CloseSocket(s core.Socket) error {
+	if !f.env.RemoveSocket(s) {
+		return fmt.Errorf("%s not open", s)
+	}
+	return nil
 }
