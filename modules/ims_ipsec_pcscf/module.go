@@ -99,9 +99,13 @@ func (m *mod) str(v *atomic.Value) string { s, _ := v.Load().(string); return s 
 // every function returns -1 and nothing touches the kernel.
 func (m *mod) enabled() bool { return m.str(&m.listenAddr) != "" }
 
+// newKernel is the kernel New gives the module: netlink; route tests in
+// this package put the in-memory one here.
+var newKernel = func() Kernel { return NewNetlinkKernel() }
+
 // New builds the module with the netlink kernel.
 func New(env *core.Env) *core.Module {
-	_, t := newModule(env, NewNetlinkKernel())
+	_, t := newModule(env, newKernel())
 	return t
 }
 
@@ -378,8 +382,18 @@ func (m *mod) ipsecCreate(msg *core.Msg, a []core.Val) (core.Val, error) {
 	if msg.Res == nil {
 		return core.Int(-1), errors.New("ipsec_create: not a reply")
 	}
+	// refuse: once the REGISTER offered sec-agree, a 401 without a
+	// Security-Server is useless to the UE (it cannot protect its next
+	// REGISTER): it gets a 500 instead (the 5xx Kamailio's sample script
+	// answers), and tm relays that.
+	refuse := false
 	fail := func(why string, err error) (core.Val, error) {
-		m.log().Warn("ims_ipsec_pcscf: ipsec_create failed", "why", why, "err", err, "at", msg.Pos())
+		m.log().Warn("ims_ipsec_pcscf: ipsec_create failed", "why", why, "err", err, "refused", refuse, "at", msg.Pos())
+		if refuse {
+			msg.Res.StatusCode, msg.Res.Reason = 500, "Server Internal Error"
+			msg.Res.RemoveHeader("WWW-Authenticate")
+			msg.Res.AppendHeader(sip.NewHeader("Warning", `399 pcscf "IPsec security association could not be set up"`))
+		}
 		return core.Int(-1), nil
 	}
 	// The keys go first, whatever else fails: ck/ik never reach the UE.
@@ -390,12 +404,13 @@ func (m *mod) ipsecCreate(msg *core.Msg, a []core.Val) (core.Val, error) {
 	if msg.Res.StatusCode != 401 || cseqMethod(msg.Res) != "REGISTER" {
 		return fail("not a 401 to a REGISTER", nil)
 	}
-	if kerr != nil {
-		return fail("no usable ck/ik", kerr)
-	}
 	pend, ok := m.takePending(msg.Res)
 	if !ok {
 		return fail("no Security-Client seen for this REGISTER", nil)
+	}
+	refuse = true
+	if kerr != nil {
+		return fail("no usable ck/ik", kerr)
 	}
 	mech, err := Choose(pend.client, m.str(&m.prefAlg), m.str(&m.prefEalg))
 	if err != nil {

@@ -314,6 +314,11 @@ func TestCreateExhaustionLeavesNothing(t *testing.T) {
 	if strings.Contains(hdr(msg.Res, "WWW-Authenticate"), "ck=") || hdr(msg.Res, "Security-Server") != "" {
 		t.Errorf("failed 401: %s / %s", hdr(msg.Res, "WWW-Authenticate"), hdr(msg.Res, "Security-Server"))
 	}
+	// The UE gets a 500 (tm relays the rewritten reply), not a 401 it
+	// could not protect its next REGISTER with.
+	if msg.Res.StatusCode != 500 || hdr(msg.Res, "WWW-Authenticate") != "" || !strings.Contains(hdr(msg.Res, "Warning"), "IPsec") {
+		t.Errorf("reply to the UE: %d %s, WWW-Authenticate %q, Warning %q", msg.Res.StatusCode, msg.Res.Reason, hdr(msg.Res, "WWW-Authenticate"), hdr(msg.Res, "Warning"))
+	}
 	if sts, _ := r.k.List(r.m.rng); len(sts) != 4 {
 		t.Errorf("%d states, want only the first UE's 4", len(sts))
 	}
@@ -339,9 +344,10 @@ func TestCreateKernelFailureReleases(t *testing.T) {
 
 func TestCreateRefusals(t *testing.T) {
 	r := newRig(t, map[string]core.Val{})
-	// No Security-Client seen for this Call-ID.
-	if got := r.call(t, r.reply(t, "nope", "401 Unauthorized", wwwAuth), "ipsec_create", core.Str("l"), core.Int(0)); got != -1 {
-		t.Errorf("unknown REGISTER: %d", got)
+	// No Security-Client seen for this Call-ID: the 401 passes (no sec-agree).
+	plain := r.reply(t, "nope", "401 Unauthorized", wwwAuth)
+	if got := r.call(t, plain, "ipsec_create", core.Str("l"), core.Int(0)); got != -1 || plain.Res.StatusCode != 401 {
+		t.Errorf("unknown REGISTER: %d, reply %d", got, plain.Res.StatusCode)
 	}
 	// ik missing: the ck must still not reach the UE.
 	r.register(t, "c2", "10.99.0.2")
@@ -351,6 +357,9 @@ func TestCreateRefusals(t *testing.T) {
 	}
 	if w := hdr(msg.Res, "WWW-Authenticate"); strings.Contains(strings.ToLower(w), "ck=") {
 		t.Errorf("ck left in %q", w)
+	}
+	if msg.Res.StatusCode != 500 {
+		t.Errorf("no ik: the UE gets %d, want 500", msg.Res.StatusCode)
 	}
 	// Not a 401.
 	r.register(t, "c3", "10.99.0.2")

@@ -752,6 +752,14 @@ func (t *TM) onReply(m *core.Msg) bool {
 			t.env.Log.Error("tm: onreply route failed", "route", onReply, "err", err)
 		}
 		tx.replySocket(m)
+		if code >= 300 && res.StatusCode >= 300 && res.StatusCode < 700 && res.StatusCode != code {
+			// The route rewrote a negative final reply (ipsec_create turns
+			// a 401 it cannot protect into a 500): tm goes by the new code.
+			code = res.StatusCode
+			tx.mu.Lock()
+			b.code = code
+			tx.mu.Unlock()
+		}
 		if m.Dropped && code < 200 {
 			return true
 		}
