@@ -228,3 +228,18 @@ Max-Forwards: 70`, "127.0.0.2:6060", plain5060)
 		}
 	}
 }
+
+// TestReadmeHasTheExample: the README shows the script the route test runs.
+func TestReadmeHasTheExample(t *testing.T) {
+	src, err := os.ReadFile("../../examples/ims_pcscf/route.star")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(readme), "```python\n"+string(src)+"```") {
+		t.Error("README's P-CSCF script differs from examples/ims_pcscf/route.star")
+	}
+}
