@@ -24,6 +24,7 @@ func init() {
 	Register(coreModule)
 	Register(pvModule)
 	Register(hdrModule)
+	Register(corexModule)
 }
 
 // BoolRet wraps a Go bool as a KSR function's (Val, error) result.
@@ -228,13 +229,13 @@ func (m *Msg) SendRequest(req *sip.Request, dst Target, kind OutKind, branch str
 	if m.Env.IsLoop(dst) {
 		return ErrLoop
 	}
-	sock, ok := m.Env.SocketFor(dst.Proto)
+	sock, ok := m.SendSocketFor(dst.Proto)
 	if !ok {
 		return fmt.Errorf("no %s socket to send to %s", dst.Proto, dst)
 	}
 	via := OurVia(sock, branch)
 	req.PrependHeader(via)
-	err := m.Env.Sender.Send(&Outgoing{Kind: kind, Msg: req, Dst: dst, Branch: idx})
+	err := m.Env.Sender.Send(&Outgoing{Kind: kind, Msg: req, Dst: dst, Branch: idx, LocalSocket: m.ForcedSocket(dst.Proto)})
 	popTopVia(req)
 	return err
 }

@@ -26,11 +26,16 @@ type Msg struct {
 	ConnID  string // reliable-transport connection it arrived on
 	Arrived time.Time
 
-	DstURI    string // $du
-	Flags     uint64
-	Vars      map[string]Val // $var: per message
-	RouteType RouteType
-	Prog      any // script version handling this message
+	DstURI string // $du
+	// SendSocket is Kamailio's force_send_socket ($fs,
+	// KSR.corex.set_send_socket): the local socket the message's replies
+	// (sl, tm) and relayed branches leave from, one of Env.Sockets(). nil:
+	// the transport picks as always.
+	SendSocket *Socket
+	Flags      uint64
+	Vars       map[string]Val // $var: per message
+	RouteType  RouteType
+	Prog       any // script version handling this message
 
 	// ReplyCode is the last reply code sent for this request ($T_reply_code in request_route).
 	ReplyCode int
@@ -266,6 +271,7 @@ func (m *Msg) ReplyOutgoing(res *sip.Response, kind OutKind) *Outgoing {
 	} else if o.Dst.Proto != "udp" {
 		o.Dst.Proto = "udp"
 	}
+	o.LocalSocket = m.ForcedSocket(m.Proto)
 	return o
 }
 

@@ -86,6 +86,11 @@ type mod struct {
 	sets    map[string]*ueSet
 	seq     uint64
 	pending map[string]pending
+	// socks counts the sets using each protected socket (pairs are
+	// shared by UEs): opened with the first, closed with the last.
+	socks map[core.Socket]int
+	// plainDropped counts requests refused by the protected-port check.
+	plainDropped atomic.Int64
 }
 
 func (m *mod) str(v *atomic.Value) string { s, _ := v.Load().(string); return s }
@@ -94,14 +99,18 @@ func (m *mod) str(v *atomic.Value) string { s, _ := v.Load().(string); return s 
 // every function returns -1 and nothing touches the kernel.
 func (m *mod) enabled() bool { return m.str(&m.listenAddr) != "" }
 
+// newKernel is the kernel New gives the module: netlink; route tests in
+// this package put the in-memory one here.
+var newKernel = func() Kernel { return NewNetlinkKernel() }
+
 // New builds the module with the netlink kernel.
 func New(env *core.Env) *core.Module {
-	_, t := newModule(env, NewNetlinkKernel())
+	_, t := newModule(env, newKernel())
 	return t
 }
 
 func newModule(env *core.Env, k Kernel) (*mod, *core.Module) {
-	m := &mod{env: env, kernel: k, sets: map[string]*ueSet{}, pending: map[string]pending{}}
+	m := &mod{env: env, kernel: k, sets: map[string]*ueSet{}, pending: map[string]pending{}, socks: map[core.Socket]int{}}
 	intParam := func(name string, def int, lo, hi int64, p *atomic.Int64, doc string, static bool) core.Param {
 		return core.Param{Name: name, Type: core.ArgInt, Default: core.Int(def), Doc: doc, Static: static,
 			Check: func(v core.Val) error {
@@ -152,7 +161,7 @@ func newModule(env *core.Env, k Kernel) (*mod, *core.Module) {
 				Doc: "(domain, flags) onreply route, on the 401 to a REGISTER: strip ck/ik from WWW-Authenticate, pick the mechanism from the REGISTER's Security-Client, allocate SPIs/ports, install 4 SAs + 4 policies, add Security-Server and Supported: sec-agree. flags 0x01: first remove expired sets. 1 ok, -1 error: nothing created, ck/ik still removed, no Security-Server added",
 				Fn:  m.ipsecCreate},
 			{Name: "ipsec_forward", Args: []core.ArgType{core.ArgStr, core.ArgInt}, Ret: core.RetInt, Routes: core.RouteRequest | core.RouteTmReply | core.RouteReply | core.RouteFailure | core.RouteBranch,
-				Doc: "(domain, flags) send through the UE's protected ports. Today: a 200 to REGISTER moves its set to established (expires from the reply), Expires 0 marks it deleting; sending from a protected socket needs the transport API and returns -1 until it lands",
+				Doc: "(domain, flags) send through the UE's protected ports (TS 33.203 §7): requests port_pc -> port_us ($du rewritten, ;transport=tcp for TCP), UDP replies port_pc -> port_us, TCP replies port_ps -> port_uc on the UE's connection; sets the forced send socket ($fs). A 200 to REGISTER moves the set to established (expires from the reply), Expires 0 marks it deleting. Kamailio's flags, all bits read: 0x04 look up by $du, 0x20 keep $du, 0x40 TCP requests port_ps -> port_uc, 0x100 UDP replies to the Via port when it is port_uc/port_us; 0x01/0x80/0x200 are always on, 0x02/0x08/0x10 no-ops. 1 ok, -1 no set for the UE",
 				Fn:  m.ipsecForward},
 			{Name: "ipsec_verify", Args: []core.ArgType{core.ArgStr}, Ret: core.RetInt, Routes: core.RouteRequest,
 				Doc: "(domain) kamgo addition (Kamailio does not check): on the protected REGISTER, compare Security-Verify with the Security-Server sent to this UE (RFC 3329 §2.3.1); 1 match, -1 no SA set for the source, -2 Security-Verify missing or different: the set is removed (answer 494)",
@@ -169,6 +178,9 @@ func newModule(env *core.Env, k Kernel) (*mod, *core.Module) {
 		Init:   m.init,
 		Stop:   m.stop,
 		OnRequest: func(msg *core.Msg) bool {
+			if m.plaintext(msg) {
+				return true
+			}
 			m.remember(msg)
 			return false
 		},
@@ -370,8 +382,18 @@ func (m *mod) ipsecCreate(msg *core.Msg, a []core.Val) (core.Val, error) {
 	if msg.Res == nil {
 		return core.Int(-1), errors.New("ipsec_create: not a reply")
 	}
+	// refuse: once the REGISTER offered sec-agree, a 401 without a
+	// Security-Server is useless to the UE (it cannot protect its next
+	// REGISTER): it gets a 500 instead (the 5xx Kamailio's sample script
+	// answers), and tm relays that.
+	refuse := false
 	fail := func(why string, err error) (core.Val, error) {
-		m.log().Warn("ims_ipsec_pcscf: ipsec_create failed", "why", why, "err", err, "at", msg.Pos())
+		m.log().Warn("ims_ipsec_pcscf: ipsec_create failed", "why", why, "err", err, "refused", refuse, "at", msg.Pos())
+		if refuse {
+			msg.Res.StatusCode, msg.Res.Reason = 500, "Server Internal Error"
+			msg.Res.RemoveHeader("WWW-Authenticate")
+			msg.Res.AppendHeader(sip.NewHeader("Warning", `399 pcscf "IPsec security association could not be set up"`))
+		}
 		return core.Int(-1), nil
 	}
 	// The keys go first, whatever else fails: ck/ik never reach the UE.
@@ -382,12 +404,13 @@ func (m *mod) ipsecCreate(msg *core.Msg, a []core.Val) (core.Val, error) {
 	if msg.Res.StatusCode != 401 || cseqMethod(msg.Res) != "REGISTER" {
 		return fail("not a 401 to a REGISTER", nil)
 	}
-	if kerr != nil {
-		return fail("no usable ck/ik", kerr)
-	}
 	pend, ok := m.takePending(msg.Res)
 	if !ok {
 		return fail("no Security-Client seen for this REGISTER", nil)
+	}
+	refuse = true
+	if kerr != nil {
+		return fail("no usable ck/ik", kerr)
 	}
 	mech, err := Choose(pend.client, m.str(&m.prefAlg), m.str(&m.prefEalg))
 	if err != nil {
@@ -433,6 +456,13 @@ func (m *mod) ipsecCreate(msg *core.Msg, a []core.Val) (core.Val, error) {
 	if err != nil {
 		pool.Release(pair)
 		return fail("kernel", err)
+	}
+	if err := m.openSockets(pair); err != nil {
+		if rerr := m.kernel.Remove(set); rerr != nil {
+			m.log().Error("ims_ipsec_pcscf: removing SAs failed", "ue", id, "err", rerr)
+		}
+		pool.Release(pair)
+		return fail("protected sockets", err)
 	}
 	server := Mechanism{Name: "ipsec-3gpp", Q: 100, Prot: "esp", Mod: "trans", SpiC: pair.SpiPC, SpiS: pair.SpiPS,
 		PortC: pair.PortPC, PortS: pair.PortPS, Alg: mech.Alg, Ealg: mech.Ealg}
@@ -538,6 +568,7 @@ func (m *mod) destroy(s *ueSet, reason string) bool {
 	if pool != nil {
 		pool.Release(s.pair)
 	}
+	m.closeSockets(s.pair)
 	m.emit("removed", s, "reason", reason)
 	return true
 }
@@ -602,15 +633,12 @@ func regExpiry(res *sip.Response) int {
 	return 3600
 }
 
-// errNoTransport is what ipsec_forward answers until the transport API
-// (ipsec-tr) lands.
-var errNoTransport = errors.New("ipsec_forward: sending from a protected socket is not available yet (needs the transport API: Outgoing local socket, Env.OpenSocket/CloseSocket)")
-
 func (m *mod) ipsecForward(msg *core.Msg, a []core.Val) (core.Val, error) {
 	if !m.enabled() {
 		return core.Int(-1), nil
 	}
-	s := m.findForMsg(msg)
+	flags := a[1].Int
+	s := m.findForForward(msg, flags)
 	if s == nil {
 		return core.Int(-1), nil
 	}
@@ -639,12 +667,11 @@ func (m *mod) ipsecForward(msg *core.Msg, a []core.Val) (core.Val, error) {
 		}
 		msg.Res.AppendHeader(sip.NewHeader("Require", "sec-agree"))
 	}
-	// TODO(ipsec-tr): with core.Outgoing's local-socket field, set it to
-	// the protected socket (requests and UDP replies: port_pc -> port_us;
-	// TCP replies: port_ps -> port_uc, flag 0x40/0x100 variants) and
-	// $du = sip:ue:port; then return 1.
-	m.log().Warn("ims_ipsec_pcscf: "+errNoTransport.Error(), "ue", s.id, "at", msg.Pos())
-	return core.Int(-1), nil
+	if err := m.route(msg, s, flags); err != nil {
+		m.log().Warn("ims_ipsec_pcscf: ipsec_forward: "+err.Error(), "ue", s.id, "at", msg.Pos())
+		return core.Int(-1), nil
+	}
+	return core.Int(1), nil
 }
 
 // dropOtherSets removes the UE's older sets once a new one is established

@@ -87,6 +87,7 @@ func newRig(t *testing.T, params map[string]core.Val) *rig {
 		defer r.mu.Unlock()
 		r.events = append(r.events, event{topic, data.(map[string]any)})
 	}
+	env.SocketManager = fakeSockets{env}
 	r.m, r.t = newModule(env, r.k)
 	env.SetModule(r.t)
 	if _, ok := params["ipsec_listen_addr"]; !ok {
@@ -254,11 +255,14 @@ func TestCreateHappyPath(t *testing.T) {
 		t.Errorf("audit %+v", a)
 	}
 
-	// 200 OK: established, expiry = granted + 30 s; forwarding itself is
-	// not available yet.
+	// 200 OK: established, expiry = granted + 30 s; over UDP it leaves
+	// port_pc for the UE's port_us.
 	ok := r.reply(t, "c1", "200 OK", "Contact: <sip:alice@10.99.0.2:31001>;expires=600")
-	if got := r.call(t, ok, "ipsec_forward", core.Str("location"), core.Int(0)); got != -1 {
-		t.Errorf("ipsec_forward = %d before the transport API", got)
+	if got := r.call(t, ok, "ipsec_forward", core.Str("location"), core.Int(0)); got != 1 {
+		t.Errorf("ipsec_forward = %d", got)
+	}
+	if ok.SendSocket == nil || ok.SendSocket.String() != "udp:10.99.0.1:5100" || ok.DstURI != "sip:10.99.0.2:31001" {
+		t.Errorf("200 leaves from %v to %q", ok.SendSocket, ok.DstURI)
 	}
 	if hdr(ok.Res, "Require") != "sec-agree" {
 		t.Errorf("Require %q", hdr(ok.Res, "Require"))
@@ -310,6 +314,11 @@ func TestCreateExhaustionLeavesNothing(t *testing.T) {
 	if strings.Contains(hdr(msg.Res, "WWW-Authenticate"), "ck=") || hdr(msg.Res, "Security-Server") != "" {
 		t.Errorf("failed 401: %s / %s", hdr(msg.Res, "WWW-Authenticate"), hdr(msg.Res, "Security-Server"))
 	}
+	// The UE gets a 500 (tm relays the rewritten reply), not a 401 it
+	// could not protect its next REGISTER with.
+	if msg.Res.StatusCode != 500 || hdr(msg.Res, "WWW-Authenticate") != "" || !strings.Contains(hdr(msg.Res, "Warning"), "IPsec") {
+		t.Errorf("reply to the UE: %d %s, WWW-Authenticate %q, Warning %q", msg.Res.StatusCode, msg.Res.Reason, hdr(msg.Res, "WWW-Authenticate"), hdr(msg.Res, "Warning"))
+	}
 	if sts, _ := r.k.List(r.m.rng); len(sts) != 4 {
 		t.Errorf("%d states, want only the first UE's 4", len(sts))
 	}
@@ -335,9 +344,10 @@ func TestCreateKernelFailureReleases(t *testing.T) {
 
 func TestCreateRefusals(t *testing.T) {
 	r := newRig(t, map[string]core.Val{})
-	// No Security-Client seen for this Call-ID.
-	if got := r.call(t, r.reply(t, "nope", "401 Unauthorized", wwwAuth), "ipsec_create", core.Str("l"), core.Int(0)); got != -1 {
-		t.Errorf("unknown REGISTER: %d", got)
+	// No Security-Client seen for this Call-ID: the 401 passes (no sec-agree).
+	plain := r.reply(t, "nope", "401 Unauthorized", wwwAuth)
+	if got := r.call(t, plain, "ipsec_create", core.Str("l"), core.Int(0)); got != -1 || plain.Res.StatusCode != 401 {
+		t.Errorf("unknown REGISTER: %d, reply %d", got, plain.Res.StatusCode)
 	}
 	// ik missing: the ck must still not reach the UE.
 	r.register(t, "c2", "10.99.0.2")
@@ -347,6 +357,9 @@ func TestCreateRefusals(t *testing.T) {
 	}
 	if w := hdr(msg.Res, "WWW-Authenticate"); strings.Contains(strings.ToLower(w), "ck=") {
 		t.Errorf("ck left in %q", w)
+	}
+	if msg.Res.StatusCode != 500 {
+		t.Errorf("no ik: the UE gets %d, want 500", msg.Res.StatusCode)
 	}
 	// Not a 401.
 	r.register(t, "c3", "10.99.0.2")
@@ -581,4 +594,24 @@ func TestCreateConcurrent(t *testing.T) {
 	if sts, _ := r.k.List(r.m.rng); len(sts) != 80 {
 		t.Errorf("%d states, want 80", len(sts))
 	}
+}
+
+// fakeSockets is a SocketManager that only lists sockets, as route tests'.
+type fakeSockets struct{ env *core.Env }
+
+func (f fakeSockets) OpenSocket(_ context.Context, s core.Socket) (core.Socket, error) {
+	for _, x := range f.env.Sockets() {
+		if x == s {
+			return s, fmt.Errorf("%s already open", s)
+		}
+	}
+	f.env.AddSocket(s)
+	return s, nil
+}
+
+func (f fakeSockets) CloseSocket(s core.Socket) error {
+	if !f.env.RemoveSocket(s) {
+		return fmt.Errorf("%s not open", s)
+	}
+	return nil
 }

@@ -22,7 +22,7 @@ func (m *mod) rpcMethods() []core.RPCMethod {
 		{Name: "ipsec.destroy", Doc: "remove the SA sets of one UE from the kernel and release their SPIs", Params: []core.RPCParam{key},
 			Result: `{"removed": n}; 404 "not found"`, Handler: m.rpcDestroy},
 		{Name: "ipsec.stats", Doc: "SPI pool usage, sets by state, kamgo's kernel states/policies, /proc/net/xfrm_stat", ReadOnly: true,
-			Result: `{"enabled", "pairs_used", "pairs_total", "sets": {"temporary", "established", "deleting"}, "kernel_states", "kernel_policies", "xfrm_stat": {name: n}}`, Handler: m.rpcStats},
+			Result: `{"enabled", "pairs_used", "pairs_total", "sets": {"temporary", "established", "deleting"}, "plaintext_dropped", "kernel_states", "kernel_policies", "xfrm_stat": {name: n}}`, Handler: m.rpcStats},
 		{Name: "ipsec.audit", Doc: "kernel vs kamd: states in kamgo's range no set owns (leaked) and SAs of known sets the kernel lacks (missing)", ReadOnly: true,
 			Result: `{"ok": bool, "leaked": [{"spi", "src", "sport", "dst", "dport"}], "missing": [{"ue", "name", "spi"}]}`, Handler: m.rpcAudit},
 	}
@@ -116,7 +116,7 @@ func (m *mod) rpcStats(ctx context.Context, _ core.RPCArgs) (any, error) {
 		by[s.state]++
 	}
 	m.mu.Unlock()
-	out := map[string]any{"enabled": m.enabled(), "sets": by}
+	out := map[string]any{"enabled": m.enabled(), "sets": by, "plaintext_dropped": m.plainDropped.Load()}
 	if pool == nil {
 		return out, nil
 	}

@@ -14,7 +14,7 @@ import (
 // newTx creates and registers the transaction for m's request.
 func (t *TM) newTx(m *core.Msg, key string) *Tx {
 	origin := &core.Msg{Env: m.Env, Req: m.Req.Clone(), Proto: m.Proto, SrcIP: m.SrcIP, SrcPort: m.SrcPort,
-		Local: m.Local, ConnID: m.ConnID, Arrived: m.Arrived}
+		Local: m.Local, ConnID: m.ConnID, Arrived: m.Arrived, SendSocket: m.SendSocket}
 	s := settingsOf(m)
 	tx := &Tx{tm: t, key: key, id: branchID(key, t.seq.Add(1)), origin: origin, prog: m.Prog,
 		up:        *origin.ReplyOutgoing(nil, core.OutReply),
@@ -298,7 +298,7 @@ func (tx *Tx) sendCancel(b *branch) {
 	cs := &sip.CSeqHeader{SeqNo: b.req.CSeq().SeqNo, MethodName: sip.CANCEL}
 	c.AppendHeader(cs)
 	c.SetBody(nil)
-	if err := tx.tm.env.Sender.Send(&core.Outgoing{Kind: core.OutLocalRequest, Msg: c, Dst: b.dst, Branch: b.idx}); err != nil {
+	if err := tx.tm.env.Sender.Send(&core.Outgoing{Kind: core.OutLocalRequest, Msg: c, Dst: b.dst, Branch: b.idx, LocalSocket: b.sock}); err != nil {
 		tx.tm.env.Log.Warn("tm: cannot send CANCEL", "dst", b.dst.String(), "err", err)
 	}
 }
@@ -413,7 +413,7 @@ func (tx *Tx) addBranch(m *core.Msg, req *sip.Request, dst core.Target) error {
 	tx.mu.Unlock()
 	if onBranch != "" && tx.tm.env.Router != nil {
 		bm := &core.Msg{Env: m.Env, Req: breq, Proto: m.Proto, SrcIP: m.SrcIP, SrcPort: m.SrcPort, Local: m.Local,
-			DstURI: m.DstURI, Flags: m.Flags, Tx: tx, Vars: m.Vars}
+			DstURI: m.DstURI, SendSocket: m.SendSocket, Flags: m.Flags, Tx: tx, Vars: m.Vars}
 		if err := tx.tm.env.Router.Run(tx.prog, onBranch, core.RouteBranch, bm); err != nil {
 			tx.tm.env.Log.Error("tm: branch route failed", "route", onBranch, "err", err)
 		}
@@ -425,15 +425,18 @@ func (tx *Tx) addBranch(m *core.Msg, req *sip.Request, dst core.Target) error {
 				dst = d
 			}
 		}
+		m = bm
 	}
 	if tx.tm.env.IsLoop(dst) {
 		return core.ErrLoop
 	}
-	sock, ok := tx.tm.env.SocketFor(dst.Proto)
+	// The forced send socket (set_send_socket, ipsec_forward) gives both
+	// the branch's Via and the socket it, its CANCEL and its ACK leave from.
+	sock, ok := m.SendSocketFor(dst.Proto)
 	if !ok {
 		return fmt.Errorf("no %s socket", dst.Proto)
 	}
-	b := &branch{idx: idx, dst: dst, via: tx.id + "." + strconv.Itoa(idx)}
+	b := &branch{idx: idx, dst: dst, via: tx.id + "." + strconv.Itoa(idx), sock: m.ForcedSocket(dst.Proto)}
 	breq.PrependHeader(core.OurVia(sock, b.via))
 	b.req = breq
 	tx.mu.Lock()
@@ -456,7 +459,7 @@ func (tx *Tx) send(b *branch) error {
 	if tx.local != nil {
 		kind = core.OutLocalRequest
 	}
-	return tx.tm.env.Sender.Send(&core.Outgoing{Kind: kind, Msg: b.req, Dst: b.dst, Branch: b.idx})
+	return tx.tm.env.Sender.Send(&core.Outgoing{Kind: kind, Msg: b.req, Dst: b.dst, Branch: b.idx, LocalSocket: b.sock})
 }
 
 // armBranch starts retransmission (UDP) and final-response timers. Called with tx.mu held.
@@ -748,6 +751,15 @@ func (t *TM) onReply(m *core.Msg) bool {
 		if err := t.env.Router.Run(prog, onReply, core.RouteTmReply, m); err != nil {
 			t.env.Log.Error("tm: onreply route failed", "route", onReply, "err", err)
 		}
+		tx.replySocket(m)
+		if code >= 300 && res.StatusCode >= 300 && res.StatusCode < 700 && res.StatusCode != code {
+			// The route rewrote a negative final reply (ipsec_create turns
+			// a 401 it cannot protect into a 500): tm goes by the new code.
+			code = res.StatusCode
+			tx.mu.Lock()
+			b.code = code
+			tx.mu.Unlock()
+		}
 		if m.Dropped && code < 200 {
 			return true
 		}
@@ -766,6 +778,27 @@ func (t *TM) onReply(m *core.Msg) bool {
 		tx.maybeComplete()
 	}
 	return true
+}
+
+// replySocket applies a send socket the onreply route forced on a reply
+// (set_send_socket, ipsec_forward) to this and later replies upstream; a
+// $du set with it gives their UDP destination (a P-CSCF answers a UE's
+// protected port_us, not the Via's source).
+func (tx *Tx) replySocket(m *core.Msg) {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	ls := m.ForcedSocket(tx.origin.Proto)
+	if ls == nil {
+		return
+	}
+	tx.up.LocalSocket = ls
+	if m.DstURI != "" && tx.origin.Proto == "udp" {
+		if u, err := core.ParseURI(m.DstURI); err == nil {
+			if d := core.TargetOf(&u); d.Proto == "udp" {
+				tx.up.Dst = d
+			}
+		}
+	}
 }
 
 // ackBranch sends the hop-by-hop ACK for a negative INVITE reply (RFC 3261 17.1.1.3).
@@ -789,7 +822,7 @@ func (tx *Tx) ackBranch(b *branch, res *sip.Response) {
 	}
 	ack.AppendHeader(&sip.CSeqHeader{SeqNo: b.req.CSeq().SeqNo, MethodName: sip.ACK})
 	ack.SetBody(nil)
-	if err := tx.tm.env.Sender.Send(&core.Outgoing{Kind: core.OutLocalRequest, Msg: ack, Dst: b.dst, Branch: b.idx}); err != nil {
+	if err := tx.tm.env.Sender.Send(&core.Outgoing{Kind: core.OutLocalRequest, Msg: ack, Dst: b.dst, Branch: b.idx, LocalSocket: b.sock}); err != nil {
 		tx.tm.env.Log.Warn("tm: cannot send ACK", "dst", b.dst.String(), "err", err)
 	}
 }

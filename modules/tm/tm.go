@@ -144,6 +144,11 @@ func New(env *core.Env) *core.Module {
 
 // reply is t_reply: like Kamailio, a reply after the final one is -1 (logged), not a script error.
 func (t *TM) reply(tx *Tx, m *core.Msg, a []core.Val) (core.Val, error) {
+	if ls := m.ForcedSocket(tx.origin.Proto); ls != nil {
+		tx.mu.Lock()
+		tx.up.LocalSocket = ls // set_send_socket after t_newtran
+		tx.mu.Unlock()
+	}
 	if err := tx.Reply(m, int(a[0].Int), a[1].Str); err != nil {
 		if errors.Is(err, errFinalSent) {
 			t.env.Log.Error("tm: t_reply: "+err.Error(), "code", a[0].Int, "at", m.Pos())

@@ -95,6 +95,7 @@ type sent struct {
 	kind   core.OutKind
 	dst    core.Target
 	branch int
+	local  string // forced local socket, "" none
 	text   string
 	msg    sip.Message
 }
@@ -125,7 +126,11 @@ func (r *recorder) Send(o *core.Outgoing) error {
 		return err
 	}
 	r.mu.Lock()
-	r.sent = append(r.sent, sent{kind: o.Kind, dst: o.Dst, branch: o.Branch, text: sb.String(), msg: msg})
+	s := sent{kind: o.Kind, dst: o.Dst, branch: o.Branch, text: sb.String(), msg: msg}
+	if o.LocalSocket != nil {
+		s.local = o.LocalSocket.String()
+	}
+	r.sent = append(r.sent, s)
 	r.mu.Unlock()
 	return nil
 }

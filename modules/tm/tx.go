@@ -64,7 +64,8 @@ type branch struct {
 	req       *sip.Request // with our Via on top, for retransmission and CANCEL
 	dst       core.Target
 	via       string
-	code      int // last reply code (0 none)
+	sock      *core.Socket // forced local socket, nil: the transport's choice
+	code      int          // last reply code (0 none)
 	final     bool
 	timedOut  bool
 	reply     *sip.Response // final reply

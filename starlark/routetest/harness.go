@@ -32,8 +32,11 @@ type Sent struct {
 	Dst    core.Target
 	ConnID string
 	Branch int
-	Text   string      // the message as it would go on the wire
-	Msg    sip.Message // parsed back from Text: a snapshot
+	// Local is the forced local socket (Outgoing.LocalSocket) as
+	// proto:ip:port, "" when the transport picks.
+	Local string
+	Text  string      // the message as it would go on the wire
+	Msg   sip.Message // parsed back from Text: a snapshot
 }
 
 // LogRecord is one log line written through env.Log while a route ran.
@@ -95,6 +98,9 @@ func (r *recorder) Send(o *core.Outgoing) error {
 	var sb strings.Builder
 	o.Msg.StringWrite(&sb)
 	s := Sent{Kind: o.Kind, Dst: o.Dst, ConnID: o.ConnID, Branch: o.Branch, Text: sb.String()}
+	if o.LocalSocket != nil {
+		s.Local = o.LocalSocket.String()
+	}
 	msg, err := sip.NewParser().ParseSIP([]byte(s.Text))
 	if err != nil {
 		return fmt.Errorf("route test: kamd produced a message it cannot parse back (%v):\n%s", err, s.Text)

@@ -262,6 +262,7 @@ func sentValue(s Sent) sk.Value {
 		"msg":     m,
 		"branch":  sk.MakeInt(s.Branch),
 		"conn_id": sk.String(s.ConnID),
+		"local":   sk.String(s.Local),
 	}
 	switch x := s.Msg.(type) {
 	case *sip.Response:
