@@ -232,3 +232,21 @@ func AppendParam(b *strings.Builder, name, value string) error {
 	}
 	return nil
 }
+
+// CheckNameAddr checks a name-addr kamd writes from bytes it received or
+// stored (a registered Path written back as a Route, ...): a display name
+// that stays one quoted string, a URI that passes the door's checks (no
+// quote, angle bracket, whitespace or control in it), and header
+// parameters as CheckParam. sipgo's parser is lenient: that a value
+// re-parses does not make it well-formed.
+func CheckNameAddr(display string, u *sip.Uri, params sip.HeaderParams) error {
+	if why := nameAddrProblem(display, u); why != "" {
+		return fmt.Errorf("%w: %s", ErrBadValue, why)
+	}
+	for _, p := range params {
+		if err := CheckParam(p.K, p.V); err != nil {
+			return err
+		}
+	}
+	return nil
+}

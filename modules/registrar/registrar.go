@@ -190,6 +190,21 @@ func checkPath(v string) error {
 			return fmt.Errorf("Path %q is not a list of name-addrs", v)
 		}
 	}
+	// sipgo's Route keeps only the URI: check each element whole (display
+	// name, URI, header params) as the name-addr it is written back as.
+	for _, e := range splitContacts(v) {
+		hs, err := core.ParseHeaderText("Contact: " + strings.TrimSpace(e))
+		if err != nil {
+			return err
+		}
+		c, ok := hs[0].(*sip.ContactHeader)
+		if len(hs) != 1 || !ok {
+			return fmt.Errorf("Path %q is not a list of name-addrs", v)
+		}
+		if err := core.CheckNameAddr(c.DisplayName, &c.Address, c.Params); err != nil {
+			return fmt.Errorf("Path %q: %w", v, err)
+		}
+	}
 	return nil
 }
 
