@@ -192,14 +192,18 @@ func RequestRefusal(r *sip.Request) (int, string) {
 			}
 		case *sip.FromHeader:
 			from++
+			NormalizeParams(x.Params)
 			if why := nameAddrProblem(x.DisplayName, &x.Address); why != "" {
 				return 400, "Bad Request - invalid From (" + why + ")"
 			}
 		case *sip.ToHeader:
 			to++
+			NormalizeParams(x.Params)
 			if why := nameAddrProblem(x.DisplayName, &x.Address); why != "" {
 				return 400, "Bad Request - invalid To (" + why + ")"
 			}
+		case *sip.ContactHeader:
+			NormalizeParams(x.Params)
 		case *sip.CallIDHeader:
 			callid++
 			if !validCallID(string(*x)) {
@@ -253,13 +257,17 @@ func ReplyProblem(res *sip.Response) string {
 				return "invalid Via (" + why + ")"
 			}
 		case *sip.FromHeader:
+			NormalizeParams(x.Params)
 			if why := nameAddrProblem(x.DisplayName, &x.Address); why != "" {
 				return "invalid From (" + why + ")"
 			}
 		case *sip.ToHeader:
+			NormalizeParams(x.Params)
 			if why := nameAddrProblem(x.DisplayName, &x.Address); why != "" {
 				return "invalid To (" + why + ")"
 			}
+		case *sip.ContactHeader:
+			NormalizeParams(x.Params)
 		case *sip.CallIDHeader:
 			if !validCallID(string(*x)) {
 				return "invalid Call-ID"
@@ -302,11 +310,13 @@ func RefusalReply(req *sip.Request, code int, reason string) (res *sip.Response,
 			via = true
 			res.AppendHeader(sip.HeaderClone(x))
 		case *sip.FromHeader:
+			NormalizeParams(x.Params)
 			if !from && nameAddrProblem(x.DisplayName, &x.Address) == "" {
 				from = true
 				res.AppendHeader(sip.HeaderClone(x))
 			}
 		case *sip.ToHeader:
+			NormalizeParams(x.Params)
 			if !to && nameAddrProblem(x.DisplayName, &x.Address) == "" {
 				to = true
 				t := sip.HeaderClone(x).(*sip.ToHeader)
@@ -374,6 +384,28 @@ func NormalizeVia(v *sip.ViaHeader) {
 	for i := range v.Params {
 		p := &v.Params[i]
 		p.K, p.V = strings.Trim(p.K, " \t"), strings.Trim(p.V, " \t")
+	}
+}
+
+// NormalizeParams repairs what sipgo misreads in the header parameters of
+// a From, To or Contact, so they are written back as received:
+//   - LWS around "=" (RFC 3261 EQUAL: "expires = 60") stays in the name and
+//     value, and sipgo's writer then quotes the value: `expires =" 60"`;
+//   - a quoted value holding SP or HTAB (`p="x y"`) keeps its quotes, and
+//     the writer, which quotes every value holding SP or HTAB, quotes it a
+//     second time: `p=""x y""`. Its quotes are dropped here and the writer
+//     puts them back (kamd's params hold such a value unquoted, as SetParam
+//     does; CheckParsedParam checks it).
+//
+// A value that is not one well-formed quoted string is left as it is. No
+// allocation.
+func NormalizeParams(p sip.HeaderParams) {
+	for i := range p {
+		kv := &p[i]
+		kv.K, kv.V = strings.Trim(kv.K, " \t"), strings.Trim(kv.V, " \t")
+		if v := kv.V; len(v) > 1 && v[0] == '"' && v[len(v)-1] == '"' && strings.ContainsAny(v, " \t") && quotedBody(v[1:len(v)-1]) {
+			kv.V = v[1 : len(v)-1]
+		}
 	}
 }
 

@@ -179,6 +179,17 @@ func CheckParam(name, value string) error {
 	return fmt.Errorf("%w: %s=%q is neither a token, an IP address nor a quoted string", ErrBadValue, name, value)
 }
 
+// CheckParsedParam is CheckParam for a header parameter as sipgo holds it
+// once parsed (see NormalizeParams): a value holding SP or HTAB without
+// its quotes is the inside of a quoted string, which sipgo writes back
+// between quotes.
+func CheckParsedParam(name, value string) error {
+	if value != "" && value[0] != '"' && strings.ContainsAny(value, " \t") {
+		return CheckParam(name, `"`+value+`"`) // allocates only for such a value
+	}
+	return CheckParam(name, value)
+}
+
 // CheckURIParam checks a URI parameter (";name=value" inside <sip:...>):
 // name and value made of paramchars only; no quoting exists there.
 func CheckURIParam(name, value string) error {
@@ -244,7 +255,7 @@ func CheckNameAddr(display string, u *sip.Uri, params sip.HeaderParams) error {
 		return fmt.Errorf("%w: %s", ErrBadValue, why)
 	}
 	for _, p := range params {
-		if err := CheckParam(p.K, p.V); err != nil {
+		if err := CheckParsedParam(p.K, p.V); err != nil {
 			return err
 		}
 	}

@@ -168,7 +168,7 @@ func checkContact(u *sip.Uri, params sip.HeaderParams) error {
 		return fmt.Errorf("contact URI %q does not re-parse to itself", text)
 	}
 	for _, kv := range params {
-		if err := core.CheckParam(kv.K, kv.V); err != nil {
+		if err := core.CheckParsedParam(kv.K, kv.V); err != nil {
 			return err
 		}
 	}

@@ -270,3 +270,14 @@ func TestSaveReplyParams(t *testing.T) {
 		t.Errorf("Contact %s\nwant    %s", got, want)
 	}
 }
+
+// A Contact param holding a quoted space, with LWS around "=", is valid
+// (RFC 3261 EQUAL, quoted-string): the door hands it over unquoted
+// (core.NormalizeParams) and the registrar still accepts it.
+func TestSaveAcceptsQuotedSpaceParam(t *testing.T) {
+	x := newHarness(t)
+	r, _ := x.send("REGISTER", "sip:127.0.0.1", `Contact: <sip:alice@192.0.2.10>;p="x y";expires = 60`)
+	if res := reply(t, r); res.StatusCode != 200 {
+		t.Fatalf("code %d\n%s", res.StatusCode, res)
+	}
+}
