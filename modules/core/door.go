@@ -402,11 +402,32 @@ func NormalizeVia(v *sip.ViaHeader) {
 func NormalizeParams(p sip.HeaderParams) {
 	for i := range p {
 		kv := &p[i]
-		kv.K, kv.V = strings.Trim(kv.K, " \t"), strings.Trim(kv.V, " \t")
-		if v := kv.V; len(v) > 1 && v[0] == '"' && v[len(v)-1] == '"' && strings.ContainsAny(v, " \t") && quotedBody(v[1:len(v)-1]) {
+		kv.K, kv.V = trimLWS(kv.K), trimLWS(kv.V)
+		if v := kv.V; len(v) > 1 && v[0] == '"' && v[len(v)-1] == '"' && hasLWS(v) && quotedBody(v[1:len(v)-1]) {
 			kv.V = v[1 : len(v)-1]
 		}
 	}
+}
+
+// trimLWS is strings.Trim(s, " \t") without its cutset set-up: the door
+// runs it on every From, To and Contact parameter.
+func trimLWS(s string) string {
+	for len(s) > 0 && (s[0] == ' ' || s[0] == '\t') {
+		s = s[1:]
+	}
+	for len(s) > 0 && (s[len(s)-1] == ' ' || s[len(s)-1] == '\t') {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+func hasLWS(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == ' ' || s[i] == '\t' {
+			return true
+		}
+	}
+	return false
 }
 
 // HostRef is host as written in a URI or a Via sent-by: an IPv6 address in
