@@ -181,6 +181,10 @@ func TestParseHeaderText(t *testing.T) {
 		{in: "no colon\r\n", fail: true},
 		{in: "X-A: a\x00b", fail: true},
 		{in: "", fail: true},
+		{in: "X-A : 1\r\n", n: 1},
+		// A header name that is not a token (the door refuses one received).
+		{in: "X<y: 1\r\n", fail: true},
+		{in: "X-A: 1\r\nX\"B: 2\r\n", fail: true},
 	} {
 		hs, err := core.ParseHeaderText(tc.in)
 		if tc.fail {
@@ -409,5 +413,23 @@ func TestEmitUndeclaredTopic(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), "topic=m ") {
 		t.Errorf("declared topic logged:\n%s", logs.String())
+	}
+}
+
+// ParseURI refuses what sipgo parses but would end or split the name-addr
+// it is written into (uac's From/To, a Route, $du): the door's R-URI check.
+func TestParseURIRefusesUnsafe(t *testing.T) {
+	for _, s := range []string{
+		"sip:a@b;lr>;tag=1", "sip:a@b>", `sip:a"b@c`, "sip:a@b c",
+		`sip:a@b;x="y`, "sip:a@b?X=<y>",
+	} {
+		if u, err := core.ParseURI(s); err == nil {
+			t.Errorf("%q accepted as %q", s, u.String())
+		}
+	}
+	for _, s := range []string{"sip:alice@192.0.2.1:5060;transport=tcp", "sips:[2001:db8::1]", "sip:a%20b@[fe80::1%25lo];lr", "sip:+1555@gw.example.com;user=phone?Subject=x"} {
+		if _, err := core.ParseURI(s); err != nil {
+			t.Errorf("%q refused: %v", s, err)
+		}
 	}
 }

@@ -192,14 +192,18 @@ func RequestRefusal(r *sip.Request) (int, string) {
 			}
 		case *sip.FromHeader:
 			from++
+			NormalizeParams(x.Params)
 			if why := nameAddrProblem(x.DisplayName, &x.Address); why != "" {
 				return 400, "Bad Request - invalid From (" + why + ")"
 			}
 		case *sip.ToHeader:
 			to++
+			NormalizeParams(x.Params)
 			if why := nameAddrProblem(x.DisplayName, &x.Address); why != "" {
 				return 400, "Bad Request - invalid To (" + why + ")"
 			}
+		case *sip.ContactHeader:
+			NormalizeParams(x.Params)
 		case *sip.CallIDHeader:
 			callid++
 			if !validCallID(string(*x)) {
@@ -253,13 +257,17 @@ func ReplyProblem(res *sip.Response) string {
 				return "invalid Via (" + why + ")"
 			}
 		case *sip.FromHeader:
+			NormalizeParams(x.Params)
 			if why := nameAddrProblem(x.DisplayName, &x.Address); why != "" {
 				return "invalid From (" + why + ")"
 			}
 		case *sip.ToHeader:
+			NormalizeParams(x.Params)
 			if why := nameAddrProblem(x.DisplayName, &x.Address); why != "" {
 				return "invalid To (" + why + ")"
 			}
+		case *sip.ContactHeader:
+			NormalizeParams(x.Params)
 		case *sip.CallIDHeader:
 			if !validCallID(string(*x)) {
 				return "invalid Call-ID"
@@ -302,11 +310,13 @@ func RefusalReply(req *sip.Request, code int, reason string) (res *sip.Response,
 			via = true
 			res.AppendHeader(sip.HeaderClone(x))
 		case *sip.FromHeader:
+			NormalizeParams(x.Params)
 			if !from && nameAddrProblem(x.DisplayName, &x.Address) == "" {
 				from = true
 				res.AppendHeader(sip.HeaderClone(x))
 			}
 		case *sip.ToHeader:
+			NormalizeParams(x.Params)
 			if !to && nameAddrProblem(x.DisplayName, &x.Address) == "" {
 				to = true
 				t := sip.HeaderClone(x).(*sip.ToHeader)
@@ -375,6 +385,49 @@ func NormalizeVia(v *sip.ViaHeader) {
 		p := &v.Params[i]
 		p.K, p.V = strings.Trim(p.K, " \t"), strings.Trim(p.V, " \t")
 	}
+}
+
+// NormalizeParams repairs what sipgo misreads in the header parameters of
+// a From, To or Contact, so they are written back as received:
+//   - LWS around "=" (RFC 3261 EQUAL: "expires = 60") stays in the name and
+//     value, and sipgo's writer then quotes the value: `expires =" 60"`;
+//   - a quoted value holding SP or HTAB (`p="x y"`) keeps its quotes, and
+//     the writer, which quotes every value holding SP or HTAB, quotes it a
+//     second time: `p=""x y""`. Its quotes are dropped here and the writer
+//     puts them back (kamd's params hold such a value unquoted, as SetParam
+//     does; CheckParsedParam checks it).
+//
+// A value that is not one well-formed quoted string is left as it is. No
+// allocation.
+func NormalizeParams(p sip.HeaderParams) {
+	for i := range p {
+		kv := &p[i]
+		kv.K, kv.V = trimLWS(kv.K), trimLWS(kv.V)
+		if v := kv.V; len(v) > 1 && v[0] == '"' && v[len(v)-1] == '"' && hasLWS(v) && quotedBody(v[1:len(v)-1]) {
+			kv.V = v[1 : len(v)-1]
+		}
+	}
+}
+
+// trimLWS is strings.Trim(s, " \t") without its cutset set-up: the door
+// runs it on every From, To and Contact parameter.
+func trimLWS(s string) string {
+	for len(s) > 0 && (s[0] == ' ' || s[0] == '\t') {
+		s = s[1:]
+	}
+	for len(s) > 0 && (s[len(s)-1] == ' ' || s[len(s)-1] == '\t') {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+func hasLWS(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == ' ' || s[i] == '\t' {
+			return true
+		}
+	}
+	return false
 }
 
 // HostRef is host as written in a URI or a Via sent-by: an IPv6 address in

@@ -278,3 +278,48 @@ func TestDoorTortureCorpus(t *testing.T) {
 		}
 	}
 }
+
+// TestDoorKeepsHeaderParams: valid From, To and Contact parameters are
+// written back as received. sipgo keeps the LWS around "=" in the name and
+// value and quotes every value holding SP or HTAB when it writes it, so
+// kamd forwarded `;expires =" 60 "; q =" 0.5"` and `;p=""x y""`.
+func TestDoorKeepsHeaderParams(t *testing.T) {
+	raw := doorMsg(okStart, okVia, `From: "Al" <sip:alice@example.com>;tag=a1;p="x y"`,
+		"Contact: <sip:a@192.0.2.10>;expires = 60 ; q = 0.5\r\n")
+	raw = strings.Replace(raw, "To: <sip:bob@example.com>", `To: <sip:bob@example.com>;q = "a b";r="c`+"\t"+`d"`, 1)
+	code, why, msg := door(t, raw, true)
+	if code != 0 {
+		t.Fatalf("refused: %d %s\n%s", code, why, raw)
+	}
+	out := msg.String()
+	for _, want := range []string{
+		`From: "Al" <sip:alice@example.com>;tag=a1;p="x y"` + "\r\n",
+		`To: <sip:bob@example.com>;q="a b";r="c` + "\t" + `d"` + "\r\n",
+		"Contact: <sip:a@192.0.2.10>;expires=60;q=0.5\r\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %q in\n%s", want, out)
+		}
+	}
+	// A refusal echoes them as well formed.
+	res, ok := core.RefusalReply(msg.(*sip.Request), 400, "Bad Request")
+	if !ok || !strings.Contains(res.String(), `;p="x y"`) || !strings.Contains(res.String(), `;q="a b"`) {
+		t.Errorf("refusal:\n%v", res)
+	}
+	// Idempotent, and a value that is not one quoted string is left alone.
+	for _, tc := range []struct{ in, want string }{
+		{`"x y"`, "x y"},
+		{"x y", "x y"},
+		{`""x y""`, `""x y""`},
+		{`"a" "b"`, `"a" "b"`},
+		{`"a\"`, `"a\"`},
+		{`"nospace"`, `"nospace"`},
+	} {
+		p := sip.HeaderParams{{K: " p ", V: tc.in}}
+		core.NormalizeParams(p)
+		core.NormalizeParams(p)
+		if p[0].K != "p" || p[0].V != tc.want {
+			t.Errorf("NormalizeParams(%q) = %q=%q, want p=%q", tc.in, p[0].K, p[0].V, tc.want)
+		}
+	}
+}

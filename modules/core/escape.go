@@ -179,6 +179,17 @@ func CheckParam(name, value string) error {
 	return fmt.Errorf("%w: %s=%q is neither a token, an IP address nor a quoted string", ErrBadValue, name, value)
 }
 
+// CheckParsedParam is CheckParam for a header parameter as sipgo holds it
+// once parsed (see NormalizeParams): a value holding SP or HTAB without
+// its quotes is the inside of a quoted string, which sipgo writes back
+// between quotes.
+func CheckParsedParam(name, value string) error {
+	if value != "" && value[0] != '"' && strings.ContainsAny(value, " \t") {
+		return CheckParam(name, `"`+value+`"`) // allocates only for such a value
+	}
+	return CheckParam(name, value)
+}
+
 // CheckURIParam checks a URI parameter (";name=value" inside <sip:...>):
 // name and value made of paramchars only; no quoting exists there.
 func CheckURIParam(name, value string) error {
@@ -229,6 +240,24 @@ func AppendParam(b *strings.Builder, name, value string) error {
 	if value != "" {
 		b.WriteByte('=')
 		b.WriteString(value)
+	}
+	return nil
+}
+
+// CheckNameAddr checks a name-addr kamd writes from bytes it received or
+// stored (a registered Path written back as a Route, ...): a display name
+// that stays one quoted string, a URI that passes the door's checks (no
+// quote, angle bracket, whitespace or control in it), and header
+// parameters as CheckParam. sipgo's parser is lenient: that a value
+// re-parses does not make it well-formed.
+func CheckNameAddr(display string, u *sip.Uri, params sip.HeaderParams) error {
+	if why := nameAddrProblem(display, u); why != "" {
+		return fmt.Errorf("%w: %s", ErrBadValue, why)
+	}
+	for _, p := range params {
+		if err := CheckParsedParam(p.K, p.V); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -148,3 +148,24 @@ func TestEscapeURIParam(t *testing.T) {
 		}
 	}
 }
+
+// CheckParsedParam: a value holding whitespace is the inside of a quoted
+// string once sipgo parsed it (NormalizeParams), checked as quoted.
+func TestCheckParsedParam(t *testing.T) {
+	for _, tc := range []struct {
+		value string
+		ok    bool
+	}{
+		{"x y", true},
+		{`"x y"`, true},
+		{`a \"b\" c`, true},
+		{"tok", true},
+		{`a "b c`, false},
+		{"a \nb", false},
+		{`x y\`, false},
+	} {
+		if err := CheckParsedParam("p", tc.value); (err == nil) != tc.ok {
+			t.Errorf("CheckParsedParam(p, %q) = %v, want ok %v", tc.value, err, tc.ok)
+		}
+	}
+}

@@ -112,7 +112,7 @@ func ParseHeaderText(text string) ([]sip.Header, error) {
 		}
 		name, value, ok := strings.Cut(line, ":")
 		name = strings.TrimSpace(name)
-		if !ok || name == "" || strings.ContainsAny(name, " \t") {
+		if !ok || !IsToken(name) {
 			return nil, fmt.Errorf("bad header line %q: want \"Name: value\"", line)
 		}
 		var err error

@@ -140,6 +140,12 @@ func ParseURI(s string) (sip.Uri, error) {
 	if u.Host == "" {
 		return u, fmt.Errorf("invalid SIP URI %q: no host", s)
 	}
+	// sipgo's parser is lenient: "sip:a@b;lr>;tag=1" or "sip:a@b>" parse,
+	// and written into a name-addr (a From by uac, a Route, $du) they end
+	// it early. The door's check on a received R-URI applies here too.
+	if why := uriProblem(&u); why != "" {
+		return u, fmt.Errorf("invalid SIP URI %q: %s", s, why)
+	}
 	return u, nil
 }
 

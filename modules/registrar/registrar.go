@@ -168,7 +168,7 @@ func checkContact(u *sip.Uri, params sip.HeaderParams) error {
 		return fmt.Errorf("contact URI %q does not re-parse to itself", text)
 	}
 	for _, kv := range params {
-		if err := core.CheckParam(kv.K, kv.V); err != nil {
+		if err := core.CheckParsedParam(kv.K, kv.V); err != nil {
 			return err
 		}
 	}
@@ -188,6 +188,21 @@ func checkPath(v string) error {
 	for _, h := range hs {
 		if _, ok := h.(*sip.RouteHeader); !ok {
 			return fmt.Errorf("Path %q is not a list of name-addrs", v)
+		}
+	}
+	// sipgo's Route keeps only the URI: check each element whole (display
+	// name, URI, header params) as the name-addr it is written back as.
+	for _, e := range splitContacts(v) {
+		hs, err := core.ParseHeaderText("Contact: " + strings.TrimSpace(e))
+		if err != nil {
+			return err
+		}
+		c, ok := hs[0].(*sip.ContactHeader)
+		if len(hs) != 1 || !ok {
+			return fmt.Errorf("Path %q is not a list of name-addrs", v)
+		}
+		if err := core.CheckNameAddr(c.DisplayName, &c.Address, c.Params); err != nil {
+			return fmt.Errorf("Path %q: %w", v, err)
 		}
 	}
 	return nil

@@ -220,6 +220,13 @@ func TestSaveRefusesBadContact(t *testing.T) {
 		{"bare LF in header param", "Contact: <sip:alice@192.0.2.10>;x=\"\nX-Injected: yes\"\r\n", "Bad Contact URI"},
 		{"quote in URI param", "Contact: <sip:alice@192.0.2.10;x=\"a>\r\n", "Bad Contact URI"},
 		{"bad Path", "Contact: <sip:alice@192.0.2.10>\r\nPath: <sip:p@192.0.2.1;lr>;x=\"\nX: y\"\r\n", "Error while parsing Path"},
+		// sipgo parses these as Routes, but kamd would write them back
+		// malformed: a quote inside the URI, an unterminated quoted string,
+		// a backslash in a token.
+		{"quote in Path URI", "Contact: <sip:alice@192.0.2.10>\r\nPath: <sip:p1@10.0.0.1;lr;x=\">\r\n", "Error while parsing Path"},
+		{"unterminated quote in Path param", "Contact: <sip:alice@192.0.2.10>\r\nPath: <sip:p1@10.0.0.1;lr>;evil=\"x\\\r\n", "Error while parsing Path"},
+		{"backslash in Path param", "Contact: <sip:alice@192.0.2.10>\r\nPath: <sip:p1@10.0.0.1;lr>;x=a\\b\r\n", "Error while parsing Path"},
+		{"second Path element bad", "Contact: <sip:alice@192.0.2.10>\r\nPath: <sip:p1@10.0.0.1;lr>, <sip:p2@10.0.0.2;lr;x=\">\r\n", "Error while parsing Path"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			x := newHarness(t)
@@ -261,5 +268,16 @@ func TestSaveReplyParams(t *testing.T) {
 	want := `<sip:alice@192.0.2.10;ob>;expires=3600;q=0.5;received="sip:192.0.2.10:5060";+sip.instance="<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>";reg-id=1`
 	if got := res.GetHeader("Contact").Value(); got != want {
 		t.Errorf("Contact %s\nwant    %s", got, want)
+	}
+}
+
+// A Contact param holding a quoted space, with LWS around "=", is valid
+// (RFC 3261 EQUAL, quoted-string): the door hands it over unquoted
+// (core.NormalizeParams) and the registrar still accepts it.
+func TestSaveAcceptsQuotedSpaceParam(t *testing.T) {
+	x := newHarness(t)
+	r, _ := x.send("REGISTER", "sip:127.0.0.1", `Contact: <sip:alice@192.0.2.10>;p="x y";expires = 60`)
+	if res := reply(t, r); res.StatusCode != 200 {
+		t.Fatalf("code %d\n%s", res.StatusCode, res)
 	}
 }
