@@ -149,9 +149,8 @@ type UL struct {
 	hashSize      atomic.Int64
 
 	mu      sync.Mutex
-	domains map[string]*Domain
-	order   []string
-	db      *sql.DB // env.DB, or opened here from env.DBPath
+	domains core.Ordered[*Domain] // in order of first use
+	db      *sql.DB               // env.DB, or opened here from env.DBPath
 	ownDB   bool
 
 	inited atomic.Bool
@@ -185,7 +184,7 @@ func Of(env *core.Env) *UL {
 
 // New builds the usrloc module.
 func New(env *core.Env) *core.Module {
-	u := &UL{env: env, domains: map[string]*Domain{}, pending: map[string][]string{}}
+	u := &UL{env: env, pending: map[string][]string{}}
 	u.ruidBase = fmt.Sprintf("uloc-%x-%x", env.Clock.Now().Unix(), rand.Uint32())
 	u.expiredCtr = env.Stats.Counter("usrloc", "expired_contacts")
 	instances.Store(env, u)
@@ -247,7 +246,7 @@ func (u *UL) FixAoR(aor string) (string, error) {
 func (u *UL) Domain(name string) (*Domain, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if d := u.domains[name]; d != nil {
+	if d, _ := u.domains.Get(name); d != nil {
 		return d, nil
 	}
 	if !core.ValidSQLName(name) {
@@ -259,8 +258,7 @@ func (u *UL) Domain(name string) (*Domain, error) {
 			return nil, err
 		}
 	}
-	u.domains[name] = d
-	u.order = append(u.order, name)
+	u.domains.Add(name, d, false)
 	return d, nil
 }
 
@@ -268,18 +266,15 @@ func (u *UL) Domain(name string) (*Domain, error) {
 func (u *UL) FindDomain(name string) *Domain {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	return u.domains[name]
+	d, _ := u.domains.Get(name)
+	return d
 }
 
 // Domains lists the tables in order of first use.
 func (u *UL) Domains() []*Domain {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	out := make([]*Domain, 0, len(u.order))
-	for _, n := range u.order {
-		out = append(out, u.domains[n])
-	}
-	return out
+	return u.domains.Values()
 }
 
 func (u *UL) newDomain(name string) *Domain {
@@ -697,13 +692,12 @@ func (u *UL) start() error {
 			u.db, u.ownDB = db, true
 		}
 	}
-	if u.domains["location"] == nil {
-		u.domains["location"] = u.newDomain("location")
-		u.order = append([]string{"location"}, u.order...)
+	if _, ok := u.domains.Get("location"); !ok {
+		u.domains.Add("location", u.newDomain("location"), true)
 	}
 	if mode != NoDB {
-		for _, n := range u.order {
-			if err := u.loadDomain(u.domains[n]); err != nil {
+		for _, d := range u.domains.Values() {
+			if err := u.loadDomain(d); err != nil {
 				return err
 			}
 		}
