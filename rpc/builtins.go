@@ -162,12 +162,22 @@ func topicList(p Params, i int) ([]string, error) {
 	return list, nil
 }
 
-func (s *Server) subscribe(ctx context.Context, p Params) (any, error) {
+// wsTopics is (un)subscribe's preamble: the websocket the call came on
+// and its topic list.
+func wsTopics(ctx context.Context, p Params, method string) (*wsConn, []string, error) {
 	c, _ := ctx.Value(connKey).(*wsConn)
 	if c == nil {
-		return nil, BadRequestf("events.subscribe needs a websocket connection (/ws)")
+		return nil, nil, BadRequestf("%s needs a websocket connection (/ws)", method)
 	}
 	topics, err := topicList(p, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, topics, nil
+}
+
+func (s *Server) subscribe(ctx context.Context, p Params) (any, error) {
+	c, topics, err := wsTopics(ctx, p, "events.subscribe")
 	if err != nil {
 		return nil, err
 	}
@@ -219,11 +229,7 @@ func (s *Server) subscribe(ctx context.Context, p Params) (any, error) {
 }
 
 func (s *Server) unsubscribe(ctx context.Context, p Params) (any, error) {
-	c, _ := ctx.Value(connKey).(*wsConn)
-	if c == nil {
-		return nil, BadRequestf("events.unsubscribe needs a websocket connection (/ws)")
-	}
-	topics, err := topicList(p, 0)
+	c, topics, err := wsTopics(ctx, p, "events.unsubscribe")
 	if err != nil {
 		return nil, err
 	}
