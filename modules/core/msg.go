@@ -138,6 +138,15 @@ func ParseURI(s string) (sip.Uri, error) {
 	return u, nil
 }
 
+// DefaultPort is SIP's port for a transport without one: 5061 over TLS
+// (tls, wss), else 5060.
+func DefaultPort(proto string) int {
+	if proto == "tls" || proto == "wss" {
+		return 5061
+	}
+	return 5060
+}
+
 // TargetOf turns a URI into a transport destination (RFC 3263 without DNS
 // SRV: transport param, sips → tls, default ports).
 func TargetOf(u *sip.Uri) Target {
@@ -152,10 +161,7 @@ func TargetOf(u *sip.Uri) Target {
 		t.Host = maddr
 	}
 	if t.Port == 0 {
-		t.Port = 5060
-		if t.Proto == "tls" || t.Proto == "wss" {
-			t.Port = 5061
-		}
+		t.Port = DefaultPort(t.Proto)
 	}
 	return t
 }
@@ -189,10 +195,7 @@ func ViaTarget(v *sip.ViaHeader) Target {
 		}
 	}
 	if t.Port == 0 {
-		t.Port = 5060
-		if t.Proto == "tls" || t.Proto == "wss" {
-			t.Port = 5061
-		}
+		t.Port = DefaultPort(t.Proto)
 	}
 	return t
 }
