@@ -108,13 +108,11 @@ type profile struct {
 }
 
 func (r *Reg) fetch(m *core.Msg, table, uri, name string) (core.Val, error) {
-	u, d, err := r.domain(table)
+	d, aor, ok, err := r.aorIn(m, "reg_fetch_contacts", table, uri)
 	if err != nil {
 		return core.Null, err
 	}
-	aor, err := aorOf(u, uri)
-	if err != nil {
-		r.env.Log.Warn("registrar: reg_fetch_contacts: bad AoR", "aor", uri, "err", err, "at", m.Pos())
+	if !ok {
 		return core.Int(-1), nil
 	}
 	p, _ := m.Ext[extKey].(map[string]*profile)

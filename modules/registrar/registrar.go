@@ -107,6 +107,23 @@ func aorOf(u *usrloc.UL, uri string) (string, error) {
 	return u.AoR(p.User, p.Host), nil
 }
 
+// aorIn is the start of reg_fetch_contacts and unregister: the location
+// table and uri's AoR. ok is false with err set when the table is unusable,
+// and with err nil (after a warning naming fn) when uri is no AoR: the
+// function then returns -1.
+func (r *Reg) aorIn(m *core.Msg, fn, table, uri string) (d *usrloc.Domain, aor string, ok bool, err error) {
+	u, d, err := r.domain(table)
+	if err != nil {
+		return nil, "", false, err
+	}
+	aor, err = aorOf(u, uri)
+	if err != nil {
+		r.env.Log.Warn("registrar: "+fn+": bad AoR", "aor", uri, "err", err, "at", m.Pos())
+		return nil, "", false, nil
+	}
+	return d, aor, true, nil
+}
+
 // contactSpec is one Contact of a REGISTER.
 type contactSpec struct {
 	uri    string
@@ -629,13 +646,11 @@ func (r *Reg) registered(m *core.Msg, table, uri string) (core.Val, error) {
 }
 
 func (r *Reg) unregister(m *core.Msg, table, uri string) (core.Val, error) {
-	u, d, err := r.domain(table)
+	d, aor, ok, err := r.aorIn(m, "unregister", table, uri)
 	if err != nil {
 		return core.Null, err
 	}
-	aor, err := aorOf(u, uri)
-	if err != nil {
-		r.env.Log.Warn("registrar: unregister: bad AoR", "aor", uri, "err", err, "at", m.Pos())
+	if !ok {
 		return core.Int(-1), nil
 	}
 	d.DeleteAoR(aor)
