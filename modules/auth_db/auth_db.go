@@ -358,7 +358,7 @@ func (d *AuthDB) module() *core.Module {
 				})},
 			{Name: "www_authenticate", Args: []core.ArgType{s, s}, Ret: core.RetInt, Routes: core.RouteRequest,
 				Doc: "(realm, table) verify the Authorization header; " + codes,
-				Fn: authWith(auth.WWW)},
+				Fn:  authWith(auth.WWW)},
 			{Name: "www_authenticate_method", Args: []core.ArgType{s, s, s}, Ret: core.RetInt, Routes: core.RouteRequest,
 				Doc: "(realm, table, method) www_authenticate with another method in the digest",
 				Fn: req(func(m *core.Msg, a []core.Val) int {
@@ -371,7 +371,7 @@ func (d *AuthDB) module() *core.Module {
 				})},
 			{Name: "proxy_authenticate", Args: []core.ArgType{s, s}, Ret: core.RetInt, Routes: core.RouteRequest,
 				Doc: "(realm, table) verify the Proxy-Authorization header (kamgo: Kamailio does not export it to KEMI); " + codes,
-				Fn: authWith(auth.Proxy)},
+				Fn:  authWith(auth.Proxy)},
 			{Name: "is_subscriber", Args: []core.ArgType{s, s, i}, Ret: core.RetInt,
 				Doc: "(uri, table, flags) 1 if the URI's user is in table (flags 1: and its host in the domain column), -2 if not, -1 on error",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {

@@ -399,6 +399,16 @@ func isVia(h sip.Header) bool {
 	return len(n) == 3 && strings.EqualFold(n, "via")
 }
 
+// Reply answers the request in m statefully when a transaction is bound
+// (m.Tx, so retransmissions get the same reply; Kamailio's slb.freply),
+// else statelessly with SendReply.
+func (m *Msg) Reply(code int, reason string) error {
+	if tx, ok := m.Tx.(TxReplier); ok {
+		return tx.Reply(m, code, reason)
+	}
+	return m.SendReply(code, reason)
+}
+
 // SendReply sends a stateless local reply to the request in m. ACKs are never answered.
 func (m *Msg) SendReply(code int, reason string) error {
 	if m.Req == nil {

@@ -310,7 +310,7 @@ func (r *Reg) save(m *core.Msg, table string, flags int, uri string) (core.Val, 
 		if flags&FlagNoReply == 0 {
 			m.ReplyHeaders = append(m.ReplyHeaders, rerr.hdrs...)
 			m.ReplyHeaders = append(m.ReplyHeaders, sip.NewHeader("P-Registrar-Error", rerr.info))
-			if err := reply(m, rerr.code, rerr.reason); err != nil {
+			if err := m.Reply(rerr.code, rerr.reason); err != nil {
 				r.env.Log.Warn("registrar: reply failed", "err", err, "at", m.Pos())
 			}
 		}
@@ -334,20 +334,12 @@ func (r *Reg) save(m *core.Msg, table string, flags int, uri string) (core.Val, 
 				m.ReplyHeaders = append(m.ReplyHeaders, sip.NewHeader("Path", p))
 			}
 		}
-		if err := reply(m, 200, "OK"); err != nil {
+		if err := m.Reply(200, "OK"); err != nil {
 			r.env.Log.Warn("registrar: reply failed", "err", err, "at", m.Pos())
 			return core.Int(-1), nil
 		}
 	}
 	return core.Int(ret), nil
-}
-
-// reply answers statefully when a transaction exists (as Kamailio's slb.freply), else statelessly.
-func reply(m *core.Msg, code int, reason string) error {
-	if tx, ok := m.Tx.(core.TxReplier); ok {
-		return tx.Reply(m, code, reason)
-	}
-	return m.SendReply(code, reason)
 }
 
 // replyContact is the Contact of the 200 for one binding; every param
