@@ -317,10 +317,10 @@ func (a *Auth) ChallengeValue(realm string, flags int, stale bool) (string, erro
 // reply answers statefully when a transaction is bound (unless
 // force_stateless_reply), else statelessly.
 func (a *Auth) reply(m *core.Msg, code int, reason string) error {
-	if tx, ok := m.Tx.(core.TxReplier); ok && !a.forceStateless.Load() {
-		return tx.Reply(m, code, reason)
+	if a.forceStateless.Load() {
+		return m.SendReply(code, reason)
 	}
-	return m.SendReply(code, reason)
+	return m.Reply(code, reason)
 }
 
 // Challenge sends a 401 (WWW) or 407 (Proxy) with a fresh nonce: 1 sent,
