@@ -3,17 +3,13 @@ package registrar
 import (
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 
 	"github.com/kamgo/kamgo/modules/core"
 	"github.com/kamgo/kamgo/modules/usrloc"
 )
 
-var instances sync.Map // *core.Env -> *Reg
-
 func (r *Reg) module() *core.Module {
-	instances.Store(r.env, r)
 	s, i := core.ArgStr, core.ArgInt
 	req := core.RouteRequest | core.RouteFailure | core.RouteBranch
 	fn := func(name string, args []core.ArgType, routes core.RouteType, doc string, f func(m *core.Msg, a []core.Val) (core.Val, error)) core.Func {
@@ -77,7 +73,6 @@ func (r *Reg) module() *core.Module {
 					return core.Int(1), nil
 				}),
 		},
-		Stop: func() { instances.CompareAndDelete(r.env, r) },
 	})
 }
 
