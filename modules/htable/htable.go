@@ -39,22 +39,17 @@ type HT struct {
 
 // instances maps an Env to its htable, so the global PV registry
 // ($sht...) reaches the instance of the message's Env.
-var instances sync.Map // *core.Env -> *HT
+var instances core.PerEnv[*HT]
 
 // Of returns the htable instance bound to env (nil if none was built).
-func Of(env *core.Env) *HT {
-	if v, ok := instances.Load(env); ok {
-		return v.(*HT)
-	}
-	return nil
-}
+func Of(env *core.Env) *HT { return instances.Of(env) }
 
 func errorf(format string, a ...any) error { return fmt.Errorf("htable: "+format, a...) }
 
 // New builds the htable module.
 func New(env *core.Env) *core.Module {
 	h := &HT{env: env}
-	instances.Store(env, h)
+	instances.Set(env, h)
 	return core.ApplyDefaults(h.module())
 }
 
@@ -174,7 +169,7 @@ func (h *HT) stop() {
 	}
 	h.armed = false
 	h.tmu.Unlock()
-	instances.CompareAndDelete(h.env, h)
+	instances.Drop(h.env, h)
 }
 
 // ---- operations shared by KSR functions, PVs and RPC ----

@@ -172,22 +172,17 @@ type UL struct {
 	expiredCtr *core.Counter
 }
 
-var instances sync.Map // *core.Env -> *UL
+var instances core.PerEnv[*UL]
 
 // Of returns the usrloc instance bound to env (nil if none was built).
-func Of(env *core.Env) *UL {
-	if v, ok := instances.Load(env); ok {
-		return v.(*UL)
-	}
-	return nil
-}
+func Of(env *core.Env) *UL { return instances.Of(env) }
 
 // New builds the usrloc module.
 func New(env *core.Env) *core.Module {
 	u := &UL{env: env, pending: map[string][]string{}}
 	u.ruidBase = fmt.Sprintf("uloc-%x-%x", env.Clock.Now().Unix(), rand.Uint32())
 	u.expiredCtr = env.Stats.Counter("usrloc", "expired_contacts")
-	instances.Store(env, u)
+	instances.Set(env, u)
 	return core.ApplyDefaults(u.module())
 }
 
@@ -667,7 +662,7 @@ func (u *UL) stop() {
 		u.db = nil
 	}
 	u.mu.Unlock()
-	instances.CompareAndDelete(u.env, u)
+	instances.Drop(u.env, u)
 }
 
 // init opens the database side: tables, version rows, load.

@@ -24,3 +24,25 @@ func TestOrdered(t *testing.T) {
 		t.Fatalf("Get(b) = %v %v", v, ok)
 	}
 }
+
+func TestPerEnv(t *testing.T) {
+	var p PerEnv[*int]
+	e1, e2 := &Env{}, &Env{}
+	a, b := new(int), new(int)
+	if p.Of(e1) != nil {
+		t.Fatal("empty PerEnv has an instance")
+	}
+	p.Set(e1, a)
+	p.Set(e2, b)
+	if p.Of(e1) != a || p.Of(e2) != b {
+		t.Fatal("Of does not give the instance Set")
+	}
+	p.Drop(e1, b) // not e1's: kept
+	if p.Of(e1) != a {
+		t.Fatal("Drop of another instance removed e1's")
+	}
+	p.Drop(e1, a)
+	if p.Of(e1) != nil {
+		t.Fatal("Drop did not remove e1's instance")
+	}
+}

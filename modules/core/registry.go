@@ -1,5 +1,7 @@
 package core
 
+import "sync"
+
 // Ordered is a map by name that remembers the order names were added in:
 // a module's registry that lists in definition order (htable's tables,
 // usrloc's domains). The zero value is ready; it does no locking of its
@@ -41,3 +43,22 @@ func (o *Ordered[T]) Values() []T {
 	}
 	return out
 }
+
+// PerEnv maps an Env to the module instance built in it, so code that has
+// only the Env (a pseudo-variable, another module's Go API) reaches that
+// instance. Safe for concurrent use.
+type PerEnv[T comparable] struct{ m sync.Map }
+
+// Set records v as env's instance.
+func (p *PerEnv[T]) Set(env *Env, v T) { p.m.Store(env, v) }
+
+// Of returns env's instance (the zero T if none was built).
+func (p *PerEnv[T]) Of(env *Env) T {
+	v, _ := p.m.Load(env)
+	t, _ := v.(T)
+	return t
+}
+
+// Drop forgets env's instance if it is still v (a stopped instance must
+// not drop its successor).
+func (p *PerEnv[T]) Drop(env *Env, v T) { p.m.CompareAndDelete(env, v) }
