@@ -49,10 +49,9 @@ func (s *Server) registerBuiltins() {
 		Result:   "{name, doc, params: [{name, type, doc, optional, variadic}], result, read_only}",
 		ReadOnly: true,
 		Handler: func(ctx context.Context, p Params) (any, error) {
-			name, _ := p.String(0)
-			m := s.reg.lookup(name)
-			if m == nil {
-				return nil, Errorf(CodeNotFound, "command %s not found", name)
+			m, err := s.namedMethod(p)
+			if err != nil {
+				return nil, err
 			}
 			info := MethodInfo{Name: m.Name, Doc: m.Doc, Result: m.Result, ReadOnly: m.ReadOnly, Params: []ParamInfo{}}
 			if info.Doc == "" {
@@ -76,10 +75,9 @@ func (s *Server) registerBuiltins() {
 		Result:   "array of arrays of strings",
 		ReadOnly: true,
 		Handler: func(ctx context.Context, p Params) (any, error) {
-			name, _ := p.String(0)
-			m := s.reg.lookup(name)
-			if m == nil {
-				return nil, Errorf(CodeNotFound, "command %s not found", name)
+			m, err := s.namedMethod(p)
+			if err != nil {
+				return nil, err
 			}
 			return signatures(m), nil
 		},
@@ -160,6 +158,16 @@ func topicList(p Params, i int) ([]string, error) {
 		}
 	}
 	return list, nil
+}
+
+// namedMethod is the method system.methodHelp and methodSignature describe.
+func (s *Server) namedMethod(p Params) (*Method, error) {
+	name, _ := p.String(0)
+	m := s.reg.lookup(name)
+	if m == nil {
+		return nil, Errorf(CodeNotFound, "command %s not found", name)
+	}
+	return m, nil
 }
 
 // wsTopics is (un)subscribe's preamble: the websocket the call came on

@@ -173,17 +173,25 @@ func asString(b json.RawMessage) (string, bool) {
 	return "", false
 }
 
-func asInt(b json.RawMessage) (int, bool) {
-	var text string
+// numText is the text of a number param: a JSON number, or a string
+// holding one (kamcmd sends numbers as strings); trimmed.
+func numText(b json.RawMessage) (string, bool) {
 	switch jsonKind(b) {
 	case "number":
-		text = string(bytes.TrimSpace(b))
+		return string(bytes.TrimSpace(b)), true
 	case "string":
+		var text string
 		if json.Unmarshal(b, &text) != nil {
-			return 0, false
+			return "", false
 		}
-		text = strings.TrimSpace(text)
-	default:
+		return strings.TrimSpace(text), true
+	}
+	return "", false
+}
+
+func asInt(b json.RawMessage) (int, bool) {
+	text, ok := numText(b)
+	if !ok {
 		return 0, false
 	}
 	if n, err := strconv.ParseInt(text, 10, 0); err == nil {
@@ -198,18 +206,11 @@ func asInt(b json.RawMessage) (int, bool) {
 }
 
 func asFloat(b json.RawMessage) (float64, bool) {
-	var text string
-	switch jsonKind(b) {
-	case "number":
-		text = string(bytes.TrimSpace(b))
-	case "string":
-		if json.Unmarshal(b, &text) != nil {
-			return 0, false
-		}
-	default:
+	text, ok := numText(b)
+	if !ok {
 		return 0, false
 	}
-	f, err := strconv.ParseFloat(strings.TrimSpace(text), 64)
+	f, err := strconv.ParseFloat(text, 64)
 	return f, err == nil && !math.IsInf(f, 0) && !math.IsNaN(f)
 }
 
