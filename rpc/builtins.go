@@ -49,10 +49,9 @@ func (s *Server) registerBuiltins() {
 		Result:   "{name, doc, params: [{name, type, doc, optional, variadic}], result, read_only}",
 		ReadOnly: true,
 		Handler: func(ctx context.Context, p Params) (any, error) {
-			name, _ := p.String(0)
-			m := s.reg.lookup(name)
-			if m == nil {
-				return nil, Errorf(CodeNotFound, "command %s not found", name)
+			m, err := s.namedMethod(p)
+			if err != nil {
+				return nil, err
 			}
 			info := MethodInfo{Name: m.Name, Doc: m.Doc, Result: m.Result, ReadOnly: m.ReadOnly, Params: []ParamInfo{}}
 			if info.Doc == "" {
@@ -76,10 +75,9 @@ func (s *Server) registerBuiltins() {
 		Result:   "array of arrays of strings",
 		ReadOnly: true,
 		Handler: func(ctx context.Context, p Params) (any, error) {
-			name, _ := p.String(0)
-			m := s.reg.lookup(name)
-			if m == nil {
-				return nil, Errorf(CodeNotFound, "command %s not found", name)
+			m, err := s.namedMethod(p)
+			if err != nil {
+				return nil, err
 			}
 			return signatures(m), nil
 		},
@@ -162,12 +160,32 @@ func topicList(p Params, i int) ([]string, error) {
 	return list, nil
 }
 
-func (s *Server) subscribe(ctx context.Context, p Params) (any, error) {
+// namedMethod is the method system.methodHelp and methodSignature describe.
+func (s *Server) namedMethod(p Params) (*Method, error) {
+	name, _ := p.String(0)
+	m := s.reg.lookup(name)
+	if m == nil {
+		return nil, Errorf(CodeNotFound, "command %s not found", name)
+	}
+	return m, nil
+}
+
+// wsTopics is (un)subscribe's preamble: the websocket the call came on
+// and its topic list.
+func wsTopics(ctx context.Context, p Params, method string) (*wsConn, []string, error) {
 	c, _ := ctx.Value(connKey).(*wsConn)
 	if c == nil {
-		return nil, BadRequestf("events.subscribe needs a websocket connection (/ws)")
+		return nil, nil, BadRequestf("%s needs a websocket connection (/ws)", method)
 	}
 	topics, err := topicList(p, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, topics, nil
+}
+
+func (s *Server) subscribe(ctx context.Context, p Params) (any, error) {
+	c, topics, err := wsTopics(ctx, p, "events.subscribe")
 	if err != nil {
 		return nil, err
 	}
@@ -219,11 +237,7 @@ func (s *Server) subscribe(ctx context.Context, p Params) (any, error) {
 }
 
 func (s *Server) unsubscribe(ctx context.Context, p Params) (any, error) {
-	c, _ := ctx.Value(connKey).(*wsConn)
-	if c == nil {
-		return nil, BadRequestf("events.unsubscribe needs a websocket connection (/ws)")
-	}
-	topics, err := topicList(p, 0)
+	c, topics, err := wsTopics(ctx, p, "events.unsubscribe")
 	if err != nil {
 		return nil, err
 	}

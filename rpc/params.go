@@ -69,24 +69,10 @@ func (p Params) wrong(i int, want string) *Error {
 }
 
 // String returns parameter i as a string.
-func (p Params) String(i int) (string, error) {
-	if !p.Has(i) {
-		return "", p.missing(i)
-	}
-	s, ok := asString(p.raw[i])
-	if !ok {
-		return "", p.wrong(i, "string")
-	}
-	return s, nil
-}
+func (p Params) String(i int) (string, error) { return param(p, i, "string", asString) }
 
 // StringOr returns parameter i as a string, or def when it was not supplied.
-func (p Params) StringOr(i int, def string) (string, error) {
-	if !p.Has(i) {
-		return def, nil
-	}
-	return p.String(i)
-}
+func (p Params) StringOr(i int, def string) (string, error) { return paramOr(p, i, def, p.String) }
 
 // Strings returns parameters from..Len()-1 as strings (for variadic methods).
 func (p Params) Strings(from int) ([]string, error) {
@@ -102,55 +88,39 @@ func (p Params) Strings(from int) ([]string, error) {
 }
 
 // Int returns parameter i as an int.
-func (p Params) Int(i int) (int, error) {
-	if !p.Has(i) {
-		return 0, p.missing(i)
-	}
-	n, ok := asInt(p.raw[i])
-	if !ok {
-		return 0, p.wrong(i, "int")
-	}
-	return n, nil
-}
+func (p Params) Int(i int) (int, error) { return param(p, i, "int", asInt) }
 
 // IntOr returns parameter i as an int, or def when it was not supplied.
-func (p Params) IntOr(i int, def int) (int, error) {
-	if !p.Has(i) {
-		return def, nil
-	}
-	return p.Int(i)
-}
+func (p Params) IntOr(i int, def int) (int, error) { return paramOr(p, i, def, p.Int) }
 
 // Float returns parameter i as a float64.
-func (p Params) Float(i int) (float64, error) {
-	if !p.Has(i) {
-		return 0, p.missing(i)
-	}
-	f, ok := asFloat(p.raw[i])
-	if !ok {
-		return 0, p.wrong(i, "number")
-	}
-	return f, nil
-}
+func (p Params) Float(i int) (float64, error) { return param(p, i, "number", asFloat) }
 
 // Bool returns parameter i as a bool.
-func (p Params) Bool(i int) (bool, error) {
-	if !p.Has(i) {
-		return false, p.missing(i)
-	}
-	b, ok := asBool(p.raw[i])
-	if !ok {
-		return false, p.wrong(i, "bool")
-	}
-	return b, nil
-}
+func (p Params) Bool(i int) (bool, error) { return param(p, i, "bool", asBool) }
 
 // BoolOr returns parameter i as a bool, or def when it was not supplied.
-func (p Params) BoolOr(i int, def bool) (bool, error) {
+func (p Params) BoolOr(i int, def bool) (bool, error) { return paramOr(p, i, def, p.Bool) }
+
+// param is the accessors' one shape: missing, of the wrong kind, or the value.
+func param[T any](p Params, i int, want string, conv func(json.RawMessage) (T, bool)) (T, error) {
+	var zero T
+	if !p.Has(i) {
+		return zero, p.missing(i)
+	}
+	v, ok := conv(p.raw[i])
+	if !ok {
+		return zero, p.wrong(i, want)
+	}
+	return v, nil
+}
+
+// paramOr is get's value, or def when parameter i was not supplied.
+func paramOr[T any](p Params, i int, def T, get func(int) (T, error)) (T, error) {
 	if !p.Has(i) {
 		return def, nil
 	}
-	return p.Bool(i)
+	return get(i)
 }
 
 // Decode unmarshals parameter i into v (for "any", "array" and "object" params).
@@ -203,17 +173,25 @@ func asString(b json.RawMessage) (string, bool) {
 	return "", false
 }
 
-func asInt(b json.RawMessage) (int, bool) {
-	var text string
+// numText is the text of a number param: a JSON number, or a string
+// holding one (kamcmd sends numbers as strings); trimmed.
+func numText(b json.RawMessage) (string, bool) {
 	switch jsonKind(b) {
 	case "number":
-		text = string(bytes.TrimSpace(b))
+		return string(bytes.TrimSpace(b)), true
 	case "string":
+		var text string
 		if json.Unmarshal(b, &text) != nil {
-			return 0, false
+			return "", false
 		}
-		text = strings.TrimSpace(text)
-	default:
+		return strings.TrimSpace(text), true
+	}
+	return "", false
+}
+
+func asInt(b json.RawMessage) (int, bool) {
+	text, ok := numText(b)
+	if !ok {
 		return 0, false
 	}
 	if n, err := strconv.ParseInt(text, 10, 0); err == nil {
@@ -228,18 +206,11 @@ func asInt(b json.RawMessage) (int, bool) {
 }
 
 func asFloat(b json.RawMessage) (float64, bool) {
-	var text string
-	switch jsonKind(b) {
-	case "number":
-		text = string(bytes.TrimSpace(b))
-	case "string":
-		if json.Unmarshal(b, &text) != nil {
-			return 0, false
-		}
-	default:
+	text, ok := numText(b)
+	if !ok {
 		return 0, false
 	}
-	f, err := strconv.ParseFloat(strings.TrimSpace(text), 64)
+	f, err := strconv.ParseFloat(text, 64)
 	return f, err == nil && !math.IsInf(f, 0) && !math.IsNaN(f)
 }
 

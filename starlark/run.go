@@ -124,14 +124,8 @@ func (e *Engine) HandleRequest(m *core.Msg) {
 	e.Env.Stats.Counter("core", "script_errors").Inc()
 	e.logScriptErr(RequestRoute, m, err)
 	if !m.Replied && !m.Forwarded && m.Req != nil && !m.Req.IsAck() {
-		var rerr error
-		if tx, ok := m.Tx.(core.TxReplier); ok {
-			// Statefully, so retransmissions get the same 500.
-			rerr = tx.Reply(m, 500, "Server Internal Error")
-		} else {
-			rerr = m.SendReply(500, "Server Internal Error")
-		}
-		if rerr != nil {
+		// Statefully if a transaction exists, so retransmissions get the same 500.
+		if rerr := m.Reply(500, "Server Internal Error"); rerr != nil {
 			e.Env.Log.Error("cannot send 500 after script error", "err", rerr)
 		}
 	}

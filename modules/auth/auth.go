@@ -38,22 +38,17 @@ type Auth struct {
 	tracker *tracker
 }
 
-var instances sync.Map // *core.Env -> *Auth
+var instances core.PerEnv[*Auth]
 
 // Of returns the auth instance bound to env (nil if none was built).
-func Of(env *core.Env) *Auth {
-	if v, ok := instances.Load(env); ok {
-		return v.(*Auth)
-	}
-	return nil
-}
+func Of(env *core.Env) *Auth { return instances.Of(env) }
 
 const defaultTrackerSize = 65536
 
 // New builds the auth module.
 func New(env *core.Env) *core.Module {
 	a := &Auth{env: env, randKey: randomKey()}
-	instances.Store(env, a)
+	instances.Set(env, a)
 	return core.ApplyDefaults(a.module())
 }
 
@@ -317,10 +312,10 @@ func (a *Auth) ChallengeValue(realm string, flags int, stale bool) (string, erro
 // reply answers statefully when a transaction is bound (unless
 // force_stateless_reply), else statelessly.
 func (a *Auth) reply(m *core.Msg, code int, reason string) error {
-	if tx, ok := m.Tx.(core.TxReplier); ok && !a.forceStateless.Load() {
-		return tx.Reply(m, code, reason)
+	if a.forceStateless.Load() {
+		return m.SendReply(code, reason)
 	}
-	return m.SendReply(code, reason)
+	return m.Reply(code, reason)
 }
 
 // Challenge sends a 401 (WWW) or 407 (Proxy) with a fresh nonce: 1 sent,
@@ -556,7 +551,7 @@ func (a *Auth) module() *core.Module {
 					return ret(rc)
 				}},
 		},
-		Stop: func() { instances.CompareAndDelete(a.env, a) },
+		Stop: func() { instances.Drop(a.env, a) },
 	}
 }
 

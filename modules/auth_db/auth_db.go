@@ -284,6 +284,14 @@ func (d *AuthDB) module() *core.Module {
 			return ret(f(m, a))
 		}
 	}
+	// authWith is www_authenticate and proxy_authenticate: (realm, table)
+	// against the header hf names and the request's own method.
+	authWith := func(hf auth.HF) func(m *core.Msg, a []core.Val) (core.Val, error) {
+		return req(func(m *core.Msg, a []core.Val) int {
+			rc, _ := d.authenticate(m, a[0].Str, a[1].Str, hf, string(m.Req.Method))
+			return rc
+		})
+	}
 	strParam := func(name, def, doc string, field func(c *config) *string) core.Param {
 		return core.Param{Name: name, Type: s, Default: core.Str(def), Doc: doc,
 			Check: func(v core.Val) error {
@@ -350,10 +358,7 @@ func (d *AuthDB) module() *core.Module {
 				})},
 			{Name: "www_authenticate", Args: []core.ArgType{s, s}, Ret: core.RetInt, Routes: core.RouteRequest,
 				Doc: "(realm, table) verify the Authorization header; " + codes,
-				Fn: req(func(m *core.Msg, a []core.Val) int {
-					rc, _ := d.authenticate(m, a[0].Str, a[1].Str, auth.WWW, string(m.Req.Method))
-					return rc
-				})},
+				Fn:  authWith(auth.WWW)},
 			{Name: "www_authenticate_method", Args: []core.ArgType{s, s, s}, Ret: core.RetInt, Routes: core.RouteRequest,
 				Doc: "(realm, table, method) www_authenticate with another method in the digest",
 				Fn: req(func(m *core.Msg, a []core.Val) int {
@@ -366,10 +371,7 @@ func (d *AuthDB) module() *core.Module {
 				})},
 			{Name: "proxy_authenticate", Args: []core.ArgType{s, s}, Ret: core.RetInt, Routes: core.RouteRequest,
 				Doc: "(realm, table) verify the Proxy-Authorization header (kamgo: Kamailio does not export it to KEMI); " + codes,
-				Fn: req(func(m *core.Msg, a []core.Val) int {
-					rc, _ := d.authenticate(m, a[0].Str, a[1].Str, auth.Proxy, string(m.Req.Method))
-					return rc
-				})},
+				Fn:  authWith(auth.Proxy)},
 			{Name: "is_subscriber", Args: []core.ArgType{s, s, i}, Ret: core.RetInt,
 				Doc: "(uri, table, flags) 1 if the URI's user is in table (flags 1: and its host in the domain column), -2 if not, -1 on error",
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {

@@ -134,10 +134,7 @@ func ParseSocket(spec string) (Socket, error) {
 	host, port, err := net.SplitHostPort(parts[1])
 	if err != nil {
 		// Kamailio allows "udp:1.2.3.4" with the default port.
-		host, port = parts[1], "5060"
-		if proto == "tls" || proto == "wss" {
-			port = "5061"
-		}
+		host, port = parts[1], strconv.Itoa(DefaultPort(proto))
 	}
 	p, err := strconv.Atoi(port)
 	if err != nil || p < 0 || p > 65535 {

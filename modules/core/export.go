@@ -138,6 +138,26 @@ type Param struct {
 	Get func() Val
 }
 
+// Check01 is a Param.Check for a 0/1 flag param.
+func Check01(name string) func(v Val) error {
+	return func(v Val) error {
+		if v.Int != 0 && v.Int != 1 {
+			return fmt.Errorf("%s %d: want 0 or 1", name, v.Int)
+		}
+		return nil
+	}
+}
+
+// CheckNonNegative is a Param.Check for an int param that must be >= 0.
+func CheckNonNegative(name string) func(v Val) error {
+	return func(v Val) error {
+		if v.Int < 0 {
+			return fmt.Errorf("%s %d: must not be negative", name, v.Int)
+		}
+		return nil
+	}
+}
+
 // ApplyDefaults sets every param to its Default through its Set, so a
 // module's state starts from the one place its defaults are written; the
 // module's New calls it on its table instead of initialising fields with

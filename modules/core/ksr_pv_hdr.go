@@ -80,6 +80,17 @@ func SetHeaders(msg sip.Message, hs []sip.Header) {
 	}
 }
 
+// hdrInsertAt is KSR.hdr.append_after and insert_before: (text, name).
+func hdrInsertAt(after bool) func(m *Msg, a []Val) (Val, error) {
+	return func(m *Msg, a []Val) (Val, error) {
+		msg, hs, err := hdrText(m, a[0].Str)
+		if err != nil {
+			return Null, err
+		}
+		return IntRet(insertAt(msg, hs, a[1].Str, after)), nil
+	}
+}
+
 func insertAt(msg sip.Message, newHs []sip.Header, name string, after bool) bool {
 	c := CanonicalHeader(name)
 	old := Headers(msg)
@@ -147,13 +158,7 @@ func hdrModule(env *Env) *Module {
 				return Int(1), nil
 			}},
 		{Name: "append_after", Args: []ArgType{ArgStr, ArgStr}, Ret: RetInt, Doc: "(text, name): add after the first header named name; -1 if none",
-			Fn: func(m *Msg, a []Val) (Val, error) {
-				msg, hs, err := hdrText(m, a[0].Str)
-				if err != nil {
-					return Null, err
-				}
-				return IntRet(insertAt(msg, hs, a[1].Str, true)), nil
-			}},
+			Fn: hdrInsertAt(true)},
 		{Name: "insert", Args: []ArgType{ArgStr}, Ret: RetInt, Doc: "add before the first header",
 			Fn: func(m *Msg, a []Val) (Val, error) {
 				msg, hs, err := hdrText(m, a[0].Str)
@@ -164,13 +169,7 @@ func hdrModule(env *Env) *Module {
 				return Int(1), nil
 			}},
 		{Name: "insert_before", Args: []ArgType{ArgStr, ArgStr}, Ret: RetInt, Doc: "(text, name): add before the first header named name; -1 if none",
-			Fn: func(m *Msg, a []Val) (Val, error) {
-				msg, hs, err := hdrText(m, a[0].Str)
-				if err != nil {
-					return Null, err
-				}
-				return IntRet(insertAt(msg, hs, a[1].Str, false)), nil
-			}},
+			Fn: hdrInsertAt(false)},
 		{Name: "remove", Args: []ArgType{ArgStr}, Ret: RetInt, Doc: "remove all headers with that name; 1 if any, -1 if none (Kamailio returns 1 always)",
 			Fn: func(m *Msg, a []Val) (Val, error) {
 				msg := m.Message()

@@ -149,6 +149,15 @@ func ParseURI(s string) (sip.Uri, error) {
 	return u, nil
 }
 
+// DefaultPort is SIP's port for a transport without one: 5061 over TLS
+// (tls, wss), else 5060.
+func DefaultPort(proto string) int {
+	if proto == "tls" || proto == "wss" {
+		return 5061
+	}
+	return 5060
+}
+
 // TargetOf turns a URI into a transport destination (RFC 3263 without DNS
 // SRV: transport param, sips → tls, default ports).
 func TargetOf(u *sip.Uri) Target {
@@ -163,10 +172,7 @@ func TargetOf(u *sip.Uri) Target {
 		t.Host = maddr
 	}
 	if t.Port == 0 {
-		t.Port = 5060
-		if t.Proto == "tls" || t.Proto == "wss" {
-			t.Port = 5061
-		}
+		t.Port = DefaultPort(t.Proto)
 	}
 	return t
 }
@@ -200,10 +206,7 @@ func ViaTarget(v *sip.ViaHeader) Target {
 		}
 	}
 	if t.Port == 0 {
-		t.Port = 5060
-		if t.Proto == "tls" || t.Proto == "wss" {
-			t.Port = 5061
-		}
+		t.Port = DefaultPort(t.Proto)
 	}
 	return t
 }
@@ -406,6 +409,16 @@ func isVia(h sip.Header) bool {
 	}
 	n := h.Name()
 	return len(n) == 3 && strings.EqualFold(n, "via")
+}
+
+// Reply answers the request in m statefully when a transaction is bound
+// (m.Tx, so retransmissions get the same reply; Kamailio's slb.freply),
+// else statelessly with SendReply.
+func (m *Msg) Reply(code int, reason string) error {
+	if tx, ok := m.Tx.(TxReplier); ok {
+		return tx.Reply(m, code, reason)
+	}
+	return m.SendReply(code, reason)
 }
 
 // SendReply sends a stateless local reply to the request in m. ACKs are never answered.

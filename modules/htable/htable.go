@@ -26,9 +26,8 @@ type HT struct {
 	env *core.Env
 
 	mu      sync.RWMutex
-	tables  map[string]*Table
-	order   []string // definition order
-	pending []error  // definition errors before Init: Init fails with them
+	tables  core.Ordered[*Table] // in definition order
+	pending []error              // definition errors before Init: Init fails with them
 	inited  bool
 
 	timerInterval atomic.Int64 // seconds
@@ -40,22 +39,17 @@ type HT struct {
 
 // instances maps an Env to its htable, so the global PV registry
 // ($sht...) reaches the instance of the message's Env.
-var instances sync.Map // *core.Env -> *HT
+var instances core.PerEnv[*HT]
 
 // Of returns the htable instance bound to env (nil if none was built).
-func Of(env *core.Env) *HT {
-	if v, ok := instances.Load(env); ok {
-		return v.(*HT)
-	}
-	return nil
-}
+func Of(env *core.Env) *HT { return instances.Of(env) }
 
 func errorf(format string, a ...any) error { return fmt.Errorf("htable: "+format, a...) }
 
 // New builds the htable module.
 func New(env *core.Env) *core.Module {
-	h := &HT{env: env, tables: map[string]*Table{}}
-	instances.Store(env, h)
+	h := &HT{env: env}
+	instances.Set(env, h)
 	return core.ApplyDefaults(h.module())
 }
 
@@ -64,10 +58,9 @@ func New(env *core.Env) *core.Module {
 // (autoexpire, initval, updateexpire) apply from now on, the slot count stays.
 func (h *HT) Define(d *TableDef) {
 	h.mu.Lock()
-	t := h.tables[d.Name]
+	t, _ := h.tables.Get(d.Name)
 	if t == nil {
-		h.tables[d.Name] = newTable(d)
-		h.order = append(h.order, d.Name)
+		h.tables.Add(d.Name, newTable(d), false)
 		h.mu.Unlock()
 		return
 	}
@@ -90,18 +83,15 @@ func (h *HT) Define(d *TableDef) {
 func (h *HT) Table(name string) *Table {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	return h.tables[name]
+	t, _ := h.tables.Get(name)
+	return t
 }
 
 // Tables lists the tables in definition order.
 func (h *HT) Tables() []*Table {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	out := make([]*Table, 0, len(h.order))
-	for _, n := range h.order {
-		out = append(out, h.tables[n])
-	}
-	return out
+	return h.tables.Values()
 }
 
 // table is Table for script use: an unknown name is an error.
@@ -110,7 +100,7 @@ func (h *HT) table(name string) (*Table, error) {
 		return t, nil
 	}
 	h.mu.RLock()
-	known := append([]string(nil), h.order...)
+	known := h.tables.Names()
 	h.mu.RUnlock()
 	sort.Strings(known)
 	if len(known) == 0 {
@@ -179,7 +169,7 @@ func (h *HT) stop() {
 	}
 	h.armed = false
 	h.tmu.Unlock()
-	instances.CompareAndDelete(h.env, h)
+	instances.Drop(h.env, h)
 }
 
 // ---- operations shared by KSR functions, PVs and RPC ----
@@ -416,7 +406,7 @@ func (h *HT) module() *core.Module {
 func (h *HT) tableNames() core.Val {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	return core.Str(strings.Join(h.order, ","))
+	return core.Str(strings.Join(h.tables.Names(), ","))
 }
 
 // setDefParam applies one modparam("htable", "htable", spec). An invalid

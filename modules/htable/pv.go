@@ -7,22 +7,28 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
+// pvGet is a PV read: resolve $sht's table=>key, read it, or log why not
+// and give null.
+func (h *HT) pvGet(pv string, read func(table, key string) (core.Val, error)) func(*core.Msg, string) core.Val {
+	return func(m *core.Msg, arg string) core.Val {
+		table, key, err := h.resolve(m, arg)
+		if err == nil {
+			var v core.Val
+			if v, err = read(table, key); err == nil {
+				return v
+			}
+		}
+		pvErr(m, pv, err)
+		return core.Null
+	}
+}
+
 // pvs are htable's pseudo-variables, bound to this instance; the module
 // table declares them.
 func (h *HT) pvs() []core.PVDef {
 	defs := []core.PVDef{{Name: "sht", HasArg: true,
 		Doc: "htable item: $sht(table=>key); the key may contain PVs ($sht(ipban=>$si)); setting $null removes it",
-		Get: func(m *core.Msg, arg string) core.Val {
-			table, key, err := h.resolve(m, arg)
-			if err == nil {
-				var v core.Val
-				if v, err = h.Get(table, key); err == nil {
-					return v
-				}
-			}
-			pvErr(m, "$sht", err)
-			return core.Null
-		},
+		Get: h.pvGet("$sht", h.Get),
 		Set: func(m *core.Msg, arg string, v core.Val) error {
 			table, key, err := h.resolve(m, arg)
 			if err != nil {
@@ -31,17 +37,10 @@ func (h *HT) pvs() []core.PVDef {
 			return h.Set(table, key, v, nil)
 		}}, {Name: "shtex", HasArg: true,
 		Doc: "seconds until the htable item expires (0: never, or no such item); setting it is sht_setex",
-		Get: func(m *core.Msg, arg string) core.Val {
-			table, key, err := h.resolve(m, arg)
-			if err == nil {
-				var n int64
-				if n, err = h.ExpireIn(table, key); err == nil {
-					return core.Val{Kind: core.KInt, Int: n}
-				}
-			}
-			pvErr(m, "$shtex", err)
-			return core.Null
-		},
+		Get: h.pvGet("$shtex", func(table, key string) (core.Val, error) {
+			n, err := h.ExpireIn(table, key)
+			return core.Val{Kind: core.KInt, Int: n}, err
+		}),
 		Set: func(m *core.Msg, arg string, v core.Val) error {
 			table, key, err := h.resolve(m, arg)
 			if err != nil {

@@ -192,14 +192,7 @@ func (t *Table) RemoveMatching(match Match, byValue bool) int {
 		s := &t.shards[i]
 		s.mu.Lock()
 		for k, it := range s.items {
-			subj := k
-			if byValue {
-				if it.val.Kind != core.KStr {
-					continue
-				}
-				subj = it.val.Str
-			}
-			if match(subj) {
+			if subj, ok := it.subject(k, byValue); ok && match(subj) {
 				delete(s.items, k)
 				n++
 			}
@@ -207,6 +200,15 @@ func (t *Table) RemoveMatching(match Match, byValue bool) int {
 		s.mu.Unlock()
 	}
 	return n
+}
+
+// subject is what a name or value match looks at: the item's name, or its
+// value when byValue (false for an int item, which no value match sees).
+func (it *item) subject(name string, byValue bool) (string, bool) {
+	if !byValue {
+		return name, true
+	}
+	return it.val.Str, it.val.Kind == core.KStr
 }
 
 // Any reports whether a live item's name (or str value) matches.
@@ -218,14 +220,7 @@ func (t *Table) Any(match Match, byValue bool, now time.Time) bool {
 			if it.expired(now) {
 				continue
 			}
-			subj := k
-			if byValue {
-				if it.val.Kind != core.KStr {
-					continue
-				}
-				subj = it.val.Str
-			}
-			if match(subj) {
+			if subj, ok := it.subject(k, byValue); ok && match(subj) {
 				s.mu.Unlock()
 				return true
 			}

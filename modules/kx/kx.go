@@ -4,6 +4,8 @@
 package kx
 
 import (
+	"github.com/emiago/sipgo/sip"
+
 	"github.com/kamgo/kamgo/modules/core"
 )
 
@@ -16,6 +18,16 @@ func pvGetter(env *core.Env, spec string) func(m *core.Msg, _ []core.Val) (core.
 		panic("kx: " + err.Error())
 	}
 	return func(m *core.Msg, _ []core.Val) (core.Val, error) { return pv.Get(m), nil }
+}
+
+// lenOf is a length getter: size of the message, 0 without one.
+func lenOf(size func(sip.Message) int) func(m *core.Msg) int {
+	return func(m *core.Msg) int {
+		if msg := m.Message(); msg != nil {
+			return size(msg)
+		}
+		return 0
+	}
 }
 
 // New builds the kx module.
@@ -64,18 +76,9 @@ func New(env *core.Env) *core.Module {
 				}},
 			intf("get_srcport", "source port", func(m *core.Msg) int { return m.SrcPort }),
 			intf("get_rcvport", "local receiving port", func(m *core.Msg) int { return m.Local.Port }),
-			intf("get_bodylen", "body length in bytes", func(m *core.Msg) int {
-				if msg := m.Message(); msg != nil {
-					return len(msg.Body())
-				}
-				return 0
-			}),
-			intf("get_msglen", "length of the message as it would be sent now (kamgo parses before routing: not the received bytes)", func(m *core.Msg) int {
-				if msg := m.Message(); msg != nil {
-					return len(msg.String())
-				}
-				return 0
-			}),
+			intf("get_bodylen", "body length in bytes", lenOf(func(msg sip.Message) int { return len(msg.Body()) })),
+			intf("get_msglen", "length of the message as it would be sent now (kamgo parses before routing: not the received bytes)",
+				lenOf(func(msg sip.Message) int { return len(msg.String()) })),
 			intf("get_status", "reply status code; -1 for a request", func(m *core.Msg) int {
 				if m.Res == nil {
 					return -1

@@ -72,6 +72,19 @@ func checkLimit(fn string, l int64) error {
 	return nil
 }
 
+// withLimit runs f for a request whose limit argument (a[0]) is in range.
+func withLimit(fn string, f func(m *core.Msg, a []core.Val) (core.Val, error)) func(m *core.Msg, a []core.Val) (core.Val, error) {
+	return func(m *core.Msg, a []core.Val) (core.Val, error) {
+		if m.Req == nil {
+			return core.Null, core.ErrNoRequest
+		}
+		if err := checkLimit(fn, a[0].Int); err != nil {
+			return core.Null, err
+		}
+		return f(m, a)
+	}
+}
+
 // New builds the maxfwd module.
 func New(env *core.Env) *core.Module {
 	var maxLimit atomic.Int64
@@ -92,13 +105,7 @@ func New(env *core.Env) *core.Module {
 			{Name: "process_maxfwd", Args: []core.ArgType{core.ArgInt}, Ret: core.RetInt,
 				Routes: core.RouteRequest | core.RouteFailure | core.RouteBranch,
 				Doc:    "(max) add Max-Forwards: max if absent (2), else decrement (1); value 0 → 483 sent by the module (-1, ACK/CANCEL not answered); -2 unparsable",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					if m.Req == nil {
-						return core.Null, core.ErrNoRequest
-					}
-					if err := checkLimit("process_maxfwd", a[0].Int); err != nil {
-						return core.Null, err
-					}
+				Fn: withLimit("process_maxfwd", func(m *core.Msg, a []core.Val) (core.Val, error) {
 					val, h := present(m.Req)
 					switch {
 					case val == -1:
@@ -121,23 +128,17 @@ func New(env *core.Env) *core.Module {
 					}
 					setValue(m.Req, h, val-1)
 					return core.Int(1), nil
-				}},
+				})},
 			{Name: "is_maxfwd_lt", Args: []core.ArgType{core.ArgInt}, Ret: core.RetInt,
 				Routes: core.RouteRequest | core.RouteFailure | core.RouteBranch,
 				Doc:    "(n) 1 if Max-Forwards < n; -1 if not; -2 no header; -3 unparsable",
-				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
-					if m.Req == nil {
-						return core.Null, core.ErrNoRequest
-					}
-					if err := checkLimit("is_maxfwd_lt", a[0].Int); err != nil {
-						return core.Null, err
-					}
+				Fn: withLimit("is_maxfwd_lt", func(m *core.Msg, a []core.Val) (core.Val, error) {
 					val, _ := present(m.Req)
 					if val < 0 {
 						return core.Int(val - 1), nil
 					}
 					return core.IntRet(int64(val) < a[0].Int), nil
-				}},
+				})},
 		},
 	})
 }

@@ -1,38 +1,15 @@
 package registrar
 
 import (
-	"fmt"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 
 	"github.com/kamgo/kamgo/modules/core"
 	"github.com/kamgo/kamgo/modules/usrloc"
 )
 
-var instances sync.Map // *core.Env -> *Reg
-
-func nonNegative(name string) func(v core.Val) error {
-	return func(v core.Val) error {
-		if v.Int < 0 {
-			return fmt.Errorf("%s %d: must not be negative", name, v.Int)
-		}
-		return nil
-	}
-}
-
-func flag01(name string) func(v core.Val) error {
-	return func(v core.Val) error {
-		if v.Int != 0 && v.Int != 1 {
-			return fmt.Errorf("%s %d: want 0 or 1", name, v.Int)
-		}
-		return nil
-	}
-}
-
 func (r *Reg) module() *core.Module {
-	instances.Store(r.env, r)
 	s, i := core.ArgStr, core.ArgInt
 	req := core.RouteRequest | core.RouteFailure | core.RouteBranch
 	fn := func(name string, args []core.ArgType, routes core.RouteType, doc string, f func(m *core.Msg, a []core.Val) (core.Val, error)) core.Func {
@@ -44,7 +21,7 @@ func (r *Reg) module() *core.Module {
 			Get: func() core.Val { return core.Int(int(p.Load())) }}
 	}
 	boolParam := func(name, doc string, p *atomic.Bool) core.Param {
-		return core.Param{Name: name, Type: i, Default: core.Int(0), Doc: doc, Check: flag01(name),
+		return core.Param{Name: name, Type: i, Default: core.Int(0), Doc: doc, Check: core.Check01(name),
 			Set: func(v core.Val) error { p.Store(v.Int != 0); return nil },
 			Get: func() core.Val { return core.Int01(p.Load()) }}
 	}
@@ -54,11 +31,11 @@ func (r *Reg) module() *core.Module {
 		Doc:   "SIP registrar: save REGISTERs into usrloc, look contacts up",
 		PVs:   ulcPVs,
 		Params: []core.Param{
-			intParam("default_expires", 3600, "expires of a contact when neither its expires param nor an Expires header says", nonNegative("default_expires"), &r.defaultExpires),
-			intParam("min_expires", 60, "shortest accepted expires (0: none); see min_expires_mode", nonNegative("min_expires"), &r.minExpires),
-			intParam("min_expires_mode", 0, "0: raise a shorter expires to min_expires (Kamailio's default); 1: refuse it with 423 Interval Too Brief and Min-Expires (RFC 3261 §10.3 step 7)", flag01("min_expires_mode"), &r.minExpiresMode),
-			intParam("max_expires", 0, "longest expires; longer ones are lowered to it (0: no limit)", nonNegative("max_expires"), &r.maxExpires),
-			intParam("max_contacts", 0, "most contacts per AoR; a REGISTER exceeding it gets 503 and save() returns -2 (0: no limit)", nonNegative("max_contacts"), &r.maxContacts),
+			intParam("default_expires", 3600, "expires of a contact when neither its expires param nor an Expires header says", core.CheckNonNegative("default_expires"), &r.defaultExpires),
+			intParam("min_expires", 60, "shortest accepted expires (0: none); see min_expires_mode", core.CheckNonNegative("min_expires"), &r.minExpires),
+			intParam("min_expires_mode", 0, "0: raise a shorter expires to min_expires (Kamailio's default); 1: refuse it with 423 Interval Too Brief and Min-Expires (RFC 3261 §10.3 step 7)", core.Check01("min_expires_mode"), &r.minExpiresMode),
+			intParam("max_expires", 0, "longest expires; longer ones are lowered to it (0: no limit)", core.CheckNonNegative("max_expires"), &r.maxExpires),
+			intParam("max_contacts", 0, "most contacts per AoR; a REGISTER exceeding it gets 503 and save() returns -2 (0: no limit)", core.CheckNonNegative("max_contacts"), &r.maxContacts),
 			boolParam("use_path", "1: store the REGISTER's Path headers (RFC 3327), echo them in the 200 OK and route to the first hop on lookup", &r.usePath),
 			boolParam("method_filtering", "1: lookup skips contacts whose Allow (at REGISTER) lacks the request's method (returns -2 if none is left)", &r.methodFiltering),
 		},
@@ -96,7 +73,6 @@ func (r *Reg) module() *core.Module {
 					return core.Int(1), nil
 				}),
 		},
-		Stop: func() { instances.CompareAndDelete(r.env, r) },
 	})
 }
 
@@ -108,13 +84,11 @@ type profile struct {
 }
 
 func (r *Reg) fetch(m *core.Msg, table, uri, name string) (core.Val, error) {
-	u, d, err := r.domain(table)
+	d, aor, ok, err := r.aorIn(m, "reg_fetch_contacts", table, uri)
 	if err != nil {
 		return core.Null, err
 	}
-	aor, err := aorOf(u, uri)
-	if err != nil {
-		r.env.Log.Warn("registrar: reg_fetch_contacts: bad AoR", "aor", uri, "err", err, "at", m.Pos())
+	if !ok {
 		return core.Int(-1), nil
 	}
 	p, _ := m.Ext[extKey].(map[string]*profile)

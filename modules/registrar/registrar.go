@@ -107,6 +107,23 @@ func aorOf(u *usrloc.UL, uri string) (string, error) {
 	return u.AoR(p.User, p.Host), nil
 }
 
+// aorIn is the start of reg_fetch_contacts and unregister: the location
+// table and uri's AoR. ok is false with err set when the table is unusable,
+// and with err nil (after a warning naming fn) when uri is no AoR: the
+// function then returns -1.
+func (r *Reg) aorIn(m *core.Msg, fn, table, uri string) (d *usrloc.Domain, aor string, ok bool, err error) {
+	u, d, err := r.domain(table)
+	if err != nil {
+		return nil, "", false, err
+	}
+	aor, err = aorOf(u, uri)
+	if err != nil {
+		r.env.Log.Warn("registrar: "+fn+": bad AoR", "aor", uri, "err", err, "at", m.Pos())
+		return nil, "", false, nil
+	}
+	return d, aor, true, nil
+}
+
 // contactSpec is one Contact of a REGISTER.
 type contactSpec struct {
 	uri    string
@@ -308,7 +325,7 @@ func (r *Reg) save(m *core.Msg, table string, flags int, uri string) (core.Val, 
 		if flags&FlagNoReply == 0 {
 			m.ReplyHeaders = append(m.ReplyHeaders, rerr.hdrs...)
 			m.ReplyHeaders = append(m.ReplyHeaders, sip.NewHeader("P-Registrar-Error", rerr.info))
-			if err := reply(m, rerr.code, rerr.reason); err != nil {
+			if err := m.Reply(rerr.code, rerr.reason); err != nil {
 				r.env.Log.Warn("registrar: reply failed", "err", err, "at", m.Pos())
 			}
 		}
@@ -332,20 +349,12 @@ func (r *Reg) save(m *core.Msg, table string, flags int, uri string) (core.Val, 
 				m.ReplyHeaders = append(m.ReplyHeaders, sip.NewHeader("Path", p))
 			}
 		}
-		if err := reply(m, 200, "OK"); err != nil {
+		if err := m.Reply(200, "OK"); err != nil {
 			r.env.Log.Warn("registrar: reply failed", "err", err, "at", m.Pos())
 			return core.Int(-1), nil
 		}
 	}
 	return core.Int(ret), nil
-}
-
-// reply answers statefully when a transaction exists (as Kamailio's slb.freply), else statelessly.
-func reply(m *core.Msg, code int, reason string) error {
-	if tx, ok := m.Tx.(core.TxReplier); ok {
-		return tx.Reply(m, code, reason)
-	}
-	return m.SendReply(code, reason)
 }
 
 // replyContact is the Contact of the 200 for one binding; every param
@@ -644,13 +653,11 @@ func (r *Reg) registered(m *core.Msg, table, uri string) (core.Val, error) {
 }
 
 func (r *Reg) unregister(m *core.Msg, table, uri string) (core.Val, error) {
-	u, d, err := r.domain(table)
+	d, aor, ok, err := r.aorIn(m, "unregister", table, uri)
 	if err != nil {
 		return core.Null, err
 	}
-	aor, err := aorOf(u, uri)
-	if err != nil {
-		r.env.Log.Warn("registrar: unregister: bad AoR", "aor", uri, "err", err, "at", m.Pos())
+	if !ok {
 		return core.Int(-1), nil
 	}
 	d.DeleteAoR(aor)

@@ -268,13 +268,7 @@ func (r *module) refuse(m *core.Msg, reason string, why error) (core.Val, error)
 	if m.Req.IsAck() || m.Replied {
 		return core.Null, core.ErrExit
 	}
-	var err error
-	if tx, ok := m.Tx.(core.TxReplier); ok {
-		err = tx.Reply(m, 400, reason)
-	} else {
-		err = m.SendReply(400, reason)
-	}
-	if err != nil {
+	if err := m.Reply(400, reason); err != nil {
 		r.env.Log.Warn("rr: cannot send 400", "err", err, "at", m.Pos())
 	}
 	return core.Null, core.ErrExit

@@ -60,6 +60,17 @@ func validUint32(s string) bool {
 	return err == nil
 }
 
+// addrCheck is the From and To URI check: u is nil when the header is missing.
+func addrCheck(name string, u *sip.Uri) *failure {
+	if u == nil {
+		return fail(400, "Missing "+name+" Header")
+	}
+	if !uriOK(u) {
+		return fail(400, "Bad "+name+" URI")
+	}
+	return nil
+}
+
 func uriOK(u *sip.Uri) bool {
 	switch strings.ToLower(u.Scheme) {
 	case "sip", "sips":
@@ -210,21 +221,21 @@ func (s *module) check(m *core.Msg, checks, uriChecks int64) *failure {
 			return fail(400, "Bad Request URI")
 		}
 		if uriChecks&URIFrom != 0 {
-			f := msg.From()
-			if f == nil {
-				return fail(400, "Missing From Header")
+			var u *sip.Uri
+			if f := msg.From(); f != nil {
+				u = &f.Address
 			}
-			if !uriOK(&f.Address) {
-				return fail(400, "Bad From URI")
+			if f := addrCheck("From", u); f != nil {
+				return f
 			}
 		}
 		if uriChecks&URITo != 0 {
-			t := msg.To()
-			if t == nil {
-				return fail(400, "Missing To Header")
+			var u *sip.Uri
+			if t := msg.To(); t != nil {
+				u = &t.Address
 			}
-			if !uriOK(&t.Address) {
-				return fail(400, "Bad To URI")
+			if f := addrCheck("To", u); f != nil {
+				return f
 			}
 		}
 		if uriChecks&URIContact != 0 {

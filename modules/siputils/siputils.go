@@ -347,13 +347,7 @@ func (su *siputils) optionsReply(m *core.Msg, _ []core.Val) (core.Val, error) {
 		sip.NewHeader("Accept-Language", su.opt.lang), sip.NewHeader("Supported", su.opt.support))
 	su.opt.mu.RUnlock()
 	m.ReplyHeaders = append(m.ReplyHeaders, hs...)
-	var err error
-	if tx, ok := m.Tx.(core.TxReplier); ok {
-		err = tx.Reply(m, 200, "OK")
-	} else {
-		err = m.SendReply(200, "OK")
-	}
-	if err != nil {
+	if err := m.Reply(200, "OK"); err != nil {
 		su.env.Log.Warn("options_reply failed", "err", err, "at", m.Pos())
 		return core.Int(-1), nil
 	}

@@ -281,15 +281,23 @@ func (tx *Tx) cancelBranches() []*branch {
 	return todo
 }
 
-func (tx *Tx) sendCancel(b *branch) {
-	c := sip.NewRequest(sip.CANCEL, *b.req.Recipient.Clone())
-	c.SipVersion = b.req.SipVersion
-	c.AppendHeader(sip.HeaderClone(b.req.Via()))
+// hopRequest starts the CANCEL or ACK a branch sends hop by hop (RFC 3261
+// 9.1, 17.1.1.3): the branch's Request-URI, top Via and Route set, and a
+// fresh Max-Forwards; the caller adds From, To, Call-ID and CSeq.
+func (b *branch) hopRequest(method sip.RequestMethod) *sip.Request {
+	r := sip.NewRequest(method, *b.req.Recipient.Clone())
+	r.SipVersion = b.req.SipVersion
+	r.AppendHeader(sip.HeaderClone(b.req.Via()))
 	for _, h := range b.req.GetHeaders("Route") {
-		c.AppendHeader(sip.HeaderClone(h))
+		r.AppendHeader(sip.HeaderClone(h))
 	}
 	mf := sip.MaxForwardsHeader(70)
-	c.AppendHeader(&mf)
+	r.AppendHeader(&mf)
+	return r
+}
+
+func (tx *Tx) sendCancel(b *branch) {
+	c := b.hopRequest(sip.CANCEL)
 	for _, name := range []string{"From", "To", "Call-ID"} {
 		if h := b.req.GetHeader(name); h != nil {
 			c.AppendHeader(sip.HeaderClone(h))
@@ -803,14 +811,7 @@ func (tx *Tx) replySocket(m *core.Msg) {
 
 // ackBranch sends the hop-by-hop ACK for a negative INVITE reply (RFC 3261 17.1.1.3).
 func (tx *Tx) ackBranch(b *branch, res *sip.Response) {
-	ack := sip.NewRequest(sip.ACK, *b.req.Recipient.Clone())
-	ack.SipVersion = b.req.SipVersion
-	ack.AppendHeader(sip.HeaderClone(b.req.Via()))
-	for _, h := range b.req.GetHeaders("Route") {
-		ack.AppendHeader(sip.HeaderClone(h))
-	}
-	mf := sip.MaxForwardsHeader(70)
-	ack.AppendHeader(&mf)
+	ack := b.hopRequest(sip.ACK)
 	if h := b.req.From(); h != nil {
 		ack.AppendHeader(sip.HeaderClone(h))
 	}

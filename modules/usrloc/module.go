@@ -37,7 +37,7 @@ func (u *UL) module() *core.Module {
 				Check: positive("timer_interval"), Set: func(v core.Val) error { u.timerInterval.Store(v.Int); return nil },
 				Get: func() core.Val { return core.Int(int(u.timerInterval.Load())) }},
 			{Name: "use_domain", Type: i, Default: core.Int(0), Doc: "1: AoRs are user@domain; 0: the user part only",
-				Check: boolParam("use_domain"), Set: func(v core.Val) error { u.useDomain.Store(v.Int != 0); return nil },
+				Check: core.Check01("use_domain"), Set: func(v core.Val) error { u.useDomain.Store(v.Int != 0); return nil },
 				Get: func() core.Val { return core.Int01(u.useDomain.Load()) }},
 			{Name: "nat_bflag", Type: i, Default: core.Int(-1), Doc: "the flag (0-63) marking contacts behind NAT: saved in the contact's cflags when set on the REGISTER, set on the message again by lookup",
 				Check: func(v core.Val) error {
@@ -69,15 +69,6 @@ func positive(name string) func(v core.Val) error {
 	return func(v core.Val) error {
 		if v.Int <= 0 {
 			return fmt.Errorf("%s must be a positive number of seconds", name)
-		}
-		return nil
-	}
-}
-
-func boolParam(name string) func(v core.Val) error {
-	return func(v core.Val) error {
-		if v.Int != 0 && v.Int != 1 {
-			return fmt.Errorf("%s %d: want 0 or 1", name, v.Int)
 		}
 		return nil
 	}

@@ -149,9 +149,8 @@ type UL struct {
 	hashSize      atomic.Int64
 
 	mu      sync.Mutex
-	domains map[string]*Domain
-	order   []string
-	db      *sql.DB // env.DB, or opened here from env.DBPath
+	domains core.Ordered[*Domain] // in order of first use
+	db      *sql.DB               // env.DB, or opened here from env.DBPath
 	ownDB   bool
 
 	inited atomic.Bool
@@ -173,22 +172,17 @@ type UL struct {
 	expiredCtr *core.Counter
 }
 
-var instances sync.Map // *core.Env -> *UL
+var instances core.PerEnv[*UL]
 
 // Of returns the usrloc instance bound to env (nil if none was built).
-func Of(env *core.Env) *UL {
-	if v, ok := instances.Load(env); ok {
-		return v.(*UL)
-	}
-	return nil
-}
+func Of(env *core.Env) *UL { return instances.Of(env) }
 
 // New builds the usrloc module.
 func New(env *core.Env) *core.Module {
-	u := &UL{env: env, domains: map[string]*Domain{}, pending: map[string][]string{}}
+	u := &UL{env: env, pending: map[string][]string{}}
 	u.ruidBase = fmt.Sprintf("uloc-%x-%x", env.Clock.Now().Unix(), rand.Uint32())
 	u.expiredCtr = env.Stats.Counter("usrloc", "expired_contacts")
-	instances.Store(env, u)
+	instances.Set(env, u)
 	return core.ApplyDefaults(u.module())
 }
 
@@ -247,7 +241,7 @@ func (u *UL) FixAoR(aor string) (string, error) {
 func (u *UL) Domain(name string) (*Domain, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if d := u.domains[name]; d != nil {
+	if d, _ := u.domains.Get(name); d != nil {
 		return d, nil
 	}
 	if !core.ValidSQLName(name) {
@@ -259,8 +253,7 @@ func (u *UL) Domain(name string) (*Domain, error) {
 			return nil, err
 		}
 	}
-	u.domains[name] = d
-	u.order = append(u.order, name)
+	u.domains.Add(name, d, false)
 	return d, nil
 }
 
@@ -268,18 +261,15 @@ func (u *UL) Domain(name string) (*Domain, error) {
 func (u *UL) FindDomain(name string) *Domain {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	return u.domains[name]
+	d, _ := u.domains.Get(name)
+	return d
 }
 
 // Domains lists the tables in order of first use.
 func (u *UL) Domains() []*Domain {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	out := make([]*Domain, 0, len(u.order))
-	for _, n := range u.order {
-		out = append(out, u.domains[n])
-	}
-	return out
+	return u.domains.Values()
 }
 
 func (u *UL) newDomain(name string) *Domain {
@@ -672,7 +662,7 @@ func (u *UL) stop() {
 		u.db = nil
 	}
 	u.mu.Unlock()
-	instances.CompareAndDelete(u.env, u)
+	instances.Drop(u.env, u)
 }
 
 // init opens the database side: tables, version rows, load.
@@ -697,13 +687,12 @@ func (u *UL) start() error {
 			u.db, u.ownDB = db, true
 		}
 	}
-	if u.domains["location"] == nil {
-		u.domains["location"] = u.newDomain("location")
-		u.order = append([]string{"location"}, u.order...)
+	if _, ok := u.domains.Get("location"); !ok {
+		u.domains.Add("location", u.newDomain("location"), true)
 	}
 	if mode != NoDB {
-		for _, n := range u.order {
-			if err := u.loadDomain(u.domains[n]); err != nil {
+		for _, d := range u.domains.Values() {
+			if err := u.loadDomain(d); err != nil {
 				return err
 			}
 		}
