@@ -80,10 +80,7 @@ func (t *TM) SendRequest(lr *LocalRequest) error {
 		dst.Proto = "udp"
 	}
 	if dst.Port == 0 {
-		dst.Port = 5060
-		if dst.Proto == "tls" || dst.Proto == "wss" {
-			dst.Port = 5061
-		}
+		dst.Port = core.DefaultPort(dst.Proto)
 	}
 	sock, err := t.localSocket(lr.Socket, dst.Proto)
 	if err != nil {
