@@ -242,14 +242,7 @@ func (t *Transport) sendFrom(o *core.Outgoing, data []byte) error {
 		if ip.Is4() != u.v4 {
 			return fmt.Errorf("cannot send to %s from %s: another address family", o.Dst, ls)
 		}
-		to := netip.AddrPortFrom(ip, uint16(o.Dst.Port))
-		us := u.senders.Get().(*udpSender)
-		ok, err := us.send(data, to)
-		u.senders.Put(us)
-		if !ok {
-			_, err = u.conn.WriteToUDPAddrPort(data, to)
-		}
-		return err
+		return u.writeTo(data, netip.AddrPortFrom(ip, uint16(o.Dst.Port)))
 	case "tcp", "tls", "ws", "wss":
 		c, err := t.streamFrom(o)
 		if err != nil {

@@ -509,14 +509,7 @@ func (t *Transport) sendBytes(o *core.Outgoing, data []byte) error {
 		if u == nil {
 			return fmt.Errorf("no UDP socket to send to %s", o.Dst)
 		}
-		to := netip.AddrPortFrom(ip, uint16(o.Dst.Port))
-		us := u.senders.Get().(*udpSender)
-		ok, err := us.send(data, to)
-		u.senders.Put(us)
-		if !ok {
-			_, err = u.conn.WriteToUDPAddrPort(data, to)
-		}
-		return err
+		return u.writeTo(data, netip.AddrPortFrom(ip, uint16(o.Dst.Port)))
 	case "tcp", "tls", "ws", "wss":
 		c, err := t.streamFor(o)
 		if err != nil {
@@ -526,6 +519,18 @@ func (t *Transport) sendBytes(o *core.Outgoing, data []byte) error {
 		return c.write(data)
 	}
 	return fmt.Errorf("cannot send over %q", o.Dst.Proto)
+}
+
+// writeTo sends one datagram from u: through a pooled raw sender where the
+// platform has one, else (or for another address family) a plain write.
+func (u *udpSock) writeTo(data []byte, to netip.AddrPort) error {
+	us := u.senders.Get().(*udpSender)
+	ok, err := us.send(data, to)
+	u.senders.Put(us)
+	if !ok {
+		_, err = u.conn.WriteToUDPAddrPort(data, to)
+	}
+	return err
 }
 
 func (t *Transport) udpFor(ip netip.Addr) *udpSock {
