@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/emiago/sipgo/sip"
 	"hash"
 	"strings"
 )
@@ -106,6 +107,20 @@ func (c *DigestChallenge) strength() int {
 		return 1
 	}
 	return 0
+}
+
+// DigestChallengeValues returns the challenges of a 401 (WWW-Authenticate)
+// or 407 (Proxy-Authenticate) and the header the answer goes in
+// (Authorization or Proxy-Authorization).
+func DigestChallengeValues(res *sip.Response) (values []string, credHeader string) {
+	name, credHeader := "WWW-Authenticate", "Authorization"
+	if res.StatusCode == 407 {
+		name, credHeader = "Proxy-Authenticate", "Proxy-Authorization"
+	}
+	for _, h := range FindHeaders(res, name) {
+		values = append(values, h.Value())
+	}
+	return values, credHeader
 }
 
 // PickDigestChallenge parses the challenge values of a 401/407 (every

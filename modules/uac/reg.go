@@ -346,14 +346,7 @@ func retryAfter(res *sip.Response) time.Duration {
 // the strongest usable algorithm, a fresh cnonce, nc counting per nonce,
 // stale=true answered once without counting a failure).
 func (u *UAC) challenged(r *record, res *sip.Response) {
-	hname, aname := "WWW-Authenticate", "Authorization"
-	if res.StatusCode == 407 {
-		hname, aname = "Proxy-Authenticate", "Proxy-Authorization"
-	}
-	var vals []string
-	for _, h := range core.FindHeaders(res, hname) {
-		vals = append(vals, h.Value())
-	}
+	vals, aname := core.DigestChallengeValues(res)
 	ch, err := u.pickChallenge(r, vals)
 	if err != nil {
 		r.chal = nil

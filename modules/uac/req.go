@@ -318,14 +318,7 @@ func (sc *sendCtx) onReply(res *sip.Response) {
 // authorized is the request again with CSeq+1 and the credentials for
 // the challenge in res.
 func (sc *sendCtx) authorized(res *sip.Response) (*sip.Request, error) {
-	chName, crName := "WWW-Authenticate", "Authorization"
-	if res.StatusCode == 407 {
-		chName, crName = "Proxy-Authenticate", "Proxy-Authorization"
-	}
-	var values []string
-	for _, h := range res.GetHeaders(chName) {
-		values = append(values, h.Value())
-	}
+	values, crName := core.DigestChallengeValues(res)
 	ch, err := core.PickDigestChallenge(values)
 	if err != nil {
 		return nil, err
@@ -488,14 +481,7 @@ func (u *UAC) uacAuth(m *core.Msg, _ []core.Val) (core.Val, error) {
 		u.env.Log.Error("uac: uac_auth: the failed branch has no 401/407 reply", "at", m.Pos())
 		return core.Int(-1), nil
 	}
-	chName, crName := "WWW-Authenticate", "Authorization"
-	if res.StatusCode == 407 {
-		chName, crName = "Proxy-Authenticate", "Proxy-Authorization"
-	}
-	var values []string
-	for _, h := range res.GetHeaders(chName) {
-		values = append(values, h.Value())
-	}
+	values, crName := core.DigestChallengeValues(res)
 	ch, err := core.PickDigestChallenge(values)
 	if err != nil {
 		u.env.Log.Error("uac: uac_auth: "+err.Error(), "at", m.Pos())
