@@ -473,7 +473,7 @@ func viaProblem(v *sip.ViaHeader) string {
 				return "received is not an IP address"
 			}
 		case strings.EqualFold(p.K, "rport"):
-			if p.V != "" && (!allDigits(p.V) || len(p.V) > 5) {
+			if p.V != "" && (!AllDigits(p.V) || len(p.V) > 5) {
 				return "bad rport"
 			}
 		case !paramValue(p.V):
@@ -518,10 +518,11 @@ func validVersion(s string) bool {
 
 func validVersionNumber(s string) bool {
 	dot := strings.IndexByte(s, '.')
-	return dot > 0 && allDigits(s[:dot]) && allDigits(s[dot+1:])
+	return dot > 0 && AllDigits(s[:dot]) && AllDigits(s[dot+1:])
 }
 
-func allDigits(s string) bool {
+// AllDigits is true for a non-empty string of ASCII digits.
+func AllDigits(s string) bool {
 	if s == "" {
 		return false
 	}

@@ -228,7 +228,7 @@ func parseQ(s string) (int, error) {
 }
 
 func parseSPI(s string) (uint32, error) {
-	if len(s) > 10 || !allDigits(s) {
+	if len(s) > 10 || !core.AllDigits(s) {
 		return 0, fmt.Errorf("bad SPI %q", s)
 	}
 	v, err := strconv.ParseUint(s, 10, 32)
@@ -242,7 +242,7 @@ func parseSPI(s string) (uint32, error) {
 }
 
 func parsePort(s string) (uint16, error) {
-	if !allDigits(s) || len(s) > 5 {
+	if !core.AllDigits(s) || len(s) > 5 {
 		return 0, fmt.Errorf("bad port %q", s)
 	}
 	v, _ := strconv.Atoi(s)
@@ -250,18 +250,6 @@ func parsePort(s string) (uint16, error) {
 		return 0, fmt.Errorf("port %q out of range 1..65535", s)
 	}
 	return uint16(v), nil
-}
-
-func allDigits(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return true
 }
 
 func formatQ(q int) string {
