@@ -8,6 +8,7 @@ import (
 	_ "github.com/kamgo/kamgo/modules/ims_ipsec_pcscf"
 	_ "github.com/kamgo/kamgo/modules/kx"
 	_ "github.com/kamgo/kamgo/modules/maxfwd"
+	_ "github.com/kamgo/kamgo/modules/nathelper"
 	_ "github.com/kamgo/kamgo/modules/pvx"
 	_ "github.com/kamgo/kamgo/modules/registrar"
 	_ "github.com/kamgo/kamgo/modules/rr"

@@ -58,6 +58,10 @@ type Msg struct {
 	// of one parameter then gets the event name, as Kamailio's KEMI event
 	// callbacks do, instead of the msg.
 	Event string
+
+	// BFlags are the branch flags of branch 0 (KSR.setbflag, $bf): the
+	// registrar stores them per contact (cflags) and lookup restores them.
+	BFlags uint64
 }
 
 // Message returns the SIP message, request or reply.

@@ -400,6 +400,25 @@ var corePVs = []PVDef{
 		m.Env.Shv.Set(name, v)
 		return nil
 	}},
+	{Name: "bf", Doc: "branch flags of branch 0 as an int (writable; KSR.setbflag sets one)", Get: func(m *Msg, _ string) Val { return Val{Kind: KInt, Int: int64(m.BFlags)} },
+		Set: func(m *Msg, _ string, v Val) error {
+			n, ok := v.AsInt()
+			if !ok && !v.IsNull() {
+				return fmt.Errorf("$bf: %q is not a number", v.Str)
+			}
+			m.BFlags = uint64(n)
+			return nil
+		}},
+	{Name: "bF", Doc: "branch flags of branch 0 in hex (0x...)", Get: func(m *Msg, _ string) Val { return Str("0x" + strconv.FormatUint(m.BFlags, 16)) }},
+	{Name: "mf", Doc: "message flags as an int (writable)", Get: func(m *Msg, _ string) Val { return Val{Kind: KInt, Int: int64(m.Flags)} },
+		Set: func(m *Msg, _ string, v Val) error {
+			n, ok := v.AsInt()
+			if !ok && !v.IsNull() {
+				return fmt.Errorf("$mf: %q is not a number", v.Str)
+			}
+			m.Flags = uint64(n)
+			return nil
+		}},
 	{Name: "T_reply_code", Doc: "last reply code sent (request route) or the winning/current reply (failure/onreply routes)", Get: func(m *Msg, _ string) Val {
 		if m.Res != nil && m.RouteType&(RouteTmReply|RouteReply) != 0 {
 			return Int(m.Res.StatusCode)

@@ -437,7 +437,7 @@ func (r *Reg) doSave(m *core.Msg, u *usrloc.UL, d *usrloc.Domain, flags int, uri
 		path = strings.Join(ps, ",")
 	}
 	natFlag := u.NatBflag()
-	nat := natFlag >= 0 && m.Flags&(1<<uint(natFlag)) != 0
+	nat := natFlag >= 0 && (m.Flags|m.BFlags)&(1<<uint(natFlag)) != 0
 	received := ""
 	if v, ok := m.Ext["registrar:received"].(string); ok {
 		received = v
@@ -524,6 +524,9 @@ func (r *Reg) doSave(m *core.Msg, u *usrloc.UL, d *usrloc.Domain, flags int, uri
 			if nat {
 				c.CFlags |= 1 << uint(natFlag)
 			}
+			// Kamailio keeps the REGISTER's branch flags (nat_bflag,
+			// sipping_bflag...) per contact; lookup sets them again.
+			c.CFlags |= int(m.BFlags)
 			if idx >= 0 {
 				c.Ruid = cs[idx].Ruid
 				cs[idx] = c
@@ -627,6 +630,7 @@ func (r *Reg) lookup(m *core.Msg, table, uri string) (core.Val, error) {
 	if f := u.NatBflag(); f >= 0 && c.CFlags&(1<<uint(f)) != 0 {
 		m.Flags |= 1 << uint(f)
 	}
+	m.BFlags |= uint64(c.CFlags)
 	return core.Int(1), nil
 }
 

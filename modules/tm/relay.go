@@ -372,6 +372,7 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 	if m.RouteType != core.RouteFailure {
 		tx.onFailure, tx.onReply, tx.onBranch = m.OnFailure, m.OnReply, m.OnBranch
 		tx.flags = m.Flags
+		tx.bflags = m.BFlags
 		if created {
 			// newTx has just cloned this very request: share the copy
 			// (neither is changed afterwards; the failure route clones it).
@@ -421,7 +422,7 @@ func (tx *Tx) addBranch(m *core.Msg, req *sip.Request, dst core.Target) error {
 	tx.mu.Unlock()
 	if onBranch != "" && tx.tm.env.Router != nil {
 		bm := &core.Msg{Env: m.Env, Req: breq, Proto: m.Proto, SrcIP: m.SrcIP, SrcPort: m.SrcPort, Local: m.Local,
-			DstURI: m.DstURI, SendSocket: m.SendSocket, Flags: m.Flags, Tx: tx, Vars: m.Vars}
+			DstURI: m.DstURI, SendSocket: m.SendSocket, Flags: m.Flags, BFlags: m.BFlags, Tx: tx, Vars: m.Vars}
 		if err := tx.tm.env.Router.Run(tx.prog, onBranch, core.RouteBranch, bm); err != nil {
 			tx.tm.env.Log.Error("tm: branch route failed", "route", onBranch, "err", err)
 		}
@@ -745,6 +746,7 @@ func (t *TM) onReply(m *core.Msg) bool {
 		}
 	}
 	onReply, prog := tx.onReply, tx.prog
+	flags, bflags := tx.flags, tx.bflags
 	tx.mu.Unlock()
 
 	if held {
@@ -756,6 +758,8 @@ func (t *TM) onReply(m *core.Msg) bool {
 	if onReply != "" && t.env.Router != nil {
 		m.Tx = tx
 		m.ReplyCode = code
+		// As in Kamailio, an onreply route sees the transaction's flags.
+		m.Flags, m.BFlags = flags, bflags
 		if err := t.env.Router.Run(prog, onReply, core.RouteTmReply, m); err != nil {
 			t.env.Log.Error("tm: onreply route failed", "route", onReply, "err", err)
 		}
@@ -904,7 +908,7 @@ func (tx *Tx) failureMsg(code int, win *branch) *core.Msg {
 	if req == nil {
 		req = tx.origin.Req
 	}
-	flags := tx.flags
+	flags, bflags := tx.flags, tx.bflags
 	du := tx.relayDst
 	tx.mu.Unlock()
 	if req == nil {
@@ -912,7 +916,7 @@ func (tx *Tx) failureMsg(code int, win *branch) *core.Msg {
 	}
 	o := tx.origin
 	return &core.Msg{Env: o.Env, Req: req.Clone(), Proto: o.Proto, SrcIP: o.SrcIP, SrcPort: o.SrcPort,
-		Local: o.Local, ConnID: o.ConnID, Arrived: o.Arrived, Tx: tx, ReplyCode: code, Flags: flags, DstURI: du,
+		Local: o.Local, ConnID: o.ConnID, Arrived: o.Arrived, Tx: tx, ReplyCode: code, Flags: flags, BFlags: bflags, DstURI: du,
 		Ext: map[string]any{"tm.branch": win}}
 }
 

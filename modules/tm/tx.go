@@ -54,6 +54,7 @@ type Tx struct {
 	frTimeout time.Duration
 	frInv     time.Duration
 	flags     uint64
+	bflags    uint64 // branch flags at t_relay (KSR.setbflag), seen by branch and reply routes
 	timers    []core.Timer
 	deleted   bool
 	local     *LocalRequest // set for a request kamd originated (no server side)
