@@ -12,6 +12,7 @@ import (
 	_ "github.com/kamgo/kamgo/modules/pvx"
 	_ "github.com/kamgo/kamgo/modules/registrar"
 	_ "github.com/kamgo/kamgo/modules/rr"
+	_ "github.com/kamgo/kamgo/modules/rtpengine"
 	_ "github.com/kamgo/kamgo/modules/sanity"
 	_ "github.com/kamgo/kamgo/modules/siputils"
 	_ "github.com/kamgo/kamgo/modules/sl"
