@@ -32,7 +32,7 @@ func (r *RTPE) module() *core.Module {
 		Doc:  "media relay control: rtpengine over the ng protocol (offer/answer/delete/query), engine sets with weights and failover",
 		Params: []core.Param{
 			{Name: "rtpengine_sock", Type: s, Default: core.Str(""),
-				Doc: "the engines: \"udp:host:port[=weight] ...\", several sets as \"1 == udp:a:2223 udp:b:2223=2; 2 == udp:c:2223\" (no set id: setid_default); one is chosen per call by a hash of the Call-ID, weighted",
+				Doc:   "the engines: \"udp:host:port[=weight] ...\", several sets as \"1 == udp:a:2223 udp:b:2223=2; 2 == udp:c:2223\" (no set id: setid_default); one is chosen per call by a hash of the Call-ID, weighted",
 				Check: func(v core.Val) error { _, err := parseSock(v.Str, 0); return err },
 				Set: func(v core.Val) error {
 					x := v.Str

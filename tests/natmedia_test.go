@@ -1,0 +1,659 @@
+package tests
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/kamgo/kamgo/modules/rtpengine"
+)
+
+// NAT and media end to end (issue 12): two phones "behind NAT" (their Via,
+// Contact and SDP carry 10.0.0.x while they send from 127.0.0.1) register
+// and call each other through kamd running the NAT and media parts of
+// Kamailio's KEMI example with rtpengine_manage, against the real
+// rtpengine (userspace mode, loopback, its own ports). Nothing is ever sent
+// to a private address: the phones send only to the proxy and to
+// rtpengine's loopback ports, and rtpengine gets SIP-source-address.
+
+// rtpEngine is one rtpengine process started by a test.
+type rtpEngine struct {
+	NG   int // ng control port on 127.0.0.1
+	cmd  *exec.Cmd
+	log  *logBuffer
+	done chan struct{}
+}
+
+func startRtpengine(t testing.TB) *rtpEngine {
+	t.Helper()
+	bin := "/usr/bin/rtpengine"
+	if _, err := os.Stat(bin); err != nil {
+		if p, err := exec.LookPath("rtpengine"); err == nil {
+			bin = p
+		} else if inCI() {
+			t.Fatal("rtpengine not found (apt-get install -y rtpengine-daemon)")
+		} else {
+			t.Skip("rtpengine not found (apt-get install -y rtpengine-daemon)")
+		}
+	}
+	for attempt := 0; attempt < 3; attempt++ {
+		e := &rtpEngine{NG: freePort(t), log: &logBuffer{}, done: make(chan struct{})}
+		base := freePort(t) &^ 1
+		e.cmd = exec.Command(bin, "--config-file=none", "--interface=127.0.0.1",
+			"--listen-ng=127.0.0.1:"+strconv.Itoa(e.NG), "--foreground", "--log-stderr", "--table=-1",
+			"--port-min="+strconv.Itoa(base), "--port-max="+strconv.Itoa(base+40), "--no-fallback", "--log-level=6")
+		e.cmd.Stdout, e.cmd.Stderr = e.log, e.log
+		e.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := e.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() { _ = e.cmd.Wait(); close(e.done) }()
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			select {
+			case <-e.done:
+				deadline = time.Time{}
+				continue
+			default:
+			}
+			if r, err := ngCall(e.NG, map[string]any{"command": "ping"}); err == nil && r["result"] == "pong" {
+				t.Cleanup(func() {
+					_ = e.cmd.Process.Signal(syscall.SIGTERM) // by PID
+					select {
+					case <-e.done:
+					case <-time.After(5 * time.Second):
+						_ = e.cmd.Process.Kill()
+						<-e.done
+					}
+					if t.Failed() {
+						t.Logf("rtpengine log:\n%s", e.log.String())
+					}
+				})
+				return e
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		_ = e.cmd.Process.Kill()
+		<-e.done
+		t.Logf("rtpengine did not start (attempt %d):\n%s", attempt+1, e.log.String())
+	}
+	t.Fatal("rtpengine did not answer ng pings")
+	return nil
+}
+
+// ngCall sends one ng command from the test itself (the test's own view
+// of the engine: its counters, whether a call exists).
+func ngCall(port int, cmd map[string]any) (map[string]any, error) {
+	c, err := net.Dial("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	pkt, err := rtpengine.Encode([]byte("t"+randToken()+" "), cmd)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.Write(pkt); err != nil {
+		return nil, err
+	}
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	buf := make([]byte, 65536)
+	n, err := c.Read(buf)
+	if err != nil {
+		return nil, err
+	}
+	_, body, _ := strings.Cut(string(buf[:n]), " ")
+	v, err := rtpengine.Decode([]byte(body))
+	if err != nil {
+		return nil, err
+	}
+	d, _ := v.(map[string]any)
+	return d, nil
+}
+
+// phone is a SIP UA "behind NAT" on raw UDP: it advertises priv in Via,
+// Contact and SDP, but sends from 127.0.0.1, and only to the proxy or
+// to the address a message came from (loopback, checked).
+type phone struct {
+	t     testing.TB
+	user  string
+	priv  string
+	proxy *net.UDPAddr
+	sip   *net.UDPConn
+	rtp   *net.UDPConn
+	rtpIn atomic.Int64
+	mu    sync.Mutex
+	got   []received
+	note  chan struct{}
+	bg    background
+	rtpBg background
+}
+
+func newPhone(t testing.TB, user, priv string, proxy *net.UDPAddr) *phone {
+	t.Helper()
+	p := &phone{t: t, user: user, priv: priv, proxy: proxy, note: make(chan struct{}, 1)}
+	var err error
+	if p.sip, err = net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	if p.rtp, err = net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	p.bg.init()
+	p.rtpBg.init()
+	go p.readLoop()
+	go func() {
+		defer close(p.rtpBg.done)
+		buf := make([]byte, 2048)
+		for {
+			if _, _, err := p.rtp.ReadFromUDP(buf); err != nil {
+				return
+			}
+			p.rtpIn.Add(1)
+		}
+	}()
+	t.Cleanup(func() { p.bg.shutdown(t, p.sip); p.rtpBg.shutdown(t, p.rtp) })
+	return p
+}
+
+func (p *phone) rtpPort() int { return p.rtp.LocalAddr().(*net.UDPAddr).Port }
+
+func (p *phone) sdp() string {
+	return fmt.Sprintf("v=0\r\no=- 1 1 IN IP4 %s\r\ns=-\r\nc=IN IP4 %s\r\nt=0 0\r\nm=audio %d RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n", p.priv, p.priv, p.rtpPort())
+}
+
+func (p *phone) send(to *net.UDPAddr, b string) {
+	if !to.IP.IsLoopback() {
+		p.bg.errorf("phone %s: refusing to send to %v (not loopback)", p.user, to)
+		return
+	}
+	if _, err := p.sip.WriteToUDP([]byte(b), to); err != nil {
+		p.bg.errorf("phone %s: %v", p.user, err)
+	}
+}
+
+func (p *phone) readLoop() {
+	defer close(p.bg.done)
+	buf := make([]byte, 65535)
+	for {
+		n, from, err := p.sip.ReadFromUDP(buf)
+		if err != nil {
+			return
+		}
+		raw := append([]byte(nil), buf[:n]...)
+		msg, err := sip.NewParser().ParseSIP(raw)
+		if err != nil {
+			p.bg.errorf("phone %s: unparsable: %v\n%s", p.user, err, raw)
+			continue
+		}
+		p.mu.Lock()
+		p.got = append(p.got, received{Raw: raw, Msg: msg, From: from})
+		p.mu.Unlock()
+		select {
+		case p.note <- struct{}{}:
+		default:
+		}
+		if req, ok := msg.(*sip.Request); ok && !req.IsAck() {
+			body := ""
+			if req.Method == sip.INVITE {
+				body = p.sdp()
+			}
+			p.send(from, p.reply(req, 200, "OK", body))
+		}
+	}
+}
+
+// reply answers a request: its Vias, From, To with a tag, our private Contact.
+func (p *phone) reply(req *sip.Request, code int, reason, body string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "SIP/2.0 %d %s\r\n", code, reason)
+	for _, h := range req.GetHeaders("Via") {
+		fmt.Fprintf(&b, "Via: %s\r\n", h.Value())
+	}
+	for _, h := range req.GetHeaders("Record-Route") {
+		fmt.Fprintf(&b, "Record-Route: %s\r\n", h.Value())
+	}
+	fmt.Fprintf(&b, "From: %s\r\n", req.From().Value())
+	to := req.To().Value()
+	if !strings.Contains(to, "tag=") {
+		to += ";tag=" + p.user + "tag"
+	}
+	fmt.Fprintf(&b, "To: %s\r\nCall-ID: %s\r\nCSeq: %s\r\n", to, req.CallID().Value(), req.CSeq().Value())
+	fmt.Fprintf(&b, "Contact: <sip:%s@%s:5060>\r\n", p.user, p.priv)
+	if body != "" {
+		b.WriteString("Content-Type: application/sdp\r\n")
+	}
+	fmt.Fprintf(&b, "Content-Length: %d\r\n\r\n%s", len(body), body)
+	return b.String()
+}
+
+// request builds a request leaving the phone (private Via with rport).
+func (p *phone) request(method, ruri, callID, fromTag, to string, cseq int, extra []string, body string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s SIP/2.0\r\nVia: SIP/2.0/UDP %s:5060;branch=z9hG4bK%s;rport\r\nMax-Forwards: 70\r\n", method, ruri, p.priv, randToken())
+	fmt.Fprintf(&b, "From: <sip:%s@kamgo.test>;tag=%s\r\nTo: %s\r\nCall-ID: %s\r\nCSeq: %d %s\r\n", p.user, fromTag, to, callID, cseq, method)
+	fmt.Fprintf(&b, "Contact: <sip:%s@%s:5060>\r\n", p.user, p.priv)
+	for _, h := range extra {
+		b.WriteString(h + "\r\n")
+	}
+	if body != "" {
+		b.WriteString("Content-Type: application/sdp\r\n")
+	}
+	fmt.Fprintf(&b, "Content-Length: %d\r\n\r\n%s", len(body), body)
+	return b.String()
+}
+
+// wait returns the first message matching f, failing after d.
+func (p *phone) wait(what string, d time.Duration, f func(r received) bool) received {
+	p.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		p.mu.Lock()
+		for _, r := range p.got {
+			if f(r) {
+				p.mu.Unlock()
+				return r
+			}
+		}
+		p.mu.Unlock()
+		if time.Now().After(deadline) {
+			p.t.Fatalf("phone %s: no %s within %v", p.user, what, d)
+		}
+		select {
+		case <-p.note:
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func (p *phone) final(callID, method string, d time.Duration) *sip.Response {
+	p.t.Helper()
+	return p.wait("final "+method+" reply", d, func(r received) bool {
+		res := r.Res()
+		return res != nil && res.StatusCode >= 200 && string(*res.CallID()) == callID && res.CSeq().MethodName == sip.RequestMethod(method)
+	}).Res()
+}
+
+func (p *phone) register(t testing.TB) *sip.Response {
+	t.Helper()
+	cid := "reg-" + randToken()
+	p.send(p.proxy, p.request("REGISTER", "sip:kamgo.test", cid, randToken(), "<sip:"+p.user+"@kamgo.test>", 1, []string{"Expires: 3600"}, ""))
+	res := p.final(cid, "REGISTER", 5*time.Second)
+	if res.StatusCode != 200 {
+		t.Fatalf("REGISTER %s: %d %s", p.user, res.StatusCode, res.Reason)
+	}
+	return res
+}
+
+// dialog is an established call as the caller sees it.
+type dialog struct {
+	callID, fromTag, to, target string
+	routes                      []string
+	ok                          *sip.Response
+}
+
+func (p *phone) call(t testing.TB, callee string) *dialog {
+	t.Helper()
+	d := &dialog{callID: "call-" + randToken(), fromTag: randToken()}
+	p.send(p.proxy, p.request("INVITE", "sip:"+callee+"@kamgo.test", d.callID, d.fromTag, "<sip:"+callee+"@kamgo.test>", 1, nil, p.sdp()))
+	d.ok = p.final(d.callID, "INVITE", 10*time.Second)
+	if d.ok.StatusCode != 200 {
+		t.Fatalf("INVITE: %d %s", d.ok.StatusCode, d.ok.Reason)
+	}
+	d.to = d.ok.To().Value()
+	d.target = d.ok.Contact().Address.String()
+	rr := d.ok.GetHeaders("Record-Route")
+	for i := len(rr) - 1; i >= 0; i-- {
+		d.routes = append(d.routes, "Route: "+rr[i].Value())
+	}
+	p.send(p.proxy, p.request("ACK", d.target, d.callID, d.fromTag, d.to, 1, d.routes, ""))
+	return d
+}
+
+func (p *phone) bye(t testing.TB, d *dialog) *sip.Response {
+	t.Helper()
+	p.send(p.proxy, p.request("BYE", d.target, d.callID, d.fromTag, d.to, 2, d.routes, ""))
+	return p.final(d.callID, "BYE", 10*time.Second)
+}
+
+// media is the connection address and port of an SDP body.
+func media(body string) (string, int) {
+	ip, port := "", 0
+	for _, l := range strings.Split(body, "\r\n") {
+		if strings.HasPrefix(l, "c=IN IP4 ") {
+			ip = strings.TrimPrefix(l, "c=IN IP4 ")
+		}
+		if strings.HasPrefix(l, "m=audio ") {
+			port, _ = strconv.Atoi(strings.Fields(l)[1])
+		}
+	}
+	return ip, port
+}
+
+// sendRTP sends n PCMU packets (20 ms each) to ip:port from the phone's RTP socket.
+func (p *phone) sendRTP(t testing.TB, ip string, port, n int) {
+	t.Helper()
+	dst := &net.UDPAddr{IP: net.ParseIP(ip), Port: port}
+	if dst.IP == nil || !dst.IP.IsLoopback() {
+		t.Fatalf("media address %s:%d is not loopback (not rewritten by rtpengine?)", ip, port)
+	}
+	pkt := make([]byte, 12+160)
+	pkt[0], pkt[1] = 0x80, 0
+	binary.BigEndian.PutUint32(pkt[8:], uint32(len(p.user))*7919)
+	for i := 0; i < n; i++ {
+		binary.BigEndian.PutUint16(pkt[2:], uint16(i))
+		binary.BigEndian.PutUint32(pkt[4:], uint32(i*160))
+		if _, err := p.rtp.WriteToUDP(pkt, dst); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// natScript is the NAT and media part of Kamailio's KEMI example
+// (kamailio-basic-kemi-python.py) in Starlark, with rtpengine_manage in
+// place of rtpproxy_manage("co").
+func natScript(engines string, extra string) string {
+	return `
+FLT_NATS = 5
+FLB_NATB = 6
+FLB_NATSIPPING = 7
+RTPFLAGS = "SIP-source-address replace-origin replace-session-connection delete-delay=0"
+
+modparam("usrloc", "nat_bflag", FLB_NATB)
+modparam("nathelper", "natping_interval", 30)
+modparam("nathelper", "ping_nated_only", 1)
+modparam("nathelper", "sipping_bflag", FLB_NATSIPPING)
+modparam("nathelper", "sipping_from", "sip:pinger@kamailio.org")
+modparam("rtpengine", "rtpengine_sock", "` + engines + `")
+` + extra + `
+
+def ksr_request_route():
+    if KSR.maxfwd.process_maxfwd(10) < 0:
+        KSR.sl.sl_send_reply(483, "Too Many Hops")
+        return
+    ksr_route_natdetect()
+    if KSR.is_CANCEL():
+        if KSR.tm.t_check_trans() > 0:
+            ksr_route_relay()
+        return
+    if ksr_route_withindlg():
+        return
+    KSR.tm.t_check_trans()
+    if KSR.is_INVITE() or KSR.is_SUBSCRIBE():
+        KSR.rr.record_route()
+    if KSR.is_REGISTER():
+        ksr_route_registrar()
+        return
+    ksr_route_location()
+
+def ksr_route_relay():
+    if KSR.is_method_in("IBSU"):
+        KSR.tm.t_on_branch("ksr_branch_manage")
+    if KSR.is_method_in("ISU"):
+        KSR.tm.t_on_reply("ksr_onreply_manage")
+    if KSR.is_INVITE():
+        KSR.tm.t_on_failure("ksr_failure_manage")
+    # kamd's add_rr_param cannot change the Record-Route from a branch
+    # route: the example's add_rr_param(";nat=yes") is done here instead.
+    if KSR.siputils.has_totag() < 0 and (KSR.isflagset(FLT_NATS) or KSR.isbflagset(FLB_NATB)):
+        KSR.rr.add_rr_param(";nat=yes")
+    if KSR.tm.t_relay() < 0:
+        KSR.sl.sl_send_reply(500, "Server Error")
+
+def ksr_route_withindlg():
+    if KSR.siputils.has_totag() < 0:
+        return False
+    if KSR.rr.loose_route() > 0:
+        ksr_route_dlguri()
+        if KSR.is_ACK():
+            ksr_route_natmanage()
+        ksr_route_relay()
+        return True
+    if KSR.is_ACK():
+        if KSR.tm.t_check_trans() > 0:
+            ksr_route_relay()
+        return True
+    KSR.sl.sl_send_reply(404, "Not here")
+    return True
+
+def ksr_route_registrar():
+    if KSR.isflagset(FLT_NATS):
+        KSR.setbflag(FLB_NATB)
+        KSR.setbflag(FLB_NATSIPPING)
+    if KSR.registrar.save("location", 0) < 0:
+        KSR.sl.sl_send_reply(500, "Server Error")
+
+def ksr_route_location():
+    rc = KSR.registrar.lookup("location")
+    if rc < 0:
+        KSR.sl.send_reply(404, "Not Found")
+        return
+    ksr_route_relay()
+
+def ksr_route_natdetect():
+    KSR.force_rport()
+    if KSR.nathelper.nat_uac_test(19) > 0:
+        if KSR.is_REGISTER():
+            KSR.nathelper.fix_nated_register()
+        elif KSR.siputils.is_first_hop() > 0:
+            KSR.nathelper.set_contact_alias()
+        KSR.setflag(FLT_NATS)
+
+def ksr_route_natmanage():
+    if KSR.siputils.is_request() > 0:
+        if KSR.siputils.has_totag() > 0:
+            if KSR.rr.check_route_param("nat=yes") > 0:
+                KSR.setbflag(FLB_NATB)
+    if not (KSR.isflagset(FLT_NATS) or KSR.isbflagset(FLB_NATB)):
+        return
+    KSR.rtpengine.rtpengine_manage(RTPFLAGS)
+    if KSR.siputils.is_reply() > 0:
+        if KSR.isbflagset(FLB_NATB):
+            KSR.nathelper.set_contact_alias()
+
+def ksr_route_dlguri():
+    if not KSR.isdsturiset():
+        KSR.nathelper.handle_ruri_alias()
+
+def ksr_branch_manage():
+    ksr_route_natmanage()
+
+def ksr_onreply_manage():
+    scode = KSR.pv.get("$rs")
+    if scode > 100 and scode < 299:
+        ksr_route_natmanage()
+
+def ksr_failure_manage():
+    ksr_route_natmanage()
+`
+}
+
+// natFacts runs register + call + media + BYE against a proxy and returns
+// what a VoIP engineer would compare, with ports normalised.
+func natFacts(t *testing.T, proxy *net.UDPAddr, ng int) map[string]string {
+	t.Helper()
+	alice := newPhone(t, "alice", "10.0.0.1", proxy)
+	bob := newPhone(t, "bob", "192.168.1.2", proxy)
+	facts := map[string]string{}
+	norm := func(s string) string {
+		s = strings.ReplaceAll(s, strconv.Itoa(proxy.Port), "PROXY")
+		s = strings.ReplaceAll(s, strconv.Itoa(alice.sip.LocalAddr().(*net.UDPAddr).Port), "ALICE")
+		s = strings.ReplaceAll(s, strconv.Itoa(bob.sip.LocalAddr().(*net.UDPAddr).Port), "BOB")
+		return s
+	}
+	reg := bob.register(t)
+	alice.register(t)
+	facts["register 200 Contact"] = norm(reg.Contact().Value())
+
+	d := alice.call(t, "bob")
+	inv := bob.wait("INVITE", 5*time.Second, func(r received) bool {
+		return r.Req() != nil && r.Req().Method == sip.INVITE && string(*r.Req().CallID()) == d.callID
+	}).Req()
+	facts["INVITE R-URI at callee"] = norm(inv.Recipient.String())
+	facts["INVITE Contact at callee"] = norm(inv.Contact().Value())
+	ip, bobDst := media(string(inv.Body()))
+	facts["INVITE SDP c= at callee"] = ip
+	facts["INVITE SDP o= rewritten"] = strconv.FormatBool(!strings.Contains(string(inv.Body()), "10.0.0.1"))
+	facts["INVITE SDP port is the engine's"] = strconv.FormatBool(bobDst != alice.rtpPort() && bobDst != 0)
+	okIP, aliceDst := media(string(d.ok.Body()))
+	facts["200 SDP c= at caller"] = okIP
+	facts["200 SDP private address gone"] = strconv.FormatBool(!strings.Contains(string(d.ok.Body()), "192.168.1.2"))
+	facts["200 Contact at caller"] = norm(d.ok.Contact().Value())
+	if cl := d.ok.ContentLength(); cl == nil || int(*cl) != len(d.ok.Body()) {
+		t.Errorf("200 OK Content-Length %v for a %d-byte body", cl, len(d.ok.Body()))
+	}
+	ack := bob.wait("ACK", 5*time.Second, func(r received) bool {
+		return r.Req() != nil && r.Req().IsAck() && string(*r.Req().CallID()) == d.callID
+	})
+	facts["ACK reaches callee at"] = norm(ack.Req().Recipient.String())
+
+	// Media both ways through the engine.
+	alice.sendRTP(t, okIP, aliceDst, 20)
+	bob.sendRTP(t, ip, bobDst, 20)
+	deadline := time.Now().Add(3 * time.Second)
+	for (alice.rtpIn.Load() < 10 || bob.rtpIn.Load() < 10) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	facts["RTP reached callee"] = strconv.FormatBool(bob.rtpIn.Load() >= 10)
+	facts["RTP reached caller"] = strconv.FormatBool(alice.rtpIn.Load() >= 10)
+	q, err := ngCall(ng, map[string]any{"command": "query", "call-id": d.callID, "from-tag": d.fromTag})
+	if err != nil {
+		t.Fatalf("ng query: %v", err)
+	}
+	pk := int64(-1)
+	if tot, ok := q["totals"].(map[string]any); ok {
+		if rtp, ok := tot["RTP"].(map[string]any); ok {
+			pk, _ = rtp["packets"].(int64)
+		}
+	}
+	facts["engine counted RTP packets >= 40"] = strconv.FormatBool(pk >= 40)
+	if pk < 40 {
+		t.Logf("ng query: %v", q)
+	}
+
+	if res := alice.bye(t, d); res.StatusCode != 200 {
+		t.Errorf("BYE: %d", res.StatusCode)
+	}
+	q, err = ngCall(ng, map[string]any{"command": "query", "call-id": d.callID, "from-tag": d.fromTag})
+	facts["call deleted on BYE"] = strconv.FormatBool(err == nil && q["result"] == "error")
+	return facts
+}
+
+func wantNATFacts(t *testing.T, who string, f map[string]string) {
+	t.Helper()
+	want := map[string]string{
+		"INVITE SDP c= at callee":          "127.0.0.1",
+		"200 SDP c= at caller":             "127.0.0.1",
+		"INVITE SDP o= rewritten":          "true",
+		"INVITE SDP port is the engine's":  "true",
+		"200 SDP private address gone":     "true",
+		"RTP reached callee":               "true",
+		"RTP reached caller":               "true",
+		"engine counted RTP packets >= 40": "true",
+		"call deleted on BYE":              "true",
+		"INVITE R-URI at callee":           "sip:bob@192.168.1.2:5060",
+		"ACK reaches callee at":            "sip:bob@192.168.1.2:5060",
+		"INVITE Contact at callee":         "<sip:alice@10.0.0.1:5060;alias=127.0.0.1~ALICE~1>",
+		"200 Contact at caller":            "<sip:bob@192.168.1.2:5060;alias=127.0.0.1~BOB~1>",
+	}
+	for k, v := range want {
+		if f[k] != v {
+			t.Errorf("%s: %s = %q, want %q", who, k, f[k], v)
+		}
+	}
+	if !regexp.MustCompile(`received="sip:127\.0\.0\.1:BOB"`).MatchString(f["register 200 Contact"]) {
+		t.Errorf("%s: REGISTER 200 Contact %q has no received of the source", who, f["register 200 Contact"])
+	}
+}
+
+func TestNATMediaKamd(t *testing.T) {
+	e := startRtpengine(t)
+	k := startRPCKamd(t, rpcKamdOpts{script: func(int) string {
+		return natScript("udp:127.0.0.1:"+strconv.Itoa(e.NG), `modparam("rtpengine", "rtpengine_tout_ms", 300)`)
+	}})
+	f := natFacts(t, k.UDPAddr(), e.NG)
+	wantNATFacts(t, "kamd", f)
+
+	// The registered contacts keep received and the NAT branch flags.
+	dump := k.ctlOK(t, "ul.dump")
+	for _, w := range []string{"sip:127.0.0.1:", "192.168.1.2"} {
+		if !strings.Contains(dump, w) {
+			t.Errorf("ul.dump has no %q:\n%s", w, dump)
+		}
+	}
+	show := k.ctlJSON(t, "rtpengine.show", "all")
+	list, ok := show.([]any)
+	if !ok || len(list) != 1 {
+		t.Fatalf("rtpengine.show all: %v", show)
+	}
+	n := asObject(t, list[0], "engine")
+	if n["url"] != "udp:127.0.0.1:"+strconv.Itoa(e.NG) || fmt.Sprint(n["disabled"]) != "0" || fmt.Sprint(n["weight"]) != "1" {
+		t.Errorf("rtpengine.show: %v", n)
+	}
+	ping := asObject(t, k.ctlJSON(t, "rtpengine.ping", "all"), "ping")
+	if ping["status"] != "success" {
+		t.Errorf("rtpengine.ping: %v", ping)
+	}
+	wantRPCError(t, k.ctl(t, "rtpengine.show", "udp:127.0.0.1:1"), 404)
+}
+
+// An engine that does not answer is disabled and the call goes through
+// the other one; rtpengine.show says so, rtpengine.enable brings it back
+// only if it answers.
+func TestNATMediaFailover(t *testing.T) {
+	e := startRtpengine(t)
+	dead := freePort(t) // nothing listens there
+	// The dead engine's weight makes it the first choice for every Call-ID.
+	socks := fmt.Sprintf("udp:127.0.0.1:%d=1000 udp:127.0.0.1:%d=1", dead, e.NG)
+	k := startRPCKamd(t, rpcKamdOpts{script: func(int) string {
+		return natScript(socks, `modparam("rtpengine", "rtpengine_tout_ms", 100)
+modparam("rtpengine", "rtpengine_retr", 2)
+modparam("rtpengine", "rtpengine_disable_tout", 300)`)
+	}})
+	f := natFacts(t, k.UDPAddr(), e.NG)
+	wantNATFacts(t, "kamd with a dead engine", f)
+	list, _ := k.ctlJSON(t, "rtpengine.show", "all").([]any)
+	if len(list) != 2 {
+		t.Fatalf("rtpengine.show: %v", list)
+	}
+	d0, d1 := asObject(t, list[0], "dead"), asObject(t, list[1], "live")
+	if fmt.Sprint(d0["disabled"]) != "1" || fmt.Sprint(d1["disabled"]) != "0" {
+		t.Errorf("after failover: dead %v, live %v", d0, d1)
+	}
+	if r := asInt(t, d0["recheck_ticks"], "recheck_ticks"); r <= 0 || r > 300 {
+		t.Errorf("recheck_ticks %d", r)
+	}
+	st := statsAll(t, k, "rtpengine:")
+	if st["rtpengine:failovers"] < 1 {
+		t.Errorf("stats: %v", st)
+	}
+	en := asObject(t, k.ctlJSON(t, "rtpengine.enable", fmt.Sprintf("udp:127.0.0.1:%d", dead), "1"), "enable")
+	if en["status"] != "fail" {
+		t.Errorf("enable a dead engine: %v", en)
+	}
+	dis := asObject(t, k.ctlJSON(t, "rtpengine.enable", "udp:127.0.0.1:"+strconv.Itoa(e.NG), "0"), "disable")
+	if dis["status"] != "disable" {
+		t.Errorf("disable: %v", dis)
+	}
+	list, _ = k.ctlJSON(t, "rtpengine.show", "all").([]any)
+	if l := asObject(t, list[1], "live"); l["disabled"] != "1(permanent)" || l["recheck_ticks"] != "N/A" {
+		t.Errorf("permanently disabled: %v", l)
+	}
+	k.ctlOK(t, "rtpengine.reload")
+	list, _ = k.ctlJSON(t, "rtpengine.show", "all").([]any)
+	if l := asObject(t, list[1], "live"); fmt.Sprint(l["disabled"]) != "0" {
+		t.Errorf("after reload: %v", l)
+	}
+}
