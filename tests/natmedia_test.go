@@ -2,6 +2,7 @@ package tests
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -655,5 +656,221 @@ modparam("rtpengine", "rtpengine_disable_tout", 300)`)
 	list, _ = k.ctlJSON(t, "rtpengine.show", "all").([]any)
 	if l := asObject(t, list[1], "live"); fmt.Sprint(l["disabled"]) != "0" {
 		t.Errorf("after reload: %v", l)
+	}
+}
+
+// kamailioNATCfg is natScript's logic in Kamailio's native language, for
+// Kamailio 5.6 from Debian with its nathelper and rtpengine modules.
+func kamailioNATCfg(port, rpcPort, ng int, modDir string) string {
+	return `#!KAMAILIO
+debug=2
+log_stderror=yes
+children=2
+auto_aliases=no
+listen=udp:127.0.0.1:` + strconv.Itoa(port) + `
+mpath="` + modDir + `/"
+loadmodule "jsonrpcs.so"
+loadmodule "kex.so"
+loadmodule "corex.so"
+loadmodule "tm.so"
+loadmodule "tmx.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "nathelper.so"
+loadmodule "rtpengine.so"
+modparam("jsonrpcs", "transport", 4)
+modparam("jsonrpcs", "dgram_socket", "udp:127.0.0.1:` + strconv.Itoa(rpcPort) + `")
+modparam("usrloc", "db_mode", 0)
+modparam("usrloc", "nat_bflag", 6)
+modparam("registrar", "received_avp", "$avp(RECEIVED)")
+modparam("nathelper", "received_avp", "$avp(RECEIVED)")
+modparam("nathelper", "natping_interval", 30)
+modparam("nathelper", "ping_nated_only", 1)
+modparam("nathelper", "sipping_bflag", 7)
+modparam("nathelper", "sipping_from", "sip:pinger@kamailio.org")
+modparam("rtpengine", "rtpengine_sock", "udp:127.0.0.1:` + strconv.Itoa(ng) + `")
+modparam("rtpengine", "rtpengine_tout_ms", 300)
+
+request_route {
+	if (!mf_process_maxfwd_header("10")) { sl_send_reply("483", "Too Many Hops"); exit; }
+	route(NATDETECT);
+	if (is_method("CANCEL")) { if (t_check_trans()) route(RELAY); exit; }
+	route(WITHINDLG);
+	t_check_trans();
+	if (is_method("INVITE|SUBSCRIBE")) record_route();
+	if (is_method("REGISTER")) { route(REGISTRAR); exit; }
+	route(LOCATION);
+}
+route[RELAY] {
+	if (is_method("INVITE|BYE|SUBSCRIBE|UPDATE")) t_on_branch("MANAGE_BRANCH");
+	if (is_method("INVITE|SUBSCRIBE|UPDATE")) t_on_reply("MANAGE_REPLY");
+	if (is_method("INVITE")) t_on_failure("MANAGE_FAILURE");
+	if (!has_totag() && (isflagset(5) || isbflagset(6))) add_rr_param(";nat=yes");
+	if (!t_relay()) sl_send_reply("500", "Server Error");
+	exit;
+}
+route[WITHINDLG] {
+	if (!has_totag()) return;
+	if (loose_route()) {
+		route(DLGURI);
+		if (is_method("ACK")) route(NATMANAGE);
+		route(RELAY);
+		exit;
+	}
+	if (is_method("ACK")) { if (t_check_trans()) route(RELAY); exit; }
+	sl_send_reply("404", "Not here");
+	exit;
+}
+route[REGISTRAR] {
+	if (isflagset(5)) { setbflag(6); setbflag(7); }
+	if (!save("location")) sl_send_reply("500", "Server Error");
+	exit;
+}
+route[LOCATION] {
+	if (!lookup("location")) { sl_send_reply("404", "Not Found"); exit; }
+	route(RELAY);
+	exit;
+}
+route[NATDETECT] {
+	force_rport();
+	if (nat_uac_test("19")) {
+		if (is_method("REGISTER")) fix_nated_register();
+		else if (is_first_hop()) set_contact_alias();
+		setflag(5);
+	}
+	return;
+}
+route[NATMANAGE] {
+	if (is_request()) { if (has_totag()) { if (check_route_param("nat=yes")) setbflag(6); } }
+	if (!(isflagset(5) || isbflagset(6))) return;
+	rtpengine_manage("SIP-source-address replace-origin replace-session-connection delete-delay=0");
+	if (is_reply()) { if (isbflagset(6)) set_contact_alias(); }
+	return;
+}
+route[DLGURI] { if (!isdsturiset()) handle_ruri_alias(); return; }
+branch_route[MANAGE_BRANCH] { route(NATMANAGE); }
+onreply_route[MANAGE_REPLY] { if ($rs > 100 && $rs < 299) route(NATMANAGE); }
+failure_route[MANAGE_FAILURE] { route(NATMANAGE); }
+`
+}
+
+// startKamailioNAT runs Kamailio with kamailioNATCfg; stopped at cleanup.
+func startKamailioNAT(t *testing.T, ng int) *kamailioRegistrar {
+	t.Helper()
+	bin, modDir, _, missing := findKamailio()
+	if missing == "" {
+		for _, m := range []string{"nathelper.so", "rtpengine.so"} {
+			if _, err := os.Stat(modDir + "/" + m); err != nil {
+				missing = "Kamailio module " + m + " not installed"
+			}
+		}
+	}
+	if missing != "" {
+		if inCI() {
+			t.Fatal(missing)
+		}
+		t.Skip(missing)
+	}
+	var lastLog string
+	for attempt := 0; attempt < 3; attempt++ {
+		k := &kamailioRegistrar{Dir: t.TempDir(), Port: freePort(t), RPCPort: freePort(t), log: &logBuffer{}, done: make(chan struct{})}
+		cfg := k.Dir + "/kamailio.cfg"
+		if err := os.WriteFile(cfg, []byte(kamailioNATCfg(k.Port, k.RPCPort, ng, modDir)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		k.cmd = exec.Command(bin, "-DD", "-E", "-f", cfg, "-Y", k.Dir, "-m", "64", "-M", "8")
+		k.cmd.Dir = k.Dir
+		k.cmd.Stdout, k.cmd.Stderr = k.log, k.log
+		k.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := k.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() { k.err = k.cmd.Wait(); close(k.done) }()
+		deadline := time.Now().Add(15 * time.Second)
+		for time.Now().Before(deadline) {
+			select {
+			case <-k.done:
+				deadline = time.Time{}
+				continue
+			default:
+			}
+			if k.probe() {
+				t.Cleanup(func() {
+					k.stop()
+					if t.Failed() {
+						t.Logf("Kamailio log:\n%s", k.log.String())
+					}
+				})
+				return k
+			}
+		}
+		k.stop()
+		lastLog = k.log.String()
+	}
+	t.Fatalf("Kamailio did not start:\n%s", lastLog)
+	return nil
+}
+
+// The same calls through kamd and through Kamailio 5.6 with the same
+// script logic and the same rtpengine: what the phones see (Contact
+// aliases, received, SDP rewritten by the engine, media, delete on BYE)
+// must be the same, and so must the shape of rtpengine.show.
+func TestNATMediaKamailioSideBySide(t *testing.T) {
+	e := startRtpengine(t)
+	kam := startKamailioNAT(t, e.NG)
+	k := startRPCKamd(t, rpcKamdOpts{script: func(int) string {
+		return natScript("udp:127.0.0.1:"+strconv.Itoa(e.NG), `modparam("rtpengine", "rtpengine_tout_ms", 300)`)
+	}})
+	kamUDP := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: kam.Port}
+	fk := natFacts(t, kamUDP, e.NG)
+	fd := natFacts(t, k.UDPAddr(), e.NG)
+	wantNATFacts(t, "Kamailio", fk)
+	for key, v := range fk {
+		if fd[key] != v {
+			t.Errorf("%s:\n  Kamailio %q\n  kamd     %q", key, v, fd[key])
+		}
+	}
+	for key := range fd {
+		if _, ok := fk[key]; !ok {
+			t.Errorf("fact %q only for kamd", key)
+		}
+	}
+	t.Logf("side by side: %d facts equal", len(fk))
+
+	// rtpengine.show: the same fields and values.
+	var kr struct {
+		Result []map[string]any `json:"result"`
+	}
+	if err := json.Unmarshal(kam.RPC(t, "rtpengine.show", "all"), &kr); err != nil || len(kr.Result) != 1 {
+		t.Fatalf("Kamailio rtpengine.show: %v %v", kr, err)
+	}
+	list, _ := k.ctlJSON(t, "rtpengine.show", "all").([]any)
+	if len(list) != 1 {
+		t.Fatalf("kamd rtpengine.show: %v", list)
+	}
+	dm := asObject(t, list[0], "kamd engine")
+	for key, v := range kr.Result[0] {
+		if fmt.Sprint(dm[key]) != fmt.Sprint(v) {
+			t.Errorf("rtpengine.show %s: Kamailio %v, kamd %v", key, v, dm[key])
+		}
+	}
+	if len(dm) != len(kr.Result[0]) {
+		t.Errorf("rtpengine.show fields: Kamailio %v, kamd %v", kr.Result[0], dm)
+	}
+	var kp struct {
+		Result map[string]any `json:"result"`
+	}
+	if err := json.Unmarshal(kam.RPC(t, "rtpengine.ping", "all"), &kp); err != nil {
+		t.Fatal(err)
+	}
+	dp := asObject(t, k.ctlJSON(t, "rtpengine.ping", "all"), "kamd ping")
+	if fmt.Sprint(kp.Result) != fmt.Sprint(dp) {
+		t.Errorf("rtpengine.ping: Kamailio %v, kamd %v", kp.Result, dp)
 	}
 }
