@@ -770,3 +770,33 @@ func TestNATMediaKamailioSideBySide(t *testing.T) {
 		t.Errorf("rtpengine.ping: Kamailio %v, kamd %v", kp.Result, dp)
 	}
 }
+
+// Route tests of every rtpengine function (kamd test) against a real
+// rtpengine: examples/nat/functions.star with the engine configured.
+func TestNATRouteTestsRtpengine(t *testing.T) {
+	e := startRtpengine(t)
+	dir := t.TempDir()
+	src, err := os.ReadFile(filepath.Join(repoRoot, "examples", "nat", "functions.star"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := strings.Replace(string(src), `modparam("rtpengine", "rtpengine_sock", "")`,
+		`modparam("rtpengine", "rtpengine_sock", "udp:127.0.0.1:`+strconv.Itoa(e.NG)+`")`, 1)
+	if script == string(src) {
+		t.Fatal("functions.star has no empty rtpengine_sock to replace")
+	}
+	tests, err := os.ReadFile(filepath.Join(repoRoot, "tests", "testdata", "natmedia", "functions_test.star"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "functions.star"), []byte(script), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "functions_test.star"), tests, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, errs, code := runKamd(t, "test", "-v", filepath.Join(dir, "functions.star"))
+	if code != 0 || !strings.Contains(out, "(5 tests)") {
+		t.Fatalf("kamd test: exit %d\n%s%s", code, out, errs)
+	}
+}

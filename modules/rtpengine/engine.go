@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -81,7 +82,6 @@ type client struct {
 	mu      sync.Mutex
 	conns   map[string]*net.UDPConn // by family
 	waiters map[string]chan []byte  // by cookie
-	seq     uint64
 	pid     int
 	closed  bool
 }
@@ -143,6 +143,12 @@ func (c *client) close() {
 	}
 }
 
+var cookieSeq = func() *atomic.Uint64 {
+	var a atomic.Uint64
+	a.Store(uint64(time.Now().UnixNano()) & 0xffffffff)
+	return &a
+}()
+
 var errTimeout = errors.New("timeout waiting for the rtpengine's answer")
 
 // send sends one command to n and waits for its answer: retr attempts of
@@ -156,9 +162,11 @@ func (c *client) send(n *node, cmd map[string]any, tout time.Duration, retr int)
 	if err != nil {
 		return nil, err
 	}
+	// rtpengine answers a cookie it has seen with its cached answer: the
+	// sequence is shared by every module instance of the process (a
+	// reload builds a new one) and starts from the clock.
+	cookie := fmt.Sprintf("0_%d_%d", c.pid, cookieSeq.Add(1))
 	c.mu.Lock()
-	c.seq++
-	cookie := fmt.Sprintf("0_%d_%d", c.pid, c.seq)
 	ch := make(chan []byte, 1)
 	c.waiters[cookie] = ch
 	c.mu.Unlock()
