@@ -478,10 +478,30 @@ func wantNATFacts(t *testing.T, who string, f map[string]string) {
 func TestNATMediaKamd(t *testing.T) {
 	e := startRtpengine(t)
 	k := startRPCKamd(t, rpcKamdOpts{script: func(int) string {
-		return natScript("udp:127.0.0.1:"+strconv.Itoa(e.NG), `modparam("rtpengine", "rtpengine_tout_ms", 300)`)
+		s := natScript("udp:127.0.0.1:"+strconv.Itoa(e.NG), `modparam("rtpengine", "rtpengine_tout_ms", 300)`)
+		// Keepalives every second here, to see them within the test.
+		return strings.Replace(s, `"natping_interval", 30`, `"natping_interval", 1`, 1)
 	}})
 	f := natFacts(t, k.UDPAddr(), e.NG)
 	wantNATFacts(t, "kamd", f)
+
+	// SIP keepalives reach a NATed phone at its public (here loopback)
+	// address, and its answers are absorbed and counted.
+	carol := newPhone(t, "carol", "10.0.0.3", k.UDPAddr())
+	carol.register(t)
+	keep := carol.wait("keepalive OPTIONS", 5*time.Second, func(r received) bool {
+		return r.Req() != nil && r.Req().Method == sip.OPTIONS
+	}).Req()
+	if keep.Recipient.String() != "sip:carol@10.0.0.3:5060" || !strings.Contains(keep.From().Value(), "sip:pinger@kamailio.org") {
+		t.Errorf("keepalive: %s From %s", keep.Recipient.String(), keep.From().Value())
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for statsAll(t, k, "nathelper:")["nathelper:natping_replies"] < 1 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if st := statsAll(t, k, "nathelper:"); st["nathelper:natping_replies"] < 1 || st["nathelper:natping_sent"] < 1 {
+		t.Errorf("nathelper stats: %v", st)
+	}
 
 	// The registered contacts keep received and the NAT branch flags.
 	dump := k.ctlOK(t, "ul.dump")

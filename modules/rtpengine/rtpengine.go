@@ -8,7 +8,6 @@ package rtpengine
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -40,9 +39,16 @@ type RTPE struct {
 	// offers remembers INVITEs offered with an SDP (Call-ID + CSeq), so
 	// rtpengine_manage on their 1xx/2xx with an SDP knows it is the
 	// answer (late offer: no SDP in the INVITE, the reply's is an offer).
-	offers map[string]time.Time
+	offers map[string]offered // by Call-ID
+	lastGC time.Time
 
 	sent, failed, failovers *core.Counter
+}
+
+// offered is the CSeq numbers of a call's INVITEs offered with an SDP.
+type offered struct {
+	cseqs []uint32
+	at    time.Time
 }
 
 type callEntry struct {
@@ -52,7 +58,7 @@ type callEntry struct {
 
 // New builds the rtpengine module.
 func New(env *core.Env) *core.Module {
-	r := &RTPE{env: env, cl: newClient(), calls: map[string]callEntry{}, offers: map[string]time.Time{}}
+	r := &RTPE{env: env, cl: newClient(), calls: map[string]callEntry{}, offers: map[string]offered{}}
 	r.sent = env.Stats.Counter("rtpengine", "ng_requests")
 	r.failed = env.Stats.Counter("rtpengine", "ng_failures")
 	r.failovers = env.Stats.Counter("rtpengine", "failovers")
@@ -215,6 +221,7 @@ func (r *RTPE) dispatch(setID int, callID, op string, d map[string]any) (map[str
 		r.mu.Lock()
 		if op == "delete" {
 			delete(r.calls, callID)
+			delete(r.offers, callID)
 		} else {
 			r.calls[callID] = callEntry{n: n, at: time.Now()}
 			r.gcLocked()
@@ -227,19 +234,22 @@ func (r *RTPE) dispatch(setID int, callID, op string, d map[string]any) (map[str
 
 func (r *RTPE) tout() time.Duration { return time.Duration(r.toutMS.Load()) * time.Millisecond }
 
-// gcLocked drops call entries older than hash_table_tout.
+// gcLocked drops, once a minute, call entries older than hash_table_tout
+// (calls whose delete never came).
 func (r *RTPE) gcLocked() {
-	if len(r.calls)%256 != 0 {
+	now := time.Now()
+	if now.Sub(r.lastGC) < time.Minute {
 		return
 	}
-	cut := time.Now().Add(-time.Duration(r.hashTableTout.Load()) * time.Second)
+	r.lastGC = now
+	cut := now.Add(-time.Duration(r.hashTableTout.Load()) * time.Second)
 	for k, e := range r.calls {
 		if e.at.Before(cut) {
 			delete(r.calls, k)
 		}
 	}
-	for k, at := range r.offers {
-		if at.Before(cut) {
+	for k, o := range r.offers {
+		if o.at.Before(cut) {
 			delete(r.offers, k)
 		}
 	}
@@ -351,12 +361,11 @@ func (r *RTPE) ping(n *node) bool {
 	return err == nil && res["result"] == "pong"
 }
 
-func offerKey(m *core.Msg, mi msgInfo) string {
-	cs := ""
+func cseqNo(m *core.Msg) uint32 {
 	if c := m.Message().CSeq(); c != nil {
-		cs = strconv.FormatUint(uint64(c.SeqNo), 10)
+		return c.SeqNo
 	}
-	return mi.callID + "\x00" + cs
+	return 0
 }
 
 // offerAnswer runs offer or answer and puts the engine's SDP in the message.
@@ -375,7 +384,9 @@ func (r *RTPE) offerAnswer(m *core.Msg, op, flags string) core.Val {
 	if m.Req != nil && m.Req.Method == sip.INVITE && op == "offer" {
 		if mi, err := info(m); err == nil {
 			r.mu.Lock()
-			r.offers[offerKey(m, mi)] = time.Now()
+			o := r.offers[mi.callID]
+			o.cseqs, o.at = append(o.cseqs, cseqNo(m)), time.Now()
+			r.offers[mi.callID] = o
 			r.mu.Unlock()
 		}
 	}
@@ -442,9 +453,12 @@ func (r *RTPE) manage(m *core.Msg, flags string) core.Val {
 		return core.Int(-1)
 	}
 	r.mu.Lock()
-	_, offered := r.offers[offerKey(m, mi)]
+	wasOffered := false
+	for _, n := range r.offers[mi.callID].cseqs {
+		wasOffered = wasOffered || n == cseqNo(m)
+	}
 	r.mu.Unlock()
-	if offered {
+	if wasOffered {
 		return r.offerAnswer(m, "answer", flags)
 	}
 	return r.offerAnswer(m, "offer", flags)
