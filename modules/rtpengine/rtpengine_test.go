@@ -115,3 +115,61 @@ func TestRtpstat(t *testing.T) {
 		t.Error(got)
 	}
 }
+
+// selectNode is Kamailio's: (sum of the Call-ID's bytes & 0xff) modulo
+// the total weight of the enabled engines, walked in order; tried and
+// permanently disabled engines are left out (no network: all enabled).
+func TestSelectNodeWeights(t *testing.T) {
+	r := &RTPE{calls: map[string]callEntry{}}
+	r.queriedLimit.Store(30)
+	ns, err := parseSock("udp:127.0.0.1:1=1 udp:127.0.0.1:2=3; 1 == udp:127.0.0.1:3", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.nodes = ns
+	sum := func(s string) int {
+		n := 0
+		for i := 0; i < len(s); i++ {
+			n += int(s[i])
+		}
+		return n & 0xff
+	}
+	for _, cid := range []string{"a", "b", "c", "d", "call-1@host", "xyz"} {
+		want := ns[0]
+		if sum(cid)%4 >= 1 {
+			want = ns[1]
+		}
+		if got := r.selectNode(0, cid, nil); got != want {
+			t.Errorf("%q (sum %d): got %s, want %s", cid, sum(cid), got.url, want.url)
+		}
+		// The other engine when the first choice was tried.
+		other := ns[1]
+		if want == ns[1] {
+			other = ns[0]
+		}
+		if got := r.selectNode(0, cid, []*node{want}); got != other {
+			t.Errorf("%q after %s failed: got %v", cid, want.url, got)
+		}
+		if got := r.selectNode(1, cid, nil); got != ns[2] {
+			t.Errorf("set 1: %v", got)
+		}
+	}
+	// A call stays on its engine.
+	r.calls["a"] = callEntry{n: ns[1]}
+	if got := r.selectNode(0, "a", nil); got != ns[1] {
+		t.Errorf("bound call: %v", got.url)
+	}
+	// Permanently disabled engines are never chosen.
+	ns[0].disabled, ns[0].permanent = true, true
+	for _, cid := range []string{"b", "c", "d"} {
+		if got := r.selectNode(0, cid, nil); got != ns[1] {
+			t.Errorf("%q with engine 1 disabled: %v", cid, got.url)
+		}
+	}
+	if got := r.selectNode(0, "b", []*node{ns[1]}); got != nil {
+		t.Errorf("nothing left: %v", got.url)
+	}
+	if got := r.selectNode(7, "b", nil); got != nil {
+		t.Errorf("no such set: %v", got.url)
+	}
+}
