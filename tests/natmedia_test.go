@@ -820,3 +820,187 @@ func TestNATRouteTestsRtpengine(t *testing.T) {
 		t.Fatalf("kamd test: exit %d\n%s%s", code, out, errs)
 	}
 }
+
+// kamailioNHCfg answers each request with the return code of the
+// nathelper function X-Fn names (X-Rc) and $du (X-Du): Kamailio's side of
+// examples/nat/functions.star.
+func kamailioNHCfg(port int, modDir string) string {
+	return `#!KAMAILIO
+debug=2
+log_stderror=yes
+children=1
+auto_aliases=no
+listen=udp:127.0.0.1:` + strconv.Itoa(port) + `
+mpath="` + modDir + `/"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "textops.so"
+loadmodule "nathelper.so"
+modparam("nathelper", "received_avp", "$avp(RECEIVED)")
+request_route {
+	$var(rc) = 0;
+	if ($hdr(X-Fn) == $null) { sl_send_reply("404", "Not here"); exit; }
+	$var(arg) = $(hdr(X-Arg){s.int});
+	if ($hdr(X-Fn) == "nat_uac_test") { nat_uac_test("$var(arg)"); $var(rc) = $rc; }
+	else if ($hdr(X-Fn) == "is_rfc1918") { is_rfc1918("$hdr(X-Arg)"); $var(rc) = $rc; }
+	else if ($hdr(X-Fn) == "add_contact_alias") { add_contact_alias(); $var(rc) = $rc; }
+	else if ($hdr(X-Fn) == "set_contact_alias") { set_contact_alias(); $var(rc) = $rc; }
+	else if ($hdr(X-Fn) == "handle_ruri_alias") { handle_ruri_alias(); $var(rc) = $rc; }
+	else if ($hdr(X-Fn) == "fix_nated_sdp") { fix_nated_sdp("$var(arg)"); $var(rc) = $rc; }
+	else if ($hdr(X-Fn) == "fix_nated_contact") { fix_nated_contact(); $var(rc) = $rc; }
+	else if ($hdr(X-Fn) == "fix_nated_register") { fix_nated_register(); $var(rc) = $rc; }
+	append_to_reply("X-Rc: $var(rc)\r\n");
+	if ($du != $null) append_to_reply("X-Du: $du\r\n");
+	sl_send_reply("200", "OK");
+	exit;
+}
+`
+}
+
+// The nathelper return codes on the same messages, from kamd
+// (examples/nat/functions.star) and from Kamailio 5.6's nathelper.
+func TestNATHelperKamailioSideBySide(t *testing.T) {
+	bin, modDir, _, missing := findKamailio()
+	if missing != "" {
+		if inCI() {
+			t.Fatal(missing)
+		}
+		t.Skip(missing)
+	}
+	kam := &kamailioRegistrar{Dir: t.TempDir(), Port: freePort(t), log: &logBuffer{}, done: make(chan struct{})}
+	cfg := filepath.Join(kam.Dir, "kamailio.cfg")
+	if err := os.WriteFile(cfg, []byte(kamailioNHCfg(kam.Port, modDir)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	kam.cmd = exec.Command(bin, "-DD", "-E", "-f", cfg, "-Y", kam.Dir, "-m", "32", "-M", "8")
+	kam.cmd.Stdout, kam.cmd.Stderr = kam.log, kam.log
+	kam.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := kam.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { kam.err = kam.cmd.Wait(); close(kam.done) }()
+	t.Cleanup(func() {
+		kam.stop()
+		if t.Failed() {
+			t.Logf("Kamailio log:\n%s", kam.log.String())
+		}
+	})
+	up := false
+	for i := 0; i < 100 && !up; i++ {
+		if up = kam.probe(); !up {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if !up {
+		t.Fatal("Kamailio did not start")
+	}
+	src, err := os.ReadFile(filepath.Join(repoRoot, "examples", "nat", "functions.star"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := startKamd(t, string(src))
+
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	me := conn.LocalAddr().(*net.UDPAddr).Port
+	ask := func(to int, fn, arg, ruri, via, contact, sdp string) (rc, du string) {
+		t.Helper()
+		var b strings.Builder
+		// ;rport always: replies go to the socket, never to the Via host.
+		fmt.Fprintf(&b, "INVITE %s SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=z9hG4bK%s;rport\r\n", ruri, via, randToken())
+		fmt.Fprintf(&b, "From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\nCall-ID: %s\r\nCSeq: 1 INVITE\r\n", randToken())
+		fmt.Fprintf(&b, "Contact: <%s>\r\nMax-Forwards: 70\r\nX-Fn: %s\r\nX-Arg: %s\r\n", contact, fn, arg)
+		if sdp != "" {
+			b.WriteString("Content-Type: application/sdp\r\n")
+		}
+		fmt.Fprintf(&b, "Content-Length: %d\r\n\r\n%s", len(sdp), sdp)
+		if _, err := conn.WriteToUDP([]byte(b.String()), &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: to}); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 65536)
+		for {
+			_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+			n, _, err := conn.ReadFromUDP(buf)
+			if err != nil {
+				t.Fatalf("%s(%s) to port %d: no answer: %v", fn, arg, to, err)
+			}
+			res, err := sip.NewParser().ParseSIP(buf[:n])
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, ok := res.(*sip.Response)
+			if !ok || r.StatusCode < 200 {
+				continue
+			}
+			if h := r.GetHeader("X-Rc"); h != nil {
+				rc = h.Value()
+			}
+			if h := r.GetHeader("X-Du"); h != nil {
+				du = h.Value()
+			}
+			return rc, du
+		}
+	}
+	self := "127.0.0.1:" + strconv.Itoa(me)
+	sdpAt := func(ip string) string {
+		return "v=0\r\no=- 1 1 IN IP4 " + ip + "\r\ns=-\r\nc=IN IP4 " + ip + "\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+	}
+	type msg struct{ name, via, contact, sdp string }
+	msgs := []msg{
+		{"clean", self, "sip:alice@" + self, sdpAt("127.0.0.1")},
+		{"contact private", self, "sip:alice@10.0.0.5:" + strconv.Itoa(me), sdpAt("127.0.0.1")},
+		{"contact 6598", self, "sip:alice@100.64.0.9:" + strconv.Itoa(me), sdpAt("127.0.0.1")},
+		{"via public elsewhere", "198.51.100.7:" + strconv.Itoa(me), "sip:alice@" + self, sdpAt("127.0.0.1")},
+		{"via private", "192.168.1.2:" + strconv.Itoa(me), "sip:alice@" + self, sdpAt("127.0.0.1")},
+		{"via other port", "127.0.0.1:5999", "sip:alice@" + self, sdpAt("127.0.0.1")},
+		{"via no port", "127.0.0.1", "sip:alice@" + self, sdpAt("127.0.0.1")},
+		{"contact other port", self, "sip:alice@127.0.0.1:5999", sdpAt("127.0.0.1")},
+		{"contact no port", self, "sip:alice@127.0.0.1", sdpAt("127.0.0.1")},
+		{"sdp private", self, "sip:alice@" + self, sdpAt("10.0.0.5")},
+		{"sdp public elsewhere", self, "sip:alice@" + self, sdpAt("198.51.100.7")},
+		{"no sdp", self, "sip:alice@" + self, ""},
+		{"behind nat", "10.0.0.5:5060", "sip:alice@10.0.0.5:5060", sdpAt("10.0.0.5")},
+	}
+	diff, same := 0, 0
+	cmp := func(what string, kr, kd string, dr, dd string) {
+		if kr != dr || kd != dd {
+			diff++
+			t.Errorf("%s: Kamailio rc %q du %q, kamd rc %q du %q", what, kr, kd, dr, dd)
+		} else {
+			same++
+		}
+	}
+	for _, m := range msgs {
+		for _, f := range []string{"1", "2", "4", "8", "16", "128", "256", "19"} {
+			kr, kd := ask(kam.Port, "nat_uac_test", f, "sip:bob@example.com", m.via, m.contact, m.sdp)
+			dr, dd := ask(k.Port, "nat_uac_test", f, "sip:bob@example.com", m.via, m.contact, m.sdp)
+			cmp("nat_uac_test("+f+") "+m.name, kr, kd, dr, dd)
+		}
+		for _, fn := range []string{"add_contact_alias", "set_contact_alias", "fix_nated_contact"} {
+			kr, kd := ask(kam.Port, fn, "", "sip:bob@example.com", m.via, m.contact, m.sdp)
+			dr, dd := ask(k.Port, fn, "", "sip:bob@example.com", m.via, m.contact, m.sdp)
+			cmp(fn+" "+m.name, kr, kd, dr, dd)
+		}
+	}
+	for _, ip := range []string{"10.1.2.3", "172.16.0.1", "172.32.0.1", "192.168.5.5", "100.64.0.1", "100.128.0.1", "192.0.0.1", "8.8.8.8", "127.0.0.1"} {
+		kr, _ := ask(kam.Port, "is_rfc1918", ip, "sip:bob@example.com", self, "sip:alice@"+self, "")
+		dr, _ := ask(k.Port, "is_rfc1918", ip, "sip:bob@example.com", self, "sip:alice@"+self, "")
+		cmp("is_rfc1918("+ip+")", kr, "", dr, "")
+	}
+	for _, ruri := range []string{"sip:bob@10.0.0.5:5060;alias=127.0.0.1~5070~1", "sip:bob@10.0.0.5;alias=127.0.0.1~5071~2", "sip:bob@example.com"} {
+		kr, kd := ask(kam.Port, "handle_ruri_alias", "", ruri, self, "sip:alice@"+self, "")
+		dr, dd := ask(k.Port, "handle_ruri_alias", "", ruri, self, "sip:alice@"+self, "")
+		cmp("handle_ruri_alias "+ruri, kr, kd, dr, dd)
+	}
+	for _, m := range []msg{msgs[0], msgs[9], msgs[11]} {
+		for _, f := range []string{"1", "2", "3", "4", "8", "10"} {
+			kr, _ := ask(kam.Port, "fix_nated_sdp", f, "sip:bob@example.com", m.via, m.contact, m.sdp)
+			dr, _ := ask(k.Port, "fix_nated_sdp", f, "sip:bob@example.com", m.via, m.contact, m.sdp)
+			cmp("fix_nated_sdp("+f+") "+m.name, kr, "", dr, "")
+		}
+	}
+	t.Logf("nathelper side by side: %d equal, %d different", same, diff)
+}

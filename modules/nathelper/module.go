@@ -65,7 +65,7 @@ func (n *NH) module() *core.Module {
 				func(m *core.Msg, a []core.Val) (core.Val, error) { return n.addRcvParam(m, a[0].Int) }),
 			fn("set_contact_alias", nil, "add ;alias=ip~port~proto (the source) to the Contact URI unless it is the source already; 1, -1 no Contact",
 				func(m *core.Msg, _ []core.Val) (core.Val, error) { return n.setContactAlias(m) }),
-			fn("add_contact_alias", nil, "add ;alias=ip~port~proto (the source) to the Contact URI; 1 added, 2 not needed (Contact is the source, or has an alias), -1 no Contact",
+			fn("add_contact_alias", nil, "add ;alias=ip~port~proto (the source) to the Contact URI; 1 added, 2 not needed (the Contact has the source address, port and ;transport — without ;transport it never has, as in Kamailio — or an alias already, or there is no Contact), -1 error",
 				func(m *core.Msg, _ []core.Val) (core.Val, error) { return n.addContactAlias(m, "", 0, "") }),
 			fn("add_contact_alias_addr", []core.ArgType{s, s, s}, "(ip, port, proto) add ;alias with the given address; 1, 2, -1 as add_contact_alias",
 				func(m *core.Msg, a []core.Val) (core.Val, error) {
@@ -77,7 +77,7 @@ func (n *NH) module() *core.Module {
 				}),
 			fn("handle_ruri_alias", nil, "R-URI with ;alias=ip~port~proto: set $du to that address and remove the param; 1 done, 2 no alias, -1 bad alias",
 				func(m *core.Msg, _ []core.Val) (core.Val, error) { return n.handleRURIAlias(m) }),
-			fn("fix_nated_sdp", []core.ArgType{i}, "(flags) 0x01 add a=direction:active, 0x02 rewrite c= (and a=rtcp's address) to the source address, 0x04 add a=nortpproxy:yes, 0x08 rewrite o=; Content-Length follows. 1 changed, 2 nothing to change, -1 no SDP",
+			fn("fix_nated_sdp", []core.ArgType{i}, "(flags) 0x01 add a=direction:active, 0x02 rewrite c= (and a=rtcp's address) to the source address, 0x04 add a=nortpproxy:yes, 0x08 rewrite o=; Content-Length follows. 1 an address replaced, 2 none (lines may have been added), -1 no SDP",
 				func(m *core.Msg, a []core.Val) (core.Val, error) { return n.fixNatedSDP(m, a[0].Int, "") }),
 			fn("fix_nated_sdp_ip", []core.ArgType{i, s}, "(flags, ip) fix_nated_sdp with the given address instead of the source",
 				func(m *core.Msg, a []core.Val) (core.Val, error) { return n.fixNatedSDP(m, a[0].Int, a[1].Str) }),

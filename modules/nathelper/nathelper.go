@@ -232,11 +232,19 @@ func aliasValue(m *core.Msg) string {
 // contact is not already the source: 1 added, 2 not needed, -1 error.
 func (n *NH) addContactAlias(m *core.Msg, ip string, port int, proto string) (core.Val, error) {
 	ct := msgContact(m)
-	if ct == nil || ct.Address.Wildcard {
+	if ct == nil {
+		return core.Int(2), nil // Kamailio: no Contact, nothing to do
+	}
+	if ct.Address.Wildcard {
 		return core.Int(-1), nil
 	}
 	u := &ct.Address
-	if ip == "" && sameIP(u.Host, m.SrcIP) && uriPort(u) == m.SrcPort && core.TargetOf(u).Proto == m.Proto {
+	// Kamailio's test: the same IP, the same port (none: 5060) and the
+	// same transport, where a Contact without ;transport has none, so it
+	// never equals the source's and the alias is added.
+	tp, _ := u.UriParams.Get("transport")
+	if ip == "" && sameIP(u.Host, m.SrcIP) && (u.Port == m.SrcPort || (u.Port == 0 && m.SrcPort == 5060)) &&
+		strings.EqualFold(tp, m.Proto) {
 		return core.Int(2), nil
 	}
 	if u.UriParams.Has("alias") {
@@ -302,8 +310,9 @@ func (n *NH) handleRURIAlias(m *core.Msg) (core.Val, error) {
 	return core.Int(1), nil
 }
 
-// fixNatedSDP applies FixSDP with the source address (or ip): 1 changed,
-// 2 nothing to change, -1 no SDP.
+// fixNatedSDP applies FixSDP with the source address (or ip): 1 an
+// address replaced, 2 none (a=direction or a=nortpproxy may still have
+// been added), -1 no SDP.
 func (n *NH) fixNatedSDP(m *core.Msg, flags int64, ip string) (core.Val, error) {
 	msg := m.Message()
 	if msg == nil || !isSDP(msg) {
@@ -317,11 +326,14 @@ func (n *NH) fixNatedSDP(m *core.Msg, flags int64, ip string) (core.Val, error) 
 	} else if net.ParseIP(ip) == nil {
 		return core.Null, fmt.Errorf("fix_nated_sdp: %q is not an IP address", ip)
 	}
-	body, changed := FixSDP(string(msg.Body()), int(flags), ip)
-	if !changed {
+	body, replaced, changed := FixSDP(string(msg.Body()), int(flags), ip)
+	if changed {
+		msg.SetBody([]byte(body))
+	}
+	// As Kamailio: 1 when an address was replaced; lines added alone give 2.
+	if !replaced {
 		return core.Int(2), nil
 	}
-	msg.SetBody([]byte(body))
 	return core.Int(1), nil
 }
 

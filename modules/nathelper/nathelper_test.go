@@ -157,9 +157,14 @@ func TestContactAlias(t *testing.T) {
 	if got := mt.MustInt(t, mod, m, "add_contact_alias"); got != 2 {
 		t.Errorf("second add_contact_alias: %d, want 2", got)
 	}
-	same := invite(t, env, "192.0.2.10:5070", "192.0.2.10:5070", "")
+	same := invite(t, env, "192.0.2.10:5070", "192.0.2.10:5070;transport=udp", "")
 	if got := mt.MustInt(t, mod, same, "add_contact_alias"); got != 2 {
 		t.Errorf("add_contact_alias with the Contact at the source: %d, want 2", got)
+	}
+	// As Kamailio: a Contact without ;transport never equals the source.
+	noTP := invite(t, env, "192.0.2.10:5070", "192.0.2.10:5070", "")
+	if got := mt.MustInt(t, mod, noTP, "add_contact_alias"); got != 1 {
+		t.Errorf("add_contact_alias, Contact without transport: %d, want 1", got)
 	}
 	if got := mt.MustInt(t, mod, same, "set_contact_alias"); got != 1 {
 		t.Errorf("set_contact_alias not needed: %d, want 1", got)
@@ -196,8 +201,8 @@ func TestFixNatedSDP(t *testing.T) {
 	}{
 		{2, sdpPriv, []string{"c=IN IP4 192.0.2.10", "o=- 1 1 IN IP4 10.0.0.5", "a=rtcp:4001 IN IP4 192.0.2.10"}, []string{"c=IN IP4 10.0.0.5"}, 1},
 		{8, sdpPriv, []string{"o=- 1 1 IN IP4 192.0.2.10", "c=IN IP4 10.0.0.5"}, nil, 1},
-		{1, sdpPriv, []string{"a=direction:active"}, nil, 1},
-		{4, sdpPriv, []string{"a=nortpproxy:yes"}, nil, 1},
+		{1, sdpPriv, []string{"a=direction:active"}, nil, 2}, // lines added, no address: 2 as Kamailio
+		{4, sdpPriv, []string{"a=nortpproxy:yes"}, nil, 2},
 		{2, sdpSrc, nil, nil, 2},
 		{2, strings.ReplaceAll(sdpPriv, "c=IN IP4 10.0.0.5", "c=IN IP4 0.0.0.0"), []string{"c=IN IP4 0.0.0.0"}, nil, 1},
 	}

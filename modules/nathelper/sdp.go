@@ -87,27 +87,26 @@ func isNullAddr(a string) bool { return a == "0.0.0.0" || a == "::" }
 
 // FixSDP is fix_nated_sdp on a body: flags 0x01 adds a=direction:active,
 // 0x02 rewrites c= (and a=rtcp: with an address), 0x04 adds
-// a=nortpproxy:yes, 0x08 rewrites o=. It returns the new body and whether
-// anything changed.
-func FixSDP(body string, flags int, ip string) (string, bool) {
+// a=nortpproxy:yes, 0x08 rewrites o=. It returns the new body, whether an
+// address was replaced and whether anything changed.
+func FixSDP(body string, flags int, ip string) (out string, replaced, changed bool) {
 	lines, eol := sdpLines(body)
 	if len(lines) == 0 {
-		return body, false
+		return body, false, false
 	}
-	changed := false
-	var out []string
+	var res []string
 	hasDir, hasNo := false, false
 	for _, l := range lines {
 		switch {
 		case flags&0x02 != 0 && strings.HasPrefix(l, "c="):
 			if a, ok := connAddr(l); ok && !isNullAddr(a) && a != ip {
 				l = replaceAddr(l, ip)
-				changed = true
+				replaced = true
 			}
 		case flags&0x08 != 0 && strings.HasPrefix(l, "o="):
 			if a, ok := connAddr(l); ok && !isNullAddr(a) && a != ip {
 				l = replaceAddr(l, ip)
-				changed = true
+				replaced = true
 			}
 		case flags&0x02 != 0 && strings.HasPrefix(l, "a=rtcp:"):
 			// a=rtcp:port IN IP4 addr (RFC 3605): the address is optional.
@@ -119,24 +118,25 @@ func FixSDP(body string, flags int, ip string) (string, bool) {
 				}
 				f[3] = ip
 				l = "a=rtcp:" + strings.Join(f, " ")
-				changed = true
+				replaced = true
 			}
 		case l == "a=direction:active":
 			hasDir = true
 		case l == "a=nortpproxy:yes":
 			hasNo = true
 		}
-		out = append(out, l)
+		res = append(res, l)
 	}
+	changed = replaced
 	if flags&0x01 != 0 && !hasDir {
-		out = insertSessionAttr(out, "a=direction:active")
+		res = insertSessionAttr(res, "a=direction:active")
 		changed = true
 	}
 	if flags&0x04 != 0 && !hasNo {
-		out = insertSessionAttr(out, "a=nortpproxy:yes")
+		res = insertSessionAttr(res, "a=nortpproxy:yes")
 		changed = true
 	}
-	return strings.Join(out, eol) + eol, changed
+	return strings.Join(res, eol) + eol, replaced, changed
 }
 
 // insertSessionAttr adds a session-level attribute before the first m= line.
