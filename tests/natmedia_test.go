@@ -849,6 +849,8 @@ request_route {
 	else if ($hdr(X-Fn) == "fix_nated_sdp") { fix_nated_sdp("$var(arg)"); $var(rc) = $rc; }
 	else if ($hdr(X-Fn) == "fix_nated_contact") { fix_nated_contact(); $var(rc) = $rc; }
 	else if ($hdr(X-Fn) == "fix_nated_register") { fix_nated_register(); $var(rc) = $rc; }
+	else if ($hdr(X-Fn) == "add_rcv_param") { add_rcv_param("$var(arg)"); $var(rc) = $rc; }
+	if ($hdr(X-Fwd) != $null) { $du = $hdr(X-Fwd); forward(); exit; }
 	append_to_reply("X-Rc: $var(rc)\r\n");
 	if ($du != $null) append_to_reply("X-Du: $du\r\n");
 	sl_send_reply("200", "OK");
@@ -906,6 +908,8 @@ func TestNATHelperKamailioSideBySide(t *testing.T) {
 	}
 	defer conn.Close()
 	me := conn.LocalAddr().(*net.UDPAddr).Port
+	var fwd string // X-Fwd of the next ask: the function's message comes back here
+	var got *sip.Request
 	ask := func(to int, fn, arg, ruri, via, contact, sdp string) (rc, du string) {
 		t.Helper()
 		var b strings.Builder
@@ -913,6 +917,9 @@ func TestNATHelperKamailioSideBySide(t *testing.T) {
 		fmt.Fprintf(&b, "INVITE %s SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=z9hG4bK%s;rport\r\n", ruri, via, randToken())
 		fmt.Fprintf(&b, "From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\nCall-ID: %s\r\nCSeq: 1 INVITE\r\n", randToken())
 		fmt.Fprintf(&b, "Contact: <%s>\r\nMax-Forwards: 70\r\nX-Fn: %s\r\nX-Arg: %s\r\n", contact, fn, arg)
+		if fwd != "" {
+			fmt.Fprintf(&b, "X-Fwd: %s\r\n", fwd)
+		}
 		if sdp != "" {
 			b.WriteString("Content-Type: application/sdp\r\n")
 		}
@@ -930,6 +937,10 @@ func TestNATHelperKamailioSideBySide(t *testing.T) {
 			res, err := sip.NewParser().ParseSIP(buf[:n])
 			if err != nil {
 				t.Fatal(err)
+			}
+			if q, ok := res.(*sip.Request); ok && fwd != "" {
+				got = q
+				return "", ""
 			}
 			r, ok := res.(*sip.Response)
 			if !ok || r.StatusCode < 200 {
@@ -1000,6 +1011,23 @@ func TestNATHelperKamailioSideBySide(t *testing.T) {
 			kr, _ := ask(kam.Port, "fix_nated_sdp", f, "sip:bob@example.com", m.via, m.contact, m.sdp)
 			dr, _ := ask(k.Port, "fix_nated_sdp", f, "sip:bob@example.com", m.via, m.contact, m.sdp)
 			cmp("fix_nated_sdp("+f+") "+m.name, kr, "", dr, "")
+		}
+	}
+	// The message as each function leaves it, forwarded back to the test.
+	fwd = "sip:" + self
+	norm := func(s string) string {
+		s = strings.ReplaceAll(s, strconv.Itoa(k.Port), "PROXY")
+		return strings.ReplaceAll(s, strconv.Itoa(kam.Port), "PROXY")
+	}
+	for _, m := range []msg{msgs[0], msgs[12], msgs[7]} {
+		for _, c := range []struct{ fn, arg string }{{"fix_nated_contact", ""}, {"set_contact_alias", ""}, {"add_contact_alias", ""},
+			{"add_rcv_param", "0"}, {"add_rcv_param", "1"}, {"fix_nated_sdp", "3"}, {"fix_nated_sdp", "10"}, {"fix_nated_sdp", "4"}} {
+			ask(kam.Port, c.fn, c.arg, "sip:bob@example.com", m.via, m.contact, m.sdp)
+			kc, kb := got.Contact().Value(), string(got.Body())
+			ask(k.Port, c.fn, c.arg, "sip:bob@example.com", m.via, m.contact, m.sdp)
+			dc, db := got.Contact().Value(), string(got.Body())
+			cmp(c.fn+"("+c.arg+") "+m.name+" Contact", norm(kc), "", norm(dc), "")
+			cmp(c.fn+"("+c.arg+") "+m.name+" body", kb, "", db, "")
 		}
 	}
 	t.Logf("nathelper side by side: %d equal, %d different", same, diff)

@@ -199,8 +199,8 @@ func TestFixNatedSDP(t *testing.T) {
 		gone  []string
 		ret   int64
 	}{
-		{2, sdpPriv, []string{"c=IN IP4 192.0.2.10", "o=- 1 1 IN IP4 10.0.0.5", "a=rtcp:4001 IN IP4 192.0.2.10"}, []string{"c=IN IP4 10.0.0.5"}, 1},
-		{8, sdpPriv, []string{"o=- 1 1 IN IP4 192.0.2.10", "c=IN IP4 10.0.0.5"}, nil, 1},
+		{2, sdpPriv, []string{"c=IN IP4 192.0.2.10", "o=- 1 1 IN IP4 10.0.0.5", "a=rtcp:4001 IN IP4 192.0.2.10", "a=oldmediaip:10.0.0.5"}, []string{"c=IN IP4 10.0.0.5"}, 1},
+		{8, sdpPriv, []string{"o=- 1 1 IN IP4 192.0.2.10", "c=IN IP4 10.0.0.5", "a=oldmediaip:10.0.0.5"}, nil, 1},
 		{1, sdpPriv, []string{"a=direction:active"}, nil, 2}, // lines added, no address: 2 as Kamailio
 		{4, sdpPriv, []string{"a=nortpproxy:yes"}, nil, 2},
 		{2, sdpSrc, nil, nil, 2},
@@ -214,6 +214,9 @@ func TestFixNatedSDP(t *testing.T) {
 			t.Errorf("fix_nated_sdp(%d): %d, want %d", c.flags, got, c.ret)
 		}
 		body := string(m.Req.Body())
+		if c.flags&5 != 0 && !strings.HasSuffix(body, "a=direction:active\r\n") && !strings.HasSuffix(body, "a=nortpproxy:yes\r\n") {
+			t.Errorf("fix_nated_sdp(%d): the added line is not at the end (as Kamailio):\n%s", c.flags, body)
+		}
 		for _, w := range c.want {
 			if !strings.Contains(body, w+"\r\n") {
 				t.Errorf("fix_nated_sdp(%d): no %q in\n%s", c.flags, w, body)

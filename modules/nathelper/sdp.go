@@ -87,26 +87,29 @@ func isNullAddr(a string) bool { return a == "0.0.0.0" || a == "::" }
 
 // FixSDP is fix_nated_sdp on a body: flags 0x01 adds a=direction:active,
 // 0x02 rewrites c= (and a=rtcp: with an address), 0x04 adds
-// a=nortpproxy:yes, 0x08 rewrites o=. It returns the new body, whether an
-// address was replaced and whether anything changed.
+// a=nortpproxy:yes, 0x08 rewrites o=. As Kamailio, the added lines go at
+// the end of the body, then one a=oldmediaip (a=oldmediaip6) line per
+// replaced c= and o= address (checked side by side with Kamailio 5.6). It
+// returns the new body, whether an address was replaced and whether
+// anything changed.
 func FixSDP(body string, flags int, ip string) (out string, replaced, changed bool) {
 	lines, eol := sdpLines(body)
 	if len(lines) == 0 {
 		return body, false, false
 	}
-	var res []string
+	var res, oldC, oldO []string
 	hasDir, hasNo := false, false
 	for _, l := range lines {
 		switch {
 		case flags&0x02 != 0 && strings.HasPrefix(l, "c="):
 			if a, ok := connAddr(l); ok && !isNullAddr(a) && a != ip {
 				l = replaceAddr(l, ip)
-				replaced = true
+				oldC = append(oldC, a)
 			}
 		case flags&0x08 != 0 && strings.HasPrefix(l, "o="):
 			if a, ok := connAddr(l); ok && !isNullAddr(a) && a != ip {
 				l = replaceAddr(l, ip)
-				replaced = true
+				oldO = append(oldO, a)
 			}
 		case flags&0x02 != 0 && strings.HasPrefix(l, "a=rtcp:"):
 			// a=rtcp:port IN IP4 addr (RFC 3605): the address is optional.
@@ -127,26 +130,24 @@ func FixSDP(body string, flags int, ip string) (out string, replaced, changed bo
 		}
 		res = append(res, l)
 	}
+	replaced = replaced || len(oldC)+len(oldO) > 0
 	changed = replaced
 	if flags&0x01 != 0 && !hasDir {
-		res = insertSessionAttr(res, "a=direction:active")
+		res = append(res, "a=direction:active")
 		changed = true
 	}
 	if flags&0x04 != 0 && !hasNo {
-		res = insertSessionAttr(res, "a=nortpproxy:yes")
+		res = append(res, "a=nortpproxy:yes")
 		changed = true
 	}
-	return strings.Join(res, eol) + eol, replaced, changed
-}
-
-// insertSessionAttr adds a session-level attribute before the first m= line.
-func insertSessionAttr(lines []string, attr string) []string {
-	for i, l := range lines {
-		if strings.HasPrefix(l, "m=") {
-			return append(lines[:i], append([]string{attr}, lines[i:]...)...)
+	for _, a := range append(oldC, oldO...) {
+		if strings.Contains(a, ":") {
+			res = append(res, "a=oldmediaip6:"+a)
+		} else {
+			res = append(res, "a=oldmediaip:"+a)
 		}
 	}
-	return append(lines, attr)
+	return strings.Join(res, eol) + eol, replaced, changed
 }
 
 // private networks of nat_uac_test and is_rfc1918: RFC 1918, RFC 6598
