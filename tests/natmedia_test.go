@@ -1032,3 +1032,196 @@ func TestNATHelperKamailioSideBySide(t *testing.T) {
 	}
 	t.Logf("nathelper side by side: %d equal, %d different", same, diff)
 }
+
+// ngRecorder is an ng endpoint that records the commands it gets and
+// answers them (pong; ok with the offered SDP back): it shows the exact
+// dictionaries a proxy sends, to compare kamd's with Kamailio's.
+type ngRecorder struct {
+	conn *net.UDPConn
+	mu   sync.Mutex
+	got  []map[string]any
+	bg   background
+}
+
+func newNGRecorder(t *testing.T) *ngRecorder {
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &ngRecorder{conn: c}
+	r.bg.init()
+	go func() {
+		defer close(r.bg.done)
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := c.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			cookie, body, _ := strings.Cut(string(buf[:n]), " ")
+			v, err := rtpengine.Decode([]byte(body))
+			d, _ := v.(map[string]any)
+			if err != nil || d == nil {
+				r.bg.errorf("ng recorder: bad command %q: %v", body, err)
+				continue
+			}
+			ans := map[string]any{"result": "ok"}
+			switch d["command"] {
+			case "ping":
+				ans["result"] = "pong"
+			case "offer", "answer":
+				ans["sdp"] = d["sdp"]
+			}
+			if d["command"] != "ping" {
+				r.mu.Lock()
+				r.got = append(r.got, d)
+				r.mu.Unlock()
+			}
+			out, _ := rtpengine.Encode([]byte(cookie+" "), ans)
+			_, _ = c.WriteToUDP(out, from)
+		}
+	}()
+	t.Cleanup(func() { r.bg.shutdown(t, c) })
+	return r
+}
+
+func (r *ngRecorder) Port() int { return r.conn.LocalAddr().(*net.UDPAddr).Port }
+
+// next waits for the next recorded command.
+func (r *ngRecorder) next(t *testing.T) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		r.mu.Lock()
+		if len(r.got) > 0 {
+			d := r.got[0]
+			r.got = r.got[1:]
+			r.mu.Unlock()
+			return d
+		}
+		r.mu.Unlock()
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("no ng command recorded")
+	return nil
+}
+
+// The ng commands kamd and Kamailio 5.6 send for the same messages and the
+// same flags strings must be the same dictionaries.
+func TestRtpengineNGKamailioSideBySide(t *testing.T) {
+	bin, modDir, _, missing := findKamailio()
+	if missing != "" {
+		if inCI() {
+			t.Fatal(missing)
+		}
+		t.Skip(missing)
+	}
+	recK, recD := newNGRecorder(t), newNGRecorder(t)
+	kam := &kamailioRegistrar{Dir: t.TempDir(), Port: freePort(t), log: &logBuffer{}, done: make(chan struct{})}
+	cfg := filepath.Join(kam.Dir, "kamailio.cfg")
+	text := strings.Replace(kamailioNHCfg(kam.Port, modDir), `loadmodule "nathelper.so"`, `loadmodule "nathelper.so"
+loadmodule "rtpengine.so"
+modparam("rtpengine", "rtpengine_sock", "udp:127.0.0.1:`+strconv.Itoa(recK.Port())+`")`, 1)
+	text = strings.Replace(text, `	else if ($hdr(X-Fn) == "add_rcv_param")`, `	else if ($hdr(X-Fn) == "rtpengine_offer") { rtpengine_offer("$hdr(X-Arg)"); $var(rc) = $rc; }
+	else if ($hdr(X-Fn) == "rtpengine_answer") { rtpengine_answer("$hdr(X-Arg)"); $var(rc) = $rc; }
+	else if ($hdr(X-Fn) == "rtpengine_delete") { rtpengine_delete("$hdr(X-Arg)"); $var(rc) = $rc; }
+	else if ($hdr(X-Fn) == "rtpengine_query") { rtpengine_query("$hdr(X-Arg)"); $var(rc) = $rc; }
+	else if ($hdr(X-Fn) == "rtpengine_manage") { rtpengine_manage("$hdr(X-Arg)"); $var(rc) = $rc; }
+	else if ($hdr(X-Fn) == "add_rcv_param")`, 1)
+	text = strings.Replace(text, `$var(arg) = $(hdr(X-Arg){s.int});`, `if ($hdr(X-Fn) =~ "^rtpengine") { $var(arg) = 0; } else { $var(arg) = $(hdr(X-Arg){s.int}); }`, 1)
+	if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	kam.cmd = exec.Command(bin, "-DD", "-E", "-f", cfg, "-Y", kam.Dir, "-m", "32", "-M", "8")
+	kam.cmd.Stdout, kam.cmd.Stderr = kam.log, kam.log
+	kam.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := kam.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { kam.err = kam.cmd.Wait(); close(kam.done) }()
+	t.Cleanup(func() {
+		kam.stop()
+		if t.Failed() {
+			t.Logf("Kamailio log:\n%s", kam.log.String())
+		}
+	})
+	up := false
+	for i := 0; i < 100 && !up; i++ {
+		if up = kam.probe(); !up {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if !up {
+		t.Fatal("Kamailio did not start")
+	}
+	src, err := os.ReadFile(filepath.Join(repoRoot, "examples", "nat", "functions.star"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := startKamd(t, strings.Replace(string(src), `modparam("rtpengine", "rtpengine_sock", "")`,
+		`modparam("rtpengine", "rtpengine_sock", "udp:127.0.0.1:`+strconv.Itoa(recD.Port())+`")`, 1))
+
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	self := conn.LocalAddr().String()
+	sdp := "v=0\r\no=- 1 1 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+	send := func(to int, method, fn, flags, toTag, body string) {
+		var b strings.Builder
+		fmt.Fprintf(&b, "%s sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=z9hG4bKng1;rport\r\n", method, self)
+		fmt.Fprintf(&b, "Via: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKng2;rport\r\n")
+		toHdr := "<sip:bob@example.com>"
+		if toTag != "" {
+			toHdr += ";tag=" + toTag
+		}
+		fmt.Fprintf(&b, "From: <sip:alice@example.com>;tag=a1\r\nTo: %s\r\nCall-ID: ng-call-1\r\nCSeq: 1 %s\r\n", toHdr, method)
+		fmt.Fprintf(&b, "Contact: <sip:alice@%s>\r\nMax-Forwards: 70\r\nX-Fn: %s\r\nX-Arg: %s\r\n", self, fn, flags)
+		if body != "" {
+			b.WriteString("Content-Type: application/sdp\r\n")
+		}
+		fmt.Fprintf(&b, "Content-Length: %d\r\n\r\n%s", len(body), body)
+		if _, err := conn.WriteToUDP([]byte(b.String()), &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: to}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cases := []struct{ method, fn, flags, toTag, body string }{
+		{"INVITE", "rtpengine_offer", "", "", sdp},
+		{"INVITE", "rtpengine_offer", "replace-origin replace-session-connection", "", sdp},
+		{"INVITE", "rtpengine_offer", "trust-address ICE=remove RTP/AVP symmetric", "", sdp},
+		{"INVITE", "rtpengine_offer", "SIP-source-address internal direction=external label=caller", "", sdp},
+		{"INVITE", "rtpengine_offer", "SRTP AVPF rtcp-mux-demux TOS=184 DTLS=off", "", sdp},
+		{"INVITE", "rtpengine_offer", "via-branch=1 to-tag repacketize=20", "b1", sdp},
+		{"INVITE", "rtpengine_offer", "via-branch=2 call-id=other from-tag=ft", "", sdp},
+		{"INVITE", "rtpengine_offer", "force-answer", "b1", sdp},
+		{"INVITE", "rtpengine_manage", "replace-origin", "", sdp},
+		{"ACK", "rtpengine_answer", "replace-origin", "b1", sdp},
+		{"BYE", "rtpengine_delete", "", "b1", ""},
+		{"BYE", "rtpengine_delete", "to-tag delete-delay=0", "b1", ""},
+		{"BYE", "rtpengine_manage", "", "b1", ""},
+		{"INFO", "rtpengine_query", "", "b1", ""},
+	}
+	for _, c := range cases {
+		send(kam.Port, c.method, c.fn, c.flags, c.toTag, c.body)
+		kd := recK.next(t)
+		send(k.Port, c.method, c.fn, c.flags, c.toTag, c.body)
+		dd := recD.next(t)
+		ks, _ := rtpengine.Encode(nil, kd)
+		ds, _ := rtpengine.Encode(nil, dd)
+		if string(ks) != string(ds) {
+			var d []string
+			for key, v := range kd {
+				if fmt.Sprint(dd[key]) != fmt.Sprint(v) {
+					d = append(d, fmt.Sprintf("%s: Kamailio %v, kamd %v", key, v, dd[key]))
+				}
+			}
+			for key, v := range dd {
+				if _, ok := kd[key]; !ok {
+					d = append(d, fmt.Sprintf("%s: only kamd %v", key, v))
+				}
+			}
+			t.Errorf("%s %s(%q): %s", c.method, c.fn, c.flags, strings.Join(d, "; "))
+		}
+	}
+}

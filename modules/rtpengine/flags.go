@@ -105,8 +105,11 @@ func parseFlags(s string, op *string) (*ngFlags, error) {
 			}
 			*op = "answer"
 		case key == "delete-delay" && hasVal:
+			// Kamailio sends both: the integer and, falling through to
+			// its generic case, the pair as given.
 			n, _ := strconv.Atoi(val)
 			f.dict["delete delay"] = int64(n)
+			f.dict[key] = val
 		case hasVal:
 			f.dict[key] = val
 		default:

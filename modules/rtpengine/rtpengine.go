@@ -173,6 +173,8 @@ func (r *RTPE) call(m *core.Msg, op, flags string) (map[string]any, error) {
 		d["to-tag"] = mi.fromTag
 	}
 	d["command"] = op
+	// As Kamailio 5.6: it understands rtpengine's "load limit" error.
+	d["supports"] = []string{"load limit"}
 	setID := int(r.setidDefault.Load())
 	if v, ok := m.Ext[extSet].(int); ok {
 		setID = v

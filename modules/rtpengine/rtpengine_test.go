@@ -54,7 +54,7 @@ func TestParseFlags(t *testing.T) {
 			map[string]any{"flags": []string{"trust-address"}, "ICE": "remove", "transport-protocol": "RTP/AVP", "direction": []string{"internal", "external"}}, "offer"},
 		{"offer", "SRTP AVPF", map[string]any{"transport-protocol": "RTP/SAVPF"}, "offer"},
 		{"offer", "RTP/SAVP rtcp-mux-demux TOS=184 delete-delay=5 repacketize=20",
-			map[string]any{"transport-protocol": "RTP/SAVP", "rtcp-mux": []string{"demux"}, "TOS": int64(184), "delete delay": int64(5), "repacketize": int64(20)}, "offer"},
+			map[string]any{"transport-protocol": "RTP/SAVP", "rtcp-mux": []string{"demux"}, "TOS": int64(184), "delete delay": int64(5), "delete-delay": "5", "repacketize": int64(20)}, "offer"},
 		{"offer", "force-answer", map[string]any{}, "answer"},
 		{"delete", "", map[string]any{}, "delete"},
 		{"offer", "  UDP/TLS/RTP/SAVPF  ", map[string]any{"transport-protocol": "UDP/TLS/RTP/SAVPF"}, "offer"},
