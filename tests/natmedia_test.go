@@ -789,6 +789,31 @@ func TestNATMediaKamailioSideBySide(t *testing.T) {
 	if fmt.Sprint(kp.Result) != fmt.Sprint(dp) {
 		t.Errorf("rtpengine.ping: Kamailio %v, kamd %v", kp.Result, dp)
 	}
+	// Disable (permanently), show, enable again (after a ping): the same
+	// results and states.
+	url := "udp:127.0.0.1:" + strconv.Itoa(e.NG)
+	for _, flag := range []int{0, 1} {
+		var ke struct {
+			Result map[string]any `json:"result"`
+		}
+		if err := json.Unmarshal(kam.RPC(t, "rtpengine.enable", url, flag), &ke); err != nil {
+			t.Fatal(err)
+		}
+		de := asObject(t, k.ctlJSON(t, "rtpengine.enable", url, strconv.Itoa(flag)), "kamd enable")
+		if fmt.Sprint(ke.Result) != fmt.Sprint(de) {
+			t.Errorf("rtpengine.enable %d: Kamailio %v, kamd %v", flag, ke.Result, de)
+		}
+		var ks struct {
+			Result []map[string]any `json:"result"`
+		}
+		if err := json.Unmarshal(kam.RPC(t, "rtpengine.show", url), &ks); err != nil || len(ks.Result) != 1 {
+			t.Fatalf("Kamailio rtpengine.show: %v %v", ks, err)
+		}
+		ds, _ := k.ctlJSON(t, "rtpengine.show", url).([]any)
+		if len(ds) != 1 || fmt.Sprint(ks.Result[0]) != fmt.Sprint(ds[0]) {
+			t.Errorf("rtpengine.show after enable %d: Kamailio %v, kamd %v", flag, ks.Result, ds)
+		}
+	}
 }
 
 // Route tests of every rtpengine function (kamd test) against a real
