@@ -677,7 +677,7 @@ failure_route[MANAGE_FAILURE] { route(NATMANAGE); }
 }
 
 // startKamailioNAT runs Kamailio with kamailioNATCfg; stopped at cleanup.
-func startKamailioNAT(t *testing.T, ng int) *kamailioRegistrar {
+func startKamailioNAT(t *testing.T, ng int, edit ...func(string) string) *kamailioRegistrar {
 	t.Helper()
 	bin, modDir, _, missing := findKamailio()
 	if missing == "" {
@@ -697,7 +697,11 @@ func startKamailioNAT(t *testing.T, ng int) *kamailioRegistrar {
 	for attempt := 0; attempt < 3; attempt++ {
 		k := &kamailioRegistrar{Dir: t.TempDir(), Port: freePort(t), RPCPort: freePort(t), log: &logBuffer{}, done: make(chan struct{})}
 		cfg := k.Dir + "/kamailio.cfg"
-		if err := os.WriteFile(cfg, []byte(kamailioNATCfg(k.Port, k.RPCPort, ng, modDir)), 0o644); err != nil {
+		text := kamailioNATCfg(k.Port, k.RPCPort, ng, modDir)
+		for _, f := range edit {
+			text = f(text)
+		}
+		if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		k.cmd = exec.Command(bin, "-DD", "-E", "-f", cfg, "-Y", k.Dir, "-m", "64", "-M", "8")
@@ -1249,4 +1253,59 @@ modparam("rtpengine", "rtpengine_sock", "udp:127.0.0.1:`+strconv.Itoa(recK.Port(
 			t.Errorf("%s %s(%q): %s", c.method, c.fn, c.flags, strings.Join(d, "; "))
 		}
 	}
+}
+
+// The SIP keepalives Kamailio's nathelper and kamd's send to a NATed phone
+// registered with the sipping flag: the same request line and headers.
+func TestNATKeepaliveKamailioSideBySide(t *testing.T) {
+	e := startRtpengine(t)
+	fast := func(s string) string { return strings.Replace(s, `"natping_interval", 30`, `"natping_interval", 1`, 1) }
+	kam := startKamailioNAT(t, e.NG, fast)
+	k := startKamd(t, fast(natScript("udp:127.0.0.1:"+strconv.Itoa(e.NG), "")))
+	ping := func(proxy *net.UDPAddr) *sip.Request {
+		carol := newPhone(t, "carol", "10.0.0.3", proxy)
+		carol.register(t)
+		return carol.wait("keepalive", 5*time.Second, func(r received) bool {
+			return r.Req() != nil && r.Req().Method == sip.OPTIONS
+		}).Req()
+	}
+	kp := ping(&net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: kam.Port})
+	dp := ping(k.UDPAddr())
+	shape := func(r *sip.Request) map[string]string {
+		m := map[string]string{"request line": string(r.Method) + " " + r.Recipient.String()}
+		for _, h := range reqHeaderNames(r) {
+			m["has "+h] = "yes"
+		}
+		m["From URI"] = r.From().Address.String()
+		m["To"] = r.To().Value()
+		m["CSeq"] = r.CSeq().Value()
+		_, tagged := r.From().Params.Get("tag")
+		m["From tag"] = strconv.FormatBool(tagged)
+		m["Via transport"] = r.Via().Transport
+		m["Content-Length"] = strconv.Itoa(len(r.Body()))
+		return m
+	}
+	ks, ds := shape(kp), shape(dp)
+	for key, v := range ks {
+		if ds[key] != v {
+			t.Errorf("keepalive %s: Kamailio %q, kamd %q", key, v, ds[key])
+		}
+	}
+	for key, v := range ds {
+		if _, ok := ks[key]; !ok {
+			t.Errorf("keepalive %s: only kamd %q", key, v)
+		}
+	}
+	if t.Failed() {
+		t.Logf("Kamailio:\n%s\nkamd:\n%s", kp.String(), dp.String())
+	}
+}
+
+// reqHeaderNames lists a request's header names, lower-cased.
+func reqHeaderNames(r *sip.Request) []string {
+	var out []string
+	for _, h := range r.Headers() {
+		out = append(out, strings.ToLower(h.Name()))
+	}
+	return out
 }

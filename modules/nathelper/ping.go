@@ -230,8 +230,8 @@ func (p *pinger) ping(c usrloc.Contact, now time.Time) error {
 	cid := sip.CallIDHeader("nhping-" + id + "@" + sock.Host())
 	req.AppendHeader(&cid)
 	req.AppendHeader(&sip.CSeqHeader{SeqNo: 1, MethodName: meth})
-	mf := sip.MaxForwardsHeader(70)
-	req.AppendHeader(&mf)
+	// No Max-Forwards: Kamailio's keepalive has none (a hop-by-hop
+	// request), compared side by side in tests/natmedia_test.go.
 	cl := sip.ContentLengthHeader(0)
 	req.AppendHeader(&cl)
 	if err := n.env.Sender.Send(&core.Outgoing{Kind: core.OutLocalRequest, Msg: req, Dst: dst, LocalSocket: forced}); err != nil {
