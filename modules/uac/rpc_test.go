@@ -24,6 +24,7 @@ func (a args) String(i int) (string, error) {
 	}
 	return "", errors.New("not a string")
 }
+
 // Has is what the RPC layer's params offer: null is "not supplied".
 func (a args) Has(i int) bool { return i < len(a) && a[i] != nil }
 
