@@ -45,8 +45,9 @@ func (a *app) paged(method string, params []any) (code int, ok bool) {
 		out = &domainPages{a: a}
 	}
 	cursor := ""
+	size := pg.pageSize
 	for first := true; ; first = false {
-		p := append(append([]any(nil), base...), pg.pageSize)
+		p := append(append([]any(nil), base...), size)
 		if cursor != "" {
 			p = append(p, cursor)
 		}
@@ -54,6 +55,11 @@ func (a *app) paged(method string, params []any) (code int, ok bool) {
 		var rerr *rpc.Error
 		if first && errors.As(err, &rerr) && rerr.Code == rpc.CodeInvalidParams {
 			return 0, false // a server without paging params: call it as typed
+		}
+		if errors.As(err, &rerr) && rerr.Code == rpc.CodeTooLarge && size > 1 {
+			// Records larger than guessed (many contacts each): smaller pages.
+			size = max(size/4, 1)
+			continue
 		}
 		if err != nil {
 			if !first {
