@@ -184,7 +184,7 @@ func (u *UAC) rpcMethods() []core.RPCMethod {
 			Params: []core.RPCParam{secrets,
 				{Name: "limit", Type: "int", Optional: true, Doc: "at most this many records in this page; the result becomes {\"records\": [...], \"next\": cursor}"},
 				{Name: "cursor", Type: "string", Optional: true, Doc: "the next value of the previous page"}},
-			Result: "[" + rec + "]; paged (limit or cursor given): {\"records\": [" + rec + "], \"next\": cursor (only when more remain)}; 507 \"Response too large\" (page it)", Handler: u.rpcDump},
+			Result: "[" + rec + "]; paged (limit or cursor given): {\"records\": [the same records], \"next\": cursor (only when more remain)}; 507 \"Response too large\" (page it)", Handler: u.rpcDump},
 		{Name: "uac.reg_info", Doc: "Return the details of registration record.", ReadOnly: true,
 			Params: []core.RPCParam{attr, val, secrets}, Result: rec + `; 400 "Invalid Parameters", 400 "Unsupported filter attribute", 404 "Record not found"`, Handler: u.rpcInfo},
 		{Name: "uac.reg_enable", Doc: "Enable registration for a particular record (and send the REGISTER now).",
