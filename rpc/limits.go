@@ -47,6 +47,7 @@ type budget struct {
 	// the heap is handed back to the OS so RSS falls back quickly.
 	peak     atomic.Int64
 	lastFree atomic.Int64
+	pending  atomic.Bool
 }
 
 func (b *budget) take(n int64) bool {
@@ -72,14 +73,28 @@ func (b *budget) give(n int64) {
 		return
 	}
 	// Idle again after holding a quarter of the budget or more: return the
-	// freed heap to the OS, at most every 10 s.
-	if b.peak.Load() >= b.max/4 {
-		now := time.Now().UnixNano()
-		last := b.lastFree.Load()
-		if now-last > int64(10*time.Second) && b.lastFree.CompareAndSwap(last, now) {
-			b.peak.Store(0)
-			go debug.FreeOSMemory()
+	// freed heap to the OS (at most every 10 s; a burst that ends sooner is
+	// freed when the 10 s are up, if still idle then).
+	if b.peak.Load() < b.max/4 {
+		return
+	}
+	const every = int64(10 * time.Second)
+	now := time.Now().UnixNano()
+	last := b.lastFree.Load()
+	if wait := last + every - now; wait > 0 {
+		if b.pending.CompareAndSwap(false, true) {
+			time.AfterFunc(time.Duration(wait), func() {
+				b.pending.Store(false)
+				if b.used.Load() == 0 {
+					b.give(0)
+				}
+			})
 		}
+		return
+	}
+	if b.lastFree.CompareAndSwap(last, now) {
+		b.peak.Store(0)
+		go debug.FreeOSMemory()
 	}
 }
 

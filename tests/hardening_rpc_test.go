@@ -438,7 +438,7 @@ func TestHardeningRPCStress(t *testing.T) {
 	attack("ul.dump batches (1000 calls, 4 in parallel)", func(stop <-chan struct{}) {
 		body := rpchDumpBatch(1000)
 		var wg sync.WaitGroup
-		var batches, errs507, ok atomic.Int64
+		var batches, errs507, errs503, ok atomic.Int64
 		for w := 0; w < 4; w++ {
 			wg.Add(1)
 			go func() {
@@ -467,11 +467,12 @@ func TestHardeningRPCStress(t *testing.T) {
 					batches.Add(1)
 					ok.Add(int64(bytes.Count(msg, []byte(`"result"`))))
 					errs507.Add(int64(bytes.Count(msg, []byte(`"code":507`))))
+					errs503.Add(int64(bytes.Count(msg, []byte(`"code":503`))))
 				}
 			}()
 		}
 		wg.Wait()
-		fmt.Printf("STRESS   %d batches answered: %d dumps, %d calls answered 507\n", batches.Load(), ok.Load(), errs507.Load())
+		fmt.Printf("STRESS   %d batches answered: %d dumps, %d calls answered 507 (batch bound), %d answered 503 (budget in use)\n", batches.Load(), ok.Load(), errs507.Load(), errs503.Load())
 	})
 
 	attack("idle websockets (500 opened and held, reopened when closed)", func(stop <-chan struct{}) {
