@@ -115,8 +115,11 @@ type replyBuf struct {
 	n      int64
 	bud    *budget
 	held   int64
-	// batchMax bounds the whole buffer, respMax the bytes since mark.
+	// batchMax bounds the bytes produced for the whole reply, dropped ones
+	// included (so a batch of calls each over respMax stops early too: the
+	// work, not only the memory, is bounded); respMax the bytes since mark.
 	batchMax, respMax int64
+	produced          int64
 	mark              int64
 	err               error
 	force             bool
@@ -145,10 +148,11 @@ func (b *replyBuf) Write(p []byte) (int, error) {
 		switch {
 		case b.n-b.mark+int64(len(p)) > b.respMax:
 			b.err = errRespTooLarge
-		case b.n+int64(len(p)) > b.batchMax:
+		case b.produced+int64(len(p)) > b.batchMax:
 			b.err = errBatchTooLarge
 		}
 		if b.err != nil {
+			b.produced += int64(len(p)) // encoded, if dropped: work the batch caused
 			return 0, b.err
 		}
 	}
@@ -173,6 +177,7 @@ func (b *replyBuf) Write(p []byte) (int, error) {
 		p = p[k:]
 		written += k
 		b.n += int64(k)
+		b.produced += int64(k)
 	}
 	return written, nil
 }

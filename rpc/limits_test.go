@@ -60,6 +60,7 @@ func TestReplyBounds(t *testing.T) {
 		{"one over its bound", call(5000, 1), 507, []int{507}},
 		{"endless stream", `{"jsonrpc":"2.0","method":"test.endless","id":1}`, 507, []int{507}},
 		{"batch: one over, the rest fine", "[" + call(100, 1) + "," + call(5000, 2) + "," + call(100, 3) + "]", 200, []int{0, 507, 0}},
+		{"batch of calls each over its bound: work bounded, later calls not executed", "[" + call(5000, 1) + "," + call(5000, 2) + "," + call(5000, 3) + "," + call(5000, 4) + "," + call(5000, 5) + "]", 200, []int{507, 507, 507, 507, 507}},
 		{"batch over its bound: later calls not executed", "[" + call(3000, 1) + "," + call(3000, 2) + "," + call(3000, 3) + "," + call(3000, 4) + "," + call(10, 5) + "]", 200, []int{0, 0, 0, 507, 507}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
