@@ -209,24 +209,20 @@ func (a *app) fail(err error) int {
 }
 
 func (a *app) call(method string, params any) (json.RawMessage, error) {
+	if a.cl != nil && a.cl.Err() != nil {
+		// The server closed the websocket since the last call (its idle
+		// timeout, in the shell): reconnect. A call is never retried, so
+		// one that may have run is not run twice.
+		a.cl.Close()
+		a.cl = nil
+	}
 	cl, err := a.client()
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), a.timeout)
 	defer cancel()
-	res, err := cl.Call(ctx, method, params)
-	if err != nil && cl.Err() != nil {
-		// The server closed the websocket (its idle timeout, in the shell):
-		// reconnect once.
-		cl.Close()
-		a.cl = nil
-		if cl, err = a.client(); err != nil {
-			return nil, err
-		}
-		res, err = cl.Call(ctx, method, params)
-	}
-	return res, err
+	return cl.Call(ctx, method, params)
 }
 
 // httpURL turns ws://host:port/ws into http://host:port/RPC (wss → https).

@@ -514,7 +514,7 @@ func (s *Server) evictIdle(ip string) bool {
 	}
 	victim.slotFreed = true
 	s.releaseWSLocked(victim.ip)
-	s.log.Info("rpc: evicting an idle websocket to make room", "remote", victim.ip)
+	s.log.Debug("rpc: evicting an idle websocket to make room", "remote", victim.ip)
 	victim.closeWith(websocket.ClosePolicyViolation, "idle connection evicted at the connection cap")
 	return true
 }
