@@ -77,7 +77,7 @@ func (s *Server) handle(ctx context.Context, role Role, data []byte) (out *reply
 			req := parseRequest(it)
 			if req.err == nil && !req.hasID {
 				if stopped == nil {
-					s.invoke(ctx, role, req.method, req.params) // notification: never answered
+					s.work(ctx, func() { s.invoke(ctx, role, req.method, req.params) }) // notification: never answered
 				}
 				continue
 			}
@@ -95,9 +95,15 @@ func (s *Server) handle(ctx context.Context, role Role, data []byte) (out *reply
 			case stopped != nil:
 				s.writeError(buf, req.id, stopped)
 			default:
-				v, rerr := s.invoke(ctx, role, req.method, req.params)
-				if stop := s.writeResponse(buf, req.id, v, rerr); stop != nil {
-					stopped = s.notExecuted(stop)
+				ran := s.work(ctx, func() {
+					v, rerr := s.invoke(ctx, role, req.method, req.params)
+					if stop := s.writeResponse(buf, req.id, v, rerr); stop != nil {
+						stopped = s.notExecuted(stop)
+					}
+				})
+				if !ran { // the caller went away while waiting
+					stopped = NewError(CodeBusy, "Not executed: the connection closed")
+					s.writeError(buf, req.id, stopped)
 				}
 			}
 		}
@@ -112,13 +118,35 @@ func (s *Server) handle(ctx context.Context, role Role, data []byte) (out *reply
 	if req.err != nil {
 		return s.errorReply(req.err, req.id), req.err.Code
 	}
-	v, rerr := s.invoke(ctx, role, req.method, req.params)
-	if !req.hasID {
-		return nil, 0 // notification: never answered
+	var buf *replyBuf
+	ran := s.work(ctx, func() {
+		v, rerr := s.invoke(ctx, role, req.method, req.params)
+		if req.hasID { // else a notification: never answered
+			buf = s.newReply()
+			s.writeResponse(buf, req.id, v, rerr)
+		}
+	})
+	if !ran {
+		return s.errorReply(NewError(CodeBusy, "Not executed: the connection closed"), req.id), CodeBusy
 	}
-	buf := s.newReply()
-	s.writeResponse(buf, req.id, v, rerr)
+	if buf == nil {
+		return nil, 0
+	}
 	return buf, buf.code
+}
+
+// work runs one call (the handler and the encoding of its result) holding
+// one of the MaxRunning slots, so RPC work never takes every CPU from SIP.
+// It reports false, without running f, when ctx ended while waiting.
+func (s *Server) work(ctx context.Context, f func()) bool {
+	select {
+	case s.running <- struct{}{}:
+	case <-ctx.Done():
+		return false
+	}
+	defer func() { <-s.running }()
+	f()
+	return true
 }
 
 func (s *Server) newReply() *replyBuf {

@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -68,6 +69,10 @@ type Config struct {
 	MaxResponseBytes int64
 	// MaxBatchBytes bounds the replies of one batch together (default 32 MiB).
 	MaxBatchBytes int64
+	// MaxRunning bounds the calls executing at once, across connections
+	// (default half the CPUs, at least 1): RPC work never takes every CPU
+	// from SIP; the other calls wait their turn.
+	MaxRunning int
 	// MemoryBudget bounds the memory all encoded replies may hold at once,
 	// across connections, until written out (default 64 MiB); beyond it
 	// requests are answered 503 "Server busy".
@@ -89,6 +94,8 @@ type Server struct {
 	reg    registry
 	hub    *Hub
 	budget *budget
+	// running holds a token per call executing (MaxRunning).
+	running chan struct{}
 	// httpActive counts POST /RPC requests in flight.
 	httpActive atomic.Int64
 
@@ -150,6 +157,9 @@ func NewServer(cfg Config) *Server {
 	if cfg.MemoryBudget <= 0 {
 		cfg.MemoryBudget = DefaultMemoryBudget
 	}
+	if cfg.MaxRunning <= 0 {
+		cfg.MaxRunning = max(1, runtime.GOMAXPROCS(0)/2)
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -169,6 +179,7 @@ func NewServer(cfg Config) *Server {
 		conns:      map[*wsConn]struct{}{},
 		perIP:      map[string]int{},
 		budget:     &budget{max: cfg.MemoryBudget},
+		running:    make(chan struct{}, cfg.MaxRunning),
 	}
 	s.hub = &Hub{subs: map[*wsConn]struct{}{}, log: log}
 	s.upgrader = websocket.Upgrader{

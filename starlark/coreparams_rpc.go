@@ -6,7 +6,7 @@ import "github.com/kamgo/kamgo/modules/core"
 // at start and checks their values.
 var rpcLimitParams = []string{
 	"rpc_max_response_bytes", "rpc_max_batch_bytes", "rpc_memory_budget",
-	"rpc_max_conns", "rpc_max_conns_per_ip", "rpc_admin_reserve", "rpc_idle_timeout",
+	"rpc_max_conns", "rpc_max_conns_per_ip", "rpc_admin_reserve", "rpc_idle_timeout", "rpc_workers",
 }
 
 func init() {

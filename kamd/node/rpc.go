@@ -98,6 +98,7 @@ func rpcLimits(cfg *rpc.Config, cp map[string]core.Val) error {
 		{"rpc_max_conns", false, func(v int64) { cfg.MaxConns = int(v) }},
 		{"rpc_max_conns_per_ip", false, func(v int64) { cfg.MaxConnsPerIP = int(v) }},
 		{"rpc_admin_reserve", false, func(v int64) { cfg.AdminReserve = int(v) }},
+		{"rpc_workers", false, func(v int64) { cfg.MaxRunning = int(v) }},
 		// Seconds; 0 disables the idle timeout.
 		{"rpc_idle_timeout", true, func(v int64) {
 			cfg.IdleTimeout = time.Duration(v) * time.Second
@@ -408,7 +409,7 @@ var startOnlyCoreParams = []string{"workers", "db_path", "rpc_listen", "rpc_tls_
 // The RPC limits are read at start too.
 func init() {
 	startOnlyCoreParams = append(startOnlyCoreParams, "rpc_max_response_bytes", "rpc_max_batch_bytes", "rpc_memory_budget",
-		"rpc_max_conns", "rpc_max_conns_per_ip", "rpc_admin_reserve", "rpc_idle_timeout")
+		"rpc_max_conns", "rpc_max_conns_per_ip", "rpc_admin_reserve", "rpc_idle_timeout", "rpc_workers")
 }
 
 // Reload is app_starlark.reload and SIGHUP: compile and check, refuse what
