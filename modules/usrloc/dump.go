@@ -132,11 +132,13 @@ func (x *ulDump) WriteJSON(w io.Writer) error {
 				ew.json(map[string]any{"AoR": aor})
 				return true
 			}
-			list := make([]any, 0, len(cs))
+			var a dumpAoR
+			a.Info.AoR, a.Info.HashID = aor, HashID(aor)
+			a.Info.Contacts = make([]dumpContactItem, len(cs))
 			for i := range cs {
-				list = append(list, DumpContact(&cs[i], x.now))
+				a.Info.Contacts[i].Contact = toDumpContact(&cs[i], x.now)
 			}
-			ew.json(map[string]any{"Info": map[string]any{"AoR": aor, "HashID": HashID(aor), "Contacts": list}})
+			ew.json(&a)
 			return true
 		})
 		recs, maxSlot := d.Counts()
@@ -191,4 +193,63 @@ func hasArg(a core.RPCArgs, i int) bool {
 		return h.Has(i)
 	}
 	return i < a.Len()
+}
+
+// dumpContact is DumpContact as a struct, for the dump's speed (no map per
+// contact): the same members, in the order encoding/json gives the map's.
+type dumpContact struct {
+	Address       string  `json:"Address"`
+	CFlags        int     `json:"CFlags"`
+	CSeq          int     `json:"CSeq"`
+	CallID        string  `json:"Call-ID"`
+	Expires       any     `json:"Expires"`
+	Flags         int     `json:"Flags"`
+	Instance      string  `json:"Instance"`
+	Keepalive     int     `json:"Keepalive"`
+	LastKeepalive int     `json:"Last-Keepalive"`
+	LastModified  int64   `json:"Last-Modified"`
+	Methods       int64   `json:"Methods"`
+	Path          string  `json:"Path"`
+	Q             float64 `json:"Q"`
+	Received      string  `json:"Received"`
+	RegID         int     `json:"Reg-Id"`
+	Ruid          string  `json:"Ruid"`
+	ServerID      int     `json:"Server-Id"`
+	Socket        string  `json:"Socket"`
+	State         string  `json:"State"`
+	ConnID        int     `json:"Tcpconn-Id"`
+	UserAgent     string  `json:"User-Agent"`
+}
+
+type dumpContactItem struct {
+	Contact dumpContact `json:"Contact"`
+}
+
+type dumpAoR struct {
+	Info struct {
+		AoR      string            `json:"AoR"`
+		Contacts []dumpContactItem `json:"Contacts"`
+		HashID   uint32            `json:"HashID"`
+	} `json:"Info"`
+}
+
+func toDumpContact(c *Contact, now time.Time) dumpContact {
+	return dumpContact{
+		Address: c.Contact, CFlags: c.CFlags, CSeq: c.CSeq, CallID: c.CallID, Expires: dumpExpires(c, now),
+		Flags: c.Flags, Instance: notSet(c.Instance), Keepalive: c.Keepalive, LastModified: c.LastModified.Unix(),
+		Methods: c.Methods, Path: notSet(c.Path), Q: qFloat(c.Q), Received: notSet(c.Received), RegID: c.RegID,
+		Ruid: notSet(c.Ruid), ServerID: c.ServerID, Socket: notSet(c.Socket), State: c.State, ConnID: c.ConnID,
+		UserAgent: notSet(c.UserAgent),
+	}
+}
+
+// dumpExpires is a contact's Expires as ul.dump shows it.
+func dumpExpires(c *Contact, now time.Time) any {
+	switch {
+	case c.Expires.IsZero():
+		return "permanent"
+	case !c.Expires.After(now):
+		return "expired"
+	}
+	return c.ExpiresIn(now)
 }

@@ -83,18 +83,9 @@ func notSet(s string) string {
 
 // DumpContact is a contact as ul.dump and ul.lookup show it.
 func DumpContact(c *Contact, now time.Time) map[string]any {
-	var exp any
-	switch {
-	case c.Expires.IsZero():
-		exp = "permanent"
-	case !c.Expires.After(now):
-		exp = "expired"
-	default:
-		exp = c.ExpiresIn(now)
-	}
 	return map[string]any{"Contact": map[string]any{
 		"Address":        c.Contact,
-		"Expires":        exp,
+		"Expires":        dumpExpires(c, now),
 		"Q":              qFloat(c.Q),
 		"Call-ID":        c.CallID,
 		"CSeq":           c.CSeq,
