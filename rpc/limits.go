@@ -3,6 +3,7 @@ package rpc
 import (
 	"errors"
 	"io"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -43,12 +44,17 @@ var (
 type budget struct {
 	max  int64
 	used atomic.Int64
-	// peak since the last FreeOSMemory, and when that ran: after a burst
-	// the heap is handed back to the OS so RSS falls back quickly.
-	peak     atomic.Int64
-	lastFree atomic.Int64
-	pending  atomic.Bool
+	// After a burst (a quarter of the budget or more in use since the last
+	// release to the OS) and a quiet spell, the heap is handed back to the
+	// OS so RSS falls back; never while replies keep coming (a forced GC
+	// and scavenge would only add latency then).
+	peak    atomic.Int64
+	gen     atomic.Int64 // counts takes, to see a quiet spell
+	pending atomic.Bool
 }
+
+// quietSpell is how long the budget must stay unused before the release.
+var quietSpell = 5 * time.Second
 
 func (b *budget) take(n int64) bool {
 	for {
@@ -57,6 +63,7 @@ func (b *budget) take(n int64) bool {
 			return false
 		}
 		if b.used.CompareAndSwap(u, u+n) {
+			b.gen.Add(1)
 			if u+n > b.peak.Load() {
 				b.peak.Store(u + n)
 			}
@@ -69,33 +76,32 @@ func (b *budget) take(n int64) bool {
 func (b *budget) force(n int64) { b.used.Add(n) }
 
 func (b *budget) give(n int64) {
-	if b.used.Add(-n) != 0 {
+	if b.used.Add(-n) != 0 || b.peak.Load() < b.max/4 {
 		return
 	}
-	// Idle again after holding a quarter of the budget or more: return the
-	// freed heap to the OS (at most every 10 s; a burst that ends sooner is
-	// freed when the 10 s are up, if still idle then).
-	if b.peak.Load() < b.max/4 {
-		return
+	if b.pending.CompareAndSwap(false, true) {
+		b.afterQuiet(b.gen.Load())
 	}
-	const every = int64(10 * time.Second)
-	now := time.Now().UnixNano()
-	last := b.lastFree.Load()
-	if wait := last + every - now; wait > 0 {
-		if b.pending.CompareAndSwap(false, true) {
-			time.AfterFunc(time.Duration(wait), func() {
-				b.pending.Store(false)
-				if b.used.Load() == 0 {
-					b.give(0)
-				}
-			})
+}
+
+// afterQuiet releases the heap once the budget stayed unused for quietSpell
+// since generation gen; it waits again while replies keep coming.
+func (b *budget) afterQuiet(gen int64) {
+	time.AfterFunc(quietSpell, func() {
+		switch {
+		case b.used.Load() != 0:
+			b.pending.Store(false) // in use: the next idle moment starts over
+		case b.gen.Load() != gen:
+			b.afterQuiet(b.gen.Load())
+		default:
+			b.peak.Store(0)
+			b.pending.Store(false)
+			// Two collections: the first moves the pooled chunks to the
+			// pool's victim cache, the second (FreeOSMemory's) drops them.
+			runtime.GC()
+			debug.FreeOSMemory()
 		}
-		return
-	}
-	if b.lastFree.CompareAndSwap(last, now) {
-		b.peak.Store(0)
-		go debug.FreeOSMemory()
-	}
+	})
 }
 
 // InUse returns the bytes the replies hold now.

@@ -110,6 +110,10 @@ func TestReplyBounds(t *testing.T) {
 	if _, err := ts.s.Call(context.Background(), RoleAdmin, "test.endless"); err == nil || err.(*Error).Code != CodeTooLarge {
 		t.Errorf("Call: %v", err)
 	}
+	// The server releases a reply just after writing it out.
+	for i := 0; i < 100 && ts.s.MemoryInUse() != 0; i++ {
+		sleepMS(10)
+	}
 	if n := ts.s.MemoryInUse(); n != 0 {
 		t.Errorf("budget still holds %d bytes", n)
 	}
@@ -312,4 +316,37 @@ func TestIdleTimeout(t *testing.T) {
 	}
 	// And the subscribed one too.
 	wsRoundTrip(t, sub, `{"jsonrpc":"2.0","method":"test.void","id":2}`, 5*time.Second)
+}
+
+// TestBudgetReleaseAfterQuiet: after a burst the heap is released once the
+// budget has been unused for quietSpell, not while replies keep coming.
+func TestBudgetReleaseAfterQuiet(t *testing.T) {
+	defer func(d time.Duration) { quietSpell = d }(quietSpell)
+	quietSpell = 150 * time.Millisecond
+	b := &budget{max: 100}
+	b.take(50)
+	b.give(50) // a burst over a quarter: the wait starts
+	if !b.pending.Load() {
+		t.Fatal("no release pending after a burst")
+	}
+	for i := 0; i < 4; i++ { // replies keep coming: no release yet
+		sleepMS(60)
+		b.take(10)
+		b.give(10)
+	}
+	if b.peak.Load() == 0 {
+		t.Fatal("released during the burst")
+	}
+	for i := 0; i < 100 && b.pending.Load(); i++ {
+		sleepMS(20)
+	}
+	if b.pending.Load() || b.peak.Load() != 0 {
+		t.Fatalf("not released after a quiet spell (peak %d)", b.peak.Load())
+	}
+	// A small use afterwards does not start another wait.
+	b.take(10)
+	b.give(10)
+	if b.pending.Load() {
+		t.Error("release pending after a small reply")
+	}
 }
