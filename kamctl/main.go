@@ -21,6 +21,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	neturl "net/url"
 	"os"
 	"os/signal"
 	"runtime"
@@ -63,6 +64,7 @@ type app struct {
 	stderr    io.Writer
 	cl        *rpc.Client
 	interrupt <-chan os.Signal
+	events    bool // watch: needs a websocket
 }
 
 func main() {
@@ -179,6 +181,14 @@ func (a *app) client() (*rpc.Client, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), a.timeout)
 	defer cancel()
 	cl, err := rpc.DialTLS(ctx, a.url, a.token, a.tls)
+	if errors.Is(err, rpc.ErrTooManyConns) && !a.events {
+		// The websockets are at their cap (idle ones, say): calls work over
+		// POST /RPC on the same port, which has its own bound.
+		if hu, ok := httpURL(a.url); ok {
+			fmt.Fprintf(a.stderr, "kamctl: websockets at their cap; using %s\n", hu)
+			cl, err = rpc.DialTLS(ctx, hu, a.token, a.tls)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -199,6 +209,13 @@ func (a *app) fail(err error) int {
 }
 
 func (a *app) call(method string, params any) (json.RawMessage, error) {
+	if a.cl != nil && a.cl.Err() != nil {
+		// The server closed the websocket since the last call (its idle
+		// timeout, in the shell): reconnect. A call is never retried, so
+		// one that may have run is not run twice.
+		a.cl.Close()
+		a.cl = nil
+	}
 	cl, err := a.client()
 	if err != nil {
 		return nil, err
@@ -206,6 +223,17 @@ func (a *app) call(method string, params any) (json.RawMessage, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), a.timeout)
 	defer cancel()
 	return cl.Call(ctx, method, params)
+}
+
+// httpURL turns ws://host:port/ws into http://host:port/RPC (wss → https).
+func httpURL(ws string) (string, bool) {
+	u, err := neturl.Parse(ws)
+	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") {
+		return "", false
+	}
+	u.Scheme = strings.Replace(u.Scheme, "ws", "http", 1)
+	u.Path, u.RawQuery = "/RPC", ""
+	return u.String(), true
 }
 
 // exec runs one command line (already split into words).
@@ -229,6 +257,9 @@ func (a *app) exec(words []string) int {
 	if err != nil {
 		fmt.Fprintf(a.stderr, "kamctl: %v\n", err)
 		return exitUsage
+	}
+	if code, ok := a.paged(words[0], params); ok {
+		return code
 	}
 	res, err := a.call(words[0], params)
 	if err != nil {
@@ -350,6 +381,7 @@ func (a *app) watch(args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
+	a.events = true
 	cl, err := a.client()
 	if err != nil {
 		return a.fail(err)

@@ -22,6 +22,10 @@ import (
 // ErrClosed is returned by calls on a closed client connection.
 var ErrClosed = errors.New("rpc: connection closed")
 
+// ErrTooManyConns wraps the error of a websocket handshake refused with HTTP
+// 503 (the server's websocket caps); POST /RPC still works then.
+var ErrTooManyConns = errors.New("rpc: too many websocket connections")
+
 // Client calls a kamgo (or any JSON-RPC 2.0) server over a websocket
 // (ws://, wss://) or HTTP POST (http://, https://). It is safe for concurrent use.
 type Client struct {
@@ -115,6 +119,8 @@ func DialTLS(ctx context.Context, rawurl, token string, tc *tls.Config) (*Client
 					msg = "Forbidden"
 				}
 				return nil, NewError(CodeForbidden, msg)
+			case http.StatusServiceUnavailable:
+				return nil, fmt.Errorf("%w: websocket handshake with %s refused: HTTP %s: %s", ErrTooManyConns, c.url, resp.Status, msg)
 			}
 			return nil, fmt.Errorf("rpc: websocket handshake with %s failed: HTTP %s: %s", c.url, resp.Status, msg)
 		}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"testing"
+	"unicode/utf8"
 )
 
 // FuzzDecode feeds arbitrary bytes to the request decoder. It must never
@@ -29,12 +30,17 @@ func FuzzDecode(f *testing.F) {
 		s.MustRegister(m)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		out, _ := s.handle(context.Background(), RoleAdmin, data)
-		if out == nil {
+		reply, _ := s.handle(context.Background(), RoleAdmin, data)
+		if reply == nil {
 			if !allNotifications(data) {
 				t.Fatalf("no response for %q", data)
 			}
 			return
+		}
+		out := reply.Bytes()
+		reply.release()
+		if !utf8.Valid(out) {
+			t.Fatalf("invalid UTF-8 in response %q for %q", out, data)
 		}
 		if !json.Valid(out) {
 			t.Fatalf("invalid JSON response %q for %q", out, data)

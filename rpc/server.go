@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,9 +47,36 @@ type Config struct {
 	AllowedOrigins []string
 	// MaxFrameBytes bounds one websocket message or HTTP request body (default 1 MiB).
 	MaxFrameBytes int64
-	// MaxConns bounds websocket connections plus in-flight HTTP requests (default 64);
-	// beyond it the server answers 503.
+	// MaxConns bounds websocket connections (default 64); beyond it (and when
+	// no idle one can be evicted) the upgrade is answered 503. HTTP POSTs are
+	// bounded separately (MaxHTTPInflight), so /RPC keeps working at the cap.
 	MaxConns int
+	// MaxConnsPerIP bounds the websockets of one remote address (default 16).
+	MaxConnsPerIP int
+	// AdminReserve is how many of the MaxConns slots only an admin-role caller
+	// may take (default 4, at most a quarter of MaxConns).
+	AdminReserve int
+	// IdleTimeout closes a websocket with no subscription and no request for
+	// that long (default 60 s; negative disables).
+	IdleTimeout time.Duration
+	// IdleGrace: at a cap, a newcomer evicts the longest-idle websocket (no
+	// subscription, no request in flight) silent for at least this long (default 2 s).
+	IdleGrace time.Duration
+	// MaxHTTPInflight bounds concurrent POST /RPC requests (default 64).
+	MaxHTTPInflight int
+	// MaxResponseBytes bounds the encoded reply to one request (default 16 MiB);
+	// beyond it the request is answered 507 "Response too large".
+	MaxResponseBytes int64
+	// MaxBatchBytes bounds the replies of one batch together (default 32 MiB).
+	MaxBatchBytes int64
+	// MaxRunning bounds the calls executing at once, across connections
+	// (default half the CPUs, at least 1): RPC work never takes every CPU
+	// from SIP; the other calls wait their turn.
+	MaxRunning int
+	// MemoryBudget bounds the memory all encoded replies may hold at once,
+	// across connections, until written out (default 64 MiB); beyond it
+	// requests are answered 503 "Server busy".
+	MemoryBudget int64
 	// SendQueue is the per-websocket outgoing queue length (default 256). An
 	// event subscriber whose queue is full is dropped as a slow consumer.
 	SendQueue int
@@ -65,7 +93,11 @@ type Server struct {
 	log    *slog.Logger
 	reg    registry
 	hub    *Hub
-	active atomic.Int64
+	budget *budget
+	// running holds a token per call executing (MaxRunning).
+	running chan struct{}
+	// httpActive counts POST /RPC requests in flight.
+	httpActive atomic.Int64
 
 	// Keepalive timing (tests shorten them).
 	pingPeriod, pongWait, writeWait, dropGrace time.Duration
@@ -77,6 +109,9 @@ type Server struct {
 	addr    string
 	conns   map[*wsConn]struct{}
 	closed  bool
+	// wsCount and perIP count websocket slots (handshakes included), under mu.
+	wsCount int
+	perIP   map[string]int
 }
 
 // NewServer returns a server with the built-in methods (system.listMethods,
@@ -96,6 +131,35 @@ func NewServer(cfg Config) *Server {
 	if cfg.SendQueue <= 0 {
 		cfg.SendQueue = DefaultSendQueue
 	}
+	if cfg.MaxConnsPerIP <= 0 {
+		cfg.MaxConnsPerIP = DefaultMaxConnsPerIP
+	}
+	if cfg.AdminReserve <= 0 {
+		cfg.AdminReserve = DefaultAdminReserve
+	}
+	cfg.AdminReserve = min(cfg.AdminReserve, cfg.MaxConns/4)
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.IdleGrace <= 0 {
+		cfg.IdleGrace = DefaultIdleGrace
+	}
+	if cfg.MaxHTTPInflight <= 0 {
+		cfg.MaxHTTPInflight = DefaultMaxHTTPInflight
+	}
+	if cfg.MaxResponseBytes <= 0 {
+		cfg.MaxResponseBytes = DefaultMaxResponseBytes
+	}
+	if cfg.MaxBatchBytes <= 0 {
+		cfg.MaxBatchBytes = DefaultMaxBatchBytes
+	}
+	cfg.MaxBatchBytes = max(cfg.MaxBatchBytes, cfg.MaxResponseBytes)
+	if cfg.MemoryBudget <= 0 {
+		cfg.MemoryBudget = DefaultMemoryBudget
+	}
+	if cfg.MaxRunning <= 0 {
+		cfg.MaxRunning = max(1, runtime.GOMAXPROCS(0)/2)
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -113,6 +177,9 @@ func NewServer(cfg Config) *Server {
 		writeWait:  10 * time.Second,
 		dropGrace:  2 * time.Second,
 		conns:      map[*wsConn]struct{}{},
+		perIP:      map[string]int{},
+		budget:     &budget{max: cfg.MemoryBudget},
+		running:    make(chan struct{}, cfg.MaxRunning),
 	}
 	s.hub = &Hub{subs: map[*wsConn]struct{}{}, log: log}
 	s.upgrader = websocket.Upgrader{
@@ -387,15 +454,81 @@ func (s *Server) localOK(r *http.Request) bool {
 	return host == "" || isLoopbackHost(host)
 }
 
-func (s *Server) acquire() bool {
-	if s.active.Add(1) > int64(s.cfg.MaxConns) {
-		s.active.Add(-1)
+func (s *Server) acquireHTTP() bool {
+	if s.httpActive.Add(1) > int64(s.cfg.MaxHTTPInflight) {
+		s.httpActive.Add(-1)
 		return false
 	}
 	return true
 }
 
-func (s *Server) release() { s.active.Add(-1) }
+func (s *Server) releaseHTTP() { s.httpActive.Add(-1) }
+
+// MemoryInUse returns the bytes encoded replies hold now (budget use).
+func (s *Server) MemoryInUse() int64 { return s.budget.InUse() }
+
+// remoteIP is the caller's address without the port.
+func remoteIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// acquireWS takes a websocket slot for a caller from ip: within the per-IP
+// cap and the global cap (whose last AdminReserve slots only admin may
+// take). At a cap it evicts the longest-idle websocket (of that IP for the
+// per-IP cap) to make room; failing that it refuses.
+func (s *Server) acquireWS(ip string, role Role) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perIP[ip] >= s.cfg.MaxConnsPerIP && !s.evictIdle(ip) {
+		return false
+	}
+	limit := s.cfg.MaxConns
+	if role != RoleAdmin {
+		limit -= s.cfg.AdminReserve
+	}
+	if s.wsCount >= limit && !s.evictIdle("") {
+		return false
+	}
+	s.wsCount++
+	s.perIP[ip]++
+	return true
+}
+
+// releaseWS gives a slot back (under mu).
+func (s *Server) releaseWSLocked(ip string) {
+	s.wsCount--
+	if s.perIP[ip]--; s.perIP[ip] <= 0 {
+		delete(s.perIP, ip)
+	}
+}
+
+// evictIdle closes the longest-idle websocket (of ip, or any when ip is "")
+// silent for IdleGrace at least, and frees its slot at once (under mu).
+func (s *Server) evictIdle(ip string) bool {
+	var victim *wsConn
+	var oldest int64
+	limit := time.Now().Add(-s.cfg.IdleGrace).UnixNano()
+	for c := range s.conns {
+		if c.slotFreed || (ip != "" && c.ip != ip) || !c.idle() {
+			continue
+		}
+		if la := c.lastActive.Load(); la <= limit && (victim == nil || la < oldest) {
+			victim, oldest = c, la
+		}
+	}
+	if victim == nil {
+		return false
+	}
+	victim.slotFreed = true
+	s.releaseWSLocked(victim.ip)
+	s.log.Debug("rpc: evicting an idle websocket to make room", "remote", victim.ip)
+	victim.closeWith(websocket.ClosePolicyViolation, "idle connection evicted at the connection cap")
+	return true
+}
 
 // httpStatus maps a single response's error code to an HTTP status, mirroring
 // Kamailio's jsonrpcs for HTTP-like codes.
@@ -454,11 +587,11 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSONError(w, http.StatusUnauthorized, stdError(CodeUnauthorized))
 		return
 	}
-	if !s.acquire() {
+	if !s.acquireHTTP() {
 		writeJSONError(w, http.StatusServiceUnavailable, NewError(CodeServerError, "Too many connections"))
 		return
 	}
-	defer s.release()
+	defer s.releaseHTTP()
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxFrameBytes))
 	if err != nil {
 		var mbe *http.MaxBytesError
@@ -473,10 +606,11 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
+	defer out.release()
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(out)))
+	w.Header().Set("Content-Length", strconv.FormatInt(out.Len(), 10))
 	w.WriteHeader(httpStatus(code))
-	w.Write(out)
+	out.WriteTo(w)
 }
 
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
@@ -490,9 +624,15 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "Unauthorized", http.StatusUnauthorized)
 		return
 	}
-	if !s.acquire() {
+	ip := remoteIP(r)
+	if !s.acquireWS(ip, role) {
 		http.Error(w, "Too many connections", http.StatusServiceUnavailable)
 		return
+	}
+	releaseSlot := func() {
+		s.mu.Lock()
+		s.releaseWSLocked(ip)
+		s.mu.Unlock()
 	}
 	// Subprotocol: prefer "jsonrpc" if offered, else echo the bearer one
 	// (browsers fail the handshake when none of the offered ones is selected).
@@ -507,14 +647,15 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	wsc, err := s.upgrader.Upgrade(w, r, hdr)
 	if err != nil {
-		s.release()
+		releaseSlot()
 		return // Upgrade already replied
 	}
 	c := newWSConn(s, wsc, role)
+	c.ip = ip
 	s.mu.Lock()
 	if s.closed {
+		s.releaseWSLocked(ip)
 		s.mu.Unlock()
-		s.release()
 		wsc.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, "server shutting down"), time.Now().Add(time.Second))
 		wsc.Close()
 		return
@@ -525,8 +666,10 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		c.run()
 		s.mu.Lock()
 		delete(s.conns, c)
+		if !c.slotFreed {
+			s.releaseWSLocked(ip)
+		}
 		s.mu.Unlock()
-		s.release()
 	}()
 }
 
@@ -545,7 +688,22 @@ func (s *Server) Call(ctx context.Context, role Role, method string, params ...a
 	if rerr != nil {
 		return nil, rerr
 	}
-	return res, nil
+	buf := s.newReply()
+	defer buf.release()
+	err = writeResult(buf, res)
+	if buf.err != nil {
+		err = buf.err
+	}
+	switch {
+	case err == nil:
+		return buf.Bytes(), nil
+	case errors.Is(err, errRespTooLarge), errors.Is(err, errBatchTooLarge):
+		return nil, Errorf(CodeTooLarge, "Response too large: over %d bytes (rpc_max_response_bytes); page the dump (limit and cursor) or ask for less", s.cfg.MaxResponseBytes)
+	case errors.Is(err, errBusy):
+		return nil, s.busyError()
+	}
+	s.log.Error("rpc: bad handler result", "method", method, "err", err)
+	return nil, stdError(CodeInternalError)
 }
 
 // Method returns the registered method of that name.

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 )
@@ -20,9 +21,17 @@ type wsConn struct {
 	s    *Server
 	ws   *websocket.Conn
 	role Role
+	ip   string
 
-	out   chan []byte
+	out   chan outMsg
 	final chan []byte
+
+	// Idleness, for IdleTimeout and eviction: the last time a message came
+	// in, and the requests running now.
+	lastActive atomic.Int64
+	inflight   atomic.Int32
+	// slotFreed: evicted, its slot already given back (under Server.mu).
+	slotFreed bool
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -44,13 +53,29 @@ func newWSConn(s *Server, ws *websocket.Conn, role Role) *wsConn {
 		s:      s,
 		ws:     ws,
 		role:   role,
-		out:    make(chan []byte, s.cfg.SendQueue),
+		out:    make(chan outMsg, s.cfg.SendQueue),
 		final:  make(chan []byte, 1),
 		ctx:    ctx,
 		cancel: cancel,
 	}
 	c.topics.Store(&topicSet{})
+	c.lastActive.Store(time.Now().UnixNano())
 	return c
+}
+
+// outMsg is a queued message: an event's bytes, or a reply whose budget is
+// given back once written.
+type outMsg struct {
+	b     []byte
+	reply *replyBuf
+}
+
+func (m outMsg) release() { m.reply.release() }
+
+// idle: no subscription and no request in flight.
+func (c *wsConn) idle() bool {
+	t := c.topics.Load()
+	return c.inflight.Load() == 0 && (t == nil || len(t.names) == 0)
 }
 
 func (c *wsConn) run() {
@@ -64,6 +89,15 @@ func (c *wsConn) run() {
 	c.s.hub.remove(c)
 	c.stopStats()
 	<-done
+	// Replies still queued give their budget back.
+	for {
+		select {
+		case m := <-c.out:
+			m.release()
+		default:
+			return
+		}
+	}
 }
 
 func (c *wsConn) readLoop() {
@@ -77,7 +111,7 @@ func (c *wsConn) readLoop() {
 	defer wg.Wait()
 	for {
 		c.ws.SetReadDeadline(time.Now().Add(c.s.pongWait))
-		_, data, err := c.ws.ReadMessage()
+		typ, data, err := c.ws.ReadMessage()
 		if err != nil {
 			if errors.Is(err, websocket.ErrReadLimit) {
 				c.s.log.Warn("rpc: websocket message too large, closing", "limit", c.s.cfg.MaxFrameBytes)
@@ -85,15 +119,27 @@ func (c *wsConn) readLoop() {
 			}
 			return
 		}
+		c.lastActive.Store(time.Now().UnixNano())
+		if typ == websocket.TextMessage && !utf8.Valid(data) {
+			// RFC 6455 8.1: a text frame that is not UTF-8 fails the connection with 1007.
+			c.s.log.Warn("rpc: websocket text frame with invalid UTF-8, closing")
+			c.closeWith(websocket.CloseInvalidFramePayloadData, "invalid UTF-8 in text frame")
+			return
+		}
 		select {
 		case sem <- struct{}{}:
 		case <-c.ctx.Done():
 			return
 		}
+		c.inflight.Add(1)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
+			defer func() {
+				c.lastActive.Store(time.Now().UnixNano())
+				c.inflight.Add(-1)
+			}()
 			if out, _ := c.s.handle(ctx, c.role, data); out != nil {
 				c.send(out)
 			}
@@ -104,6 +150,12 @@ func (c *wsConn) readLoop() {
 func (c *wsConn) writeLoop() {
 	ping := time.NewTicker(c.s.pingPeriod)
 	defer ping.Stop()
+	idleCheck := make(<-chan time.Time)
+	if c.s.cfg.IdleTimeout > 0 {
+		t := time.NewTicker(max(min(c.s.cfg.IdleTimeout/4, time.Second), 10*time.Millisecond))
+		defer t.Stop()
+		idleCheck = t.C
+	}
 	defer c.ws.Close()
 	for {
 		select {
@@ -118,9 +170,16 @@ func (c *wsConn) writeLoop() {
 			return
 		case m := <-c.out:
 			c.ws.SetWriteDeadline(time.Now().Add(c.s.writeWait))
-			if err := c.ws.WriteMessage(websocket.TextMessage, m); err != nil {
+			err := c.write(m)
+			m.release()
+			if err != nil {
 				c.closeWith(websocket.CloseAbnormalClosure, "")
 				return
+			}
+		case <-idleCheck:
+			if c.idle() && time.Since(time.Unix(0, c.lastActive.Load())) >= c.s.cfg.IdleTimeout {
+				c.s.log.Debug("rpc: closing an idle websocket", "remote", c.ip)
+				c.closeWith(websocket.CloseNormalClosure, "idle timeout")
 			}
 		case <-ping.C:
 			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.s.writeWait)); err != nil {
@@ -138,6 +197,22 @@ func (c *wsConn) writeLoop() {
 			return
 		}
 	}
+}
+
+// write sends one queued message as a text frame (a reply chunk by chunk).
+func (c *wsConn) write(m outMsg) error {
+	if m.reply == nil {
+		return c.ws.WriteMessage(websocket.TextMessage, m.b)
+	}
+	w, err := c.ws.NextWriter(websocket.TextMessage)
+	if err != nil {
+		return err
+	}
+	if _, err := m.reply.WriteTo(w); err != nil {
+		w.Close()
+		return err
+	}
+	return w.Close()
 }
 
 func (c *wsConn) writeFinal(m []byte) {
@@ -165,11 +240,12 @@ func (c *wsConn) closeWith(code int, text string) {
 	})
 }
 
-// send queues a response, waiting for room (backpressure on the caller).
-func (c *wsConn) send(m []byte) {
+// send queues a reply, waiting for room (backpressure on the caller).
+func (c *wsConn) send(r *replyBuf) {
 	select {
-	case c.out <- m:
+	case c.out <- outMsg{reply: r}:
 	case <-c.ctx.Done():
+		r.release()
 	}
 }
 
@@ -179,7 +255,7 @@ func (c *wsConn) sendEvent(m []byte) {
 		return
 	}
 	select {
-	case c.out <- m:
+	case c.out <- outMsg{b: m}:
 	default:
 		c.drop("slow consumer")
 	}

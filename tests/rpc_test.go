@@ -24,6 +24,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 	"github.com/kamgo/kamgo/rpc"
@@ -831,10 +832,22 @@ func TestRPCMalformedInput(t *testing.T) {
 		}
 		defer ws.Close()
 		for _, c := range cases {
+			if !utf8.Valid(c.body) {
+				continue // a text frame must be UTF-8: checked below (1007)
+			}
 			m := wsCall(t, ws, c.body)
 			if got := rpcErrCode(t, m); got != c.code {
 				t.Errorf("%s over websocket: error %d (%v), want %d", c.name, got, m, c.code)
 			}
+		}
+		// RFC 6455 8.1: a text frame that is not UTF-8 closes with 1007.
+		if bad, _, err := websocket.DefaultDialer.Dial(k.WS(), nil); err == nil {
+			bad.WriteMessage(websocket.TextMessage, []byte("\x00\xffhello"))
+			bad.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, data, err := bad.ReadMessage(); !websocket.IsCloseError(err, websocket.CloseInvalidFramePayloadData) {
+				t.Errorf("invalid UTF-8 text frame: read %q, %v; want close 1007", data, err)
+			}
+			bad.Close()
 		}
 		// The connection survived all of them.
 		if m := wsCall(t, ws, call("core.version")); m["result"] == nil {

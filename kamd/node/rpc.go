@@ -42,7 +42,11 @@ func (n *Node) buildRPC(p *starlark.Program) error {
 	if (cert == "") != (key == "") {
 		return fmt.Errorf("RPC TLS needs both a certificate and a private key")
 	}
-	srv := rpc.NewServer(rpc.Config{Addr: addr, Tokens: tokens, Logger: n.Env.Log, TLSCertFile: cert, TLSKeyFile: key})
+	cfg := rpc.Config{Addr: addr, Tokens: tokens, Logger: n.Env.Log, TLSCertFile: cert, TLSKeyFile: key}
+	if err := rpcLimits(&cfg, p.Config.CoreParams); err != nil {
+		return err
+	}
+	srv := rpc.NewServer(cfg)
 	hub := srv.Hub()
 	hub.SetStatsSource(func() any { return n.Env.Stats.Get("all") })
 	n.Engine.OnLoad = func(p *starlark.Program, err error) {
@@ -77,6 +81,44 @@ func (n *Node) buildRPC(p *starlark.Program) error {
 		}
 	}
 	n.RPC = srv
+	return nil
+}
+
+// rpcLimits applies the rpc_* limit core params (docs/rpc.md "Limits"); an
+// unset one keeps the rpc package's default.
+func rpcLimits(cfg *rpc.Config, cp map[string]core.Val) error {
+	for _, p := range []struct {
+		name   string
+		zeroOK bool
+		set    func(int64)
+	}{
+		{"rpc_max_response_bytes", false, func(v int64) { cfg.MaxResponseBytes = v }},
+		{"rpc_max_batch_bytes", false, func(v int64) { cfg.MaxBatchBytes = v }},
+		{"rpc_memory_budget", false, func(v int64) { cfg.MemoryBudget = v }},
+		{"rpc_max_conns", false, func(v int64) { cfg.MaxConns = int(v) }},
+		{"rpc_max_conns_per_ip", false, func(v int64) { cfg.MaxConnsPerIP = int(v) }},
+		{"rpc_admin_reserve", false, func(v int64) { cfg.AdminReserve = int(v) }},
+		{"rpc_workers", false, func(v int64) { cfg.MaxRunning = int(v) }},
+		// Seconds; 0 disables the idle timeout.
+		{"rpc_idle_timeout", true, func(v int64) {
+			cfg.IdleTimeout = time.Duration(v) * time.Second
+			if v == 0 {
+				cfg.IdleTimeout = -1
+			}
+		}},
+	} {
+		v, ok := cp[p.name]
+		if !ok {
+			continue
+		}
+		if v.Int < 0 || (v.Int == 0 && !p.zeroOK) {
+			return fmt.Errorf("core_param(%q): must be positive, got %d", p.name, v.Int)
+		}
+		p.set(v.Int)
+	}
+	if cfg.MaxBatchBytes > 0 && cfg.MaxResponseBytes > cfg.MaxBatchBytes {
+		return fmt.Errorf("core_param(\"rpc_max_batch_bytes\") %d is below rpc_max_response_bytes %d", cfg.MaxBatchBytes, cfg.MaxResponseBytes)
+	}
 	return nil
 }
 
@@ -363,6 +405,12 @@ func socketSet(ss []core.Socket) []string {
 // startOnlyCoreParams are read once at start; a reload that changes one is
 // refused (409) unless apply_live, like listen changes.
 var startOnlyCoreParams = []string{"workers", "db_path", "rpc_listen", "rpc_tls_certificate", "rpc_tls_private_key", "tls_certificate", "tls_private_key"}
+
+// The RPC limits are read at start too.
+func init() {
+	startOnlyCoreParams = append(startOnlyCoreParams, "rpc_max_response_bytes", "rpc_max_batch_bytes", "rpc_memory_budget",
+		"rpc_max_conns", "rpc_max_conns_per_ip", "rpc_admin_reserve", "rpc_idle_timeout", "rpc_workers")
+}
 
 // Reload is app_starlark.reload and SIGHUP: compile and check, refuse what
 // cannot change live (listen sockets, Static modparams, core params read at

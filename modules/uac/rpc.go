@@ -180,8 +180,11 @@ func (u *UAC) rpcMethods() []core.RPCMethod {
 	rec := `{"l_uuid","l_username","l_domain","r_username","r_domain","realm": string|null,"auth_username","auth_password": "***"|"none","auth_ha1": "***"|"none","auth_proxy","expires","flags","diff_expires","timer_expires","reg_init","reg_delay","contact_addr","socket": string|null,"state","last_code","last_reason","last_attempt","last_success","next_refresh","granted_expires","failures","call_id","cseq"}`
 	noErr := `{}; 400 "Invalid Parameters", 400 "Unsupported filter attribute", 404 "Record not found"`
 	ms := []core.RPCMethod{
-		{Name: "uac.reg_dump", Doc: "Dump the contents of user registrations table.", ReadOnly: true,
-			Params: []core.RPCParam{secrets}, Result: "[" + rec + "]", Handler: u.rpcDump},
+		{Name: "uac.reg_dump", Doc: "Dump the contents of user registrations table (page it with limit and cursor for large tables).", ReadOnly: true,
+			Params: []core.RPCParam{secrets,
+				{Name: "limit", Type: "int", Optional: true, Doc: "at most this many records in this page; the result becomes {\"records\": [...], \"next\": cursor}"},
+				{Name: "cursor", Type: "string", Optional: true, Doc: "the next value of the previous page"}},
+			Result: "[" + rec + "]; paged (limit or cursor given): {\"records\": [the same records], \"next\": cursor (only when more remain)}; 507 \"Response too large\" (page it)", Handler: u.rpcDump},
 		{Name: "uac.reg_info", Doc: "Return the details of registration record.", ReadOnly: true,
 			Params: []core.RPCParam{attr, val, secrets}, Result: rec + `; 400 "Invalid Parameters", 400 "Unsupported filter attribute", 404 "Record not found"`, Handler: u.rpcInfo},
 		{Name: "uac.reg_enable", Doc: "Enable registration for a particular record (and send the REGISTER now).",
@@ -218,14 +221,6 @@ func (u *UAC) rpcMethods() []core.RPCMethod {
 		}
 	}
 	return ms
-}
-
-func (u *UAC) rpcDump(ctx context.Context, args core.RPCArgs) (any, error) {
-	sec, err := wantSecrets(ctx, args, 0)
-	if err != nil {
-		return nil, err
-	}
-	return u.Dump(sec), nil
 }
 
 func (u *UAC) rpcInfo(ctx context.Context, args core.RPCArgs) (any, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"sort"
 	"strings"
@@ -23,6 +24,10 @@ func (a args) String(i int) (string, error) {
 	}
 	return "", errors.New("not a string")
 }
+
+// Has is what the RPC layer's params offer: null is "not supplied".
+func (a args) Has(i int) bool { return i < len(a) && a[i] != nil }
+
 func (a args) Int(i int) (int, error) {
 	if n, ok := a[i].(int); ok {
 		return n, nil
@@ -100,7 +105,7 @@ func TestDumpFieldsTypesAndRedaction(t *testing.T) {
 		t.Errorf("secrets for read-only: %v", err)
 	}
 	res, err = h.rpc(true, "uac.reg_dump", "secrets")
-	if err != nil || res.([]Rec)[0].AuthPassword != "secret" {
+	if err != nil || res.(*regDump).recs[0].AuthPassword != "secret" {
 		t.Errorf("secrets for admin: %v %v", res, err)
 	}
 }
@@ -328,5 +333,72 @@ func TestScriptFunctions(t *testing.T) {
 	h.set("reg_use_domain=1")
 	if call("uac_reg_lookup_uri", "sip:alice@elsewhere.test", "$var(y)") != -1 || call("uac_reg_lookup_uri", "sip:alice@local.test", "$var(y)") != 1 {
 		t.Error("lookup_uri with reg_use_domain")
+	}
+}
+
+// TestDumpPaging: uac.reg_dump with a limit pages through the records with
+// a cursor that survives a removal between pages; without one it stays
+// Kamailio's array.
+func TestDumpPaging(t *testing.T) {
+	var rows []Row
+	for i := 0; i < 25; i++ {
+		rows = append(rows, row(fmt.Sprintf("acc%02d", i)))
+	}
+	h := newHarness(t, rows)
+	whole, err := h.rpc(false, "uac.reg_dump")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := json.Marshal(whole)
+	var all []map[string]any
+	if err := json.Unmarshal(raw, &all); err != nil || len(all) != 25 {
+		t.Fatalf("unpaged: %d records, %v", len(all), err)
+	}
+	seen := map[string]bool{}
+	args := []any{nil, 10}
+	for pages := 1; ; pages++ {
+		res, err := h.rpc(false, "uac.reg_dump", args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, _ := json.Marshal(res)
+		var page struct {
+			Records []map[string]any `json:"records"`
+			Next    *string          `json:"next"`
+		}
+		if err := json.Unmarshal(raw, &page); err != nil {
+			t.Fatalf("%s: %v", raw, err)
+		}
+		if len(page.Records) > 10 {
+			t.Fatalf("page of %d", len(page.Records))
+		}
+		for _, r := range page.Records {
+			id := r["l_uuid"].(string)
+			if seen[id] {
+				t.Fatalf("%s twice", id)
+			}
+			seen[id] = true
+		}
+		if pages == 1 {
+			// A record already shown goes away: the next page still starts right.
+			if _, err := h.rpc(true, "uac.reg_remove", "acc00"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if page.Next == nil {
+			if pages != 3 {
+				t.Errorf("%d pages", pages)
+			}
+			break
+		}
+		args = []any{nil, 10, *page.Next}
+	}
+	if len(seen) != 25 {
+		t.Errorf("saw %d records", len(seen))
+	}
+	for _, a := range [][]any{{nil, 0}, {nil, 5, "!!"}} {
+		if _, err := h.rpc(false, "uac.reg_dump", a...); rpcCode(err) != 400 {
+			t.Errorf("%v: %v, want 400", a, err)
+		}
 	}
 }

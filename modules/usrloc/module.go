@@ -83,18 +83,9 @@ func notSet(s string) string {
 
 // DumpContact is a contact as ul.dump and ul.lookup show it.
 func DumpContact(c *Contact, now time.Time) map[string]any {
-	var exp any
-	switch {
-	case c.Expires.IsZero():
-		exp = "permanent"
-	case !c.Expires.After(now):
-		exp = "expired"
-	default:
-		exp = c.ExpiresIn(now)
-	}
 	return map[string]any{"Contact": map[string]any{
 		"Address":        c.Contact,
-		"Expires":        exp,
+		"Expires":        dumpExpires(c, now),
 		"Q":              qFloat(c.Q),
 		"Call-ID":        c.CallID,
 		"CSeq":           c.CSeq,
@@ -147,9 +138,11 @@ func (u *UL) rpcMethods() []core.RPCMethod {
 	aorP := core.RPCParam{Name: "aor", Type: "string", Doc: "user@domain (the user part only with use_domain=0; a sip: prefix is accepted)"}
 	contactShape := `{"Contact": {"Address", "Expires": seconds | "permanent" | "expired", "Q", "Call-ID", "CSeq", "User-Agent", "Received", "Path", "State", "Flags", "CFlags", "Socket", "Methods", "Ruid", "Instance", "Reg-Id", "Server-Id", "Tcpconn-Id", "Keepalive", "Last-Keepalive", "Last-Modified"}} ("[not set]" for empty strings)`
 	return []core.RPCMethod{
-		{Name: "ul.dump", Doc: "dump every location table", ReadOnly: true,
-			Params:  []core.RPCParam{{Name: "brief", Type: "string", Optional: true, Doc: "\"brief\": AoRs only"}},
-			Result:  `{"Domains": [{"Domain": {"Domain": table, "Size": slots, "AoRs": [{"Info": {"AoR", "HashID", "Contacts": [` + contactShape + `]}}] (brief: [{"AoR": aor}]), "Stats": {"Records": n, "Max-Slots": n}}}]}`,
+		{Name: "ul.dump", Doc: "dump every location table (page it with limit and cursor for large tables)", ReadOnly: true,
+			Params: []core.RPCParam{{Name: "brief", Type: "string", Optional: true, Doc: "\"brief\": AoRs only (anything else, or null: full)"},
+				{Name: "limit", Type: "int", Optional: true, Doc: "at most this many AoRs in this page (default: all, up to the reply bound)"},
+				{Name: "cursor", Type: "string", Optional: true, Doc: "the Next value of the previous page"}},
+			Result:  `{"Domains": [{"Domain": {"Domain": table, "Size": slots, "AoRs": [{"Info": {"AoR", "HashID", "Contacts": [` + contactShape + `]}}] (brief: [{"AoR": aor}]), "Stats": {"Records": n, "Max-Slots": n}}}], "Next": cursor (only when more AoRs remain)}; 400 "Invalid limit", 400 "Invalid cursor", 507 "Response too large" (page it)`,
 			Handler: u.rpcUlDump},
 		{Name: "ul.lookup", Doc: "the valid contacts of one AoR", ReadOnly: true, Params: []core.RPCParam{table, aorP},
 			Result:  `{"AoR": aor, "Contacts": [` + contactShape + `]}; 404 "AOR not found" when it has no valid contact`,
@@ -171,44 +164,30 @@ func (u *UL) rpcMethods() []core.RPCMethod {
 	}
 }
 
-// rpcUlDump is the RPC method ul.dump.
+// rpcUlDump is the RPC method ul.dump [brief] [limit] [cursor].
 func (u *UL) rpcUlDump(ctx context.Context, args core.RPCArgs) (any, error) {
-	brief := false
-	if args.Len() > 0 {
+	x := &ulDump{u: u, now: u.Now()}
+	if hasArg(args, 0) {
 		if s, err := args.String(0); err == nil && s == "brief" {
-			brief = true
+			x.brief = true
 		}
 	}
-	now := u.Now()
-	doms := []any{}
-	for _, d := range u.Domains() {
-		aors := []any{}
-		n := 0
-		perSlot := map[uint32]int{}
-		d.AoRs(func(aor string, cs []Contact) {
-			n++
-			h := HashID(aor)
-			perSlot[h%uint32(d.Size())]++
-			if brief {
-				aors = append(aors, map[string]any{"AoR": aor})
-				return
-			}
-			list := make([]any, 0, len(cs))
-			for i := range cs {
-				list = append(list, DumpContact(&cs[i], now))
-			}
-			aors = append(aors, map[string]any{"Info": map[string]any{"AoR": aor, "HashID": h, "Contacts": list}})
-		})
-		maxSlot := 0
-		for _, c := range perSlot {
-			maxSlot = max(maxSlot, c)
+	if hasArg(args, 1) {
+		n, err := args.Int(1)
+		if err != nil || n <= 0 {
+			return nil, rpcErr(400, "Invalid limit: want a number of AoRs above 0")
 		}
-		doms = append(doms, map[string]any{"Domain": map[string]any{
-			"Domain": d.name, "Size": d.Size(), "AoRs": aors,
-			"Stats": map[string]any{"Records": n, "Max-Slots": maxSlot},
-		}})
+		x.limit = n
 	}
-	return map[string]any{"Domains": doms}, nil
+	if hasArg(args, 2) {
+		s, err := args.String(2)
+		c, ok := parseDumpCursor(s)
+		if err != nil || !ok {
+			return nil, rpcErr(400, "Invalid cursor: pass the Next value of the previous page")
+		}
+		x.from = &c
+	}
+	return x, nil
 }
 
 // rpcUlLookup is the RPC method ul.lookup.

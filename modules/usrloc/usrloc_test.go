@@ -2,6 +2,7 @@ package usrloc_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"github.com/kamgo/kamgo/starlark/routetest"
 	"path/filepath"
@@ -254,12 +255,12 @@ func TestRPC(t *testing.T) {
 	if exp := cs[1].(map[string]any)["Contact"].(map[string]any)["Expires"]; exp != "permanent" {
 		t.Errorf("expires 0: %v", exp)
 	}
-	dump, _ := rpc(t, n.mod, "ul.dump")
+	dump := viaJSON(t)(rpc(t, n.mod, "ul.dump"))
 	dom := dump.(map[string]any)["Domains"].([]any)[0].(map[string]any)["Domain"].(map[string]any)
-	if dom["Domain"] != "location" || dom["Size"] != 1024 || len(dom["AoRs"].([]any)) != 1 {
+	if dom["Domain"] != "location" || dom["Size"] != float64(1024) || len(dom["AoRs"].([]any)) != 1 {
 		t.Errorf("dump: %v", dom)
 	}
-	brief, _ := rpc(t, n.mod, "ul.dump", "brief")
+	brief := viaJSON(t)(rpc(t, n.mod, "ul.dump", "brief"))
 	if a := brief.(map[string]any)["Domains"].([]any)[0].(map[string]any)["Domain"].(map[string]any)["AoRs"].([]any); len(a) != 1 || a[0].(map[string]any)["AoR"] != "alice" {
 		t.Errorf("brief: %v", a)
 	}
@@ -361,5 +362,82 @@ func TestUpdateRefusesBadContact(t *testing.T) {
 	}
 	if got := d.Lookup("alice"); len(got) != 0 {
 		t.Fatalf("stored %+v", got)
+	}
+}
+
+// viaJSON decodes a result as an RPC client sees it (ul.dump encodes itself).
+func viaJSON(t *testing.T) func(v any, err error) any {
+	return func(v any, err error) any {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out any
+		if err := json.Unmarshal(b, &out); err != nil {
+			t.Fatalf("%s: %v", b, err)
+		}
+		return out
+	}
+}
+
+// TestDumpPaging: ul.dump with a limit returns that many AoRs and a Next
+// cursor; following the cursors visits every AoR once, whatever the limit.
+func TestDumpPaging(t *testing.T) {
+	n := start(t, filepath.Join(t.TempDir(), "kamgo.db"), routetest.NewFixedClock(routetest.RouteTestEpoch), map[string]int{"db_mode": 0})
+	const total = 250
+	for i := 0; i < total; i++ {
+		n.add(t, fmt.Sprintf("user%03d", i), fmt.Sprintf("sip:user%03d@192.0.2.1", i), 3600)
+	}
+	whole := viaJSON(t)(rpc(t, n.mod, "ul.dump", "brief"))
+	if _, ok := whole.(map[string]any)["Next"]; ok {
+		t.Fatal("no limit: no Next expected")
+	}
+	for _, c := range []struct {
+		mode  string
+		limit int
+	}{{"brief", 1}, {"brief", 100}, {"full", 7}, {"full", 250}, {"brief", 1000}} {
+		seen := map[string]bool{}
+		pages := 0
+		args := []any{c.mode, c.limit}
+		for {
+			page := viaJSON(t)(rpc(t, n.mod, "ul.dump", args...)).(map[string]any)
+			pages++
+			dom := page["Domains"].([]any)[0].(map[string]any)["Domain"].(map[string]any)
+			aors := dom["AoRs"].([]any)
+			if len(aors) > c.limit {
+				t.Fatalf("limit %d: page of %d", c.limit, len(aors))
+			}
+			if st := dom["Stats"].(map[string]any); st["Records"] != float64(total) {
+				t.Fatalf("Stats cover the table: %v", st)
+			}
+			for _, a := range aors {
+				m := a.(map[string]any)
+				aor, _ := m["AoR"].(string)
+				if c.mode == "full" {
+					aor = m["Info"].(map[string]any)["AoR"].(string)
+				}
+				if seen[aor] {
+					t.Fatalf("limit %d: %s twice", c.limit, aor)
+				}
+				seen[aor] = true
+			}
+			next, ok := page["Next"].(string)
+			if !ok {
+				break
+			}
+			args = []any{c.mode, c.limit, next}
+		}
+		if len(seen) != total || pages != (total+c.limit-1)/c.limit {
+			t.Errorf("%s limit %d: %d AoRs in %d pages", c.mode, c.limit, len(seen), pages)
+		}
+	}
+	for _, args := range [][]any{{"brief", 0}, {"brief", -3}, {"brief", 10, "%%%"}, {"brief", 10, "bm90IGEgY3Vyc29y"}} {
+		if _, err := rpc(t, n.mod, "ul.dump", args...); err == nil || err.(*core.RPCError).Code != 400 {
+			t.Errorf("%v: %v, want 400", args, err)
+		}
 	}
 }
