@@ -127,6 +127,13 @@ func (s *Server) call(ctx context.Context, role Role, raw json.RawMessage) *resp
 		}
 	}
 	result, rerr := s.invoke(ctx, role, method, params)
+	if s.cfg.Observe != nil { // wire requests only: in-process Call is not counted
+		code := 0
+		if rerr != nil {
+			code = rerr.Code
+		}
+		s.cfg.Observe(method, code)
+	}
 	if !hasID {
 		return nil // notification: never answered
 	}
