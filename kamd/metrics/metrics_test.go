@@ -29,7 +29,7 @@ func TestStatName(t *testing.T) {
 
 // fakeRPC answers the module methods the collector calls, in their RPC shapes.
 var fakeRPC = map[string]string{
-	"ul.dump": `{"Domains":[{"Domain":{"Domain":"location","AoRs":[{"Info":{"AoR":"a","Contacts":[{"Contact":{}},{"Contact":{}}]}},{"Info":{"AoR":"b","Contacts":[{"Contact":{}}]}}]}}]}`,
+	"ul.dump":      `{"Domains":[{"Domain":{"Domain":"location","AoRs":[{"Info":{"AoR":"a","Contacts":[{"Contact":{}},{"Contact":{}}]}},{"Info":{"AoR":"b","Contacts":[{"Contact":{}}]}}]}}]}`,
 	"uac.reg_dump": `[{"state":"registered"},{"state":"failed"},{"state":"failed"}]`,
 	"ipsec.stats":  `{"enabled":true,"sets":{"temporary":1,"established":2,"deleting":0},"pairs_used":3,"pairs_total":100,"plaintext_dropped":4,"xfrm_stat":{"XfrmInNoStates":5}}`,
 	"ipsec.list":   `[{"ue":"u1","sas":[{"name":"A","spi":1000,"dir":"in","in_kernel":true,"packets":7,"bytes":700,"integrity_failed":1,"replay":0},{"name":"B","spi":1001,"dir":"out","in_kernel":false}]}]`,
