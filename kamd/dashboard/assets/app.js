@@ -156,6 +156,8 @@ async function start(gen) {
   S.everOnline = true;
   S.offlineSince = null;
   setConn('live');
+  // Time to first data (tests/bench/dashboard reads it).
+  if (!performance.getEntriesByName('kamd-first-data').length) performance.mark('kamd-first-data');
 }
 
 function goOffline(quiet) {

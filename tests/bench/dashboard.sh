@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# What open dashboards cost kamd (issue 11): kamd's CPU during a sipp call run
+# (the "call" scenario of compare.sh: 5-message calls forwarded statelessly) at
+# RATE calls/s for DUR seconds, with 0 and with CLIENTS dashboards open (websocket
+# clients doing what the page does: subscribe to every topic and to stats every
+# second, load every panel). Rounds alternate 0 / CLIENTS; medians are printed.
+# Then the page's first-load size and time to first data in headless chromium.
+#
+#   tests/bench/dashboard.sh [-r RATE] [-d DUR] [-c CLIENTS] [-R ROUNDS]
+#
+# Needs sipp and chromium; uses udp 127.0.0.1:5060/5070/5080 and tcp 127.0.0.1:18060.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+rate=1000; dur=30; clients=20; rounds=3
+while getopts "r:d:c:R:" o; do
+  case $o in r) rate=$OPTARG ;; d) dur=$OPTARG ;; c) clients=$OPTARG ;; R) rounds=$OPTARG ;; *) sed -n 2,13p "$0"; exit 2 ;; esac
+done
+out=$(mktemp -d /tmp/kamgo-dashbench.XXXXXX)
+(cd "$root" && go build -o "$out/kamd" ./kamd && go build -o "$out/dashclients" ./tests/bench/dashboard) || exit 1
+ticks() { awk '{print $14 + $15}' /proc/$1/stat; }
+n=$((rate * dur))
+run() { # clients
+  local c=$1 d=$out/run.$RANDOM; mkdir -p $d
+  "$out/kamd" -f "$here/route.star" -l udp:127.0.0.1:5060 --rpc 127.0.0.1:18060 --db $d/kamd.db >$d/kamd.log 2>&1 &
+  local kp=$!
+  for _ in $(seq 50); do grep -q "rpc listening" $d/kamd.log 2>/dev/null && break; sleep 0.1; done
+  sipp -sf "$here/sipp/uas.xml" -i 127.0.0.1 -p 5070 -nostdin >/dev/null 2>&1 &
+  local up=$! cp=""
+  if [ "$c" -gt 0 ]; then
+    "$out/dashclients" -clients $c -url ws://127.0.0.1:18060/ws -for $((dur + 20))s >$d/clients.log 2>&1 &
+    cp=$!
+  fi
+  sleep 2 # clients connected and loaded, first stats sent
+  local t0 s0 t1 s1; t0=$(ticks $kp); s0=$(date +%s.%N)
+  sipp -sn uac 127.0.0.1:5060 -i 127.0.0.1 -p 5080 -r $rate -rp 1000 -m $n -l 3000 -nostdin \
+    -timeout $((dur + 60))s -trace_screen -screen_file $d/screen.txt >/dev/null 2>&1
+  t1=$(ticks $kp); s1=$(date +%s.%N)
+  [ -n "$cp" ] && kill $cp 2>/dev/null
+  kill $up $kp 2>/dev/null; wait $kp $up 2>/dev/null
+  local ok; ok=$(grep -E "Successful call" $d/screen.txt | tail -1 | awk -F'|' '{gsub(/ /,"",$3); print $3}')
+  awk -v c=$c -v a=$t0 -v b=$t1 -v hz=$(getconf CLK_TCK) -v n=$n -v ok=${ok:-0} -v el=$(echo "$s1 - $s0" | bc) \
+    'BEGIN{printf "clients=%-3d ok=%-7s cpu_s=%-7.2f cpu_pct=%-6.1f us_per_call=%-7.1f elapsed_s=%.1f\n", c, ok, (b-a)/hz, 100*(b-a)/hz/el, (b-a)*1e6/hz/n, el}' | tee -a $out/results
+}
+echo "rate=$rate calls/s, ${dur}s per run, $rounds rounds, clients 0 vs $clients ($(nproc) cpus)"
+for i in $(seq $rounds); do run 0; run $clients; done
+med() { sort -g | awk '{v[NR]=$1} END{print (NR%2)?v[(NR+1)/2]:(v[NR/2]+v[NR/2+1])/2}'; }
+a=$(grep "^clients=0 " $out/results | grep -o 'cpu_s=[0-9.]*' | cut -d= -f2 | med)
+b=$(grep "^clients=$clients " $out/results | grep -o 'cpu_s=[0-9.]*' | cut -d= -f2 | med)
+echo "median kamd CPU: ${a}s without, ${b}s with $clients dashboards: extra $(echo "scale=2; 100 * ($b - $a) / $a" | bc)%"
+# First load and time to first data.
+"$out/kamd" -f "$here/route.star" -l udp:127.0.0.1:5060 --rpc 127.0.0.1:18060 --db $out/kamd.db >$out/kamd.log 2>&1 &
+kp=$!
+for _ in $(seq 50); do grep -q "rpc listening" $out/kamd.log 2>/dev/null && break; sleep 0.1; done
+"$out/dashclients" -firstload http://127.0.0.1:18060/
+kill $kp; wait $kp 2>/dev/null
+echo "raw: $out"
