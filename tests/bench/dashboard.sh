@@ -8,7 +8,8 @@
 #
 #   tests/bench/dashboard.sh [-r RATE] [-d DUR] [-c CLIENTS] [-R ROUNDS]
 #
-# Needs sipp and chromium; uses udp 127.0.0.1:5060/5070/5080 and tcp 127.0.0.1:18060.
+# Needs sipp and chromium; uses udp 127.0.0.1:25060 (kamd), 25070 (UAS), 25080 (UAC)
+# and tcp 127.0.0.1:28060 (RPC), away from compare.sh's 5060.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -18,22 +19,23 @@ while getopts "r:d:c:R:" o; do
 done
 out=$(mktemp -d /tmp/kamgo-dashbench.XXXXXX)
 (cd "$root" && go build -o "$out/kamd" ./kamd && go build -o "$out/dashclients" ./tests/bench/dashboard) || exit 1
+sed 's/5070/25070/' "$here/route.star" > "$out/route.star"
 ticks() { awk '{print $14 + $15}' /proc/$1/stat; }
 n=$((rate * dur))
 run() { # clients
   local c=$1 d=$out/run.$RANDOM; mkdir -p $d
-  "$out/kamd" -f "$here/route.star" -l udp:127.0.0.1:5060 --rpc 127.0.0.1:18060 --db $d/kamd.db >$d/kamd.log 2>&1 &
+  "$out/kamd" -f "$out/route.star" -l udp:127.0.0.1:25060 --rpc 127.0.0.1:28060 --db $d/kamd.db >$d/kamd.log 2>&1 &
   local kp=$!
   for _ in $(seq 50); do grep -q "rpc listening" $d/kamd.log 2>/dev/null && break; sleep 0.1; done
-  sipp -sf "$here/sipp/uas.xml" -i 127.0.0.1 -p 5070 -nostdin >/dev/null 2>&1 &
+  sipp -sf "$here/sipp/uas.xml" -i 127.0.0.1 -p 25070 -nostdin >/dev/null 2>&1 &
   local up=$! cp=""
   if [ "$c" -gt 0 ]; then
-    "$out/dashclients" -clients $c -url ws://127.0.0.1:18060/ws -for $((dur + 20))s >$d/clients.log 2>&1 &
+    "$out/dashclients" -clients $c -url ws://127.0.0.1:28060/ws -for $((dur + 20))s >$d/clients.log 2>&1 &
     cp=$!
   fi
   sleep 2 # clients connected and loaded, first stats sent
   local t0 s0 t1 s1; t0=$(ticks $kp); s0=$(date +%s.%N)
-  sipp -sn uac 127.0.0.1:5060 -i 127.0.0.1 -p 5080 -r $rate -rp 1000 -m $n -l 3000 -nostdin \
+  sipp -sn uac 127.0.0.1:25060 -i 127.0.0.1 -p 25080 -r $rate -rp 1000 -m $n -l 3000 -nostdin \
     -timeout $((dur + 60))s -trace_screen -screen_file $d/screen.txt >/dev/null 2>&1
   t1=$(ticks $kp); s1=$(date +%s.%N)
   [ -n "$cp" ] && kill $cp 2>/dev/null
@@ -47,11 +49,11 @@ for i in $(seq $rounds); do run 0; run $clients; done
 med() { sort -g | awk '{v[NR]=$1} END{print (NR%2)?v[(NR+1)/2]:(v[NR/2]+v[NR/2+1])/2}'; }
 a=$(grep "^clients=0 " $out/results | grep -o 'cpu_s=[0-9.]*' | cut -d= -f2 | med)
 b=$(grep "^clients=$clients " $out/results | grep -o 'cpu_s=[0-9.]*' | cut -d= -f2 | med)
-echo "median kamd CPU: ${a}s without, ${b}s with $clients dashboards: extra $(echo "scale=2; 100 * ($b - $a) / $a" | bc)%"
+[ "$a" != 0 ] && echo "median kamd CPU: ${a}s without, ${b}s with $clients dashboards: extra $(echo "scale=2; 100 * ($b - $a) / $a" | bc)%"
 # First load and time to first data.
-"$out/kamd" -f "$here/route.star" -l udp:127.0.0.1:5060 --rpc 127.0.0.1:18060 --db $out/kamd.db >$out/kamd.log 2>&1 &
+"$out/kamd" -f "$out/route.star" -l udp:127.0.0.1:25060 --rpc 127.0.0.1:28060 --db $out/kamd.db >$out/kamd.log 2>&1 &
 kp=$!
 for _ in $(seq 50); do grep -q "rpc listening" $out/kamd.log 2>/dev/null && break; sleep 0.1; done
-"$out/dashclients" -firstload http://127.0.0.1:18060/
+"$out/dashclients" -firstload http://127.0.0.1:28060/
 kill $kp; wait $kp 2>/dev/null
 echo "raw: $out"
