@@ -229,7 +229,24 @@ func TestDashboardRegistrations(t *testing.T) {
 	c.register(t, "alice")
 	waitText(t, ctx, "#reg-table", "alice")
 	waitText(t, ctx, "#reg-table", "sip:alice@127.0.0.1:5999")
+	c.register(t, "bob")
+	waitText(t, ctx, "#reg-table", "bob")
+	// Search narrows the list.
+	if err := chromedp.Do(ctx, chromedp.SendKeys(chromedp.ID("reg-search"), "bo")); err != nil {
+		t.Fatal(err)
+	}
+	waitJS(t, ctx, "alice filtered out", `!document.getElementById('reg-table').textContent.includes('alice')`)
+	waitText(t, ctx, "#reg-count", "1 AoRs, 1 contacts matching")
 	screenshot(t, ctx, "registrations")
+	// Remove (admin): the contact goes, in kamd too.
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`#reg-table tr[data-aor="bob"] button`))); err != nil {
+		t.Fatal(err)
+	}
+	waitJS(t, ctx, "bob removed", `!document.getElementById('reg-table').textContent.includes('bob')`)
+	_, dump := postRPC(t, fmt.Sprintf("http://127.0.0.1:%d/RPC", k.RPCPort), "", call("ul.dump"))
+	if b, _ := json.Marshal(dump["result"]); strings.Contains(string(b), "bob") || !strings.Contains(string(b), "alice") {
+		t.Errorf("after Remove, ul.dump: %s", b)
+	}
 	// Traffic shows on the charts' legend as a rate.
 	for i := 0; i < 5; i++ {
 		c.do(t, sip.OPTIONS, "ping")
@@ -297,6 +314,22 @@ func TestDashboardReloadAndRoles(t *testing.T) {
 	if code := c.do(t, sip.OPTIONS, "ping"); code != 200 {
 		t.Fatalf("after the refused reload OPTIONS got %d, want 200 from the old version", code)
 	}
+	// A good reload, then a rollback, from the buttons.
+	if err := os.WriteFile(k.Script, []byte(good+"\n# version two\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.ID("btn-reload"))); err != nil {
+		t.Fatal(err)
+	}
+	waitText(t, ctx, "#script-msg", "reloaded: version 1 → 2")
+	waitText(t, ctx, "#script-version", "version 2")
+	waitJS(t, ctx, "the error cleared", `document.getElementById('script-error').hidden`)
+	waitText(t, ctx, "#script-prev", "1")
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.ID("btn-rollback"))); err != nil {
+		t.Fatal(err)
+	}
+	waitText(t, ctx, "#script-msg", "rolled back: version 2 → 1")
+	waitText(t, ctx, "#script-version", "version 1")
 
 	ro := needBrowser(t) // a new tab: its own sessionStorage, so its own token
 	openDashboard(t, ro, k.URL()+"#script", "ro-secret")

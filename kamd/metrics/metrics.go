@@ -123,7 +123,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if m.src.Script != nil {
 		v, sha, path := m.src.Script()
-		ch <- constGauge("kamd_script_version", "Version number of the running script (1 at start, +1 per reload or rollback).", float64(v), nil)
+		ch <- constGauge("kamd_script_version", "Version number of the running script (1 at start, +1 per reload; a rollback goes back to the previous number).", float64(v), nil)
 		ch <- constGauge("kamd_script_info", "The running script (value 1).", 1, []string{"sha256", "path"}, sha, path)
 	}
 	if m.src.Subscribers != nil {

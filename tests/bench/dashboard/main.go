@@ -95,7 +95,20 @@ func firstLoad(url string) error {
 		return err
 	}
 	for round := 1; round <= 3; round++ {
-		if err := chromedp.Do(ctx, chromedp.Navigate("about:blank"), chromedp.Navigate(url)); err != nil {
+		if err := measureTab(ctx, url, round); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// measureTab loads the page in a new tab (a fresh start: no cache shared
+// with an open tab's state) and prints its figures.
+func measureTab(parent context.Context, url string, round int) error {
+	ctx, cancel := chromedp.NewContext(parent)
+	defer cancel()
+	{
+		if err := chromedp.Do(ctx, chromedp.Navigate(url)); err != nil {
 			return err
 		}
 		if _, err := chromedp.Run(ctx, chromedp.Poll[bool](`performance.getEntriesByName('kamd-first-data').length > 0`, chromedp.WithPollingInterval(10*time.Millisecond))); err != nil {
