@@ -340,11 +340,13 @@ async function loadOverviewScript() {
 const S_TRAFFIC = [
   { name: 'requests in', color: '#2b6cb0', f: (d) => d['core:rcv_requests'] },
   { name: 'replies in', color: '#38a169', f: (d) => d['core:rcv_replies'] },
-  { name: 'replies sent', color: '#805ad5', f: (d) => sum(d, 'sl:sent_replies', 'tm:rpl_sent') },
+  { name: 'replies out', color: '#805ad5', f: (d) => sum(d, 'sl:sent_replies', 'tm:rpl_sent', 'core:fwd_replies') },
 ];
+// sl counts some codes on their own and only the rest in NXX_replies (Kamailio's rule).
+const SL_4XX = ['sl:4xx_replies', 'sl:400_replies', 'sl:401_replies', 'sl:403_replies', 'sl:404_replies', 'sl:407_replies', 'sl:408_replies', 'sl:483_replies'];
 const S_ERRORS = [
-  { name: '4xx', color: '#dd6b20', f: (d) => sum(d, 'sl:4xx_replies', 'tm:4xx') },
-  { name: '5xx', color: '#e53e3e', f: (d) => sum(d, 'sl:5xx_replies', 'tm:5xx') },
+  { name: '4xx', color: '#dd6b20', f: (d) => sum(d, ...SL_4XX, 'tm:4xx') },
+  { name: '5xx', color: '#e53e3e', f: (d) => sum(d, 'sl:5xx_replies', 'sl:500_replies', 'tm:5xx') },
   { name: 'drops', color: '#4a5568', f: (d) => sum(d, 'core:drop_requests', 'core:drop_replies') },
 ];
 
@@ -394,7 +396,12 @@ const SVG = 'http://www.w3.org/2000/svg';
 // drawChart draws the series as SVG polylines over the last 15 minutes;
 // a null entry (offline, counter reset) breaks the lines.
 function drawChart(box, defs) {
-  const W = 900, H = 160, now = Date.now(), t0 = now - WINDOW_S * 1000;
+  // The x axis spans the last 15 minutes, or less while the page has not
+  // seen that much yet (at least a minute), so that early points are readable.
+  const W = 900, H = 160, now = Date.now();
+  const first = S.series.find((p) => p !== null);
+  const span = Math.min(WINDOW_S * 1000, Math.max(60000, first ? now - first.t : 0));
+  const t0 = now - span;
   let max = 1;
   for (const p of S.series) if (p) for (const d of defs) if (p.v[d.name] > max) max = p.v[d.name];
   max = niceMax(max);
@@ -426,7 +433,7 @@ function drawChart(box, defs) {
     };
     for (const p of S.series) {
       if (!p || p.v[d.name] === null || p.v[d.name] === undefined) { flush(); continue; }
-      const x = ((p.t - t0) / (WINDOW_S * 1000)) * W;
+      const x = ((p.t - t0) / span) * W;
       const y = H - (p.v[d.name] / max) * H;
       pts.push(x.toFixed(1) + ',' + y.toFixed(1));
       last = p.v[d.name];
@@ -440,7 +447,7 @@ function drawChart(box, defs) {
   }
   const axis = document.createElement('div');
   axis.className = 'axis';
-  axis.textContent = 'max ' + fmtRate(max) + '/s';
+  axis.textContent = fmtTime(new Date(t0)) + ' – now · max ' + fmtRate(max) + '/s';
   box.replaceChildren(svg, legend, axis);
 }
 

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,7 +33,15 @@ func main() {
 	token := flag.String("token", "", "RPC token")
 	dur := flag.Duration("for", 30*time.Second, "how long the clients stay")
 	first := flag.String("firstload", "", "page URL: measure first load in chromium instead")
+	shot := flag.String("screenshot", "", "PNG file: open the page (-url's http form), wait -for, save a screenshot (docs/dashboard.png)")
 	flag.Parse()
+	if *shot != "" {
+		if err := screenshot(strings.Replace(strings.Replace(*url, "ws", "http", 1), "/ws", "/", 1), *shot, *dur); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *first != "" {
 		if err := firstLoad(*first); err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -79,18 +88,41 @@ func main() {
 	fmt.Printf("clients=%d events_received=%d over %v\n", *clients, events.Load(), *dur)
 }
 
-func firstLoad(url string) error {
-	path, err := exec.LookPath("chromium")
+func screenshot(url, file string, wait time.Duration) error {
+	ctx, cancel, err := newBrowser(wait + 30*time.Second)
 	if err != nil {
 		return err
 	}
+	defer cancel()
+	if err := chromedp.Do(ctx, chromedp.EmulateViewport(1280, 760), chromedp.Navigate(url)); err != nil {
+		return err
+	}
+	time.Sleep(wait)
+	png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(file, png, 0o644)
+}
+
+func newBrowser(timeout time.Duration) (context.Context, func(), error) {
+	path, err := exec.LookPath("chromium")
+	if err != nil {
+		return nil, nil, err
+	}
 	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(path), chromedp.NoSandbox, chromedp.Headless, chromedp.DisableGPU)
 	actx, acancel := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer acancel()
 	ctx, cancel := chromedp.NewContext(actx)
+	tctx, tcancel := context.WithTimeout(ctx, timeout)
+	return tctx, func() { tcancel(); cancel(); acancel() }, nil
+}
+
+func firstLoad(url string) error {
+	ctx, cancel, err := newBrowser(30 * time.Second)
+	if err != nil {
+		return err
+	}
 	defer cancel()
-	ctx, tcancel := context.WithTimeout(ctx, 30*time.Second)
-	defer tcancel()
 	if err := chromedp.Do(ctx); err != nil { // the browser is up before the clock starts
 		return err
 	}
