@@ -544,7 +544,8 @@ function renderTrunks() {
         button('Refresh', 'send a REGISTER now', () => act2(call('uac.reg_register', id), kickTrunks)),
         button('Enable', 'enable and register', () => act2(call('uac.reg_enable', id), kickTrunks)),
         button('Disable', 'unregister and disable', () => act2(call('uac.reg_disable', id), kickTrunks)),
-        button('Unregister', 'send Expires: 0', () => act2(call('uac.reg_unregister', id), kickTrunks)));
+        button('Unregister', 'send Expires: 0', () => act2(call('uac.reg_unregister', id), kickTrunks)),
+        button('Reload', 'reload this record from the database (uac.reg_refresh)', () => act2(call('uac.reg_refresh', [r.l_uuid]), kickTrunks)));
     }
     tr.append(act);
     tb.append(tr);
