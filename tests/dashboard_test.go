@@ -509,6 +509,13 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("the collector's own in-process calls are counted as RPC requests: %v", v)
 	}
 	checkMetricsDocumented(t, fams)
+
+	// stats.history (the charts' last 15 minutes) has the sample taken at start.
+	_, h := postRPC(t, rpcURL, "", call("stats.history", "core:rcv_requests"))
+	res, _ := h["result"].(map[string]any)
+	if smp, _ := res["samples"].([]any); len(smp) == 0 || fmt.Sprint(res["names"]) != "[core:rcv_requests]" {
+		t.Errorf("stats.history: %v", h)
+	}
 }
 
 // TestMetricsAuth: /metrics with tokens configured needs one (either role).

@@ -183,6 +183,7 @@ func (n *Node) CoreRPC() []core.RPCMethod {
 		{Name: "core.whoami", Doc: "the caller's RPC role (dashboards hide what the role may not call)", Result: `{"role": "admin" | "ro"}`, ReadOnly: true, Handler: rpcWhoami},
 		{Name: "core.mem", Doc: "Go runtime memory (bytes)", Result: `{"heap_alloc","heap_sys","heap_objects","sys","num_gc","goroutines"}`, ReadOnly: true, Handler: rpcMem},
 		{Name: "stats.get_statistics", Doc: "statistics: all, a group (\"tm:\" or \"tm\") or names", Result: `{"group:name": n, ...}`, ReadOnly: true, Params: names, Handler: n.rpcGetStats},
+		{Name: "stats.history", Doc: "the statistics of the last 15 minutes, one sample every 5 s (dashboards' charts); names: all when none", Result: `{"interval": 5, "names": [...], "samples": [{"ts": "...", "values": [n|null, ...]}]}`, ReadOnly: true, Params: names, Handler: n.rpcHistory},
 		{Name: "stats.reset_statistics", Doc: "zero statistics (all, a group or names)", Result: `{"reset": n}`,
 			Params: []core.RPCParam{{Name: "names", Type: "string", Variadic: true, Doc: "all, group: or statistic names"}}, Handler: n.rpcResetStats},
 		{Name: "app_starlark.reload", Doc: "compile, check and swap in the script file; the old version keeps serving on error",

@@ -149,7 +149,7 @@ async function start(gen) {
   await call('events.subscribe', [['*', 'stats'], 1]);
   hideLogin();
   applyRole();
-  await Promise.all([loadOverview(), loadScript(), loadRegistrations(), loadTrunks(), loadIPsec()].map((p) => p.catch((e) => console.warn(e))));
+  await Promise.all([loadOverview(), loadHistory(), loadScript(), loadRegistrations(), loadTrunks(), loadIPsec()].map((p) => p.catch((e) => console.warn(e))));
   if (gen !== S.gen) return;
   applyPanels();
   S.online = true;
@@ -349,6 +349,9 @@ const S_ERRORS = [
   { name: '5xx', color: '#e53e3e', f: (d) => sum(d, 'sl:5xx_replies', 'sl:500_replies', 'tm:5xx') },
   { name: 'drops', color: '#4a5568', f: (d) => sum(d, 'core:drop_requests', 'core:drop_replies') },
 ];
+// Every statistic the charts read (stats.history's selection).
+const CHART_STATS = ['core:rcv_requests', 'core:rcv_replies', 'sl:sent_replies', 'tm:rpl_sent', 'core:fwd_replies', ...SL_4XX,
+  'tm:4xx', 'sl:5xx_replies', 'sl:500_replies', 'tm:5xx', 'core:drop_requests', 'core:drop_replies'];
 
 function sum(d, ...keys) {
   let n = 0;
@@ -366,23 +369,49 @@ function onStats(data, ts) {
   // registrar's and usrloc's counters in the 1 s snapshot is the signal.
   if (prev && REG_SIGNALS.some((k) => data[k] !== prev.v[k])) kickRegistrations();
   if (prev) {
-    const dt = (t - prev.t) / 1000;
-    if (dt > 0 && dt < 30) {
-      const v = {};
-      for (const s of S_TRAFFIC.concat(S_ERRORS)) {
-        const a = s.f(data);
-        const b = s.f(prev.v);
-        // A counter that went down was reset: no rate for this step.
-        v[s.name] = a === undefined || b === undefined || a < b ? null : (a - b) / dt;
-      }
-      S.series.push({ t, v });
-    } else if (S.series.length && S.series[S.series.length - 1] !== null) {
-      S.series.push(null);
-    }
+    const p = ratePoint(prev, S.stats);
+    if (p) S.series.push(p);
+    else if (S.series.length && S.series[S.series.length - 1] !== null) S.series.push(null);
   }
   const cut = Date.now() - WINDOW_S * 1000 - 5000;
   while (S.series.length && (S.series[0] === null || S.series[0].t < cut)) S.series.shift();
   $('last-update').textContent = 'last update ' + fmtTime(new Date(t));
+  if (S.panel === 'overview') drawCharts();
+}
+
+// ratePoint is the per-second rate of every chart series between two
+// snapshots {t, v}, or null when they are too far apart.
+function ratePoint(prev, cur) {
+  const dt = (cur.t - prev.t) / 1000;
+  if (!(dt > 0 && dt < 30)) return null;
+  const v = {};
+  for (const s of S_TRAFFIC.concat(S_ERRORS)) {
+    const a = s.f(cur.v);
+    const b = s.f(prev.v);
+    // A counter that went down was reset: no rate for this step.
+    v[s.name] = a === undefined || b === undefined || a < b ? null : (a - b) / dt;
+  }
+  return { t: cur.t, v };
+}
+
+// loadHistory fills the charts with kamd's last 15 minutes (stats.history,
+// 5 s samples), keeping what this page saw before from an earlier process.
+async function loadHistory() {
+  if (!S.methods.has('stats.history')) return;
+  const h = await call('stats.history', CHART_STATS);
+  const snaps = (h.samples || []).map((smp) => {
+    const v = {};
+    h.names.forEach((n, i) => { if (smp.values[i] !== null) v[n] = smp.values[i]; });
+    return { t: Date.parse(smp.ts), v };
+  });
+  if (!snaps.length) return;
+  const pts = [];
+  for (let i = 1; i < snaps.length; i++) {
+    const p = ratePoint(snaps[i - 1], snaps[i]);
+    pts.push(p);
+  }
+  const older = S.series.filter((p) => p && p.t < snaps[0].t);
+  S.series = older.length ? older.concat([null], pts) : pts;
   if (S.panel === 'overview') drawCharts();
 }
 
