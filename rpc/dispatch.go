@@ -77,7 +77,7 @@ func (s *Server) handle(ctx context.Context, role Role, data []byte) (out *reply
 			req := parseRequest(it)
 			if req.err == nil && !req.hasID {
 				if stopped == nil {
-					s.work(ctx, func() { s.invoke(ctx, role, req.method, req.params) }) // notification: never answered
+					s.work(ctx, func() { s.wireInvoke(ctx, role, req.method, req.params) }) // notification: never answered
 				}
 				continue
 			}
@@ -96,7 +96,7 @@ func (s *Server) handle(ctx context.Context, role Role, data []byte) (out *reply
 				s.writeError(buf, req.id, stopped)
 			default:
 				ran := s.work(ctx, func() {
-					v, rerr := s.invoke(ctx, role, req.method, req.params)
+					v, rerr := s.wireInvoke(ctx, role, req.method, req.params)
 					if stop := s.writeResponse(buf, req.id, v, rerr); stop != nil {
 						stopped = s.notExecuted(stop)
 					}
@@ -120,7 +120,7 @@ func (s *Server) handle(ctx context.Context, role Role, data []byte) (out *reply
 	}
 	var buf *replyBuf
 	ran := s.work(ctx, func() {
-		v, rerr := s.invoke(ctx, role, req.method, req.params)
+		v, rerr := s.wireInvoke(ctx, role, req.method, req.params)
 		if req.hasID { // else a notification: never answered
 			buf = s.newReply()
 			s.writeResponse(buf, req.id, v, rerr)
@@ -352,4 +352,18 @@ func marshalResult(v any) (json.RawMessage, error) {
 		return json.RawMessage("{}"), nil
 	}
 	return nil, fmt.Errorf("result must be a JSON object or array, got %s", jsonKind(b))
+}
+
+// wireInvoke is invoke for a request that came over the wire, told to
+// Config.Observe (metrics); in-process Call is not counted.
+func (s *Server) wireInvoke(ctx context.Context, role Role, name string, raw json.RawMessage) (any, *Error) {
+	res, rerr := s.invoke(ctx, role, name, raw)
+	if s.cfg.Observe != nil {
+		code := 0
+		if rerr != nil {
+			code = rerr.Code
+		}
+		s.cfg.Observe(name, code)
+	}
+	return res, rerr
 }

@@ -84,6 +84,10 @@ type Config struct {
 	TLSCertFile, TLSKeyFile string
 	// Logger receives server logs; nil discards them.
 	Logger *slog.Logger
+	// Observe, when set, is told of every call executed: the method name as
+	// requested and the error code answered (0 for success). kamd's
+	// /metrics counts RPC requests with it.
+	Observe func(method string, code int)
 }
 
 // Server is a JSON-RPC 2.0 server. Create it with NewServer, add methods with
@@ -103,6 +107,8 @@ type Server struct {
 	pingPeriod, pongWait, writeWait, dropGrace time.Duration
 
 	upgrader websocket.Upgrader
+
+	extra map[string]http.Handler // Handle: more HTTP handlers on the same listener
 
 	mu      sync.Mutex
 	servers []*http.Server
@@ -367,12 +373,48 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// Handler returns the HTTP handler serving GET /ws (websocket) and POST /RPC.
+// Handler returns the HTTP handler serving GET /ws (websocket) and POST
+// /RPC, plus the handlers added with Handle.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/RPC", s.serveHTTP)
 	mux.HandleFunc("/ws", s.serveWS)
+	s.mu.Lock()
+	for pattern, h := range s.extra {
+		mux.Handle(pattern, h)
+	}
+	s.mu.Unlock()
 	return mux
+}
+
+// Handle mounts another HTTP handler on the RPC listener (same address,
+// same TLS), such as kamd's dashboard and /metrics. Call it before
+// serving. h is not authenticated: wrap it in Protect if it must be.
+func (s *Server) Handle(pattern string, h http.Handler) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.extra == nil {
+		s.extra = map[string]http.Handler{}
+	}
+	s.extra[pattern] = h
+}
+
+// Protect applies the RPC auth rule to h: the same origin and loopback
+// checks as POST /RPC and, when tokens are configured, a bearer token of
+// either role in the Authorization header (401 otherwise).
+func (s *Server) Protect(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.originOK(r) || !s.localOK(r) {
+			http.Error(w, "Forbidden: origin or host not allowed", http.StatusForbidden)
+			return
+		}
+		if role, _ := s.authenticate(r, false); role == "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="kamgo"`)
+			http.Error(w, "Unauthorized", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // authenticate returns the caller's role, or "" if refused. For websockets it

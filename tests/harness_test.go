@@ -63,6 +63,7 @@ func runMain(m *testing.M) int {
 	}
 	code := m.Run()
 	stopSharedKamailio() // uacreg_kamailio_test.go: one Kamailio for the whole binary
+	stopSharedBrowser()  // browser_test.go: one chromium for the whole binary
 	return code
 }
 

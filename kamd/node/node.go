@@ -100,6 +100,7 @@ type Node struct {
 	inited     []*core.Module // modules whose Init ran, to stop on failure
 	startedMod []*core.Module
 	stopOnce   sync.Once
+	hist       history // stats.history
 }
 
 // notReady is env.Sender until Init: a module that sends from its factory,
@@ -323,6 +324,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		if err := n.listenRPC(ctx); err != nil {
 			return err
 		}
+		n.startHistory(ctx)
 	}
 	for _, m := range n.Modules {
 		if m.Start != nil {
@@ -346,6 +348,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 // and the database. It is safe to call more than once.
 func (n *Node) Stop() {
 	n.stopOnce.Do(func() {
+		n.stopHistory()
 		// Modules that ran Init get Stop, newest first.
 		for i := len(n.inited) - 1; i >= 0; i-- {
 			if m := n.inited[i]; m.Stop != nil {

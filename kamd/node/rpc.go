@@ -42,18 +42,25 @@ func (n *Node) buildRPC(p *starlark.Program) error {
 	if (cert == "") != (key == "") {
 		return fmt.Errorf("RPC TLS needs both a certificate and a private key")
 	}
-	cfg := rpc.Config{Addr: addr, Tokens: tokens, Logger: n.Env.Log, TLSCertFile: cert, TLSKeyFile: key}
+	var srv *rpc.Server
+	met := n.newMetrics(&srv)
+	cfg := rpc.Config{Addr: addr, Tokens: tokens, Logger: n.Env.Log, TLSCertFile: cert, TLSKeyFile: key, Observe: met.ObserveRPC}
 	if err := rpcLimits(&cfg, p.Config.CoreParams); err != nil {
 		return err
 	}
-	srv := rpc.NewServer(cfg)
+	srv = rpc.NewServer(cfg)
+	n.mountWeb(srv, met)
 	hub := srv.Hub()
 	hub.SetStatsSource(func() any { return n.Env.Stats.Get("all") })
+	reloads, reloadFailures := n.Env.Stats.Counter("script", "reloads"), n.Env.Stats.Counter("script", "reload_failures")
+	n.Env.Stats.Counter("script", "rollbacks")
 	n.Engine.OnLoad = func(p *starlark.Program, err error) {
 		if err != nil {
+			reloadFailures.Inc()
 			n.Env.Emit("script", map[string]any{"event": "reload_failed", "error": err.Error()})
 			return
 		}
+		reloads.Inc()
 		n.applyCoreParams(p)
 		n.Env.Emit("script", map[string]any{"event": "loaded", "version": p.Version, "path": p.Path, "sha256": p.SHA256})
 	}
@@ -215,8 +222,10 @@ func (n *Node) CoreRPC() []core.RPCMethod {
 		{Name: "core.info", Doc: "version, build and runtime details", Result: `{"version","go","os","arch","pid","cpus","script"}`, ReadOnly: true, Handler: n.rpcInfo},
 		{Name: "core.ps", Doc: "what runs: a receiver or listener per SIP socket, stream connection readers, SIP workers, the rpc server", Result: `[{"idx": n, "pid": n, "dsc": "..."}]`, ReadOnly: true, Handler: n.rpcPs},
 		{Name: "core.sockets_list", Doc: "listening SIP sockets, those of listen() and those opened at runtime (runtime: true)", Result: `{"socket": [{"proto","address","port","advertise","runtime"}]}`, ReadOnly: true, Handler: n.rpcSockets},
+		{Name: "core.whoami", Doc: "the caller's RPC role (dashboards hide what the role may not call)", Result: `{"role": "admin" | "ro"}`, ReadOnly: true, Handler: rpcWhoami},
 		{Name: "core.mem", Doc: "Go runtime memory (bytes)", Result: `{"heap_alloc","heap_sys","heap_objects","sys","num_gc","goroutines"}`, ReadOnly: true, Handler: rpcMem},
 		{Name: "stats.get_statistics", Doc: "statistics: all, a group (\"tm:\" or \"tm\") or names", Result: `{"group:name": n, ...}`, ReadOnly: true, Params: names, Handler: n.rpcGetStats},
+		{Name: "stats.history", Doc: "the statistics of the last 15 minutes, one sample every 5 s (dashboards' charts); names: all when none", Result: `{"interval": 5, "names": [...], "samples": [{"ts": "...", "values": [n|null, ...]}]}`, ReadOnly: true, Params: names, Handler: n.rpcHistory},
 		{Name: "stats.reset_statistics", Doc: "zero statistics (all, a group or names)", Result: `{"reset": n}`,
 			Params: []core.RPCParam{{Name: "names", Type: "string", Variadic: true, Doc: "all, group: or statistic names"}}, Handler: n.rpcResetStats},
 		{Name: "app_starlark.reload", Doc: "compile, check and swap in the script file; the old version keeps serving on error",
@@ -253,6 +262,14 @@ func (n *Node) rpcSockets(context.Context, core.RPCArgs) (any, error) {
 		out = append(out, map[string]any{"proto": s.Proto, "address": s.IP, "port": s.Port, "advertise": s.Advertise, "runtime": rt[s.String()]})
 	}
 	return map[string]any{"socket": out}, nil
+}
+
+func rpcWhoami(ctx context.Context, _ core.RPCArgs) (any, error) {
+	role := "ro"
+	if core.RPCCallerIsAdmin(ctx) {
+		role = "admin"
+	}
+	return map[string]any{"role": role}, nil
 }
 
 func rpcMem(context.Context, core.RPCArgs) (any, error) {
@@ -305,6 +322,7 @@ func (n *Node) rpcRollback(context.Context, core.RPCArgs) (any, error) {
 		return nil, rpcErr(404, "%s", err.Error())
 	}
 	n.applyCoreParams(p)
+	n.Env.Stats.Counter("script", "rollbacks").Inc()
 	n.Env.Emit("script", map[string]any{"event": "rollback", "version": p.Version, "sha256": p.SHA256})
 	return map[string]any{"old": old, "new": p.Version, "sha256": p.SHA256}, nil
 }

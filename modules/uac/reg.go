@@ -298,6 +298,8 @@ func (u *UAC) onReply(r *record, gen uint64, res *sip.Response) {
 	if r.gen != gen || r.flags&flagOngoing == 0 {
 		return // a reply to a REGISTER since replaced (reload, disable, new attempt)
 	}
+	// Registration attempts by result (kamd_uac_reg_replies_total{code} in /metrics).
+	u.env.Stats.Counter("uac", "reg_"+strconv.Itoa(res.StatusCode)+"_replies").Inc()
 	r.lastCode, r.lastReason = res.StatusCode, res.Reason
 	switch code := res.StatusCode; {
 	case code >= 200 && code < 300:
