@@ -37,6 +37,15 @@ func umlNeed(t *testing.T, format string, a ...any) {
 
 const umlModules = "xfrm_user esp4 veth authenc cbc hmac sha1_generic md5 crypto_null echainiv seqiv aes_generic"
 
+// vmRun is the -run pattern of the VM suite: KAMGO_IPSEC_RUN narrows it
+// (e.g. "TestVM/tcp") when working on one scenario.
+func vmRun() string {
+	if r := os.Getenv("KAMGO_IPSEC_RUN"); r != "" && !strings.ContainsAny(r, "'") {
+		return r
+	}
+	return "."
+}
+
 func TestIPsecUML(t *testing.T) {
 	uml, err := exec.LookPath("linux.uml")
 	if err != nil {
@@ -96,11 +105,11 @@ KAMGO_IPSEC_KERNEL=1 PCSCF_REQUIRE_ESP=1 %[1]s/mod.test -test.v=test2json -test.
 cd %[4]s/tests/ipsecrig
 start=$(date +%%s%%N)
 KAMGO_IPSEC_VM=1 PCSCF_REQUIRE_ESP=1 KAMGO_KAMD_BIN=%[5]s KAMGO_IPSEC_SCRIPT=%[6]s KAMGO_IPSEC_OUT=/mnt \
-  %[1]s/rig.test -test.v=test2json -test.timeout 150s > /mnt/rig.log 2>&1; echo $? > /mnt/rig.rc
+  %[1]s/rig.test -test.v=test2json -test.timeout 150s -test.run '%[7]s'  > /mnt/rig.log 2>&1; echo $? > /mnt/rig.rc
 echo $(( ($(date +%%s%%N) - start) / 1000000 )) > /mnt/rig.ms
 sync
 poweroff -f
-`, lab, out, umlModules, repoRoot, kamdBin, script)
+`, lab, out, umlModules, repoRoot, kamdBin, script, vmRun())
 	write(filepath.Join(lab, "init.sh"), init)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 240*time.Second)

@@ -437,7 +437,13 @@ func waitFor(d time.Duration, cond func() bool) bool {
 }
 
 // kamdStates is the number of ESP states in the P namespace.
-func (l *lab) kamdStates() int { return len(states(l.t, l.ph)) }
+func (l *lab) kamdStates() int {
+	sts, err := l.ph.XfrmStateList(netlink.FAMILY_ALL)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return len(sts)
+}
 
 // outDir is the writable host directory (hostfs) for pcaps and facts.
 func outDir() string { return os.Getenv("KAMGO_IPSEC_OUT") }

@@ -248,24 +248,22 @@ func (l *lab) newUE(ip string, portC int, spiC uint32, algs ...string) *ue {
 	return u
 }
 
-// newPorts moves the UE to a new protected client port and new SPIs
-// (re-authentication: TS 33.203 §7.4, port_us stays).
-func (u *ue) newPorts(portC int, spiC uint32) {
-	u.plain.Close()
-	u.uc.Close()
+// newPorts offers a new protected client port and new SPIs
+// (re-authentication: TS 33.203 §7.4, port_us stays); it returns the old
+// client socket, which the re-REGISTER still leaves from.
+func (u *ue) newPorts(portC int, spiC uint32) *net.UDPConn {
+	old := u.uc
 	u.portC, u.spiC, u.spiS = portC, spiC, spiC+1
-	alg, ealg := u.server.Alg, u.server.Ealg
-	u.offer = mech(alg, ealg, u.spiC, u.spiS, u.portC, u.portS)
+	u.offer = mech(u.server.Alg, u.server.Ealg, u.spiC, u.spiS, u.portC, u.portS)
 	err := inNS(u.l.uNS, func() (err error) {
-		if u.plain, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(u.ip), Port: 5060}); err != nil {
-			return
-		}
 		u.uc, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(u.ip), Port: u.portC})
 		return
 	})
 	if err != nil {
 		u.t.Fatal(err)
 	}
+	u.t.Cleanup(func() { u.uc.Close() })
+	return old
 }
 
 func branch() string { return "z9hG4bK" + strconv.FormatInt(time.Now().UnixNano(), 36) }
@@ -348,18 +346,24 @@ func (u *ue) challenge() *sip.Response {
 	if !ok {
 		u.t.Fatalf("UE %s: got a request %v", u.ip, m)
 	}
-	if r.StatusCode == 401 {
-		u.lastChallenge = r
-		if h := r.GetHeader("Security-Server"); h != nil {
-			u.serverRaw = h.Value()
-			ms, err := ims_ipsec_pcscf.ParseSecurity(h.Value())
-			if err != nil || len(ms) != 1 {
-				u.t.Fatalf("Security-Server %q: %v", h.Value(), err)
-			}
-			u.server = ms[0]
-		}
-	}
+	u.took(r)
 	return r
+}
+
+// took keeps a 401's nonce and Security-Server.
+func (u *ue) took(r *sip.Response) {
+	if r.StatusCode != 401 {
+		return
+	}
+	u.lastChallenge = r
+	if h := r.GetHeader("Security-Server"); h != nil {
+		u.serverRaw = h.Value()
+		ms, err := ims_ipsec_pcscf.ParseSecurity(h.Value())
+		if err != nil || len(ms) != 1 {
+			u.t.Fatalf("Security-Server %q: %v", h.Value(), err)
+		}
+		u.server = ms[0]
+	}
 }
 
 // ueSA is one of the UE's four SAs, mirror of the P-CSCF's.
@@ -428,9 +432,13 @@ func (u *ue) uninstall() {
 // protectedRegister sends a REGISTER over SA A (port_uc -> port_ps) and
 // waits for the reply on port_us (UDP: P sends it port_pc -> port_us).
 func (u *ue) protectedRegister(expires int, verify string) (*sip.Response, *net.UDPAddr) {
+	return u.protectedRegisterWait(expires, verify, 3*time.Second)
+}
+
+func (u *ue) protectedRegisterWait(expires int, verify string, d time.Duration) (*sip.Response, *net.UDPAddr) {
 	u.t.Helper()
 	send(u.t, u.uc, fmt.Sprintf("%s:%d", pIP, u.server.PortS), u.register(true, expires, verify))
-	m, from, err := recv(u.us, 3*time.Second)
+	m, from, err := recv(u.us, d)
 	if err != nil {
 		return nil, nil
 	}

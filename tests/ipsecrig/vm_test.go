@@ -1,13 +1,16 @@
 package ipsecrig
 
 import (
+	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/vishvananda/netlink"
 )
 
 // established runs the whole registration of u: the 401 (checked), the
@@ -113,6 +116,17 @@ func TestVM(t *testing.T) {
 	inVM(t)
 	t.Run("happy_udp_sha1_null", testHappyUDP)
 	t.Run("algorithms", testAlgorithms)
+	t.Run("tcp", testTCP)
+	t.Run("wrong_ik", testWrongIK)
+	t.Run("unknown_spi", testUnknownSPI)
+	t.Run("plaintext", testPlaintext)
+	t.Run("verify_mismatch", testVerifyMismatch)
+	t.Run("no_ck_ik", testNoCKIK)
+	t.Run("spi_exhaustion", testExhaustion)
+	t.Run("deregistration", testDeregistration)
+	t.Run("expiry", testExpiry)
+	t.Run("reauth_new_keys", testReauth)
+	t.Run("restart_live_sas", testRestart)
 }
 
 func testHappyUDP(t *testing.T) {
@@ -260,5 +274,424 @@ func testAlgorithms(t *testing.T) {
 	if x := xfrmStat(t, l.pNS); len(x) != 0 {
 		t.Errorf("P xfrm_stat: %v", x)
 	}
-	_ = net.IPv4len
+}
+
+// testWrongIK: the UE's SAs use another IK. The P-CSCF's kernel drops the
+// protected REGISTER (integrity failure on SA A, XfrmInStateProtoError)
+// and kamd never sees it.
+func testWrongIK(t *testing.T) {
+	l := newLab(t, labOpts{})
+	u := l.newUE("10.99.0.2", 31000, 11111)
+	if r := u.challenge(); r.StatusCode != 401 {
+		t.Fatalf("first REGISTER: %d", r.StatusCode)
+	}
+	u.install(testIK2, testCK, 0)
+	if res, _ := u.protectedRegisterWait(600, "", time.Second); res != nil {
+		t.Errorf("a REGISTER with a wrong ICV got %d", res.StatusCode)
+	}
+	a := states(t, l.ph)[u.server.SpiS]
+	if a.failed != 1 || a.packets != 0 {
+		t.Errorf("SA A: failed %d packets %d, want 1 and 0", a.failed, a.packets)
+	}
+	if x := xfrmStat(t, l.pNS); x["XfrmInStateProtoError"] != 1 {
+		t.Errorf("xfrm_stat %v, want XfrmInStateProtoError 1", x)
+	}
+	if n := len(l.scscf.registers()); n != 1 {
+		t.Errorf("S-CSCF saw %d REGISTERs, want only the first", n)
+	}
+	if sets := l.ipsecList(); len(sets) != 1 || sets[0]["state"] != "temporary" {
+		t.Errorf("ipsec.list: %v", sets)
+	}
+}
+
+// testUnknownSPI: the UE sends with an SPI kamd never installed.
+func testUnknownSPI(t *testing.T) {
+	l := newLab(t, labOpts{})
+	u := l.newUE("10.99.0.2", 31000, 11111)
+	u.challenge()
+	u.install(testIK, testCK, 1000)
+	if res, _ := u.protectedRegisterWait(600, "", time.Second); res != nil {
+		t.Errorf("a REGISTER with an unknown SPI got %d", res.StatusCode)
+	}
+	if x := xfrmStat(t, l.pNS); x["XfrmInNoStates"] != 1 {
+		t.Errorf("xfrm_stat %v, want XfrmInNoStates 1", x)
+	}
+	if a := states(t, l.ph)[u.server.SpiS]; a.packets != 0 {
+		t.Errorf("SA A counted %d packets", a.packets)
+	}
+	if n := len(l.scscf.registers()); n != 1 {
+		t.Errorf("S-CSCF saw %d REGISTERs", n)
+	}
+}
+
+// testPlaintext: plaintext to a protected port. From another source port
+// the kernel delivers it (no policy matches) and kamd drops it; on the
+// protected 5-tuple itself the kernel drops it (XfrmInTmplMismatch).
+func testPlaintext(t *testing.T) {
+	l := newLab(t, labOpts{})
+	u := l.newUE("10.99.0.2", 31000, 11111)
+	established(t, l, u)
+	before := len(l.scscf.registers())
+	var other *net.UDPConn
+	if err := inNS(l.uNS, func() (err error) {
+		other, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(u.ip), Port: 40000})
+		return
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	send(t, other, fmt.Sprintf("%s:%d", pIP, u.server.PortS), u.register(true, 600, ""))
+	if m, _, err := recv(other, time.Second); err == nil {
+		t.Errorf("plaintext from port 40000 answered: %v", m)
+	}
+	st := l.ipsecStats()
+	if num(st["plaintext_dropped"]) != 1 {
+		t.Errorf("ipsec.stats plaintext_dropped %v, want 1", st["plaintext_dropped"])
+	}
+	if x := xfrmStat(t, l.pNS); len(x) != 0 {
+		t.Errorf("xfrm_stat %v: the kernel should have let it through", x)
+	}
+	// The protected 5-tuple without ESP: remove the UE's policy for SA A.
+	_ = l.uh.XfrmPolicyDel(&u.pols[0])
+	send(t, u.uc, fmt.Sprintf("%s:%d", pIP, u.server.PortS), u.register(true, 600, ""))
+	if m, _, err := recv(u.us, time.Second); err == nil {
+		t.Errorf("plaintext on the protected 5-tuple answered: %v", m)
+	}
+	if x := xfrmStat(t, l.pNS); x["XfrmInTmplMismatch"] != 1 {
+		t.Errorf("xfrm_stat %v, want XfrmInTmplMismatch 1", x)
+	}
+	if n := len(l.scscf.registers()); n != before {
+		t.Errorf("S-CSCF saw %d more REGISTERs", n-before)
+	}
+}
+
+// testVerifyMismatch: a Security-Verify that differs from the
+// Security-Server sent gets 494 and the attempt's SAs are removed.
+func testVerifyMismatch(t *testing.T) {
+	l := newLab(t, labOpts{})
+	u := l.newUE("10.99.0.2", 31000, 11111)
+	u.challenge()
+	u.install(testIK, testCK, 0)
+	if n := l.kamdStates(); n != 4 {
+		t.Fatalf("%d states", n)
+	}
+	bad := strings.Replace(u.serverRaw, fmt.Sprintf("spi-s=%d", u.server.SpiS), fmt.Sprintf("spi-s=%d", u.server.SpiS+7), 1)
+	res, from := u.protectedRegister(600, bad)
+	if res == nil || res.StatusCode != 494 {
+		t.Fatalf("mismatching Security-Verify: %v, want 494", res)
+	}
+	t.Logf("494 from %v", from)
+	if n := l.kamdStates(); n != 0 {
+		t.Errorf("%d states left after the mismatch", n)
+	}
+	if n := len(policies(t, l.ph)); n != 0 {
+		t.Errorf("%d policies left", n)
+	}
+	if sets := l.ipsecList(); len(sets) != 0 {
+		t.Errorf("ipsec.list: %v", sets)
+	}
+	if n := len(l.scscf.registers()); n != 1 {
+		t.Errorf("the S-CSCF saw %d REGISTERs", n)
+	}
+}
+
+// testNoCKIK: a 401 without ik gives the UE a 500, no keys, no SAs.
+func testNoCKIK(t *testing.T) {
+	l := newLab(t, labOpts{})
+	l.scscf.mu.Lock()
+	l.scscf.omitIK = true
+	l.scscf.mu.Unlock()
+	u := l.newUE("10.99.0.2", 31000, 11111)
+	r := u.challenge()
+	if r.StatusCode != 500 || r.GetHeader("Security-Server") != nil {
+		t.Errorf("401 without ik: the UE got %d, Security-Server %v", r.StatusCode, r.GetHeader("Security-Server"))
+	}
+	if strings.Contains(strings.ToLower(r.String()), "ck=") {
+		t.Errorf("ck reached the UE:\n%s", r)
+	}
+	if n := l.kamdStates(); n != 0 {
+		t.Errorf("%d states", n)
+	}
+	if sets := l.ipsecList(); len(sets) != 0 {
+		t.Errorf("ipsec.list: %v", sets)
+	}
+}
+
+// testExhaustion: 2 SPI pairs, 3 UEs: the third gets a 500, nothing of it
+// is created.
+func testExhaustion(t *testing.T) {
+	l := newLab(t, labOpts{ueAddrs: 3, params: map[string]string{"ipsec_spi_id_range": "4"}})
+	for i := 0; i < 3; i++ {
+		u := l.newUE(fmt.Sprintf("10.99.0.%d", 2+i), 31000, 11111)
+		r := u.challenge()
+		want := 401
+		if i == 2 {
+			want = 500
+		}
+		if r.StatusCode != want {
+			t.Errorf("UE %d: %d, want %d", i, r.StatusCode, want)
+		}
+	}
+	if n := l.kamdStates(); n != 8 {
+		t.Errorf("%d states, want 8", n)
+	}
+	if n := len(policies(t, l.ph)); n != 8 {
+		t.Errorf("%d policies, want 8", n)
+	}
+	st := l.ipsecStats()
+	if num(st["pairs_used"]) != 2 || num(st["pairs_total"]) != 2 {
+		t.Errorf("ipsec.stats %v", st)
+	}
+}
+
+// testDeregistration: Expires 0; the 200 still leaves through SA C, then
+// every SA goes.
+func testDeregistration(t *testing.T) {
+	l := newLab(t, labOpts{})
+	u := l.newUE("10.99.0.2", 31000, 11111)
+	established(t, l, u)
+	before := states(t, l.ph)
+	res, _ := u.protectedRegister(0, "")
+	if res == nil || res.StatusCode != 200 {
+		t.Fatalf("de-REGISTER: %v", res)
+	}
+	d := delta(before, states(t, l.ph))
+	if d[u.spiS] != 1 || d[u.server.SpiS] != 1 {
+		t.Errorf("de-REGISTER/200 deltas %v, want +1 on SA A and C", d)
+	}
+	if sets := l.ipsecList(); len(sets) != 1 || sets[0]["state"] != "deleting" {
+		t.Errorf("ipsec.list right after: %v", sets)
+	}
+	if !waitFor(10*time.Second, func() bool { return l.kamdStates() == 0 }) {
+		t.Errorf("%d states left 10s after de-registration", l.kamdStates())
+	}
+	if n := len(policies(t, l.ph)); n != 0 {
+		t.Errorf("%d policies left", n)
+	}
+	if sets := l.ipsecList(); len(sets) != 0 {
+		t.Errorf("ipsec.list: %v", sets)
+	}
+}
+
+// testExpiry: a set nobody completes expires (ipsec_temporary_lifetime)
+// and its SPIs go back to the pool.
+func testExpiry(t *testing.T) {
+	l := newLab(t, labOpts{params: map[string]string{"ipsec_temporary_lifetime": "2"}})
+	u := l.newUE("10.99.0.2", 31000, 11111)
+	u.challenge()
+	if n := l.kamdStates(); n != 4 {
+		t.Fatalf("%d states", n)
+	}
+	if !waitFor(8*time.Second, func() bool { return l.kamdStates() == 0 }) {
+		t.Errorf("%d states 8s after a 2s temporary lifetime", l.kamdStates())
+	}
+	st := l.ipsecStats()
+	if num(st["pairs_used"]) != 0 || len(policies(t, l.ph)) != 0 {
+		t.Errorf("after expiry: ipsec.stats %v", st)
+	}
+}
+
+// testReauth: the S-CSCF challenges a protected re-REGISTER with new
+// CK/IK; the UE offers a new port_uc and SPIs; the new set carries the 200
+// and the old set is removed: 4 states at the end, all new.
+func testReauth(t *testing.T) {
+	l := newLab(t, labOpts{})
+	u := l.newUE("10.99.0.2", 31000, 11111)
+	established(t, l, u)
+	old := u.server
+	oldUC, oldUCport := u.spiC, u.portC
+	l.scscf.reauth.Store(true)
+	oldSock := u.newPorts(31010, 12000)
+	send(t, oldSock, fmt.Sprintf("%s:%d", pIP, old.PortS), u.register(true, 600, ""))
+	m, from, err := recv(u.us, 3*time.Second)
+	if err != nil {
+		t.Fatalf("re-REGISTER: %v", err)
+	}
+	r, _ := m.(*sip.Response)
+	if r == nil || r.StatusCode != 401 {
+		t.Fatalf("re-REGISTER: %v", m)
+	}
+	t.Logf("re-auth 401 from %v", from)
+	u.took(r)
+	if u.server.SpiS == old.SpiS || u.server.PortC == old.PortC {
+		t.Errorf("new Security-Server %q reuses the old SPIs/port_pc", u.serverRaw)
+	}
+	if n := l.kamdStates(); n != 8 {
+		t.Errorf("%d states during re-auth, want 8", n)
+	}
+	u.install(testIK2, testCK2, 0)
+	res, _ := u.protectedRegister(600, "")
+	if res == nil || res.StatusCode != 200 {
+		t.Fatalf("REGISTER over the new set: %v", res)
+	}
+	st := states(t, l.ph)
+	if len(st) != 4 {
+		t.Errorf("%d states after the new set's 200, want 4", len(st))
+	}
+	for _, spi := range []uint32{old.SpiS, old.SpiC, oldUC} {
+		if _, ok := st[spi]; ok {
+			t.Errorf("old SPI %d still installed", spi)
+		}
+	}
+	if st[u.server.SpiS].packets != 1 || st[u.spiS].packets != 1 {
+		t.Errorf("new set counters %+v", st)
+	}
+	sets := l.ipsecList()
+	if len(sets) != 1 || num(sets[0]["spi_ps"]) != uint64(u.server.SpiS) || num(sets[0]["port_uc"]) == uint64(oldUCport) {
+		t.Errorf("ipsec.list: %v", sets)
+	}
+}
+
+// testRestart: kill -9 with live SAs; the next kamd removes its own
+// leftovers at start and leaves a foreign SA alone.
+func testRestart(t *testing.T) {
+	l := newLab(t, labOpts{})
+	u := l.newUE("10.99.0.2", 31000, 11111)
+	established(t, l, u)
+	foreign := &netlink.XfrmState{Src: net.ParseIP(pIP).To4(), Dst: net.ParseIP("10.99.0.9").To4(), Proto: netlink.XFRM_PROTO_ESP,
+		Mode: netlink.XFRM_MODE_TRANSPORT, Spi: 300000, Reqid: 300000,
+		Auth:     &netlink.XfrmStateAlgo{Name: "hmac(sha1)", Key: testIK, TruncateLen: 96},
+		Crypt:    &netlink.XfrmStateAlgo{Name: "ecb(cipher_null)", Key: []byte{}},
+		Selector: &netlink.XfrmPolicy{Src: host(net.ParseIP(pIP).To4()), Dst: host(net.ParseIP("10.99.0.9").To4()), SrcPort: 4000, DstPort: 7000}}
+	if err := l.ph.XfrmStateAdd(foreign); err != nil {
+		t.Fatal(err)
+	}
+	l.killKamd()
+	if n := l.kamdStates(); n != 5 {
+		t.Fatalf("%d states after kill -9, want 4 + the foreign one", n)
+	}
+	l.kamd = l.startKamd()
+	st := states(t, l.ph)
+	if _, ok := st[300000]; !ok || len(st) != 1 {
+		t.Errorf("after restart: %+v, want only the foreign SA", st)
+	}
+	if n := len(policies(t, l.ph)); n != 0 {
+		t.Errorf("%d policies left", n)
+	}
+	if !strings.Contains(l.kamd.log.String(), "removed SAs left by a previous run") {
+		t.Errorf("kamd did not log the cleanup")
+	}
+	// The UE starts over (its old SAs are useless) and registers again.
+	u.uninstall()
+	established(t, l, u)
+	if n := l.kamdStates(); n != 5 {
+		t.Errorf("%d states after registering again, want 5", n)
+	}
+}
+
+// readTCP reads one SIP message (headers and Content-Length body).
+func readTCP(c net.Conn, d time.Duration) (sip.Message, error) {
+	_ = c.SetReadDeadline(time.Now().Add(d))
+	br := bufio.NewReader(c)
+	var b strings.Builder
+	cl := 0
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return nil, err
+		}
+		b.WriteString(line)
+		if strings.HasPrefix(strings.ToLower(line), "content-length:") {
+			fmt.Sscanf(strings.TrimSpace(line[15:]), "%d", &cl)
+		}
+		if line == "\r\n" {
+			break
+		}
+	}
+	body := make([]byte, cl)
+	if _, err := io.ReadFull(br, body); err != nil {
+		return nil, err
+	}
+	return sip.ParseMessage([]byte(b.String() + string(body)))
+}
+
+// testTCP: the protected REGISTER over a TCP connection port_uc ->
+// port_ps (SAs A and B), then a request from the core over TCP, which kamd
+// dials port_pc -> port_us (SAs C and D).
+func testTCP(t *testing.T) {
+	l := newLab(t, labOpts{})
+	u := l.newUE("10.99.0.2", 31000, 11111)
+	if r := u.challenge(); r.StatusCode != 401 {
+		t.Fatalf("first REGISTER: %d", r.StatusCode)
+	}
+	u.install(testIK, testCK, 0)
+	var conn net.Conn
+	var ln net.Listener
+	err := inNS(l.uNS, func() (err error) {
+		if ln, err = net.Listen("tcp4", fmt.Sprintf("%s:%d", u.ip, u.portS)); err != nil {
+			return
+		}
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(u.ip), Port: u.portC}, Timeout: 3 * time.Second}
+		conn, err = d.Dial("tcp4", net.JoinHostPort(pIP, fmt.Sprint(u.server.PortS)))
+		return
+	})
+	if err != nil {
+		t.Fatalf("TCP to port_ps over ESP: %v", err)
+	}
+	defer conn.Close()
+	defer ln.Close()
+	before := states(t, l.ph)
+	msg := strings.Replace(u.register(true, 600, ""), "SIP/2.0/UDP", "SIP/2.0/TCP", 1)
+	if _, err := conn.Write([]byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	var res *sip.Response
+	for res == nil || res.StatusCode < 200 {
+		m, err := readTCP(conn, 3*time.Second)
+		if err != nil {
+			t.Fatalf("protected REGISTER over TCP: %v", err)
+		}
+		res, _ = m.(*sip.Response)
+	}
+	if res.StatusCode != 200 {
+		t.Fatalf("protected REGISTER over TCP: %d", res.StatusCode)
+	}
+	d := delta(before, states(t, l.ph))
+	s := u.server
+	if d[s.SpiS] == 0 || d[u.spiC] == 0 || d[u.spiS] != 0 || d[s.SpiC] != 0 {
+		t.Errorf("REGISTER over TCP: deltas %v, want A (%d) and B (%d) only", d, s.SpiS, u.spiC)
+	}
+	t.Logf("TCP REGISTER/200: deltas %v", d)
+	before = states(t, l.ph)
+	got := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- err
+			return
+		}
+		defer c.Close()
+		if ra := c.RemoteAddr().(*net.TCPAddr); ra.Port != int(s.PortC) {
+			got <- fmt.Errorf("kamd dialled from port %d, want port_pc %d", ra.Port, s.PortC)
+			return
+		}
+		m, err := readTCP(c, 5*time.Second)
+		if err != nil {
+			got <- err
+			return
+		}
+		req, _ := m.(*sip.Request)
+		if req == nil {
+			got <- fmt.Errorf("got %v", m)
+			return
+		}
+		_, err = c.Write([]byte(replyText(req, 200, "OK")))
+		time.Sleep(300 * time.Millisecond)
+		got <- err
+	}()
+	fr := l.scscf.sendMT(t, "OPTIONS", fmt.Sprintf("sip:001010000000001@%s:%d;transport=tcp", u.ip, u.portS))
+	if err := <-got; err != nil {
+		t.Errorf("MT over TCP at the UE: %v", err)
+	}
+	if fr == nil || fr.StatusCode != 200 {
+		t.Fatalf("MT OPTIONS over TCP: core got %v", fr)
+	}
+	d = delta(before, states(t, l.ph))
+	if d[u.spiS] == 0 || d[s.SpiC] == 0 {
+		t.Errorf("MT over TCP: deltas %v, want C (%d) and D (%d)", d, u.spiS, s.SpiC)
+	}
+	t.Logf("TCP MT OPTIONS/200: deltas %v", d)
+	if x := xfrmStat(t, l.pNS); len(x) != 0 {
+		t.Errorf("P xfrm_stat: %v", x)
+	}
 }
