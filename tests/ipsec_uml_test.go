@@ -63,6 +63,9 @@ func TestIPsecUML(t *testing.T) {
 		t.Fatal("tshark not found (apt-get install -y tshark)")
 	}
 	lab := t.TempDir()
+	if k := os.Getenv("KAMGO_IPSEC_KEEP"); k != "" {
+		lab = k
+	}
 	out := filepath.Join(lab, "out")
 	for _, d := range []string{out, filepath.Join(lab, "umlroot", "lib")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -78,7 +81,7 @@ func TestIPsecUML(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write(wrap, "#!/bin/sh\nexec /usr/sbin/modprobe -d "+lab+"/umlroot \"$@\"\n")
+	write(wrap, "#!/bin/sh\necho \"$@\" >> /mnt/modreq.log\nexec /usr/sbin/modprobe -d "+lab+"/umlroot \"$@\"\n")
 	// Static test binaries: the VM reads them over hostfs.
 	build := func(outBin, pkg string) {
 		cmd := exec.Command("go", "test", "-c", "-o", outBin, pkg)
@@ -92,6 +95,17 @@ func TestIPsecUML(t *testing.T) {
 	modt := filepath.Join(lab, "mod.test")
 	build(rig, "./tests/ipsecrig")
 	build(modt, "./modules/ims_ipsec_pcscf")
+	// Under -race kamdBin is a race build: the one-CPU VM gets a plain one
+	// (the module's code is race-checked by its package tests).
+	vmKamd := kamdBin
+	if raceEnabled {
+		vmKamd = filepath.Join(lab, "kamd")
+		cmd := exec.Command("go", "build", "-o", vmKamd, "./kamd")
+		cmd.Dir = repoRoot
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go build kamd: %v\n%s", err, b)
+		}
+	}
 	script := filepath.Join(repoRoot, "examples", "ims_pcscf", "route.star")
 	init := fmt.Sprintf(`#!/bin/bash
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -109,7 +123,7 @@ KAMGO_IPSEC_VM=1 PCSCF_REQUIRE_ESP=1 KAMGO_KAMD_BIN=%[5]s KAMGO_IPSEC_SCRIPT=%[6
 echo $(( ($(date +%%s%%N) - start) / 1000000 )) > /mnt/rig.ms
 sync
 poweroff -f
-`, lab, out, umlModules, repoRoot, kamdBin, script, vmRun())
+`, lab, out, umlModules, repoRoot, vmKamd, script, vmRun())
 	write(filepath.Join(lab, "init.sh"), init)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 240*time.Second)

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -282,27 +281,13 @@ func (m *Msg) ReplyOutgoing(res *sip.Response, kind OutKind) *Outgoing {
 		o.Dst.Proto = "udp"
 	}
 	o.LocalSocket = m.ForcedSocket(m.Proto)
-	if o.LocalSocket == nil && m.Proto == "udp" && sameFamily(m.Local.IP, o.Dst.Host) {
+	if m.Proto == "udp" && m.Local.Port != 0 {
 		// As Kamailio: a UDP reply leaves from the socket the request
 		// arrived on, not the transport's first one (a client, a NAT or a
 		// P-CSCF's protected port expects the address it sent to).
-		o.LocalSocket = &m.Local
+		o.Arrival = &m.Local
 	}
 	return o
-}
-
-// sameFamily: a and b are IP literals of the same family (a reply to a
-// host name or across families keeps the transport's choice).
-func sameFamily(a, b string) bool {
-	x, err := netip.ParseAddr(BareHost(a))
-	if err != nil {
-		return false
-	}
-	y, err := netip.ParseAddr(BareHost(b))
-	if err != nil {
-		return false
-	}
-	return x.Unmap().Is4() == y.Unmap().Is4()
 }
 
 // ToTag is a deterministic To-tag for local replies, so retransmitted

@@ -130,6 +130,7 @@ func TestVM(t *testing.T) {
 }
 
 func testHappyUDP(t *testing.T) {
+	t.Parallel() // own namespaces, kamd and ports: the waits overlap
 	l := newLab(t, labOpts{})
 	u := l.newUE("10.99.0.2", 31000, 11111, "hmac-sha-1-96/null", "hmac-sha-1-96/aes-cbc")
 	cap := startCapture(t, l.uNS, l.uh, "vu")
@@ -237,6 +238,7 @@ func testHappyUDP(t *testing.T) {
 // testAlgorithms registers four UEs on one kamd, one per alg x ealg, and
 // checks traffic passes both ways.
 func testAlgorithms(t *testing.T) {
+	t.Parallel() // own namespaces, kamd and ports: the waits overlap
 	l := newLab(t, labOpts{ueAddrs: 4})
 	combos := []struct{ alg, ealg, auth, enc string }{
 		{"hmac-sha-1-96", "null", "hmac(sha1)", "ecb(cipher_null)"},
@@ -280,6 +282,7 @@ func testAlgorithms(t *testing.T) {
 // protected REGISTER (integrity failure on SA A, XfrmInStateProtoError)
 // and kamd never sees it.
 func testWrongIK(t *testing.T) {
+	t.Parallel() // own namespaces, kamd and ports: the waits overlap
 	l := newLab(t, labOpts{})
 	u := l.newUE("10.99.0.2", 31000, 11111)
 	if r := u.challenge(); r.StatusCode != 401 {
@@ -306,6 +309,7 @@ func testWrongIK(t *testing.T) {
 
 // testUnknownSPI: the UE sends with an SPI kamd never installed.
 func testUnknownSPI(t *testing.T) {
+	t.Parallel() // own namespaces, kamd and ports: the waits overlap
 	l := newLab(t, labOpts{})
 	u := l.newUE("10.99.0.2", 31000, 11111)
 	u.challenge()
@@ -328,6 +332,7 @@ func testUnknownSPI(t *testing.T) {
 // the kernel delivers it (no policy matches) and kamd drops it; on the
 // protected 5-tuple itself the kernel drops it (XfrmInTmplMismatch).
 func testPlaintext(t *testing.T) {
+	t.Parallel() // own namespaces, kamd and ports: the waits overlap
 	l := newLab(t, labOpts{})
 	u := l.newUE("10.99.0.2", 31000, 11111)
 	established(t, l, u)
@@ -368,6 +373,7 @@ func testPlaintext(t *testing.T) {
 // testVerifyMismatch: a Security-Verify that differs from the
 // Security-Server sent gets 494 and the attempt's SAs are removed.
 func testVerifyMismatch(t *testing.T) {
+	t.Parallel() // own namespaces, kamd and ports: the waits overlap
 	l := newLab(t, labOpts{})
 	u := l.newUE("10.99.0.2", 31000, 11111)
 	u.challenge()
@@ -397,6 +403,7 @@ func testVerifyMismatch(t *testing.T) {
 
 // testNoCKIK: a 401 without ik gives the UE a 500, no keys, no SAs.
 func testNoCKIK(t *testing.T) {
+	t.Parallel() // own namespaces, kamd and ports: the waits overlap
 	l := newLab(t, labOpts{})
 	l.scscf.mu.Lock()
 	l.scscf.omitIK = true
@@ -420,6 +427,7 @@ func testNoCKIK(t *testing.T) {
 // testExhaustion: 2 SPI pairs, 3 UEs: the third gets a 500, nothing of it
 // is created.
 func testExhaustion(t *testing.T) {
+	t.Parallel() // own namespaces, kamd and ports: the waits overlap
 	l := newLab(t, labOpts{ueAddrs: 3, params: map[string]string{"ipsec_spi_id_range": "4"}})
 	for i := 0; i < 3; i++ {
 		u := l.newUE(fmt.Sprintf("10.99.0.%d", 2+i), 31000, 11111)
@@ -447,6 +455,7 @@ func testExhaustion(t *testing.T) {
 // testDeregistration: Expires 0; the 200 still leaves through SA C, then
 // every SA goes.
 func testDeregistration(t *testing.T) {
+	t.Parallel() // own namespaces, kamd and ports: the waits overlap
 	l := newLab(t, labOpts{})
 	u := l.newUE("10.99.0.2", 31000, 11111)
 	established(t, l, u)
@@ -476,6 +485,7 @@ func testDeregistration(t *testing.T) {
 // testExpiry: a set nobody completes expires (ipsec_temporary_lifetime)
 // and its SPIs go back to the pool.
 func testExpiry(t *testing.T) {
+	t.Parallel() // own namespaces, kamd and ports: the waits overlap
 	l := newLab(t, labOpts{params: map[string]string{"ipsec_temporary_lifetime": "2"}})
 	u := l.newUE("10.99.0.2", 31000, 11111)
 	u.challenge()
@@ -495,6 +505,7 @@ func testExpiry(t *testing.T) {
 // CK/IK; the UE offers a new port_uc and SPIs; the new set carries the 200
 // and the old set is removed: 4 states at the end, all new.
 func testReauth(t *testing.T) {
+	t.Parallel() // own namespaces, kamd and ports: the waits overlap
 	l := newLab(t, labOpts{})
 	u := l.newUE("10.99.0.2", 31000, 11111)
 	established(t, l, u)
@@ -545,6 +556,7 @@ func testReauth(t *testing.T) {
 // testRestart: kill -9 with live SAs; the next kamd removes its own
 // leftovers at start and leaves a foreign SA alone.
 func testRestart(t *testing.T) {
+	t.Parallel() // own namespaces, kamd and ports: the waits overlap
 	l := newLab(t, labOpts{})
 	u := l.newUE("10.99.0.2", 31000, 11111)
 	established(t, l, u)
@@ -609,6 +621,7 @@ func readTCP(c net.Conn, d time.Duration) (sip.Message, error) {
 // port_ps (SAs A and B), then a request from the core over TCP, which kamd
 // dials port_pc -> port_us (SAs C and D).
 func testTCP(t *testing.T) {
+	t.Parallel() // own namespaces, kamd and ports: the waits overlap
 	l := newLab(t, labOpts{})
 	u := l.newUE("10.99.0.2", 31000, 11111)
 	if r := u.challenge(); r.StatusCode != 401 {
