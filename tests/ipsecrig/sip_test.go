@@ -302,6 +302,18 @@ func (u *ue) register(protected bool, expires int, verify string) string {
 
 var errTimeout = errors.New("no reply")
 
+// recvAny reads the next message from c, provisional replies included.
+func recvAny(c *net.UDPConn, d time.Duration) (sip.Message, *net.UDPAddr, error) {
+	buf := make([]byte, 65536)
+	_ = c.SetReadDeadline(time.Now().Add(d))
+	n, from, err := c.ReadFromUDP(buf)
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := sip.ParseMessage(append([]byte(nil), buf[:n]...))
+	return m, from, err
+}
+
 // recv reads the next final reply (or request) from c.
 func recv(c *net.UDPConn, d time.Duration) (sip.Message, *net.UDPAddr, error) {
 	buf := make([]byte, 65536)

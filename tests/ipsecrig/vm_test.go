@@ -224,6 +224,37 @@ func testHappyUDP(t *testing.T) {
 	if d2[u.spiS] != 1 || d2[s.SpiS] != 1 {
 		t.Errorf("MT OPTIONS: deltas %v, want +1 on spi_us %d and spi_ps %d", d2, u.spiS, s.SpiS)
 	}
+	// A UE INVITE over UDP: tm's 100 Trying and the relayed 200 both go
+	// port_pc -> port_us through SA C (not from the arrival port_ps,
+	// which no SA covers).
+	b3 := states(t, l.ph)
+	inv := fmt.Sprintf("INVITE sip:bob@%s SIP/2.0\r\nVia: SIP/2.0/UDP %s:%d;branch=%s\r\nMax-Forwards: 70\r\n"+
+		"From: <%s>;tag=inv1\r\nTo: <sip:bob@%s>\r\nCall-ID: inv-1@%s\r\nCSeq: 1 INVITE\r\n"+
+		"Contact: <sip:001010000000001@%s:%d>\r\nContent-Length: 0\r\n\r\n",
+		domain, u.ip, u.portS, branch(), u.aor, domain, u.ip, u.ip, u.portS)
+	send(t, u.uc, net.JoinHostPort(pIP, fmt.Sprint(s.PortS)), inv)
+	var codes []int
+	for len(codes) < 2 {
+		m, from, err := recvAny(u.us, 3*time.Second)
+		if err != nil {
+			t.Fatalf("INVITE: got %v so far: %v", codes, err)
+		}
+		r, ok := m.(*sip.Response)
+		if !ok {
+			continue
+		}
+		codes = append(codes, r.StatusCode)
+		if from.Port != int(s.PortC) {
+			t.Errorf("%d to the INVITE from port %d, want port_pc %d", r.StatusCode, from.Port, s.PortC)
+		}
+	}
+	if codes[0] != 100 || codes[1] != 200 {
+		t.Errorf("INVITE replies %v, want [100 200]", codes)
+	}
+	d3 := delta(b3, states(t, l.ph))
+	if d3[u.spiS] != 2 || d3[s.SpiS] != 1 {
+		t.Errorf("INVITE: deltas %v, want +1 on spi_ps %d and +2 on spi_us %d", d3, s.SpiS, u.spiS)
+	}
 	if x := xfrmStat(t, l.pNS); len(x) != 0 {
 		t.Errorf("P xfrm_stat not all zero: %v", x)
 	}
