@@ -1,12 +1,12 @@
 // Package ipsecrig is the IMS P-CSCF IPsec suite that runs inside
-// user-mode Linux (tests/ipsec_uml_test.go boots it): the host kernel has
+// user-mode Linux (TestIPsecUML in uml_test.go boots it): the host kernel has
 // no ESP, the UML kernel has. Each scenario builds two network namespaces
 // joined by a veth pair: "p" with kamd as the P-CSCF (10.99.0.1) and a
 // stub S-CSCF on 127.0.0.2:6060, "u" with UE simulators (10.99.0.2..)
 // that install their mirror SAs through netlink and speak SIP over them.
 //
 // Outside the VM (KAMGO_IPSEC_VM unset) every test skips: run them with
-// `go test ./tests/ -run TestIPsecUML`, which boots the VM.
+// `go test ./tests/ipsecrig/ -run TestIPsecUML`, which boots the VM.
 package ipsecrig
 
 import (
@@ -66,7 +66,7 @@ func mustHex(s string) []byte {
 
 func inVM(t *testing.T) {
 	if os.Getenv("KAMGO_IPSEC_VM") != "1" {
-		t.Skip("runs inside user-mode Linux only: go test ./tests/ -run TestIPsecUML boots it (KAMGO_IPSEC_UML=1 makes a missing UML a failure)")
+		t.Skip("runs inside user-mode Linux only: go test ./tests/ipsecrig/ -run TestIPsecUML boots it (KAMGO_IPSEC_UML=1 makes a missing UML a failure)")
 	}
 }
 

@@ -349,8 +349,18 @@ func send(t *testing.T, c *net.UDPConn, to string, msg string) {
 // challenge sends the plain REGISTER and returns the reply.
 func (u *ue) challenge() *sip.Response {
 	u.t.Helper()
-	send(u.t, u.plain, pIP+":5060", u.register(false, 600, ""))
-	m, _, err := recv(u.plain, 5*time.Second)
+	// Retransmitted as RFC 3261's timer A does: the first SA of an
+	// algorithm makes the VM's kernel set up its crypto, which takes
+	// seconds on a loaded one-CPU VM.
+	msg := u.register(false, 600, "")
+	var m sip.Message
+	var err error
+	for _, wait := range []time.Duration{500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second} {
+		send(u.t, u.plain, net.JoinHostPort(pIP, "5060"), msg)
+		if m, _, err = recv(u.plain, wait); err != errTimeout {
+			break
+		}
+	}
 	if err != nil {
 		u.t.Fatalf("UE %s: first REGISTER: %v", u.ip, err)
 	}
@@ -444,7 +454,7 @@ func (u *ue) uninstall() {
 // protectedRegister sends a REGISTER over SA A (port_uc -> port_ps) and
 // waits for the reply on port_us (UDP: P sends it port_pc -> port_us).
 func (u *ue) protectedRegister(expires int, verify string) (*sip.Response, *net.UDPAddr) {
-	return u.protectedRegisterWait(expires, verify, 3*time.Second)
+	return u.protectedRegisterWait(expires, verify, 8*time.Second)
 }
 
 func (u *ue) protectedRegisterWait(expires int, verify string, d time.Duration) (*sip.Response, *net.UDPAddr) {
