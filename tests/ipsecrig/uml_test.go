@@ -43,8 +43,10 @@ func umlNeed(t *testing.T, format string, a ...any) {
 // umlModules are loaded before the tests (the kernel's own module
 // requests then go to /bin/true: a modprobe run per crypto alias lookup
 // costs about a second on a loaded one-CPU VM). stdrng (drbg,
-// jitterentropy_rng, sha512) is what echainiv/seqiv draw IVs from.
-const umlModules = "xfrm_user esp4 veth authenc cbc ecb hmac sha1_generic md5 crypto_null echainiv seqiv aes_generic drbg jitterentropy_rng sha512_generic"
+// sha512; jitterentropy_rng does not load in UML) is what echainiv/seqiv
+// draw IVs from;
+// nfnetlink is one of the families a netlink.Handle opens.
+const umlModules = "ipv6 nfnetlink xfrm_user esp4 veth authenc cbc ecb hmac sha1_generic md5 crypto_null echainiv seqiv aes_generic drbg sha512_generic"
 
 // vmRun is the -run pattern of the VM suite: KAMGO_IPSEC_RUN narrows it
 // (e.g. "TestVM/tcp") when working on one scenario.
