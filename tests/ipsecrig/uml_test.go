@@ -299,8 +299,10 @@ func checkESPCapture(t *testing.T, tshark, out string) {
 			espTrying++
 		}
 	}
-	if plainReg != 1 || plain401 != 1 || espReg != 1 || esp200 != 1 || espOptions != 1 || espTrying != 1 || plainAfter != 0 {
-		t.Errorf("capture: plain REGISTER %d, plain 401 %d, ESP REGISTER %d, ESP 200 %d, ESP OPTIONS %d, ESP 100 Trying %d, plain SIP after the 401 %d; want 1 1 1 1 1 1 0",
+	// The UE retransmits its first REGISTER when the VM is slow (timer A):
+	// each copy gets its 401, all plain.
+	if plainReg < 1 || plain401 != plainReg || espReg != 1 || esp200 != 1 || espOptions != 1 || espTrying != 1 || plainAfter != 0 {
+		t.Errorf("capture: plain REGISTER %d, plain 401 %d, ESP REGISTER %d, ESP 200 %d, ESP OPTIONS %d, ESP 100 Trying %d, plain SIP after the 401 %d; want n n 1 1 1 1 0",
 			plainReg, plain401, espReg, esp200, espOptions, espTrying, plainAfter)
 	}
 }
