@@ -553,7 +553,9 @@ func testReauth(t *testing.T) {
 	if r == nil || r.StatusCode != 401 {
 		t.Fatalf("re-REGISTER: %v", m)
 	}
-	t.Logf("re-auth 401 from %v", from)
+	if from.Port != int(old.PortC) {
+		t.Errorf("re-auth 401 from %v, want the old set's port_pc %d (SA C)", from, old.PortC)
+	}
 	u.took(r)
 	if u.server.SpiS == old.SpiS || u.server.PortC == old.PortC {
 		t.Errorf("new Security-Server %q reuses the old SPIs/port_pc", u.serverRaw)
