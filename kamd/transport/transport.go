@@ -505,7 +505,10 @@ func (t *Transport) sendBytes(o *core.Outgoing, data []byte) error {
 		if err != nil {
 			return err
 		}
-		u := t.udpFor(ip)
+		u := t.arrival(o, ip)
+		if u == nil {
+			u = t.udpFor(ip)
+		}
 		if u == nil {
 			return fmt.Errorf("no UDP socket to send to %s", o.Dst)
 		}
@@ -531,6 +534,21 @@ func (u *udpSock) writeTo(data []byte, to netip.AddrPort) error {
 		_, err = u.conn.WriteToUDPAddrPort(data, to)
 	}
 	return err
+}
+
+// arrival is the open UDP socket of o.Arrival when it can reach ip.
+func (t *Transport) arrival(o *core.Outgoing, ip netip.Addr) *udpSock {
+	if o.Arrival == nil || o.Arrival.Proto != "udp" {
+		return nil
+	}
+	k := sockKey(*o.Arrival)
+	t.rtMu.RLock()
+	u := t.udpBy[k]
+	t.rtMu.RUnlock()
+	if u == nil || u.v4 != ip.Is4() {
+		return nil
+	}
+	return u
 }
 
 func (t *Transport) udpFor(ip netip.Addr) *udpSock {

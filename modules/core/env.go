@@ -70,6 +70,10 @@ type Outgoing struct {
 	// first socket of the address family, any connection). A pointer keeps
 	// Outgoing, allocated per message, in its size class.
 	LocalSocket *Socket
+	// Arrival is the socket a UDP reply's request arrived on: with no
+	// LocalSocket the reply leaves from it while it is open (as Kamailio
+	// answers from the receiving socket), else as always.
+	Arrival *Socket
 }
 
 // Sender is the one door through which every effect leaves kamd. The

@@ -32,10 +32,15 @@ type Msg struct {
 	// (sl, tm) and relayed branches leave from, one of Env.Sockets(). nil:
 	// the transport picks as always.
 	SendSocket *Socket
-	Flags      uint64
-	Vars       map[string]Val // $var: per message
-	RouteType  RouteType
-	Prog       any // script version handling this message
+	// ReplyFrom, when set, is the UDP socket local and relayed replies
+	// leave from instead of the arrival socket (Local), unless SendSocket
+	// forces one: a P-CSCF answers a UE's protected port_uc -> port_ps
+	// request from port_pc (TS 33.203 §7), where the SA towards the UE is.
+	ReplyFrom *Socket
+	Flags     uint64
+	Vars      map[string]Val // $var: per message
+	RouteType RouteType
+	Prog      any // script version handling this message
 
 	// ReplyCode is the last reply code sent for this request ($T_reply_code in request_route).
 	ReplyCode int
@@ -285,6 +290,14 @@ func (m *Msg) ReplyOutgoing(res *sip.Response, kind OutKind) *Outgoing {
 		o.Dst.Proto = "udp"
 	}
 	o.LocalSocket = m.ForcedSocket(m.Proto)
+	if m.Proto == "udp" && m.ReplyFrom != nil {
+		o.Arrival = m.ReplyFrom
+	} else if m.Proto == "udp" && m.Local.Port != 0 {
+		// As Kamailio: a UDP reply leaves from the socket the request
+		// arrived on, not the transport's first one (a client, a NAT or a
+		// P-CSCF's protected port expects the address it sent to).
+		o.Arrival = &m.Local
+	}
 	return o
 }
 

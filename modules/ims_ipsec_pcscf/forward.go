@@ -122,6 +122,14 @@ func (m *mod) plaintext(msg *core.Msg) bool {
 	for _, s := range m.sets {
 		if sameIP(s.ue.IP.String(), msg.SrcIP) && (local == s.p.PortC || local == s.p.PortS) &&
 			(msg.SrcPort == int(s.ue.PortC) || msg.SrcPort == int(s.ue.PortS)) {
+			if msg.Proto == "udp" && local == s.p.PortS {
+				// Over UDP the P-CSCF answers from port_pc to the Via's
+				// port_us (SA C): replies from port_ps (the arrival socket)
+				// match no SA and would leave in plaintext (tm's 100 Trying,
+				// sl replies).
+				pc := m.protSocket("udp", s.p.PortC)
+				msg.ReplyFrom = &pc
+			}
 			return false
 		}
 	}

@@ -190,3 +190,37 @@ func TestPlaintextToProtectedPortDropped(t *testing.T) {
 		t.Error("dropped on a closed protected port")
 	}
 }
+
+// A UDP request a UE sent port_uc -> port_ps is answered from port_pc
+// (tm's 100 Trying, sl replies): ReplyFrom points the reply at SA C.
+func TestReplyFromPortPC(t *testing.T) {
+	r := newRig(t, map[string]core.Val{})
+	r.created(t, "c1", "10.99.0.2")
+	for _, c := range []struct {
+		local core.Socket
+		port  int
+		want  string
+	}{
+		{core.Socket{Proto: "udp", IP: "10.99.0.1", Port: 6100}, 31000, "udp:10.99.0.1:5100"},
+		{core.Socket{Proto: "tcp", IP: "10.99.0.1", Port: 6100}, 31000, ""}, // TCP answers on its connection
+		{core.Socket{Proto: "udp", IP: "10.99.0.1", Port: 5060}, 5060, ""},  // unprotected
+	} {
+		m := mtRequest(t, r, "sip:pcscf.ims.example")
+		m.Local, m.SrcIP, m.SrcPort, m.Proto = c.local, "10.99.0.2", c.port, c.local.Proto
+		if r.t.OnRequest(m) {
+			t.Fatalf("%s: dropped", c.local)
+		}
+		got := ""
+		if m.ReplyFrom != nil {
+			got = m.ReplyFrom.String()
+		}
+		if got != c.want {
+			t.Errorf("request on %s: replies from %q, want %q", c.local, got, c.want)
+		}
+		if c.want != "" {
+			if o := m.ReplyOutgoing(nil, core.OutReply); o.Arrival == nil || o.Arrival.String() != c.want {
+				t.Errorf("ReplyOutgoing.Arrival %v, want %s", o.Arrival, c.want)
+			}
+		}
+	}
+}

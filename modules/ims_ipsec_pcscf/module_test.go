@@ -2,6 +2,7 @@ package ims_ipsec_pcscf
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -614,4 +615,39 @@ func (f fakeSockets) CloseSocket(s core.Socket) error {
 		return fmt.Errorf("%s not open", s)
 	}
 	return nil
+}
+
+// ipsec.list pages like ul.dump and uac.reg_dump: limit and cursor give
+// {"records", "next"}; the cursor names the first set not yet shown.
+func TestRPCListPaging(t *testing.T) {
+	r := newRig(t, map[string]core.Val{})
+	for i, ue := range []string{"10.99.0.2", "10.99.0.3", "10.99.0.4"} {
+		cid := fmt.Sprintf("c%d", i)
+		r.register(t, cid, ue)
+		r.call(t, r.reply(t, cid, "401 Unauthorized", wwwAuth), "ipsec_create", core.Str("l"), core.Int(0))
+	}
+	if v, _ := r.rpc(t, "ipsec.list"); len(v.([]map[string]any)) != 3 {
+		t.Fatalf("unpaged list %v", v)
+	}
+	v, err := r.rpc(t, "ipsec.list", 2)
+	p1, _ := v.(map[string]any)
+	if err != nil || len(p1["records"].([]map[string]any)) != 2 || p1["next"] == nil {
+		t.Fatalf("page 1: %v %v", v, err)
+	}
+	if id := p1["records"].([]map[string]any)[1]["ue"]; id != "10.99.0.3:31000" {
+		t.Errorf("page 1 ends with %v", id)
+	}
+	v, err = r.rpc(t, "ipsec.list", 2, p1["next"])
+	p2, _ := v.(map[string]any)
+	if err != nil || len(p2["records"].([]map[string]any)) != 1 || p2["next"] != nil ||
+		p2["records"].([]map[string]any)[0]["ue"] != "10.99.0.4:31000" {
+		t.Fatalf("page 2: %v %v", v, err)
+	}
+	for _, bad := range [][]any{{0}, {-1}, {2, "!!"}} {
+		_, err := r.rpc(t, "ipsec.list", bad...)
+		var re *core.RPCError
+		if !errors.As(err, &re) || re.Code != 400 {
+			t.Errorf("ipsec.list %v: %v, want 400", bad, err)
+		}
+	}
 }

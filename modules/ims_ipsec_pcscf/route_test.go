@@ -21,10 +21,11 @@ import (
 type routeRec struct{ sent []routeSent }
 
 type routeSent struct {
-	kind  core.OutKind
-	dst   string
-	local string
-	msg   sip.Message
+	kind    core.OutKind
+	dst     string
+	local   string
+	arrival string // Outgoing.Arrival: where a UDP reply leaves without local
+	msg     sip.Message
 }
 
 func (r *routeRec) Send(o *core.Outgoing) error {
@@ -37,6 +38,9 @@ func (r *routeRec) Send(o *core.Outgoing) error {
 	s := routeSent{kind: o.Kind, dst: o.Dst.String(), msg: msg}
 	if o.LocalSocket != nil {
 		s.local = o.LocalSocket.String()
+	}
+	if o.Arrival != nil {
+		s.arrival = o.Arrival.String()
 	}
 	r.sent = append(r.sent, s)
 	return nil
@@ -206,6 +210,26 @@ Max-Forwards: 70`, "127.0.0.2:6060", plain5060)
 	})
 	if up := of(o, core.OutRelayedReply); len(up) != 1 || up[0].dst != "udp:127.0.0.2:6060" {
 		t.Errorf("UE's 200 to the core: %+v", o)
+	}
+
+	// A UE INVITE on port_ps: tm's 100 Trying leaves port_pc for the Via's
+	// port_us (SA C), not the arrival socket port_ps (no SA).
+	o = p.request(`INVITE sip:bob@ims.example SIP/2.0
+Via: SIP/2.0/UDP 10.99.0.2:31001;branch=z9hG4bKinv1
+From: <sip:alice@ims.example>;tag=i1
+To: <sip:bob@ims.example>
+Call-ID: inv-1
+CSeq: 1 INVITE
+Contact: <sip:alice@10.99.0.2:31001>
+Max-Forwards: 70`, "10.99.0.2:31000", ps)
+	var trying []routeSent
+	for _, s := range o {
+		if r, ok := s.msg.(*sip.Response); ok && r.StatusCode == 100 {
+			trying = append(trying, s)
+		}
+	}
+	if len(trying) != 1 || trying[0].arrival != "udp:10.99.0.1:5100" || trying[0].dst != "udp:10.99.0.2:31001" {
+		t.Errorf("100 Trying to the UE's INVITE: %+v, want from udp:10.99.0.1:5100 to udp:10.99.0.2:31001", trying)
 	}
 
 	// A second UE: the pool (one SPI pair) is exhausted, the UE gets a 500.

@@ -2,6 +2,7 @@ package ims_ipsec_pcscf
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"sort"
@@ -15,8 +16,11 @@ const setShape = `{"ue", "aor", "contact", "domain", "ue_ip", "pcscf_ip", "alg",
 func (m *mod) rpcMethods() []core.RPCMethod {
 	key := core.RPCParam{Name: "ue", Type: "string", Doc: "AoR, UE IP, or UE IP:port_uc"}
 	return []core.RPCMethod{
-		{Name: "ipsec.list", Doc: "every UE's SA set with the kernel's counters per SA", ReadOnly: true,
-			Result: "[" + setShape + "]", Handler: m.rpcList},
+		{Name: "ipsec.list", Doc: "every UE's SA set with the kernel's counters per SA (page it with limit and cursor)", ReadOnly: true,
+			Params: []core.RPCParam{
+				{Name: "limit", Type: "int", Optional: true, Doc: "at most this many sets in this page; the result becomes {\"records\": [...], \"next\": cursor}"},
+				{Name: "cursor", Type: "string", Optional: true, Doc: "the next value of the previous page"}},
+			Result: "[" + setShape + `]; paged (limit or cursor given): {"records": [the same sets], "next": cursor (only when more remain)}; 400 "Invalid limit", 400 "Invalid cursor"`, Handler: m.rpcList},
 		{Name: "ipsec.get", Doc: "the SA sets of one UE", ReadOnly: true, Params: []core.RPCParam{key},
 			Result: "[" + setShape + `]; 404 "not found"`, Handler: m.rpcGet},
 		{Name: "ipsec.destroy", Doc: "remove the SA sets of one UE from the kernel and release their SPIs", Params: []core.RPCParam{key},
@@ -80,8 +84,52 @@ func (m *mod) all() []*ueSet {
 	return out
 }
 
-func (m *mod) rpcList(ctx context.Context, _ core.RPCArgs) (any, error) {
-	return m.snapshot(m.all())
+func hasArg(a core.RPCArgs, i int) bool {
+	if h, ok := a.(interface{ Has(int) bool }); ok {
+		return h.Has(i)
+	}
+	return i < a.Len()
+}
+
+// rpcList is ipsec.list: the whole list, or with limit/cursor one page
+// in UE order (docs/rpc.md "Paging"). The cursor is the base64url of the
+// first set not yet shown, so sets added or removed between pages do not
+// shift the others.
+func (m *mod) rpcList(ctx context.Context, a core.RPCArgs) (any, error) {
+	if !hasArg(a, 0) && !hasArg(a, 1) {
+		return m.snapshot(m.all())
+	}
+	limit := 0
+	if hasArg(a, 0) {
+		n, err := a.Int(0)
+		if err != nil || n <= 0 {
+			return nil, &core.RPCError{Code: 400, Message: "Invalid limit: want a number of sets above 0"}
+		}
+		limit = n
+	}
+	from := ""
+	if hasArg(a, 1) {
+		c, err := a.String(1)
+		b, derr := base64.RawURLEncoding.DecodeString(c)
+		if err != nil || derr != nil || len(b) == 0 {
+			return nil, &core.RPCError{Code: 400, Message: "Invalid cursor: pass the next value of the previous page"}
+		}
+		from = string(b)
+	}
+	all := m.all()
+	i := sort.Search(len(all), func(i int) bool { return all[i].id >= from })
+	page := all[i:]
+	next := ""
+	if limit > 0 && len(page) > limit {
+		next = base64.RawURLEncoding.EncodeToString([]byte(page[limit].id))
+		page = page[:limit]
+	}
+	recs, err := m.snapshot(page)
+	out := map[string]any{"records": recs}
+	if next != "" {
+		out["next"] = next
+	}
+	return out, err
 }
 
 func (m *mod) rpcGet(ctx context.Context, a core.RPCArgs) (any, error) {

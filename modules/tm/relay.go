@@ -14,7 +14,7 @@ import (
 // newTx creates and registers the transaction for m's request.
 func (t *TM) newTx(m *core.Msg, key string) *Tx {
 	origin := &core.Msg{Env: m.Env, Req: m.Req.Clone(), Proto: m.Proto, SrcIP: m.SrcIP, SrcPort: m.SrcPort,
-		Local: m.Local, ConnID: m.ConnID, Arrived: m.Arrived, SendSocket: m.SendSocket}
+		Local: m.Local, ConnID: m.ConnID, Arrived: m.Arrived, SendSocket: m.SendSocket, ReplyFrom: m.ReplyFrom}
 	s := settingsOf(m)
 	tx := &Tx{tm: t, key: key, id: branchID(key, t.seq.Add(1)), origin: origin, prog: m.Prog,
 		up:        *origin.ReplyOutgoing(nil, core.OutReply),
