@@ -194,7 +194,7 @@ func TestRequestRouteErrors(t *testing.T) {
 		{"bad $du", `KSR.setdsturi("garbage")`, "invalid SIP URI", 500},
 		{"step limit", `[x for x in range(10000000)]`, "step limit", 500},
 		{"undefined dynamic callback", `KSR.tm.t_on_failure("no_" + "such")`, "defines no function", 500},
-		{"modf unknown", `KSR.x.modf("no_such_fn")`, "unknown function", 500},
+		{"modf unknown", `KSR.x.modf("no_such" + "_fn")`, "unknown function", 500},
 		{"modf bad int", `KSR.x.modf("sl_send_reply", "two hundred", "OK")`, "not an integer", 500},
 		{"reply already sent", "KSR.sl.send_reply(404, \"Nope\")\n    fail(\"later\")", "later", 404},
 		{"exit stops quietly", "KSR.sl.send_reply(201, \"Done\")\n    KSR.x.exit()\n    fail(\"not reached\")", "", 201},

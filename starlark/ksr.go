@@ -20,6 +20,8 @@ type callCtx struct {
 	msg   *core.Msg
 	th    *sk.Thread
 	where func() string
+	// init marks mod_init's context: a message-less msg (ksrcheck.go).
+	init bool
 }
 
 func (e *Engine) printer() func(*sk.Thread, string) {
@@ -241,6 +243,11 @@ func (e *Engine) builtin(mod string, f *core.Func) *sk.Builtin {
 		c, _ := th.Local(ctxKey).(*callCtx)
 		if c == nil || c.msg == nil {
 			return nil, fmt.Errorf("KSR.%s is callable only inside callbacks, not in the config phase", name)
+		}
+		if c.init {
+			if err := initCheck(mod, f.Name, args); err != nil {
+				return nil, err
+			}
 		}
 		if len(kw) > 0 {
 			return nil, fmt.Errorf("KSR.%s takes no keyword arguments", name)
