@@ -13,8 +13,8 @@ import (
 	"strings"
 
 	"github.com/kamgo/kamgo/modules/core"
-	sk "go.starlark.net/starlark"
 	"go.starlark.net/resolve"
+	sk "go.starlark.net/starlark"
 	"go.starlark.net/syntax"
 )
 
