@@ -1,0 +1,93 @@
+package dispatcher
+
+import (
+	"bufio"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kamgo/kamgo/modules/core"
+)
+
+func TestParseList(t *testing.T) {
+	for _, tc := range []struct{ src, want string }{
+		{"1 sip:10.0.0.1\n", ""},
+		{"# c\n\n1 sip:10.0.0.1 0 0 weight=5 the gateway\n", ""},
+		{"x sip:10.0.0.1\n", "l:1: setid \"x\" is not a number"},
+		{"1\n", "l:1: want"},
+		{"1 sip:a b\n", "l:1: flags \"b\""},
+		{"1 sip:a 0 z\n", "l:1: priority \"z\""},
+		{"1 http://x\n", "l:1: invalid SIP URI"},
+		{"1 sip:a 0 0 weight=101\n", "weight and rweight must be 0..100"},
+	} {
+		_, err := parseList("l", bufio.NewScanner(strings.NewReader(tc.src)))
+		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%q: got %v, want %q", tc.src, err, tc.want)
+		}
+	}
+}
+
+func TestLoadTable(t *testing.T) {
+	db, err := core.OpenDB(filepath.Join(t.TempDir(), "k.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := loadTable(db, "dispatcher"); err != nil { // creates it with its version row
+		t.Fatal(err)
+	}
+	var v int
+	if err := db.QueryRow(`SELECT table_version FROM version WHERE table_name='dispatcher'`).Scan(&v); err != nil || v != 4 {
+		t.Fatalf("version %d %v", v, err)
+	}
+	_, err = db.Exec(`INSERT INTO dispatcher (setid, destination, flags, priority, attrs, description) VALUES
+		(1, 'sip:10.0.0.1:5060', 0, 1, 'duid=a;weight=30', 'gw a'), (1, 'sip:10.0.0.2:5060', 4, 9, '', ''), (7, 'sip:gw.invalid', 8, 0, '', '')`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sets, err := loadTable(db, "dispatcher")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := sets[1]
+	if len(sets) != 2 || len(s.Dests) != 2 || s.Dests[0].URI != "sip:10.0.0.2:5060" || s.Dests[0].Flags != FlagDisabled ||
+		s.Dests[1].Weight != 30 || s.Dests[1].DUID != "a" || s.Dests[1].Description != "gw a" || sets[7].Dests[0].Flags != FlagProbing {
+		t.Fatalf("sets %+v %+v", s.Dests[0], s.Dests[1])
+	}
+	if _, err := db.Exec(`INSERT INTO dispatcher (setid, destination) VALUES (2, 'nonsense')`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadTable(db, "dispatcher"); err == nil || !strings.Contains(err.Error(), "row id 4") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestStateStrings(t *testing.T) {
+	for f, want := range map[int]string{0: "AX", FlagProbing: "AP", FlagInactive | FlagProbing: "IP", FlagTrying: "TX", FlagDisabled: "DX"} {
+		if got := stateString(f); got != want {
+			t.Errorf("%d: %s want %s", f, got, want)
+		}
+	}
+	for s, want := range map[string]int{"a": 0, "ip": FlagInactive | FlagProbing, "T": FlagTrying, "dp": FlagDisabled | FlagProbing} {
+		if got, err := parseState(s); err != nil || got != want {
+			t.Errorf("%q: %d %v", s, got, err)
+		}
+	}
+	for _, s := range []string{"", "p", "x"} {
+		if _, err := parseState(s); err == nil {
+			t.Errorf("%q accepted", s)
+		}
+	}
+}
+
+func TestWeightSlots(t *testing.T) {
+	ds := []*Dest{{Weight: 1}, {Weight: 1}, {Weight: 2}}
+	sl := weightSlots(ds, func(x *Dest) int { return x.Weight })
+	n := map[int]int{}
+	for _, i := range sl[:4] {
+		n[i]++
+	}
+	if len(sl) != 100 || n[2] != 2 || n[0] != 1 {
+		t.Fatalf("first four %v", sl[:4])
+	}
+}
