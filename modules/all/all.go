@@ -9,6 +9,8 @@ import (
 	_ "github.com/kamgo/kamgo/modules/ims_ipsec_pcscf"
 	_ "github.com/kamgo/kamgo/modules/kx"
 	_ "github.com/kamgo/kamgo/modules/maxfwd"
+	_ "github.com/kamgo/kamgo/modules/permissions"
+	_ "github.com/kamgo/kamgo/modules/pike"
 	_ "github.com/kamgo/kamgo/modules/pvx"
 	_ "github.com/kamgo/kamgo/modules/registrar"
 	_ "github.com/kamgo/kamgo/modules/rr"

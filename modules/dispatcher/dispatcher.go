@@ -146,7 +146,7 @@ func (d *DS) module() *core.Module {
 			strParam("table_name", "dispatcher", "the destinations table", &d.tableName),
 			intParam("flags", 0, "bit 1 (2): failover support; kamgo always keeps the failover list", &d.flagsParam, core.CheckNonNegative("flags")),
 			intParam("ds_ping_interval", 0, "seconds between OPTIONS probes; 0 disables probing", &d.pingInterval, core.CheckNonNegative("ds_ping_interval")),
-			intParam("ds_probing_mode", 0, "0: probe destinations with the probing flag; 1: all; 2: inactive ones; 3: as 0", &d.probingMode,
+			intParam("ds_probing_mode", 0, "0: probe destinations with the probing flag (cleared once they answer); 1: all; 2: inactive ones with the probing flag; 3: those with the probing flag, kept", &d.probingMode,
 				func(v core.Val) error {
 					if v.Int < 0 || v.Int > 3 {
 						return fmt.Errorf("ds_probing_mode %d: want 0..3", v.Int)
@@ -176,7 +176,7 @@ func (d *DS) module() *core.Module {
 			{Name: "ds_next_domain", Ret: core.RetInt, Routes: core.RouteRequest | core.RouteFailure | core.RouteBranch,
 				Doc: "the next destination of the failover list into the R-URI host and port; -1 none left", Fn: d.fNextDomain},
 			{Name: "ds_mark_dst", Ret: core.RetInt, Routes: core.RouteFailure | core.RouteRequest | core.RouteTmReply,
-				Doc: "mark the destination in $du inactive and probing (\"ip\"); 1, -1 not a dispatcher destination", Fn: d.fMarkDst},
+				Doc: "mark the destination in $du inactive (\"i\"); 1, -1 not a dispatcher destination", Fn: d.fMarkDst},
 			{Name: "ds_mark_dst_state", Args: []core.ArgType{core.ArgStr}, Ret: core.RetInt, Routes: core.RouteFailure | core.RouteRequest | core.RouteTmReply,
 				Doc: "(state) mark the destination in $du: a active, i inactive, t trying, d disabled, with p probing (\"ip\"); 1, -1", Fn: d.fMarkDstState},
 			{Name: "ds_is_from_lists", Ret: core.RetInt, Doc: "source IP and port are a destination of any set; 1, -1", Fn: d.fIsFromLists},

@@ -56,7 +56,7 @@ func (d *DS) needsProbe(x *Dest) bool {
 	case 1:
 		return true
 	case 2:
-		return x.Flags&(FlagInactive|FlagTrying) != 0
+		return x.Flags&FlagInactive != 0 && x.Flags&FlagProbing != 0
 	}
 	return x.Flags&FlagProbing != 0
 }
@@ -152,14 +152,12 @@ func (d *DS) probeResult(set int, x *Dest, code int) {
 			if x.okCount >= int(d.inactiveThreshold.Load()) {
 				x.okCount = 0
 				x.Flags &^= FlagInactive | FlagTrying
-				// Kamailio keeps probing an answered destination only when
-				// probing all.
-				if d.probingMode.Load() != 1 {
-					x.Flags &^= FlagProbing
-				} else {
-					x.Flags |= FlagProbing
-				}
 			}
+		}
+		// Mode 0 probes a flagged destination until it answers; 1 and 3
+		// keep probing.
+		if d.probingMode.Load() == 0 && x.Flags&(FlagInactive|FlagTrying) == 0 {
+			x.Flags &^= FlagProbing
 		}
 	} else {
 		x.okCount = 0

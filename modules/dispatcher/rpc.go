@@ -71,10 +71,10 @@ func (d *DS) rpcMethods() []core.RPCMethod {
 			Handler: func(ctx context.Context, args core.RPCArgs) (any, error) { return d.List(), nil }},
 		{Name: "dispatcher.set_state", Doc: "Set the state of a destination (a, i, t or d, with p for probing); address \"all\" for every destination of the group.",
 			Params: []core.RPCParam{{Name: "state", Type: "string"}, {Name: "group", Type: "int"}, {Name: "address", Type: "string"}},
-			Result: `null; 500 "Invalid State Parameter", 500 "State Update Failed"`, ParamError: &core.RPCError{Code: 500, Message: "Invalid Parameters"},
+			Result: `{}; 500 "Invalid State Parameter", 500 "State Update Failed"`, ParamError: &core.RPCError{Code: 500, Message: "Invalid Parameters"},
 			Handler: d.rpcSetState},
 		{Name: "dispatcher.reload", Doc: "Reload the destinations from the list file or the table (states of kept destinations stay).",
-			Result: `null; 500 "Reload Failed"`, Handler: func(ctx context.Context, args core.RPCArgs) (any, error) {
+			Result: `{}; 500 "Reload Failed"`, Handler: func(ctx context.Context, args core.RPCArgs) (any, error) {
 				if err := d.init(); err != nil {
 					d.env.Log.Error("dispatcher: reload failed", "err", err)
 					return nil, rpcErr(500, "Reload Failed")

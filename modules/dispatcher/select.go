@@ -252,7 +252,7 @@ func (d *DS) fNextDst(m *core.Msg, _ []core.Val) (core.Val, error)    { return d
 func (d *DS) fNextDomain(m *core.Msg, _ []core.Val) (core.Val, error) { return d.nextDst(m, true) }
 
 func (d *DS) fMarkDst(m *core.Msg, _ []core.Val) (core.Val, error) {
-	return d.markDst(m, FlagInactive|FlagProbing)
+	return d.markDst(m, FlagInactive)
 }
 
 func (d *DS) fMarkDstState(m *core.Msg, a []core.Val) (core.Val, error) {
