@@ -23,6 +23,7 @@ import (
 
 	"github.com/kamgo/kamgo/kamd/transport"
 	"github.com/kamgo/kamgo/modules/core"
+	"github.com/kamgo/kamgo/modules/core/dnsres"
 	"github.com/kamgo/kamgo/rpc"
 	"github.com/kamgo/kamgo/starlark"
 )
@@ -147,6 +148,11 @@ func New(o Options) (*Node, error) {
 	// nil one; the hub it forwards to exists from New's end on.
 	env.Publish = n.publish
 	n.Env = env
+	if o.Sender == nil {
+		// The daemon resolves next hops named by host (RFC 3263, tm's DNS
+		// failover); route tests keep them as written.
+		dnsres.Use(env, dnsres.New(""))
+	}
 	eng := starlark.New(env)
 	if o.MaxSteps > 0 {
 		eng.MaxSteps = o.MaxSteps

@@ -38,7 +38,13 @@ type Resolver struct {
 
 	mu    sync.Mutex
 	cache map[string]cacheEntry
+	// downUntil: the server did not answer; until then lookups fail at
+	// once instead of stalling every request for the timeout again.
+	downUntil time.Time
 }
+
+// DownFor is how long an unanswering server is not asked again.
+const DownFor = 30 * time.Second
 
 type cacheEntry struct {
 	msg     *Msg
@@ -57,7 +63,7 @@ func New(server string) *Resolver {
 	if _, _, err := net.SplitHostPort(server); err != nil {
 		server = net.JoinHostPort(server, "53")
 	}
-	return &Resolver{Server: server, Timeout: 2 * time.Second, TryNAPTR: true, Now: time.Now, cache: map[string]cacheEntry{}}
+	return &Resolver{Server: server, Timeout: time.Second, TryNAPTR: true, Now: time.Now, cache: map[string]cacheEntry{}}
 }
 
 func systemServer() string {
@@ -87,6 +93,9 @@ func For(env *core.Env) *Resolver { return resolvers.Of(env) }
 // ErrNoTargets is returned when a name has no usable address.
 var ErrNoTargets = errors.New("dns: no targets")
 
+// ErrServerDown is returned while an unanswering server is left alone.
+var ErrServerDown = errors.New("dns: server down")
+
 // Lookup asks for name/qtype, from the cache while its TTL lasts.
 func (r *Resolver) Lookup(name string, qtype uint16) (*Msg, error) {
 	key := strings.ToLower(strings.TrimSuffix(name, ".")) + "|" + fmt.Sprint(qtype)
@@ -96,9 +105,16 @@ func (r *Resolver) Lookup(name string, qtype uint16) (*Msg, error) {
 		r.mu.Unlock()
 		return e.msg, nil
 	}
+	if now.Before(r.downUntil) {
+		r.mu.Unlock()
+		return nil, fmt.Errorf("%w (%s did not answer; not asked again before %s)", ErrServerDown, r.Server, r.downUntil.Format(time.TimeOnly))
+	}
 	r.mu.Unlock()
 	m, err := r.exchange(name, qtype)
 	if err != nil {
+		r.mu.Lock()
+		r.downUntil = now.Add(DownFor)
+		r.mu.Unlock()
 		return nil, err
 	}
 	if m.Rcode != RcodeOK && m.Rcode != RcodeNXDomain {
@@ -242,6 +258,9 @@ func (r *Resolver) Resolve(host string, port int, proto string) ([]core.Target, 
 			return ts, nil
 		}
 	}
+	if r.down() {
+		return nil, fmt.Errorf("%w: %s", ErrServerDown, r.Server)
+	}
 	protos := []string{proto}
 	if proto == "" {
 		protos = []string{"udp", "tcp", "tls"}
@@ -250,8 +269,17 @@ func (r *Resolver) Resolve(host string, port int, proto string) ([]core.Target, 
 		if ts := r.srv(srvPrefix(p)+host, p); len(ts) > 0 {
 			return ts, nil
 		}
+		if r.down() {
+			return nil, fmt.Errorf("%w: %s", ErrServerDown, r.Server)
+		}
 	}
 	return r.addrs(proto, host, 0)
+}
+
+func (r *Resolver) down() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.Now().Before(r.downUntil)
 }
 
 func fill(proto, host string, port int) core.Target {
@@ -272,6 +300,9 @@ func (r *Resolver) addrs(proto, host string, port int) ([]core.Target, error) {
 		m, err := r.Lookup(host, t)
 		if err != nil {
 			firstErr = cmpErr(firstErr, err)
+			if errors.Is(err, ErrServerDown) || r.down() {
+				break
+			}
 			continue
 		}
 		for _, rr := range m.Answers {

@@ -126,3 +126,20 @@ func TestParseRejectsGarbage(t *testing.T) {
 		t.Fatal(fmt.Sprint(m, err))
 	}
 }
+
+func TestServerDownIsRememberedBriefly(t *testing.T) {
+	s, r, now := setup(t)
+	s.Close() // nothing answers on its port any more
+	r.Timeout = 100 * time.Millisecond
+	if _, err := r.Resolve("gw.example.com", 0, ""); err == nil {
+		t.Fatal("resolved without a server")
+	}
+	// One failed query, then the rest fail at once without asking.
+	if _, err := r.Resolve("other.example.com", 0, ""); err == nil || !strings.Contains(err.Error(), "server down") {
+		t.Fatalf("got %v", err)
+	}
+	*now = now.Add(dnsres.DownFor + time.Second)
+	if _, err := r.Lookup("x.example.com", dnsres.TypeA); err == nil || strings.Contains(err.Error(), "server down") {
+		t.Fatalf("after DownFor the server is asked again: %v", err)
+	}
+}
