@@ -113,7 +113,9 @@ def test_failover_in_failure_route():
     assert.eq(r.relays[0].dst, "sip:10.0.0.2:5060")
     f = route.reply(r.relays[0].msg.reply(503))
     assert.eq(f.relays[0].dst, "sip:10.0.0.1:5060")
-    assert.eq(f.events[0].data["event"], "dst_state")
+    assert.eq(f.events[0].topic, "dispatcher")
+    assert.eq(f.events[0].data["event"], "dst-down")
+    assert.eq(f.events[0].data["old_state"], "AP")
     assert.eq(f.events[0].data["state"], "IP")
     assert.contains([l.message for l in f.logs], "event dispatcher:dst-down sip:10.0.0.2:5060")
     f2 = route.reply(f.relays[0].msg.reply(408))
@@ -181,6 +183,7 @@ def test_probing_marks_down_and_up():
     r = route.advance(32)
     flags = {t["DEST"]["URI"]: t["DEST"]["FLAGS"] for t in state.rpc("dispatcher.list")["RECORDS"][0]["SET"]["TARGETS"]}
     assert.eq(flags["sip:10.0.0.2:5060"], "TP")
+    assert.eq([e.data["event"] for e in r.events if e.topic == "dispatcher"], ["dst_state"])
     answered = []
     for i in range(6):
         r = route.advance(10)
@@ -200,6 +203,7 @@ def test_probing_marks_down_and_up():
             last = x
     ev = route.reply(last.msg.reply(200)).events
     assert.eq(ev[0].data["state"], "AP")
+    assert.eq(ev[0].data["event"], "dst-up")
     assert.eq(dsts(8, 1), ["sip:10.0.0.2:5060"])
 `
 

@@ -334,16 +334,23 @@ func (d *DS) setState(setid int, uri string, st int, why string) int {
 // notify publishes a state change and runs the event callback when a
 // destination goes down or comes up.
 func (d *DS) notify(set int, uri string, old, nw int, why string) {
-	d.env.Emit("dispatcher", map[string]any{"event": "dst_state", "setid": set, "uri": uri,
-		"state": stateString(nw), "old_state": stateString(old), "reason": why})
+	// Topic rule (rpc.md): Kamailio's event route names when there is one
+	// (dispatcher:dst-down, dispatcher:dst-up), dst_state for other changes
+	// (trying, the probing flag).
 	wasUp, isUp := old&(FlagInactive|FlagDisabled) == 0, nw&(FlagInactive|FlagDisabled) == 0
+	event := "dst_state"
+	switch {
+	case wasUp && !isUp:
+		event = "dst-down"
+	case !wasUp && isUp:
+		event = "dst-up"
+	}
+	d.env.Emit("dispatcher", map[string]any{"event": event, "setid": set, "uri": uri,
+		"state": stateString(nw), "old_state": stateString(old), "reason": why})
 	if wasUp == isUp {
 		return
 	}
-	ev := "dispatcher:dst-down"
-	if isUp {
-		ev = "dispatcher:dst-up"
-	}
+	ev := "dispatcher:" + event
 	d.env.Log.Info("dispatcher: destination state changed", "setid", set, "uri", uri, "state", stateString(nw), "reason", why)
 	cb := strp(&d.eventCB)
 	if cb == "" || d.env.Router == nil {
