@@ -61,6 +61,9 @@ type Set struct {
 	wpos  uint64 // position in the weight slots
 	wlist []int  // 100 slots of destination indexes by weight (algorithm 9)
 	rwpos uint64
+	// rwSlots: algorithm 11's slots for the usable subset rwMask.
+	rwSlots []int
+	rwMask  uint64
 }
 
 // DS is one dispatcher instance.
@@ -78,8 +81,12 @@ type DS struct {
 
 	// pending keeps each request's failover list, keyed by the
 	// transaction (Call-ID, CSeq, From tag): Kamailio keeps it in AVPs.
-	pmu     sync.Mutex
-	pending map[string]*pending
+	pmu sync.Mutex
+	// Two generations, swapped every pendingMaxLife: an entry lives one to
+	// two of them (a transaction's lifetime) at O(1) cost per request.
+	pending, pendingOld map[string]*pending
+	rotated             time.Time
+	loadSwept           time.Time
 	// loads maps a Call-ID to the destination counted for it (algorithm 10).
 	loads map[string]*loadRec
 
@@ -115,7 +122,7 @@ func strp(p *atomic.Pointer[string]) string {
 
 // New builds the dispatcher module.
 func New(env *core.Env) *core.Module {
-	d := &DS{env: env, sets: map[int]*Set{}, pending: map[string]*pending{}, loads: map[string]*loadRec{}}
+	d := &DS{env: env, sets: map[int]*Set{}, pending: map[string]*pending{}, pendingOld: map[string]*pending{}, loads: map[string]*loadRec{}}
 	d.pingActive.Store(1)
 	instances.Set(env, d)
 	return core.ApplyDefaults(d.module())

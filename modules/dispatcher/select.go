@@ -22,7 +22,8 @@ const (
 	AlgWeight      = 9
 	AlgCallLoad    = 10
 	AlgRelWeight   = 11
-	pendingMaxLife = 5 * time.Minute
+	pendingMaxLife = 3 * time.Minute // tm's max_inv_lifetime
+	loadMaxLife    = 2 * time.Hour   // Kamailio's ds_hash_expire
 )
 
 func hashStr(s string) uint32 {
@@ -95,16 +96,20 @@ func (d *DS) selectDst(m *core.Msg, setid, alg, limit int, domain bool) (core.Va
 	}
 	now := d.env.Clock.Now()
 	d.pmu.Lock()
-	d.pending[txKey(m)] = &pending{set: setid, alg: alg, list: list[1:], used: first, created: now}
-	if len(d.pending) > 1024 {
-		for k, p := range d.pending {
-			if now.Sub(p.created) > pendingMaxLife {
-				delete(d.pending, k)
-			}
-		}
+	if now.Sub(d.rotated) > pendingMaxLife {
+		d.pendingOld, d.pending, d.rotated = d.pending, make(map[string]*pending, len(d.pending)), now
 	}
+	d.pending[txKey(m)] = &pending{set: setid, alg: alg, list: list[1:], used: first, created: now}
 	d.pmu.Unlock()
 	return core.Int(1), nil
+}
+
+// lookupPending finds a request's failover list (d.pmu held).
+func (d *DS) lookupPending(key string) *pending {
+	if p := d.pending[key]; p != nil {
+		return p
+	}
+	return d.pendingOld[key]
 }
 
 func apply(m *core.Msg, x *Dest, domain bool) error {
@@ -179,17 +184,22 @@ func (d *DS) choose(m *core.Msg, setid, alg int) ([]*Dest, error) {
 	case AlgRelWeight:
 		// Weights over the usable destinations only, so a down one's share
 		// goes to the others in proportion.
+		// The slots are rebuilt only when the usable subset changes.
+		var mask uint64
 		var act []*Dest
-		for _, x := range s.Dests {
+		for i, x := range s.Dests {
 			if usable(x) && x.RWeight > 0 {
 				act = append(act, x)
+				mask |= 1 << (uint(i) % 64)
 			}
 		}
 		if len(act) == 0 {
 			return nil, nil
 		}
-		slots := weightSlots(act, func(x *Dest) int { return x.RWeight })
-		pick := act[slots[s.rwpos%100]]
+		if s.rwSlots == nil || mask != s.rwMask || len(s.Dests) > 64 {
+			s.rwSlots, s.rwMask = weightSlots(act, func(x *Dest) int { return x.RWeight }), mask
+		}
+		pick := act[s.rwSlots[s.rwpos%100]]
 		s.rwpos++
 		for i, x := range s.Dests {
 			if x == pick {
@@ -216,7 +226,7 @@ func (d *DS) nextDst(m *core.Msg, domain bool) (core.Val, error) {
 	}
 	key := txKey(m)
 	d.pmu.Lock()
-	p := d.pending[key]
+	p := d.lookupPending(key)
 	var next *Dest
 	var prev *Dest
 	if p != nil {
@@ -270,7 +280,7 @@ func (d *DS) markDst(m *core.Msg, st int) (core.Val, error) {
 	setid := -1
 	if m.Req != nil {
 		d.pmu.Lock()
-		if p := d.pending[txKey(m)]; p != nil {
+		if p := d.lookupPending(txKey(m)); p != nil {
 			setid = p.set
 			if uri == "" && p.used != nil {
 				uri = p.used.URI
@@ -440,7 +450,22 @@ func (d *DS) loadSet(m *core.Msg, x *Dest) {
 		old.d.load--
 		d.mu.Unlock()
 	}
-	d.loads[cid] = &loadRec{d: x, created: d.env.Clock.Now()}
+	now := d.env.Clock.Now()
+	if now.Sub(d.loadSwept) > time.Minute {
+		// A call whose BYE never came is forgotten after loadMaxLife.
+		d.loadSwept = now
+		for k, r := range d.loads {
+			if now.Sub(r.created) > loadMaxLife {
+				delete(d.loads, k)
+				d.mu.Lock()
+				if r.d.load > 0 {
+					r.d.load--
+				}
+				d.mu.Unlock()
+			}
+		}
+	}
+	d.loads[cid] = &loadRec{d: x, created: now}
 	d.mu.Lock()
 	x.load++
 	d.mu.Unlock()
