@@ -64,12 +64,38 @@ func (e *Engine) checkKSRNames(f *syntax.File) error {
 		}
 		return true
 	})
+	// Globals bound once to a KSR module (sl = KSR.sl): sl.f is checked as
+	// KSR.sl.f. Globals cannot be reassigned, so the binding is the module.
+	aliases := map[*resolve.Binding]string{}
+	for _, st := range f.Stmts {
+		as, ok := st.(*syntax.AssignStmt)
+		if !ok || as.Op != syntax.EQ {
+			continue
+		}
+		lhs, ok1 := as.LHS.(*syntax.Ident)
+		rhs, ok2 := as.RHS.(*syntax.DotExpr)
+		if !ok1 || !ok2 || !isKSR(rhs.X) {
+			continue
+		}
+		if b, ok := lhs.Binding.(*resolve.Binding); ok && b != nil && b.Scope == resolve.Global {
+			if _, isMod := n.mods[rhs.Name.Name]; isMod && rhs.Name.Name != "" {
+				aliases[b] = rhs.Name.Name
+			}
+		}
+	}
 	syntax.Walk(f, func(node syntax.Node) bool {
 		if firstErr != nil {
 			return false
 		}
 		switch d := node.(type) {
 		case *syntax.DotExpr:
+			if id, ok := d.X.(*syntax.Ident); ok {
+				if b, ok := id.Binding.(*resolve.Binding); ok && aliases[b] != "" && !n.mods[aliases[b]][d.Name.Name] {
+					mod := aliases[b]
+					fail(d.Name.NamePos, "%s (KSR.%s) has no function %s%s", id.Name, mod, d.Name.Name, n.suggestFunc(d.Name.Name, mod))
+					return true
+				}
+			}
 			if isKSR(d.X) { // KSR.name
 				name := d.Name.Name
 				_, isMod := n.mods[name]

@@ -25,8 +25,9 @@ func TestKSRNameChecks(t *testing.T) {
 		{"function used as module", "def ksr_request_route():\n    KSR.info.x(\"a\")\n", "KSR.info is a function, not a module"},
 		{"x function", "def ksr_request_route():\n    KSR.x.exitt()\n", "KSR.x has no function exitt (did you mean KSR.x.exit"},
 		{"modf native name", "def ksr_request_route():\n    KSR.x.modf(\"sl_send_replyy\", \"200\", \"OK\")\n", "s.star:2:16: KSR.x.modf: no module function \"sl_send_replyy\""},
-		{"in a branch never taken", "def ksr_request_route():\n    if False:\n        KSR.pike.pike_check_req()\n", "KSR has no module pike"},
+		{"in a branch never taken", "def ksr_request_route():\n    if False:\n        KSR.pikee.pike_check_req()\n", "KSR has no module pikee"},
 		{"in a helper not called", "def helper():\n    return KSR.nosuch.f()\ndef ksr_request_route():\n    pass\n", "s.star:2:16: KSR has no module nosuch"},
+		{"alias of a module", "sl = KSR.sl\ndef ksr_request_route():\n    sl.sl_send_replyy(200, \"OK\")\n", "s.star:3:8: sl (KSR.sl) has no function sl_send_replyy (did you mean KSR.sl.sl_send_reply"},
 		{"mod_init needs a message", "def mod_init():\n    KSR.sl.sl_send_reply(200, \"OK\")\ndef ksr_request_route():\n    pass\n", "s.star:2:25: KSR.sl.sl_send_reply needs a SIP message: mod_init runs once per load"},
 		{"mod_init PV of a message", "def mod_init():\n    KSR.pv.get(\"$ru\")\ndef ksr_request_route():\n    pass\n", "KSR.pv.get needs a SIP message"},
 	} {
@@ -61,7 +62,7 @@ def ksr_request_route():
 
 func TestKSRNameChecksLoadedFile(t *testing.T) {
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "lib.star"), []byte("def f():\n    KSR.pike.pike_check_req()\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "lib.star"), []byte("def f():\n    KSR.pikee.pike_check_req()\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	main := filepath.Join(dir, "main.star")
@@ -70,7 +71,7 @@ func TestKSRNameChecksLoadedFile(t *testing.T) {
 	}
 	eng := starlark.New(core.NewEnv(nil))
 	_, err := eng.LoadFile(main)
-	if err == nil || !strings.Contains(err.Error(), "lib.star:2:9: KSR has no module pike") {
+	if err == nil || !strings.Contains(err.Error(), "lib.star:2:9: KSR has no module pikee") {
 		t.Fatalf("got %v", err)
 	}
 }
