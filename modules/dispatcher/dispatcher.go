@@ -16,6 +16,7 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/kamgo/kamgo/modules/core"
+	"github.com/kamgo/kamgo/modules/core/dnsres"
 )
 
 func init() { core.Register(New) }
@@ -217,6 +218,24 @@ func (d *DS) init() error {
 	if err != nil {
 		return err
 	}
+	// Names are resolved for ds_is_from_list with kamd's resolver (none
+	// in route tests: a name then matches no source).
+	if r := dnsres.For(d.env); r != nil {
+		for _, s := range sets {
+			for _, x := range s.Dests {
+				if x.ips != nil {
+					continue
+				}
+				ts, err := r.Resolve(x.Target.Host, x.uri.Port, "")
+				if err != nil {
+					d.env.Log.Warn("dispatcher: cannot resolve destination", "uri", x.URI, "err", err)
+				}
+				for _, t := range ts {
+					x.ips = append(x.ips, core.BareHost(t.Host))
+				}
+			}
+		}
+	}
 	if d.probingMode.Load() == 1 {
 		// Kamailio: probing all sets every destination's probing flag.
 		for _, s := range sets {
@@ -282,11 +301,8 @@ func newDest(uri string, flags, priority int, attrs, desc string) (*Dest, error)
 	if ds.Weight < 0 || ds.Weight > 100 || ds.RWeight < 0 || ds.RWeight > 100 {
 		return nil, fmt.Errorf("%s: weight and rweight must be 0..100", uri)
 	}
-	host := core.BareHost(ds.Target.Host)
-	if net.ParseIP(host) != nil {
+	if host := core.BareHost(ds.Target.Host); net.ParseIP(host) != nil {
 		ds.ips = []string{host}
-	} else if addrs, err := net.LookupHost(host); err == nil {
-		ds.ips = addrs
 	}
 	return ds, nil
 }

@@ -2,11 +2,14 @@ package dispatcher
 
 import (
 	"bufio"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/kamgo/kamgo/modules/core"
+	"github.com/kamgo/kamgo/modules/core/dnsres"
+	"github.com/kamgo/kamgo/modules/core/dnsres/dnstest"
 )
 
 func TestParseList(t *testing.T) {
@@ -89,5 +92,39 @@ func TestWeightSlots(t *testing.T) {
 	}
 	if len(sl) != 100 || n[2] != 2 || n[0] != 1 {
 		t.Fatalf("first four %v", sl[:4])
+	}
+}
+
+func TestIsFromListResolvesNames(t *testing.T) {
+	s, err := dnstest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.Set("gw.example.com", dnsres.TypeA, dnstest.Record{TTL: 60, IP: "192.0.2.44"})
+	list := filepath.Join(t.TempDir(), "l")
+	if err := os.WriteFile(list, []byte("3 sip:gw.example.com:5070\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := core.NewEnv(nil)
+	dnsres.Use(env, dnsres.New(s.Addr()))
+	mod := New(env)
+	for _, p := range mod.Params {
+		if p.Name == "list_file" {
+			p.Set(core.Str(list))
+		}
+	}
+	if err := mod.Init(); err != nil {
+		t.Fatal(err)
+	}
+	d := Of(env)
+	for _, tc := range []struct {
+		ip   string
+		port int
+		want int64
+	}{{"192.0.2.44", 5070, 1}, {"192.0.2.44", 5060, -1}, {"192.0.2.45", 5070, -1}} {
+		if got := d.isFromList(&core.Msg{Env: env, SrcIP: tc.ip, SrcPort: tc.port}, 3, 0).Int; got != tc.want {
+			t.Errorf("%s:%d: %d, want %d", tc.ip, tc.port, got, tc.want)
+		}
 	}
 }
