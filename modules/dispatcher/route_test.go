@@ -102,10 +102,10 @@ def test_call_load_and_maxload_and_bye():
     b = route.request(inv(10, call = "c2")).relays[0].dst
     c = route.request(inv(10, call = "c3")).relays[0].dst
     assert.eq(sorted([a, b, c]), ["sip:10.0.0.1:5060", "sip:10.0.0.2:5060", "sip:10.0.0.3:5060"])
-    loads = {t["DEST"]["URI"]: t["DEST"]["LOAD"] for t in state.rpc("dispatcher.list")["RECORDS"][0]["SET"]["TARGETS"]}
+    loads = {t["DEST"]["URI"]: t["DEST"]["LOAD"] for t in state.rpc("dispatcher.list", "full")["RECORDS"][-1]["SET"]["TARGETS"]}
     assert.eq(loads["sip:10.0.0.3:5060"], 1)
     route.request(sip.request("BYE", ruri = "sip:bob@example.com", call_id = "c3"))
-    loads = {t["DEST"]["URI"]: t["DEST"]["LOAD"] for t in state.rpc("dispatcher.list")["RECORDS"][0]["SET"]["TARGETS"]}
+    loads = {t["DEST"]["URI"]: t["DEST"]["LOAD"] for t in state.rpc("dispatcher.list", "full")["RECORDS"][-1]["SET"]["TARGETS"]}
     assert.eq(loads["sip:10.0.0.3:5060"], 0)
 
 def test_failover_in_failure_route():
@@ -150,7 +150,8 @@ def test_is_from_list():
 def test_list_rpc_shape():
     l = state.rpc("dispatcher.list")
     assert.eq(l["NRSETS"], 2)
-    s1 = l["RECORDS"][0]["SET"]
+    assert.eq([r["SET"]["ID"] for r in l["RECORDS"]], [2, 1])  # as Kamailio: last first
+    s1 = l["RECORDS"][-1]["SET"]
     assert.eq(s1["ID"], 1)
     assert.eq([t["DEST"]["URI"] for t in s1["TARGETS"]], ["sip:10.0.0.2:5060", "sip:10.0.0.1:5060", "sip:10.0.0.3:5060"])
     d = s1["TARGETS"][0]["DEST"]
@@ -159,14 +160,18 @@ def test_list_rpc_shape():
     assert.eq(d["ATTRS"]["DUID"], "gw2")
     assert.eq(d["ATTRS"]["WEIGHT"], 25)
     assert.eq(d["ATTRS"]["BODY"], "duid=gw2;weight=25;rweight=25")
-    assert.eq(l["RECORDS"][1]["SET"]["TARGETS"][0]["DEST"]["FLAGS"], "AP")
+    assert.eq(l["RECORDS"][0]["SET"]["TARGETS"][0]["DEST"]["FLAGS"], "AP")
+    assert.eq(d["ATTRS"]["SOCKET"], None)
+    assert.true("ATTRS" not in l["RECORDS"][0]["SET"]["TARGETS"][0]["DEST"])  # no attrs, as Kamailio
+    assert.true("LOAD" not in d)
+    assert.eq(state.rpc("dispatcher.list", "full")["RECORDS"][-1]["SET"]["TARGETS"][0]["DEST"]["LOAD"], 0)
 
 def test_set_state_errors():
     assert.fails(lambda: state.rpc("dispatcher.set_state", "x", 1, "sip:10.0.0.1:5060"), "Invalid State Parameter")
     assert.fails(lambda: state.rpc("dispatcher.set_state", "i", 1, "sip:10.9.9.9"), "State Update Failed")
 
 def test_ping_active():
-    assert.eq(state.rpc("dispatcher.ping_active"), {"PingState": 1})
+    assert.eq(state.rpc("dispatcher.ping_active"), {"OldPingState": 1})
     assert.eq(state.rpc("dispatcher.ping_active", 0), {"NewPingState": 0, "OldPingState": 1})
     r = route.advance(10)
     assert.eq([x for x in r.requests if x.method == "OPTIONS"], [])
@@ -181,7 +186,7 @@ def test_probing_marks_down_and_up():
             route.reply(x.msg.reply(200))
     # 10.0.0.2 does not answer: 408 after 32 s; threshold 2 -> trying, then inactive
     r = route.advance(32)
-    flags = {t["DEST"]["URI"]: t["DEST"]["FLAGS"] for t in state.rpc("dispatcher.list")["RECORDS"][0]["SET"]["TARGETS"]}
+    flags = {t["DEST"]["URI"]: t["DEST"]["FLAGS"] for t in state.rpc("dispatcher.list")["RECORDS"][-1]["SET"]["TARGETS"]}
     assert.eq(flags["sip:10.0.0.2:5060"], "TP")
     assert.eq([e.data["event"] for e in r.events if e.topic == "dispatcher"], ["dst_state"])
     answered = []
@@ -191,7 +196,7 @@ def test_probing_marks_down_and_up():
             if x.method == "OPTIONS" and x.dst != "sip:10.0.0.2:5060" and x.msg.call_id not in answered:
                 answered.append(x.msg.call_id)
                 route.reply(x.msg.reply(200))
-    flags = {t["DEST"]["URI"]: t["DEST"]["FLAGS"] for t in state.rpc("dispatcher.list")["RECORDS"][0]["SET"]["TARGETS"]}
+    flags = {t["DEST"]["URI"]: t["DEST"]["FLAGS"] for t in state.rpc("dispatcher.list")["RECORDS"][-1]["SET"]["TARGETS"]}
     assert.eq(flags["sip:10.0.0.2:5060"], "IP")
     assert.eq(flags["sip:10.0.0.1:5060"], "AP")
     assert.eq(dsts(8, 1), ["sip:10.0.0.1:5060"])

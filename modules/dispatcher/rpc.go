@@ -28,36 +28,54 @@ type destRecord struct {
 }
 
 type destBody struct {
-	URI      string    `json:"URI"`
-	FLAGS    string    `json:"FLAGS"`
-	PRIORITY int       `json:"PRIORITY"`
-	ATTRS    attrsBody `json:"ATTRS"`
-	// kamgo: the description column and the calls counted (algorithm 10).
-	DESCRIPTION string `json:"DESCRIPTION,omitempty"`
-	LOAD        int    `json:"LOAD"`
+	URI      string     `json:"URI"`
+	FLAGS    string     `json:"FLAGS"`
+	PRIORITY int        `json:"PRIORITY"`
+	ATTRS    *attrsBody `json:"ATTRS,omitempty"` // as Kamailio: only with attrs
+	// kamgo, with "full": the description column and the calls counted
+	// (algorithm 10).
+	DESCRIPTION *string `json:"DESCRIPTION,omitempty"`
+	LOAD        *int    `json:"LOAD,omitempty"`
 }
 
 type attrsBody struct {
-	BODY    string `json:"BODY"`
-	DUID    string `json:"DUID"`
-	MAXLOAD int    `json:"MAXLOAD"`
-	WEIGHT  int    `json:"WEIGHT"`
-	RWEIGHT int    `json:"RWEIGHT"`
-	SOCKET  string `json:"SOCKET"`
+	BODY     string  `json:"BODY"`
+	DUID     string  `json:"DUID"`
+	MAXLOAD  int     `json:"MAXLOAD"`
+	WEIGHT   int     `json:"WEIGHT"`
+	RWEIGHT  int     `json:"RWEIGHT"`
+	SOCKET   *string `json:"SOCKET"`
+	SOCKNAME *string `json:"SOCKNAME"`
+	OBPROXY  *string `json:"OBPROXY"`
 }
 
-// List is dispatcher.list's result.
-func (d *DS) List() any {
+func nullable(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+// List is dispatcher.list's result; full adds kamgo's DESCRIPTION and LOAD.
+func (d *DS) List(full bool) any {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	res := listResult{NRSETS: len(d.ids), RECORDS: []setRecord{}}
-	for _, id := range d.ids {
+	// Kamailio lists the sets last first.
+	for i := len(d.ids) - 1; i >= 0; i-- {
+		id := d.ids[i]
 		s := d.sets[id]
 		sb := setBody{ID: id, TARGETS: []destRecord{}}
 		for _, x := range s.Dests {
-			sb.TARGETS = append(sb.TARGETS, destRecord{DEST: destBody{URI: x.URI, FLAGS: stateString(x.Flags), PRIORITY: x.Priority,
-				ATTRS:       attrsBody{BODY: x.Attrs, DUID: x.DUID, MAXLOAD: x.MaxLoad, WEIGHT: x.Weight, RWEIGHT: x.RWeight, SOCKET: x.Socket},
-				DESCRIPTION: x.Description, LOAD: x.load}})
+			db := destBody{URI: x.URI, FLAGS: stateString(x.Flags), PRIORITY: x.Priority}
+			if x.Attrs != "" {
+				db.ATTRS = &attrsBody{BODY: x.Attrs, DUID: x.DUID, MAXLOAD: x.MaxLoad, WEIGHT: x.Weight, RWEIGHT: x.RWeight, SOCKET: nullable(x.Socket)}
+			}
+			if full {
+				desc, load := x.Description, x.load
+				db.DESCRIPTION, db.LOAD = &desc, &load
+			}
+			sb.TARGETS = append(sb.TARGETS, destRecord{DEST: db})
 		}
 		res.RECORDS = append(res.RECORDS, setRecord{SET: sb})
 	}
@@ -66,9 +84,20 @@ func (d *DS) List() any {
 
 func (d *DS) rpcMethods() []core.RPCMethod {
 	return []core.RPCMethod{
-		{Name: "dispatcher.list", Doc: "List the destination sets with their state.", ReadOnly: true,
-			Result:  `{"NRSETS": n, "RECORDS": [{"SET": {"ID": n, "TARGETS": [{"DEST": {"URI", "FLAGS": "AX|AP|IP|TP|DX...", "PRIORITY", "ATTRS": {"BODY","DUID","MAXLOAD","WEIGHT","RWEIGHT","SOCKET"}, "DESCRIPTION", "LOAD"}}]}}]}`,
-			Handler: func(ctx context.Context, args core.RPCArgs) (any, error) { return d.List(), nil }},
+		{Name: "dispatcher.list", Doc: "List the destination sets with their state (\"full\": also kamgo's DESCRIPTION and LOAD).", ReadOnly: true,
+			Params: []core.RPCParam{{Name: "rmode", Type: "string", Optional: true, Doc: "short or full"}},
+			Result: `{"NRSETS": n, "RECORDS": [{"SET": {"ID": n, "TARGETS": [{"DEST": {"URI", "FLAGS": "AX|AP|IP|TP|DX...", "PRIORITY", "ATTRS" (when set): {"BODY","DUID","MAXLOAD","WEIGHT","RWEIGHT","SOCKET","SOCKNAME","OBPROXY"}, "DESCRIPTION", "LOAD" (full)}}]}}]}`,
+			Handler: func(ctx context.Context, args core.RPCArgs) (any, error) {
+				full := false
+				if args.Len() > 0 {
+					m, err := args.String(0)
+					if err != nil || (m != "short" && m != "full") {
+						return nil, rpcErr(500, "Invalid Parameters")
+					}
+					full = m == "full"
+				}
+				return d.List(full), nil
+			}},
 		{Name: "dispatcher.set_state", Doc: "Set the state of a destination (a, i, t or d, with p for probing); address \"all\" for every destination of the group.",
 			Params: []core.RPCParam{{Name: "state", Type: "string"}, {Name: "group", Type: "int"}, {Name: "address", Type: "string"}},
 			Result: `{}; 500 "Invalid State Parameter", 500 "State Update Failed"`, ParamError: &core.RPCError{Code: 500, Message: "Invalid Parameters"},
@@ -83,11 +112,11 @@ func (d *DS) rpcMethods() []core.RPCMethod {
 			}},
 		{Name: "dispatcher.ping_active", Doc: "Read (no param) or set (0 or 1) whether probing runs.",
 			Params: []core.RPCParam{{Name: "state", Type: "int", Optional: true}},
-			Result: `{"PingState": n} or {"NewPingState": n, "OldPingState": n}; 500 "Ping State Update Failed"`,
+			Result: `{"OldPingState": n} or {"NewPingState": n, "OldPingState": n}; 500 "Ping State Update Failed"`,
 			Handler: func(ctx context.Context, args core.RPCArgs) (any, error) {
 				old := d.pingActive.Load()
 				if args.Len() == 0 {
-					return map[string]int64{"PingState": old}, nil
+					return map[string]int64{"OldPingState": old}, nil // Kamailio's name for the current state
 				}
 				n, err := args.Int(0)
 				if err != nil || (n != 0 && n != 1) {

@@ -105,9 +105,9 @@ func New(env *core.Env) *core.Module {
 					return nil, nil
 				}},
 			{Name: "permissions.addressDump", Doc: "Dump the single addresses (mask 32 or 128) of the address table.", ReadOnly: true,
-				Result: `[{"gid", "ip", "port", "tag": string|"NULL"}]`, Handler: func(ctx context.Context, _ core.RPCArgs) (any, error) { return p.dump(false), nil }},
+				Result: `[{"table": slot, "group", "item": {"ip", "port", "tag"}}]`, Handler: func(ctx context.Context, _ core.RPCArgs) (any, error) { return p.dump(false), nil }},
 			{Name: "permissions.subnetDump", Doc: "Dump the subnets of the address table.", ReadOnly: true,
-				Result: `[{"id", "ip", "mask", "port", "tag": string|"NULL"}]`, Handler: func(ctx context.Context, _ core.RPCArgs) (any, error) { return p.dump(true), nil }},
+				Result: `[{"id": index, "group", "item": {"ip", "mask", "port", "tag"}}]`, Handler: func(ctx context.Context, _ core.RPCArgs) (any, error) { return p.dump(true), nil }},
 		},
 		Init: p.Reload,
 	})
@@ -247,36 +247,63 @@ func (p *Perm) group(m *core.Msg, addr string, port int) int {
 	return -1
 }
 
-type addrRow struct {
-	GID  int    `json:"gid"`
+// Kamailio 5.6's dump shapes: the address hash table's rows by slot
+// ("table"), the subnet table's by index ("id").
+type addrItem struct {
 	IP   string `json:"ip"`
 	Port int    `json:"port"`
 	Tag  string `json:"tag"`
 }
 
-type subnetRow struct {
-	ID   int    `json:"id"`
+type addrRow struct {
+	Table int      `json:"table"`
+	Group int      `json:"group"`
+	Item  addrItem `json:"item"`
+}
+
+type subnetItem struct {
 	IP   string `json:"ip"`
 	Mask int    `json:"mask"`
 	Port int    `json:"port"`
 	Tag  string `json:"tag"`
 }
 
+type subnetRow struct {
+	ID    int        `json:"id"`
+	Group int        `json:"group"`
+	Item  subnetItem `json:"item"`
+}
+
+// permHashSize is Kamailio's PERM_HASH_SIZE: "table" is the address's slot.
+const permHashSize = 128
+
+// coreHash is Kamailio's core_hash over the address bytes (as C chars,
+// signed), so "table" names the same slot as Kamailio's dump.
+func coreHash(b []byte) uint32 {
+	sc := func(c byte) uint32 { return uint32(int32(int8(c))) }
+	var h, v uint32
+	p := 0
+	for ; p <= len(b)-4; p += 4 {
+		v = sc(b[p])<<24 + sc(b[p+1])<<16 + sc(b[p+2])<<8 + sc(b[p+3])
+		h += v ^ (v >> 3)
+	}
+	v = 0
+	for ; p < len(b); p++ {
+		v = v<<8 + sc(b[p])
+	}
+	h += v ^ (v >> 3)
+	return h + (h >> 11) + (h >> 13) + (h >> 23)
+}
+
 func (p *Perm) dump(subnets bool) any {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
-	nul := func(s string) string {
-		if s == "" {
-			return "NULL"
-		}
-		return s
-	}
 	if subnets {
 		out := []subnetRow{}
 		for _, e := range p.entries {
 			if e.ipnet != nil {
 				if ones, bits := e.ipnet.Mask.Size(); ones < bits {
-					out = append(out, subnetRow{ID: e.Grp, IP: e.ipnet.IP.String(), Mask: e.Mask, Port: e.Port, Tag: nul(e.Tag)})
+					out = append(out, subnetRow{ID: len(out), Group: e.Grp, Item: subnetItem{IP: e.ipnet.IP.String(), Mask: e.Mask, Port: e.Port, Tag: e.Tag}})
 				}
 			}
 		}
@@ -288,9 +315,13 @@ func (p *Perm) dump(subnets bool) any {
 			continue
 		}
 		if ones, bits := e.ipnet.Mask.Size(); ones == bits {
-			out = append(out, addrRow{GID: e.Grp, IP: e.ipnet.IP.String(), Port: e.Port, Tag: nul(e.Tag)})
+			tag := e.Tag
+			if tag == "" {
+				tag = "NULL" // as Kamailio prints a NULL tag here (the subnet dump prints "")
+			}
+			out = append(out, addrRow{Table: int(coreHash(e.ipnet.IP) & (permHashSize - 1)), Group: e.Grp, Item: addrItem{IP: e.ipnet.IP.String(), Port: e.Port, Tag: tag}})
 		}
 	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].GID < out[j].GID })
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Table < out[j].Table })
 	return out
 }

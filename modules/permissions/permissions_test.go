@@ -43,13 +43,14 @@ def test_address_groups():
     assert.eq(reason("198.51.100.1:5060"), "403 Domain ok but source not")
 
 def test_dumps():
+    # "table" is Kamailio's hash slot of the address (core_hash & 127)
     assert.eq(state.rpc("permissions.addressDump"), [
-        {"gid": 1, "ip": "192.0.2.10", "port": 5060, "tag": "gw-a"},
+        {"table": 123, "group": 1, "item": {"ip": "192.0.2.10", "port": 5060, "tag": "gw-a"}},
     ])
     assert.eq(state.rpc("permissions.subnetDump"), [
-        {"id": 1, "ip": "10.0.0.0", "mask": 8, "port": 0, "tag": "NULL"},
-        {"id": 2, "ip": "192.0.2.0", "mask": 24, "port": 0, "tag": "NULL"},
-        {"id": 4, "ip": "2001:db8::", "mask": 64, "port": 0, "tag": "v6"},
+        {"id": 0, "group": 1, "item": {"ip": "10.0.0.0", "mask": 8, "port": 0, "tag": ""}},
+        {"id": 1, "group": 2, "item": {"ip": "192.0.2.0", "mask": 24, "port": 0, "tag": ""}},
+        {"id": 2, "group": 4, "item": {"ip": "2001:db8::", "mask": 64, "port": 0, "tag": "v6"}},
     ])
     assert.eq(state.rpc("permissions.addressReload"), {})
 `

@@ -73,7 +73,7 @@ func New(env *core.Env) *core.Module {
 		},
 		RPC: []core.RPCMethod{{Name: "pike.top", Doc: "List the tracked source IPs, most hits first: HOT (flooding, the default), WARM (seen, not flooding) or ALL.",
 			ReadOnly: true, Params: []core.RPCParam{{Name: "filter", Type: "string", Optional: true, Doc: "HOT, WARM or ALL"}},
-			Result: `[{"ip_addr", "leaf_hits_prev", "leaf_hits_curr", "expires", "status": "HOT"|"WARM"}]; 400 "Invalid filter"`, Handler: p.rpcTop}},
+			Result: `{"list": [{"ip_addr", "leaf_hits_prev", "leaf_hits_curr", "expires", "status": "HOT"|"WARM"}], "max_hits": reqs_density_per_unit, "number_of_rows": n}; 400 "Invalid filter"`, Handler: p.rpcTop}},
 	})
 }
 
@@ -194,7 +194,7 @@ func (p *Pike) rpcTop(ctx context.Context, args core.RPCArgs) (any, error) {
 	now := p.env.Clock.Now()
 	u := now.UnixNano() / int64(time.Duration(p.unit.Load())*time.Second)
 	lat := time.Duration(p.latency.Load()) * time.Second
-	out := []TopEntry{}
+	rows := []TopEntry{}
 	p.mu.Lock()
 	for ip, n := range p.ips {
 		p.roll(n, u)
@@ -205,15 +205,16 @@ func (p *Pike) rpcTop(ctx context.Context, args core.RPCArgs) (any, error) {
 		if filter != "ALL" && filter != st {
 			continue
 		}
-		out = append(out, TopEntry{IP: ip, Prev: n.prev, Curr: n.curr, Expire: int64(n.last.Add(lat).Sub(now) / time.Second), Status: st})
+		rows = append(rows, TopEntry{IP: ip, Prev: n.prev, Curr: n.curr, Expire: int64(n.last.Add(lat).Sub(now) / time.Second), Status: st})
 	}
 	p.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool {
-		a, b := out[i].Prev+out[i].Curr, out[j].Prev+out[j].Curr
+	sort.Slice(rows, func(i, j int) bool {
+		a, b := rows[i].Prev+rows[i].Curr, rows[j].Prev+rows[j].Curr
 		if a != b {
 			return a > b
 		}
-		return out[i].IP < out[j].IP
+		return rows[i].IP < rows[j].IP
 	})
-	return out, nil
+	// Kamailio's shape; max_hits is the density limit.
+	return map[string]any{"list": rows, "max_hits": p.density.Load(), "number_of_rows": len(rows)}, nil
 }

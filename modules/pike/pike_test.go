@@ -31,22 +31,23 @@ def test_flood_is_detected_then_known_then_released():
     # another IP is not affected
     assert.eq(codes(1, src = "192.0.2.11:5060"), [200])
     top = state.rpc("pike.top")
-    assert.eq([(x["ip_addr"], x["status"], x["leaf_hits_curr"]) for x in top], [("192.0.2.10", "HOT", 5)])
-    assert.eq(len(state.rpc("pike.top", "ALL")), 2)
-    assert.eq([x["ip_addr"] for x in state.rpc("pike.top", "WARM")], ["192.0.2.11"])
+    assert.eq([(x["ip_addr"], x["status"], x["leaf_hits_curr"]) for x in top["list"]], [("192.0.2.10", "HOT", 5)])
+    assert.eq((top["max_hits"], top["number_of_rows"]), (3, 1))
+    assert.eq(state.rpc("pike.top", "ALL")["number_of_rows"], 2)
+    assert.eq([x["ip_addr"] for x in state.rpc("pike.top", "WARM")["list"]], ["192.0.2.11"])
     # the next unit still sees the flood in its previous unit: blocked
     route.advance(2)
     assert.eq(codes(1), [403])
     # a quiet unit releases it
     route.advance(2)
     assert.eq(codes(1), [200])
-    assert.eq(state.rpc("pike.top"), [])
+    assert.eq(state.rpc("pike.top")["list"], [])
 
 def test_forgotten_after_remove_latency():
     codes(2)
     route.advance(11)
     codes(1, src = "192.0.2.99:5060")
-    assert.eq([x["ip_addr"] for x in state.rpc("pike.top", "ALL")], ["192.0.2.99"])
+    assert.eq([x["ip_addr"] for x in state.rpc("pike.top", "ALL")["list"]], ["192.0.2.99"])
 
 def test_bad_filter():
     assert.fails(lambda: state.rpc("pike.top", "COLD"), "Invalid filter")
