@@ -153,7 +153,7 @@ func (d *DS) module() *core.Module {
 			strParam("db_url", "", "sqlite:///path.db holding the dispatcher table; empty: kamd's database (--db) when list_file is empty", &d.dbURL),
 			strParam("table_name", "dispatcher", "the destinations table", &d.tableName),
 			intParam("flags", 0, "bit 1 (2): failover support; kamgo always keeps the failover list", &d.flagsParam, core.CheckNonNegative("flags")),
-			intParam("ds_ping_interval", 0, "seconds between OPTIONS probes; 0 disables probing", &d.pingInterval, core.CheckNonNegative("ds_ping_interval")),
+			staticParam(intParam("ds_ping_interval", 0, "seconds between OPTIONS probes; 0 disables probing (fixed at start, as in Kamailio)", &d.pingInterval, core.CheckNonNegative("ds_ping_interval"))),
 			intParam("ds_probing_mode", 0, "0: probe destinations with the probing flag (cleared once they answer); 1: all; 2: inactive ones with the probing flag; 3: those with the probing flag, kept", &d.probingMode,
 				func(v core.Val) error {
 					if v.Int < 0 || v.Int > 3 {
@@ -163,8 +163,20 @@ func (d *DS) module() *core.Module {
 				}),
 			intParam("ds_probing_threshold", 1, "failed probes (or ds_mark_dst(\"t\")) before a destination becomes inactive", &d.probingThreshold, positive("ds_probing_threshold")),
 			intParam("ds_inactive_threshold", 1, "answered probes before an inactive destination becomes active", &d.inactiveThreshold, positive("ds_inactive_threshold")),
-			strParam("ds_ping_from", "sip:dispatcher@localhost", "From URI of the probes", &d.pingFrom),
-			strParam("ds_ping_method", "OPTIONS", "method of the probes", &d.pingMethod),
+			checked(strParam("ds_ping_from", "sip:dispatcher@localhost", "From URI of the probes", &d.pingFrom), func(v core.Val) error {
+				_, err := core.ParseURI(v.Str)
+				return err
+			}),
+			checked(strParam("ds_ping_method", "OPTIONS", "method of the probes", &d.pingMethod), func(v core.Val) error {
+				if v.Str == "" || strings.ToUpper(v.Str) != v.Str || strings.ContainsFunc(v.Str, func(r rune) bool { return r < 'A' || r > 'Z' }) {
+					return fmt.Errorf("ds_ping_method %q: want an upper-case SIP method", v.Str)
+				}
+				switch v.Str {
+				case "ACK", "CANCEL", "INVITE":
+					return fmt.Errorf("ds_ping_method %s: probes must be non-INVITE requests with their own transaction", v.Str)
+				}
+				return nil
+			}),
 			{Name: "event_callback", Type: core.ArgStr, Default: core.Str(""), Callback: true,
 				Doc: "callback run as function(evname) on dispatcher:dst-down and dispatcher:dst-up (Kamailio's KEMI event routes)",
 				Set: func(v core.Val) error { s := v.Str; d.eventCB.Store(&s); return nil },
@@ -203,6 +215,10 @@ func (d *DS) module() *core.Module {
 		OnRequest: d.onRequest,
 	}
 }
+
+func staticParam(p core.Param) core.Param { p.Static = true; return p }
+
+func checked(p core.Param, check func(core.Val) error) core.Param { p.Check = check; return p }
 
 func positive(name string) func(core.Val) error {
 	return func(v core.Val) error {

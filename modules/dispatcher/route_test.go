@@ -232,3 +232,21 @@ func TestDispatcherRoutes(t *testing.T) {
 		t.Errorf("ran %d tests", len(rep.Tests))
 	}
 }
+
+func TestDispatcherBadConfig(t *testing.T) {
+	for _, tc := range []struct{ src, want string }{
+		{`modparam("dispatcher", "ds_ping_method", "INVITE")`, "probes must be non-INVITE"},
+		{`modparam("dispatcher", "ds_ping_method", "options")`, "upper-case SIP method"},
+		{`modparam("dispatcher", "ds_ping_from", "dispatcher@localhost")`, "invalid SIP URI"},
+		{`modparam("dispatcher", "ds_probing_mode", 4)`, "want 0..3"},
+		{`modparam("dispatcher", "ds_probing_threshold", 0)`, "at least 1"},
+		{`modparam("dispatcher", "list_file", "/nonexistent/ds.list")`, "list_file"},
+		{`modparam("dispatcher", "db_url", "mysql://x")`, "want sqlite:///path.db"},
+	} {
+		src := tc.src + "\ndef ksr_request_route():\n    pass\n"
+		_, err := routetest.NewHarness(node.RouteTest, "b.star", []byte(src), routetest.HarnessOptions{})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want %q", tc.src, err, tc.want)
+		}
+	}
+}
