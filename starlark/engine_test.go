@@ -188,8 +188,8 @@ func TestRequestRouteErrors(t *testing.T) {
 	}{
 		{"fail()", `fail("boom")`, "boom", 500},
 		{"wrong argument type", `KSR.sl.send_reply("200", "OK")`, "argument 1: want int, got string", 500},
-		{"missing argument", `KSR.sl.send_reply(200)`, "want 2 arguments (int, str), got 1", 500},
-		{"extra argument", `KSR.is_method("INVITE", 1)`, "want 1 arguments", 500},
+		{"missing argument", `KSR.sl.send_reply(*[200])`, "want 2 arguments (int, str), got 1", 500},
+		{"extra argument", `KSR.is_method(*["INVITE", 1])`, "want 1 arguments", 500},
 		{"read-only PV", `KSR.pv.sets("$si", "1.2.3.4")`, "read-only", 500},
 		{"bad $du", `KSR.setdsturi("garbage")`, "invalid SIP URI", 500},
 		{"step limit", `[x for x in range(10000000)]`, "step limit", 500},

@@ -22,11 +22,12 @@ import (
 type ksrNames struct {
 	mods  map[string]map[string]bool // module -> function names
 	where map[string][]string        // function -> modules defining it
+	funcs map[string]*core.Func      // "mod.name" -> its table entry
 }
 
 func (e *Engine) ksrIndex() *ksrNames {
 	e.ksrOnce.Do(func() {
-		n := &ksrNames{mods: map[string]map[string]bool{}, where: map[string][]string{}}
+		n := &ksrNames{mods: map[string]map[string]bool{}, where: map[string][]string{}, funcs: map[string]*core.Func{}}
 		for _, mod := range e.Modules {
 			if n.mods[mod.Name] == nil {
 				n.mods[mod.Name] = map[string]bool{}
@@ -34,6 +35,7 @@ func (e *Engine) ksrIndex() *ksrNames {
 			for i := range mod.Funcs {
 				f := mod.Funcs[i].Name
 				n.mods[mod.Name][f] = true
+				n.funcs[mod.Name+"."+f] = &mod.Funcs[i]
 				n.where[f] = append(n.where[f], mod.Name)
 			}
 		}
@@ -119,6 +121,7 @@ func (e *Engine) checkKSRNames(f *syntax.File) error {
 				}
 			}
 		case *syntax.CallExpr: // KSR.x.modf("native", ...)
+			e.checkArity(n, d, aliases, fail)
 			fn, ok := d.Fn.(*syntax.DotExpr)
 			if !ok || fn.Name.Name != "modf" || len(d.Args) == 0 {
 				return true
@@ -137,6 +140,46 @@ func (e *Engine) checkKSRNames(f *syntax.File) error {
 		return true
 	})
 	return firstErr
+}
+
+// checkArity fails a literal call of a KSR function with the wrong number
+// of arguments (KSR functions take exactly their table's arguments).
+func (e *Engine) checkArity(n *ksrNames, call *syntax.CallExpr, aliases map[*resolve.Binding]string, fail func(syntax.Position, string, ...any)) {
+	d, ok := call.Fn.(*syntax.DotExpr)
+	if !ok {
+		return
+	}
+	mod, found := "", false
+	switch x := d.X.(type) {
+	case *syntax.Ident:
+		if isKSR(x) {
+			found = true
+		} else if b, ok := x.Binding.(*resolve.Binding); ok && aliases[b] != "" {
+			mod, found = aliases[b], true
+		}
+	case *syntax.DotExpr:
+		if isKSR(x.X) {
+			mod, found = x.Name.Name, true
+		}
+	}
+	if !found || (mod == "x" && d.Name.Name == "modf") {
+		return
+	}
+	f := n.funcs[mod+"."+d.Name.Name]
+	if f == nil {
+		return
+	}
+	for _, a := range call.Args {
+		switch a := a.(type) {
+		case *syntax.UnaryExpr: // *args, **kwargs: unknown count
+			if a.Op == syntax.STAR || a.Op == syntax.STARSTAR {
+				return
+			}
+		}
+	}
+	if len(call.Args) != len(f.Args) {
+		fail(call.Lparen, "%s takes %d arguments %s, got %d", ksrPath(mod, f.Name), len(f.Args), typeList(f), len(call.Args))
+	}
 }
 
 // isKSR reports whether x is the predeclared KSR (not a local shadowing it).

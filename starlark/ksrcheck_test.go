@@ -28,6 +28,9 @@ func TestKSRNameChecks(t *testing.T) {
 		{"in a branch never taken", "def ksr_request_route():\n    if False:\n        KSR.pikee.pike_check_req()\n", "KSR has no module pikee"},
 		{"in a helper not called", "def helper():\n    return KSR.nosuch.f()\ndef ksr_request_route():\n    pass\n", "s.star:2:16: KSR has no module nosuch"},
 		{"alias of a module", "sl = KSR.sl\ndef ksr_request_route():\n    sl.sl_send_replyy(200, \"OK\")\n", "s.star:3:8: sl (KSR.sl) has no function sl_send_replyy (did you mean KSR.sl.sl_send_reply"},
+		{"too few arguments", "def ksr_request_route():\n    KSR.sl.sl_send_reply(200)\n", "s.star:2:25: KSR.sl.sl_send_reply takes 2 arguments (int, str), got 1"},
+		{"too many arguments via alias", "tm = KSR.tm\ndef ksr_request_route():\n    tm.t_relay(1)\n", "KSR.tm.t_relay takes 0 arguments (), got 1"},
+		{"core function arguments", "def ksr_request_route():\n    KSR.info()\n", "KSR.info takes 1 arguments (str), got 0"},
 		{"mod_init needs a message", "def mod_init():\n    KSR.sl.sl_send_reply(200, \"OK\")\ndef ksr_request_route():\n    pass\n", "s.star:2:25: KSR.sl.sl_send_reply needs a SIP message: mod_init runs once per load"},
 		{"mod_init PV of a message", "def mod_init():\n    KSR.pv.get(\"$ru\")\ndef ksr_request_route():\n    pass\n", "KSR.pv.get needs a SIP message"},
 	} {
@@ -53,6 +56,8 @@ def ksr_request_route():
     KSR.pv.sets("$var(a)", "b")
     KSR.hdr.append("X: y\r\n")
     KSR.x.exit()
+    args = ("x",)
+    KSR.info(*args)  # a count known only at run time is left to the call
 `
 	eng := starlark.New(core.NewEnv(nil))
 	if _, err := eng.Load("s.star", []byte(src)); err != nil {
