@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -98,7 +99,7 @@ var ErrServerDown = errors.New("dns: server down")
 
 // Lookup asks for name/qtype, from the cache while its TTL lasts.
 func (r *Resolver) Lookup(name string, qtype uint16) (*Msg, error) {
-	key := strings.ToLower(strings.TrimSuffix(name, ".")) + "|" + fmt.Sprint(qtype)
+	key := strings.ToLower(strings.TrimSuffix(name, ".")) + "|" + strconv.Itoa(int(qtype))
 	now := r.Now()
 	r.mu.Lock()
 	if e, ok := r.cache[key]; ok && now.Before(e.expires) {
