@@ -2,6 +2,7 @@ package starlark
 
 import (
 	"fmt"
+	"net"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -147,6 +148,7 @@ var coreParams = map[string]core.ArgType{
 	"max_steps": core.ArgInt, "workers": core.ArgInt, "rpc_listen": core.ArgStr, "server_header": core.ArgStr,
 	"log_level": core.ArgStr, "db_path": core.ArgStr, "tls_certificate": core.ArgStr, "tls_private_key": core.ArgStr,
 	"rpc_tls_certificate": core.ArgStr, "rpc_tls_private_key": core.ArgStr,
+	"dns_server": core.ArgStr, // ip[:port] of the DNS server for next hops (modules/core/dnsres)
 }
 
 func (e *Engine) cfgCoreParam(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []sk.Tuple) (sk.Value, error) {
@@ -175,6 +177,14 @@ func (e *Engine) cfgCoreParam(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []
 	case "log_level":
 		if _, err := core.ParseLogLevel(v.Str); err != nil {
 			return nil, fmt.Errorf("core_param(\"log_level\"): %v", err)
+		}
+	case "dns_server":
+		host := v.Str
+		if h, _, err := net.SplitHostPort(v.Str); err == nil {
+			host = h
+		}
+		if net.ParseIP(host) == nil {
+			return nil, fmt.Errorf("core_param(\"dns_server\"): %q: want an IP address, optionally with :port", v.Str)
 		}
 	}
 	c.CoreParams[name] = v

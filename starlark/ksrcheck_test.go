@@ -31,6 +31,7 @@ func TestKSRNameChecks(t *testing.T) {
 		{"too few arguments", "def ksr_request_route():\n    KSR.sl.sl_send_reply(200)\n", "s.star:2:25: KSR.sl.sl_send_reply takes 2 arguments (int, str), got 1"},
 		{"too many arguments via alias", "tm = KSR.tm\ndef ksr_request_route():\n    tm.t_relay(1)\n", "KSR.tm.t_relay takes 0 arguments (), got 1"},
 		{"core function arguments", "def ksr_request_route():\n    KSR.info()\n", "KSR.info takes 1 arguments (str), got 0"},
+		{"dns_server", "core_param(\"dns_server\", \"ns.example.com\")\ndef ksr_request_route():\n    pass\n", "core_param(\"dns_server\"): \"ns.example.com\": want an IP address"},
 		{"mod_init needs a message", "def mod_init():\n    KSR.sl.sl_send_reply(200, \"OK\")\ndef ksr_request_route():\n    pass\n", "s.star:2:25: KSR.sl.sl_send_reply needs a SIP message: mod_init runs once per load"},
 		{"mod_init PV of a message", "def mod_init():\n    KSR.pv.get(\"$ru\")\ndef ksr_request_route():\n    pass\n", "KSR.pv.get needs a SIP message"},
 	} {

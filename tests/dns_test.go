@@ -10,6 +10,7 @@ import (
 )
 
 const dnsScript = `
+core_param("dns_server", "DNS")
 modparam("tm", "fr_timer", 1000)
 modparam("tm", "fr_inv_timer", 1500)
 
@@ -37,8 +38,9 @@ func TestDNSFailoverE2E(t *testing.T) {
 		dnstest.Record{TTL: 300, Priority: 20, Weight: 1, Port: uint16(second.Port()), Target: "b.kamgo.test"})
 	dns.Set("a.kamgo.test", dnsres.TypeA, dnstest.Record{TTL: 300, IP: "127.0.0.1"})
 	dns.Set("b.kamgo.test", dnsres.TypeA, dnstest.Record{TTL: 300, IP: "127.0.0.1"})
-	t.Setenv(dnsres.EnvServer, dns.Addr())
-	k := startKamd(t, dnsScript)
+	// The script's core_param wins over the environment (a dead port here).
+	t.Setenv(dnsres.EnvServer, "127.0.0.1:1")
+	k := startKamd(t, strings.Replace(dnsScript, "DNS", dns.Addr(), 1))
 	ua := newUAC(t)
 
 	cid := randToken() + "@kamgo.test"

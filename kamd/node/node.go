@@ -169,6 +169,9 @@ func New(o Options) (*Node, error) {
 	}
 	n.applyCoreParams(p)
 	n.startCore = p.Config.CoreParams
+	if v := p.Config.CoreParams["dns_server"].Str; v != "" && o.Sender == nil {
+		dnsres.Use(env, dnsres.New(v)) // the script's server wins over $KAMGO_DNS_SERVER
+	}
 	n.workers = o.Workers
 	if n.workers <= 0 {
 		if v, ok := p.Config.CoreParams["workers"]; ok {

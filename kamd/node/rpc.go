@@ -362,7 +362,7 @@ func socketSet(ss []core.Socket) []string {
 
 // startOnlyCoreParams are read once at start; a reload that changes one is
 // refused (409) unless apply_live, like listen changes.
-var startOnlyCoreParams = []string{"workers", "db_path", "rpc_listen", "rpc_tls_certificate", "rpc_tls_private_key", "tls_certificate", "tls_private_key"}
+var startOnlyCoreParams = []string{"workers", "db_path", "rpc_listen", "rpc_tls_certificate", "rpc_tls_private_key", "tls_certificate", "tls_private_key", "dns_server"}
 
 // Reload is app_starlark.reload and SIGHUP: compile and check, refuse what
 // cannot change live (listen sockets, Static modparams, core params read at
