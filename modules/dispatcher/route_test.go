@@ -39,7 +39,11 @@ def ksr_request_route():
     alg = int(KSR.hdr.get("X-Alg") or "4")
     setid = int(KSR.hdr.get("X-Set") or "1")
     domain = KSR.hdr.get("X-Domain")
-    rc = KSR.dispatcher.ds_select_domain(setid, alg) if domain else KSR.dispatcher.ds_select_dst(setid, alg)
+    limit = int(KSR.hdr.get("X-Limit") or "0")
+    if limit:
+        rc = KSR.dispatcher.ds_select_domain_limit(setid, alg, limit) if domain else KSR.dispatcher.ds_select_dst_limit(setid, alg, limit)
+    else:
+        rc = KSR.dispatcher.ds_select_domain(setid, alg) if domain else KSR.dispatcher.ds_select_dst(setid, alg)
     if rc < 0:
         KSR.sl.send_reply(503, "No gateway")
         return
@@ -51,9 +55,16 @@ def ds_failover():
         return
     if KSR.tm.t_check_status("503") > 0 or KSR.tm.t_branch_timeout() > 0:
         KSR.dispatcher.ds_mark_dst_state("ip")
+    if KSR.hdr.is_present("X-Domain") > 0:
+        if KSR.dispatcher.ds_next_domain() > 0:
+            KSR.tm.t_on_failure("ds_failover")
+            KSR.tm.t_relay()
+        return
     if KSR.dispatcher.ds_next_dst() > 0:
         KSR.tm.t_on_failure("ds_failover")
         KSR.tm.t_relay()
+    elif KSR.dispatcher.ds_load_unset() > 0:
+        KSR.info("load released")
 `
 
 const dsTests = `
@@ -125,6 +136,24 @@ def test_failover_in_failure_route():
     assert.eq([x.code for x in f3.relayed_replies], [408])  # tm ranks the branches' replies (RFC 3261 16.7)
     # 10.0.0.2 is inactive now: the next call starts at 10.0.0.1
     assert.eq(route.request(inv(8)).relays[0].dst, "sip:10.0.0.1:5060")
+
+def test_limit_and_next_domain():
+    r = route.request(inv(8, extra = {"X-Limit": "2", "X-Domain": "1"}))
+    assert.eq(r.relays[0].msg.ruri, "sip:bob@10.0.0.2:5060")
+    f = route.reply(r.relays[0].msg.reply(503))
+    assert.eq(f.relays[0].msg.ruri, "sip:bob@10.0.0.1:5060")
+    f2 = route.reply(f.relays[0].msg.reply(503))
+    assert.eq(f2.relays, [])  # the limit of 2 leaves no third
+
+def test_call_load_released_when_all_fail():
+    r = route.request(inv(10, call = "c9"))
+    f = route.reply(r.relays[0].msg.reply(486))  # the failure route moves the call (and its count) on
+    f = route.reply(f.relays[0].msg.reply(486))
+    f = route.reply(f.relays[0].msg.reply(486))
+    assert.eq(f.relays, [])
+    assert.contains([l.message for l in f.logs], "load released")
+    loads = [t["DEST"]["LOAD"] for t in state.rpc("dispatcher.list", "full")["RECORDS"][-1]["SET"]["TARGETS"]]
+    assert.eq(loads, [0, 0, 0])
 
 def test_select_domain():
     r = route.request(inv(8, extra = {"X-Domain": "1"}))
