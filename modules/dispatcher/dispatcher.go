@@ -72,6 +72,7 @@ type DS struct {
 	env *core.Env
 
 	listFile, dbURL, tableName, pingFrom, pingMethod, eventCB atomic.Pointer[string]
+	replyCodes                                                atomic.Pointer[string]
 	pingInterval, probingThreshold, inactiveThreshold         atomic.Int64
 	probingMode, flagsParam                                   atomic.Int64
 	pingActive                                                atomic.Int64
@@ -163,6 +164,10 @@ func (d *DS) module() *core.Module {
 				}),
 			intParam("ds_probing_threshold", 1, "failed probes (or ds_mark_dst(\"t\")) before a destination becomes inactive", &d.probingThreshold, positive("ds_probing_threshold")),
 			intParam("ds_inactive_threshold", 1, "answered probes before an inactive destination becomes active", &d.inactiveThreshold, positive("ds_inactive_threshold")),
+			checked(strParam("ds_ping_reply_codes", "", "more probe replies that count as up, besides 2xx: \"class=4;code=501\" (Kamailio's syntax)", &d.replyCodes), func(v core.Val) error {
+				_, _, err := parseReplyCodes(v.Str)
+				return err
+			}),
 			checked(strParam("ds_ping_from", "sip:dispatcher@localhost", "From URI of the probes", &d.pingFrom), func(v core.Val) error {
 				_, err := core.ParseURI(v.Str)
 				return err
@@ -410,6 +415,53 @@ func parseState(s string) (int, error) {
 		return 0, fmt.Errorf("invalid state %q: want a, i, t or d, optionally with p", s)
 	}
 	return st, nil
+}
+
+// parseReplyCodes reads ds_ping_reply_codes: "class=N" and "code=NNN"
+// entries separated by ";".
+func parseReplyCodes(s string) (classes, codes []int, err error) {
+	for _, part := range strings.Split(s, ";") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(part, "=")
+		n, nerr := strconv.Atoi(strings.TrimSpace(v))
+		switch strings.ToLower(strings.TrimSpace(k)) {
+		case "class":
+			if nerr != nil || n < 1 || n > 6 {
+				return nil, nil, fmt.Errorf("ds_ping_reply_codes: bad class %q (1..6)", v)
+			}
+			classes = append(classes, n)
+		case "code":
+			if nerr != nil || n < 100 || n > 699 {
+				return nil, nil, fmt.Errorf("ds_ping_reply_codes: bad code %q (100..699)", v)
+			}
+			codes = append(codes, n)
+		default:
+			return nil, nil, fmt.Errorf("ds_ping_reply_codes: %q: want class=N or code=NNN", part)
+		}
+	}
+	return classes, codes, nil
+}
+
+// probeOK is whether a probe's final reply counts as up.
+func (d *DS) probeOK(code int) bool {
+	if code >= 200 && code < 300 {
+		return true
+	}
+	classes, codes, _ := parseReplyCodes(strp(&d.replyCodes))
+	for _, c := range classes {
+		if code/100 == c {
+			return true
+		}
+	}
+	for _, c := range codes {
+		if code == c {
+			return true
+		}
+	}
+	return false
 }
 
 func usable(x *Dest) bool { return x.Flags&(FlagInactive|FlagDisabled) == 0 }

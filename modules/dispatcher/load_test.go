@@ -128,3 +128,19 @@ func TestIsFromListResolvesNames(t *testing.T) {
 		}
 	}
 }
+
+func TestReplyCodes(t *testing.T) {
+	d := &DS{}
+	s := "class=4;code=501"
+	d.replyCodes.Store(&s)
+	for code, want := range map[int]bool{200: true, 204: true, 404: true, 488: true, 501: true, 500: false, 503: false, 408: true, 302: false} {
+		if got := d.probeOK(code); got != want {
+			t.Errorf("%d: %v", code, got)
+		}
+	}
+	for _, bad := range []string{"class=9", "code=99", "cls=4", "code=abc"} {
+		if _, _, err := parseReplyCodes(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

@@ -88,31 +88,31 @@ func (d *DS) probeRound() {
 }
 
 func (d *DS) probe(set int, x *Dest) {
-	done := func(code int) {
+	done := func(code int, local bool) {
 		d.mu.Lock()
 		x.probing = false
 		d.mu.Unlock()
-		d.probeResult(set, x, code)
+		d.probeResult(set, x, code, local)
 	}
 	t, err := tm.Of(d.env)
 	if err != nil {
-		done(500)
+		done(500, true)
 		return
 	}
 	req, err := d.probeRequest(x)
 	if err != nil {
 		d.env.Log.Warn("dispatcher: cannot build probe", "uri", x.URI, "err", err)
-		done(500)
+		done(500, true)
 		return
 	}
 	err = t.SendRequest(&tm.LocalRequest{Req: req, Dst: x.Target, Socket: x.Socket, OnReply: func(res *sip.Response) {
 		if res.StatusCode >= 200 {
-			done(res.StatusCode)
+			done(res.StatusCode, tm.Generated(res))
 		}
 	}})
 	if err != nil {
 		d.env.Log.Warn("dispatcher: cannot send probe", "uri", x.URI, "err", err)
-		done(500)
+		done(500, true)
 	}
 }
 
@@ -134,10 +134,11 @@ func (d *DS) probeRequest(x *Dest) (*sip.Request, error) {
 	return req, nil
 }
 
-// probeResult applies a probe's final code: 2xx counts as up (towards
+// probeResult applies a probe's final code: 2xx (and ds_ping_reply_codes)
+// counts as up (towards
 // ds_inactive_threshold), anything else (a 408 on timeout, a 503 when it
 // cannot be sent) as down (towards ds_probing_threshold).
-func (d *DS) probeResult(set int, x *Dest, code int) {
+func (d *DS) probeResult(set int, x *Dest, code int, local bool) {
 	var old, nw int
 	d.mu.Lock()
 	old = x.Flags
@@ -145,7 +146,7 @@ func (d *DS) probeResult(set int, x *Dest, code int) {
 		d.mu.Unlock()
 		return
 	}
-	if code >= 200 && code < 300 {
+	if !local && d.probeOK(code) { // a timeout's local 408 is never up
 		x.failCount = 0
 		if x.Flags&(FlagInactive|FlagTrying) != 0 {
 			x.okCount++

@@ -25,6 +25,7 @@ modparam("dispatcher", "ds_ping_interval", 10)
 modparam("dispatcher", "ds_probing_mode", 1)
 modparam("dispatcher", "ds_probing_threshold", 2)
 modparam("dispatcher", "event_callback", "ds_event")
+modparam("dispatcher", "ds_ping_reply_codes", "code=501;class=6")
 
 def ds_event(evname):
     KSR.info("event " + evname + " " + KSR.pv.get("$du"))
@@ -211,12 +212,17 @@ def test_probing_marks_down_and_up():
     assert.eq(sorted([x.dst for x in opts]), ["sip:10.0.0.1:5060", "sip:10.0.0.2:5060", "sip:10.0.0.3:5060", "sip:10.0.1.1:5080;transport=tcp"])
     assert.eq(opts[0].msg.hdr("From").startswith("<sip:dispatcher@localhost>"), True)
     for x in opts:
-        if x.dst != "sip:10.0.0.2:5060":
+        if x.dst == "sip:10.0.0.3:5060":
+            route.reply(x.msg.reply(501))  # up by ds_ping_reply_codes
+        elif x.dst == "sip:10.0.1.1:5080;transport=tcp":
+            route.reply(x.msg.reply(404))  # not in ds_ping_reply_codes: down at the second
+        elif x.dst != "sip:10.0.0.2:5060":
             route.reply(x.msg.reply(200))
     # 10.0.0.2 does not answer: 408 after 32 s; threshold 2 -> trying, then inactive
     r = route.advance(32)
     flags = {t["DEST"]["URI"]: t["DEST"]["FLAGS"] for t in state.rpc("dispatcher.list")["RECORDS"][-1]["SET"]["TARGETS"]}
     assert.eq(flags["sip:10.0.0.2:5060"], "TP")
+    assert.eq(flags["sip:10.0.0.3:5060"], "AP")
     assert.eq([e.data["event"] for e in r.events if e.topic == "dispatcher"], ["dst_state"])
     answered = []
     for i in range(6):
