@@ -77,6 +77,7 @@ type DS struct {
 	probingMode, flagsParam                                   atomic.Int64
 	pingActive                                                atomic.Int64
 
+	emu  sync.Mutex // serialises reloads and RPC edits of the sets
 	mu   sync.Mutex
 	sets map[int]*Set
 	ids  []int // set ids, sorted
@@ -235,6 +236,8 @@ func positive(name string) func(core.Val) error {
 }
 
 func (d *DS) init() error {
+	d.emu.Lock()
+	defer d.emu.Unlock()
 	sets, err := d.load()
 	if err != nil {
 		return err

@@ -196,6 +196,21 @@ def test_list_rpc_shape():
     assert.true("LOAD" not in d)
     assert.eq(state.rpc("dispatcher.list", "full")["RECORDS"][-1]["SET"]["TARGETS"][0]["DEST"]["LOAD"], 0)
 
+def test_add_remove_duid():
+    state.rpc("dispatcher.add", 1, "sip:10.0.0.9:5060", 0, 9, "duid=new")
+    assert.eq(dsts(8, 1), ["sip:10.0.0.9:5060"])  # priority 9 is first now
+    state.rpc("dispatcher.set_duid_state", "d", 1, "new")
+    assert.eq(dsts(8, 1), ["sip:10.0.0.2:5060"])
+    state.rpc("dispatcher.remove", 1, "sip:10.0.0.9:5060")
+    assert.eq(len(state.rpc("dispatcher.list")["RECORDS"][-1]["SET"]["TARGETS"]), 3)
+    state.rpc("dispatcher.add", 7, "sip:10.0.7.1")  # a new group
+    assert.eq(state.rpc("dispatcher.list")["NRSETS"], 3)
+    assert.fails(lambda: state.rpc("dispatcher.add", 1, "http://x"), "Adding dispatcher dst failed")
+    assert.fails(lambda: state.rpc("dispatcher.remove", 1, "sip:10.9.9.9"), "Removing dispatcher dst failed")
+    assert.fails(lambda: state.rpc("dispatcher.set_duid_state", "i", 1, "nope"), "State Update Failed")
+    state.rpc("dispatcher.reload")  # back to the list file
+    assert.eq(state.rpc("dispatcher.list")["NRSETS"], 2)
+
 def test_set_state_errors():
     assert.fails(lambda: state.rpc("dispatcher.set_state", "x", 1, "sip:10.0.0.1:5060"), "Invalid State Parameter")
     assert.fails(lambda: state.rpc("dispatcher.set_state", "i", 1, "sip:10.9.9.9"), "State Update Failed")

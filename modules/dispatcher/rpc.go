@@ -83,7 +83,7 @@ func (d *DS) List(full bool) any {
 }
 
 func (d *DS) rpcMethods() []core.RPCMethod {
-	return []core.RPCMethod{
+	return append([]core.RPCMethod{
 		{Name: "dispatcher.list", Doc: "List the destination sets with their state (\"full\": also kamgo's DESCRIPTION and LOAD).", ReadOnly: true,
 			Params: []core.RPCParam{{Name: "rmode", Type: "string", Optional: true, Doc: "short or full"}},
 			Result: `{"NRSETS": n, "RECORDS": [{"SET": {"ID": n, "TARGETS": [{"DEST": {"URI", "FLAGS": "AX|AP|IP|TP|DX...", "PRIORITY", "ATTRS" (when set): {"BODY","DUID","MAXLOAD","WEIGHT","RWEIGHT","SOCKET","SOCKNAME","OBPROXY"}, "DESCRIPTION", "LOAD" (full)}}]}}]}`,
@@ -125,7 +125,130 @@ func (d *DS) rpcMethods() []core.RPCMethod {
 				d.pingActive.Store(int64(n))
 				return map[string]int64{"NewPingState": int64(n), "OldPingState": old}, nil
 			}},
+	}, d.extraRPC()...)
+}
+
+// extraRPC are the in-memory edits: dispatcher.add, dispatcher.remove and
+// dispatcher.set_duid_state (a reload drops what add and remove did).
+func (d *DS) extraRPC() []core.RPCMethod {
+	bad := &core.RPCError{Code: 500, Message: "Invalid Parameters"}
+	return []core.RPCMethod{
+		{Name: "dispatcher.add", Doc: "Add a destination to a group in memory (a reload drops it).", ParamError: bad,
+			Params: []core.RPCParam{{Name: "group", Type: "int"}, {Name: "address", Type: "string"},
+				{Name: "flags", Type: "int", Optional: true}, {Name: "priority", Type: "int", Optional: true}, {Name: "attrs", Type: "string", Optional: true}},
+			Result: `{}; 500 "Invalid Parameters", 500 "Adding dispatcher dst failed"`, Handler: d.rpcAdd},
+		{Name: "dispatcher.remove", Doc: "Remove a destination from a group in memory (a reload brings it back).", ParamError: bad,
+			Params: []core.RPCParam{{Name: "group", Type: "int"}, {Name: "address", Type: "string"}},
+			Result: `{}; 500 "Invalid Parameters", 500 "Removing dispatcher dst failed"`, Handler: d.rpcRemove},
+		{Name: "dispatcher.set_duid_state", Doc: "Set the state of the destinations of a group whose duid attribute matches.", ParamError: bad,
+			Params: []core.RPCParam{{Name: "state", Type: "string"}, {Name: "group", Type: "int"}, {Name: "duid", Type: "string"}},
+			Result: `{}; 500 "Invalid State Parameter", 500 "State Update Failed"`, Handler: d.rpcSetDUIDState},
 	}
+}
+
+func (d *DS) rpcAdd(ctx context.Context, args core.RPCArgs) (any, error) {
+	g, err1 := args.Int(0)
+	addr, err2 := args.String(1)
+	if err1 != nil || err2 != nil {
+		return nil, rpcErr(500, "Invalid Parameters")
+	}
+	flags, prio, attrs := 0, 0, ""
+	var err error
+	if args.Len() > 2 {
+		if flags, err = args.Int(2); err != nil {
+			return nil, rpcErr(500, "Invalid Parameters")
+		}
+	}
+	if args.Len() > 3 {
+		if prio, err = args.Int(3); err != nil {
+			return nil, rpcErr(500, "Invalid Parameters")
+		}
+	}
+	if args.Len() > 4 {
+		if attrs, err = args.String(4); err != nil {
+			return nil, rpcErr(500, "Invalid Parameters")
+		}
+	}
+	x, err := newDest(addr, flags, prio, attrs, "")
+	if err != nil {
+		d.env.Log.Warn("dispatcher.add: "+err.Error(), "group", g)
+		return nil, rpcErr(500, "Adding dispatcher dst failed")
+	}
+	d.emu.Lock()
+	defer d.emu.Unlock()
+	d.mu.Lock()
+	sets := map[int]*Set{}
+	for id, s := range d.sets {
+		sets[id] = &Set{ID: id, Dests: append([]*Dest(nil), s.Dests...), rr: s.rr, wpos: s.wpos, rwpos: s.rwpos}
+	}
+	d.mu.Unlock()
+	add(sets, g, x)
+	finish(sets)
+	d.install(sets)
+	return nil, nil
+}
+
+func (d *DS) rpcRemove(ctx context.Context, args core.RPCArgs) (any, error) {
+	g, err1 := args.Int(0)
+	addr, err2 := args.String(1)
+	if err1 != nil || err2 != nil {
+		return nil, rpcErr(500, "Invalid Parameters")
+	}
+	d.emu.Lock()
+	defer d.emu.Unlock()
+	d.mu.Lock()
+	sets := map[int]*Set{}
+	found := false
+	for id, s := range d.sets {
+		ns := &Set{ID: id, rr: s.rr, wpos: s.wpos, rwpos: s.rwpos}
+		for _, x := range s.Dests {
+			if id == g && x.URI == addr {
+				found = true
+				continue
+			}
+			ns.Dests = append(ns.Dests, x)
+		}
+		if len(ns.Dests) > 0 {
+			sets[id] = ns
+		}
+	}
+	d.mu.Unlock()
+	if !found {
+		return nil, rpcErr(500, "Removing dispatcher dst failed")
+	}
+	finish(sets)
+	d.install(sets)
+	return nil, nil
+}
+
+func (d *DS) rpcSetDUIDState(ctx context.Context, args core.RPCArgs) (any, error) {
+	s, err1 := args.String(0)
+	g, err2 := args.Int(1)
+	duid, err3 := args.String(2)
+	if err1 != nil || err2 != nil || err3 != nil {
+		return nil, rpcErr(500, "Invalid Parameters")
+	}
+	st, err := parseState(s)
+	if err != nil {
+		return nil, rpcErr(500, "Invalid State Parameter")
+	}
+	d.mu.Lock()
+	var uris []string
+	if set := d.sets[g]; set != nil {
+		for _, x := range set.Dests {
+			if x.DUID != "" && x.DUID == duid {
+				uris = append(uris, x.URI)
+			}
+		}
+	}
+	d.mu.Unlock()
+	if len(uris) == 0 {
+		return nil, rpcErr(500, "State Update Failed")
+	}
+	for _, u := range uris {
+		d.setState(g, u, st, "rpc")
+	}
+	return nil, nil
 }
 
 func (d *DS) rpcSetState(ctx context.Context, args core.RPCArgs) (any, error) {
