@@ -88,6 +88,9 @@ type Engine struct {
 	MaxSteps uint64
 	// OnLoad, when set, is told about every load attempt (for events).
 	OnLoad func(p *Program, err error)
+	// ksrNames indexes the KSR tree for load-time name checks (ksrcheck.go).
+	ksrOnce  sync.Once
+	ksrNames *ksrNames
 }
 
 // KeepVersions is how many previous versions app_starlark.rollback can reach.
@@ -448,10 +451,8 @@ func (e *Engine) Compile(path string, src []byte) (*Program, error) {
 		}
 	}
 	if init := p.callbacks[ModInit]; init != nil {
-		th := &sk.Thread{Name: "mod_init", Print: e.printer()}
-		th.SetMaxExecutionSteps(p.MaxSteps)
-		if _, err := sk.Call(th, init, nil, nil); err != nil {
-			return nil, evalErr(err)
+		if err := e.runModInit(p, init); err != nil {
+			return nil, err
 		}
 	}
 	return p, nil
@@ -472,6 +473,9 @@ func (e *Engine) execFile(th *sk.Thread, path string, src []byte, r *refs) (sk.S
 		return nil, err
 	}
 	if err := e.scanRefs(f, r); err != nil {
+		return nil, err
+	}
+	if err := e.checkKSRNames(f); err != nil {
 		return nil, err
 	}
 	globals, err := prog.Init(th, pre)

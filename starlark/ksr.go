@@ -2,6 +2,7 @@ package starlark
 
 import (
 	"fmt"
+	"net"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -20,6 +21,8 @@ type callCtx struct {
 	msg   *core.Msg
 	th    *sk.Thread
 	where func() string
+	// init marks mod_init's context: a message-less msg (ksrcheck.go).
+	init bool
 }
 
 func (e *Engine) printer() func(*sk.Thread, string) {
@@ -145,6 +148,7 @@ var coreParams = map[string]core.ArgType{
 	"max_steps": core.ArgInt, "workers": core.ArgInt, "rpc_listen": core.ArgStr, "server_header": core.ArgStr,
 	"log_level": core.ArgStr, "db_path": core.ArgStr, "tls_certificate": core.ArgStr, "tls_private_key": core.ArgStr,
 	"rpc_tls_certificate": core.ArgStr, "rpc_tls_private_key": core.ArgStr,
+	"dns_server": core.ArgStr, // ip[:port] of the DNS server for next hops (modules/core/dnsres)
 }
 
 func (e *Engine) cfgCoreParam(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []sk.Tuple) (sk.Value, error) {
@@ -173,6 +177,14 @@ func (e *Engine) cfgCoreParam(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []
 	case "log_level":
 		if _, err := core.ParseLogLevel(v.Str); err != nil {
 			return nil, fmt.Errorf("core_param(\"log_level\"): %v", err)
+		}
+	case "dns_server":
+		host := v.Str
+		if h, _, err := net.SplitHostPort(v.Str); err == nil {
+			host = h
+		}
+		if net.ParseIP(host) == nil {
+			return nil, fmt.Errorf("core_param(\"dns_server\"): %q: want an IP address, optionally with :port", v.Str)
 		}
 	}
 	c.CoreParams[name] = v
@@ -241,6 +253,11 @@ func (e *Engine) builtin(mod string, f *core.Func) *sk.Builtin {
 		c, _ := th.Local(ctxKey).(*callCtx)
 		if c == nil || c.msg == nil {
 			return nil, fmt.Errorf("KSR.%s is callable only inside callbacks, not in the config phase", name)
+		}
+		if c.init {
+			if err := initCheck(mod, f.Name, args); err != nil {
+				return nil, err
+			}
 		}
 		if len(kw) > 0 {
 			return nil, fmt.Errorf("KSR.%s takes no keyword arguments", name)

@@ -38,6 +38,8 @@ func TestCheckBrokenScripts(t *testing.T) {
 		{"unknown PV", "def ksr_request_route():\n    x = 1\n    KSR.info(KSR.pv.get(\"$nosuch\"))\n", 3, "nosuch"},
 		{"no request route", "def ksr_reply_route():\n    pass\n", 1, "ksr_request_route"},
 		{"bad log_level", "\ncore_param(\"log_level\", \"bogus\")\ndef ksr_request_route():\n    pass\n", 2, "unknown log level"},
+		{"unknown KSR module", "def ksr_request_route():\n    if False:\n        KSR.pikee.pike_check_req()\n", 3, "KSR has no module pikee (did you mean KSR.pike"},
+		{"unknown KSR function", "def ksr_request_route():\n    KSR.sl.sl_send_replyy(200, \"OK\")\n", 2, "KSR.sl has no function sl_send_replyy (did you mean KSR.sl.sl_send_reply"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := writeScript(t, "bad.star", tc.src)

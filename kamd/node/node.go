@@ -23,6 +23,7 @@ import (
 
 	"github.com/kamgo/kamgo/kamd/transport"
 	"github.com/kamgo/kamgo/modules/core"
+	"github.com/kamgo/kamgo/modules/core/dnsres"
 	"github.com/kamgo/kamgo/rpc"
 	"github.com/kamgo/kamgo/starlark"
 )
@@ -148,6 +149,11 @@ func New(o Options) (*Node, error) {
 	// nil one; the hub it forwards to exists from New's end on.
 	env.Publish = n.publish
 	n.Env = env
+	if o.Sender == nil {
+		// The daemon resolves next hops named by host (RFC 3263, tm's DNS
+		// failover); route tests keep them as written.
+		dnsres.Use(env, dnsres.New(""))
+	}
 	eng := starlark.New(env)
 	if o.MaxSteps > 0 {
 		eng.MaxSteps = o.MaxSteps
@@ -164,6 +170,9 @@ func New(o Options) (*Node, error) {
 	}
 	n.applyCoreParams(p)
 	n.startCore = p.Config.CoreParams
+	if v := p.Config.CoreParams["dns_server"].Str; v != "" && o.Sender == nil {
+		dnsres.Use(env, dnsres.New(v)) // the script's server wins over $KAMGO_DNS_SERVER
+	}
 	n.workers = o.Workers
 	if n.workers <= 0 {
 		if v, ok := p.Config.CoreParams["workers"]; ok {

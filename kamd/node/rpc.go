@@ -422,7 +422,7 @@ func socketSet(ss []core.Socket) []string {
 
 // startOnlyCoreParams are read once at start; a reload that changes one is
 // refused (409) unless apply_live, like listen changes.
-var startOnlyCoreParams = []string{"workers", "db_path", "rpc_listen", "rpc_tls_certificate", "rpc_tls_private_key", "tls_certificate", "tls_private_key"}
+var startOnlyCoreParams = []string{"workers", "db_path", "rpc_listen", "rpc_tls_certificate", "rpc_tls_private_key", "tls_certificate", "tls_private_key", "dns_server"}
 
 // The RPC limits are read at start too.
 func init() {

@@ -359,6 +359,10 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 		}
 		return core.Null, err
 	}
+	var dnsRest []core.Target
+	if to == nil {
+		dst, dnsRest = t.dnsHop(m, dst) // RFC 3263 (dns.go)
+	}
 	created := tx == nil
 	if created {
 		tx = t.newTx(m, txKey(req, methodKey(req)))
@@ -384,6 +388,7 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 	// The next failure route sees the $du of the latest relay, so it can
 	// tell which destination failed.
 	tx.relayDst = m.DstURI
+	tx.dnsNext = dnsRest
 	if s, ok := m.Ext["tm"].(*settings); ok {
 		tx.frInv, tx.frTimeout = nz(s.frInv, tx.frInv), nz(s.fr, tx.frTimeout)
 	}
@@ -450,6 +455,7 @@ func (tx *Tx) addBranch(m *core.Msg, req *sip.Request, dst core.Target) error {
 	b.req = breq
 	tx.mu.Lock()
 	tx.branches = append(tx.branches, b)
+	b.dnsRest, tx.dnsNext = tx.dnsNext, nil
 	tx.mu.Unlock()
 	if err := tx.send(b); err != nil {
 		tx.mu.Lock()
@@ -835,6 +841,9 @@ func (tx *Tx) ackBranch(b *branch, res *sip.Response) {
 // maybeComplete runs when a branch failed: once every branch is final,
 // run the failure route (which may add branches) or relay the best reply.
 func (tx *Tx) maybeComplete() {
+	if tx.dnsFailover() {
+		return
+	}
 	tx.mu.Lock()
 	if tx.pending() || tx.finalSent || tx.inFailure || tx.deleted {
 		tx.mu.Unlock()

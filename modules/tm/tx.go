@@ -58,6 +58,8 @@ type Tx struct {
 	timers    []core.Timer
 	deleted   bool
 	local     *LocalRequest // set for a request kamd originated (no server side)
+	// dnsNext: the DNS targets after the one the next branch goes to (dns.go).
+	dnsNext []core.Target
 }
 
 type branch struct {
@@ -76,6 +78,8 @@ type branch struct {
 	cancelWait bool
 	retr       core.Timer
 	fr         core.Timer
+	// dnsRest: the DNS targets to try if this branch fails (dns.go).
+	dnsRest []core.Target
 }
 
 // txKey identifies the server transaction of a request (RFC 3261 17.2.3).

@@ -6,6 +6,8 @@ import (
 
 	"github.com/kamgo/kamgo/kamd/node"
 	"github.com/kamgo/kamgo/starlark/routetest"
+
+	_ "github.com/kamgo/kamgo/modules/sl" // the script answers with KSR.sl (checked at load)
 )
 
 const reqScript = `
