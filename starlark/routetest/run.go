@@ -20,6 +20,11 @@ import (
 // callbacks have the engine's limit).
 const DefaultTestMaxSteps = 10_000_000
 
+// testLimits bound a test file's top level and each setup and test
+// function, as the script's runs are (starlark.Guard): the script's memory
+// budget, and more time, since one test may route many messages.
+var testLimits = starlark.Limits{MemBudget: starlark.DefaultMemBudgetMB << 20, TimeLimit: 10 * time.Second}
+
 // RouteTestOptions configure RunRouteTests.
 type RouteTestOptions struct {
 	// Run selects tests by name (all when nil), like go test -run.
@@ -99,7 +104,11 @@ func RunRouteTests(wire Wiring, scriptPath string, scriptSrc []byte, testPath st
 	}
 	th := &sk.Thread{Name: "init " + testPath, Load: noLoad}
 	th.SetMaxExecutionSteps(opts.MaxSteps)
-	globals, err := prog.Init(th, pre)
+	var globals sk.StringDict
+	err = starlark.Guard(th, "test file", testLimits, func() (err error) {
+		globals, err = prog.Init(th, pre)
+		return err
+	})
 	if err != nil {
 		return nil, starlark.EvalError(err)
 	}
@@ -178,13 +187,13 @@ func runOne(wire Wiring, scriptPath string, scriptSrc []byte, testPath string, t
 	th.SetLocal(testCtxKey, c)
 	th.SetMaxExecutionSteps(opts.MaxSteps)
 	if setup != nil {
-		if _, err = sk.Call(th, setup, nil, nil); err != nil {
+		if err = starlark.Guard(th, "setup", testLimits, func() error { _, err := sk.Call(th, setup, nil, nil); return err }); err != nil {
 			res.FailPos, res.Failure = failure(testPath, def.Filename(), err, c)
 			res.Failure = "in setup: " + res.Failure
 			return res
 		}
 	}
-	if _, err = sk.Call(th, t.fn, nil, nil); err != nil {
+	if err = starlark.Guard(th, t.name, testLimits, func() error { _, err := sk.Call(th, t.fn, nil, nil); return err }); err != nil {
 		res.FailPos, res.Failure = failure(testPath, def.Filename(), err, c)
 		if res.FailPos == "" {
 			res.FailPos = res.Pos

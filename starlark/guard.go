@@ -1,0 +1,261 @@
+package starlark
+
+import (
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"runtime/metrics"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	sk "go.starlark.net/starlark"
+)
+
+// Script limits beyond the step limit. The step limit counts operations;
+// one operation of go.starlark.net may allocate up to 1 GiB (a string or
+// list repeat, google/starlark-go#606) or run for many milliseconds (s.find
+// on a large string), and the interpreter has no allocation hook. So every
+// script run — the config phase, mod_init, each callback, kamd test's test
+// functions — is registered with one process-wide watchdog that samples the
+// heap and the clock while runs are active and cancels a run
+// (Thread.Cancel) at its next step when it outlives its time limit or the
+// heap grew by more than its budget since it began.
+
+const (
+	// DefaultMemBudgetMB is core_param("script_mem_budget"): MB the heap may
+	// grow while one script run is active.
+	DefaultMemBudgetMB = 128
+	// DefaultTimeLimit is core_param("script_time_limit_ms").
+	DefaultTimeLimit = time.Second
+	// MaxAllocPerOp is the most one go.starlark.net operation allocates
+	// before the interpreter looks at its cancel flag again (its maxAlloc).
+	MaxAllocPerOp = 1 << 30
+)
+
+// ErrTimeLimit and ErrMemBudget mark a run the watchdog cancelled;
+// ErrShuttingDown one cancelled or refused because kamd is stopping.
+var (
+	ErrTimeLimit    = errors.New("script time limit exceeded")
+	ErrMemBudget    = errors.New("script memory budget exceeded")
+	ErrShuttingDown = errors.New("kamd is shutting down")
+)
+
+// Limits bound one script run; a zero field means no limit.
+type Limits struct {
+	MemBudget uint64        // bytes of heap growth
+	TimeLimit time.Duration // wall clock
+}
+
+type cause int32
+
+const (
+	causeNone cause = iota
+	causeTime
+	causeMem
+	causeShutdown
+)
+
+// guard is one active run as the watchdog sees it. Callbacks' guards live
+// in their pooled callCtx, so registering allocates nothing.
+type guard struct {
+	th     *sk.Thread
+	owner  *Engine
+	start  int64 // watchdog clock (ns since wdEpoch) at begin
+	limit  int64 // ns; 0: none
+	budget uint64
+	base   uint64 // heap bytes at begin
+	grew   uint64 // heap growth seen when cancelled for memory (under wd.mu)
+	idx    int
+	cause  atomic.Int32
+}
+
+// watchdogTick is how often the heap and the clock are sampled while runs
+// are active; watchdogLinger how long sampling goes on after the last run
+// ends, so that under steady traffic a run's start finds fresh samples and
+// pays no runtime/metrics read or clock read of its own.
+var (
+	watchdogTick   = 5 * time.Millisecond
+	watchdogLinger = time.Second
+	wdEpoch        = time.Now()
+)
+
+const heapMetric = "/memory/classes/heap/objects:bytes"
+
+type watchdog struct {
+	mu        sync.Mutex
+	runs      []*guard
+	awake     bool
+	idleSince int64
+	sample    []metrics.Sample // for begin's read when asleep (under mu)
+	clock     atomic.Int64     // last sample's time, ns since wdEpoch
+	heap      atomic.Uint64    // last sample's heap bytes
+	freedAt   atomic.Int64
+}
+
+var wd = &watchdog{sample: []metrics.Sample{{Name: heapMetric}}}
+
+func now() int64 { return int64(time.Since(wdEpoch)) }
+
+func readHeap(s []metrics.Sample) uint64 {
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
+}
+
+// begin registers g (its th, owner, limit and budget set) as running.
+func (w *watchdog) begin(g *guard) {
+	g.cause.Store(int32(causeNone))
+	g.grew = 0
+	w.mu.Lock()
+	if !w.awake {
+		w.awake = true
+		w.clock.Store(now())
+		w.heap.Store(readHeap(w.sample))
+		go w.loop()
+	}
+	g.start, g.base = w.clock.Load(), w.heap.Load()
+	g.idx = len(w.runs)
+	w.runs = append(w.runs, g)
+	w.mu.Unlock()
+}
+
+// end unregisters g: after it returns the watchdog no longer touches g's
+// thread. It reports why g was cancelled, if it was.
+func (w *watchdog) end(g *guard) cause {
+	w.mu.Lock()
+	last := len(w.runs) - 1
+	if g.idx <= last && w.runs[g.idx] == g {
+		w.runs[g.idx] = w.runs[last]
+		w.runs[g.idx].idx = g.idx
+		w.runs[last] = nil
+		w.runs = w.runs[:last]
+	}
+	if len(w.runs) == 0 {
+		w.idleSince = w.clock.Load()
+	}
+	w.mu.Unlock()
+	c := cause(g.cause.Load())
+	if c == causeMem {
+		w.release()
+	}
+	return c
+}
+
+// release gives the memory of a cancelled bomb back to the OS soon, at
+// most once per 5 s (a forced GC is not free), off the worker goroutine.
+func (w *watchdog) release() {
+	t := now()
+	last := w.freedAt.Load()
+	if t-last < int64(5*time.Second) && last != 0 || !w.freedAt.CompareAndSwap(last, t) {
+		return
+	}
+	go func() {
+		time.Sleep(50 * time.Millisecond) // let the other cancelled runs unwind
+		debug.FreeOSMemory()
+	}()
+}
+
+func (w *watchdog) loop() {
+	t := time.NewTicker(watchdogTick)
+	defer t.Stop()
+	s := []metrics.Sample{{Name: heapMetric}}
+	for range t.C {
+		nw := now()
+		h := readHeap(s)
+		w.clock.Store(nw)
+		w.heap.Store(h)
+		w.mu.Lock()
+		if len(w.runs) == 0 && nw-w.idleSince > int64(watchdogLinger) {
+			w.awake = false
+			w.mu.Unlock()
+			return
+		}
+		for _, g := range w.runs {
+			if g.cause.Load() != int32(causeNone) {
+				continue
+			}
+			switch {
+			case g.limit > 0 && nw-g.start > g.limit:
+				g.cause.Store(int32(causeTime))
+				g.th.Cancel("script time limit exceeded")
+			case g.budget > 0 && h > g.base && h-g.base > g.budget:
+				g.grew = h - g.base
+				g.cause.Store(int32(causeMem))
+				g.th.Cancel("script memory budget exceeded")
+			}
+		}
+		w.mu.Unlock()
+	}
+}
+
+// cancelOwned cancels every run of e (shutdown) and reports how many.
+func (w *watchdog) cancelOwned(e *Engine) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, g := range w.runs {
+		if g.owner == e && g.cause.CompareAndSwap(int32(causeNone), int32(causeShutdown)) {
+			g.th.Cancel("kamd is shutting down")
+			n++
+		}
+	}
+	return n
+}
+
+func (w *watchdog) countOwned(e *Engine) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, g := range w.runs {
+		if g.owner == e {
+			n++
+		}
+	}
+	return n
+}
+
+// guardErr explains a run the watchdog cancelled: the script position it
+// was at, which limit, and the figures, as a *ScriptError whose Cause is
+// ErrTimeLimit, ErrMemBudget or ErrShuttingDown. err is sk.Call's error.
+func guardErr(c cause, g *guard, what string, err error) error {
+	if c == causeNone || err == nil {
+		return nil
+	}
+	pos, bt := "?", ""
+	var ee *sk.EvalError
+	if errors.As(err, &ee) {
+		pos, bt = posOf(ee), ee.Backtrace()
+	}
+	switch c {
+	case causeTime:
+		return &ScriptError{Msg: fmt.Sprintf("%s: %s: script_time_limit_ms of %d ms exceeded (cancelled)", pos, what, time.Duration(g.limit).Milliseconds()),
+			Backtrace: bt, Cause: ErrTimeLimit}
+	case causeMem:
+		return &ScriptError{Msg: fmt.Sprintf("%s: %s: script_mem_budget of %d MB exceeded: the heap grew by %d MB while it ran (cancelled)", pos, what, g.budget>>20, g.grew>>20),
+			Backtrace: bt, Cause: ErrMemBudget}
+	}
+	return &ScriptError{Msg: fmt.Sprintf("%s: %s: cancelled: kamd is shutting down", pos, what), Backtrace: bt, Cause: ErrShuttingDown}
+}
+
+// Guard runs f (which executes Starlark on th) under limits: the same
+// watchdog as callbacks, for script runs outside the engine (kamd test's
+// test functions). A run the watchdog cancelled returns a *ScriptError
+// naming the limit; otherwise f's error is returned as is.
+func Guard(th *sk.Thread, what string, lim Limits, f func() error) error {
+	g := &guard{th: th, limit: int64(lim.TimeLimit), budget: lim.MemBudget}
+	wd.begin(g)
+	err := f()
+	if gerr := guardErr(wd.end(g), g, what, err); gerr != nil {
+		return gerr
+	}
+	return err
+}
+
+// IsLimit reports whether err is a run stopped by a limit: the step limit,
+// the time limit, the memory budget or shutdown.
+func IsLimit(err error) bool {
+	return errors.Is(err, ErrStepLimit) || errors.Is(err, ErrTimeLimit) || errors.Is(err, ErrMemBudget) || errors.Is(err, ErrShuttingDown)
+}
