@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // MaxScriptSize caps a script file and every file it load()s: a routing
@@ -16,7 +17,8 @@ const MaxScriptSize = 1 << 20
 // ReadScript reads a script file: a regular file (after following links)
 // of at most MaxScriptSize bytes. Errors are *os.PathError, naming the path.
 func ReadScript(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK: opening a FIFO for reading would wait for a writer.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}
