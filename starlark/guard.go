@@ -177,14 +177,17 @@ func (w *watchdog) loop() {
 			if g.cause.Load() != int32(causeNone) {
 				continue
 			}
+			// Memory first: when this goroutine was starved (a loaded
+			// machine, a bomb's page faults) both may be due at once, and
+			// the heap is the more telling reason.
 			switch {
-			case g.limit > 0 && nw-g.start > g.limit:
-				g.cause.Store(int32(causeTime))
-				g.th.Cancel("script time limit exceeded")
 			case g.budget > 0 && h > g.base && h-g.base > g.budget:
 				g.grew = h - g.base
 				g.cause.Store(int32(causeMem))
 				g.th.Cancel("script memory budget exceeded")
+			case g.limit > 0 && nw-g.start > g.limit:
+				g.cause.Store(int32(causeTime))
+				g.th.Cancel("script time limit exceeded")
 			}
 		}
 		w.mu.Unlock()
