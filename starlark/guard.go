@@ -90,7 +90,7 @@ type watchdog struct {
 	sample    []metrics.Sample // for begin's read when asleep (under mu)
 	clock     atomic.Int64     // last sample's time, ns since wdEpoch
 	heap      atomic.Uint64    // last sample's heap bytes
-	freedAt   atomic.Int64
+	freeing   atomic.Int32     // release: 0 idle, else passes asked for
 }
 
 var wd = &watchdog{sample: []metrics.Sample{{Name: heapMetric}}}
@@ -144,17 +144,23 @@ func (w *watchdog) end(g *guard) cause {
 	return c
 }
 
-// release gives the memory of a cancelled bomb back to the OS soon, at
-// most once per 5 s (a forced GC is not free), off the worker goroutine.
+// release gives the memory of a cancelled bomb back to the OS soon, off
+// the worker goroutine: a forced GC and scavenge, at most one at a time
+// (a cancel while one runs asks for one more). Without it the garbage of
+// one bomb is still held when the next one allocates.
 func (w *watchdog) release() {
-	t := now()
-	last := w.freedAt.Load()
-	if t-last < int64(5*time.Second) && last != 0 || !w.freedAt.CompareAndSwap(last, t) {
-		return
+	if w.freeing.Add(1) != 1 {
+		return // the running release will go round again
 	}
 	go func() {
-		time.Sleep(50 * time.Millisecond) // let the other cancelled runs unwind
-		debug.FreeOSMemory()
+		for {
+			time.Sleep(20 * time.Millisecond) // let the other cancelled runs unwind
+			debug.FreeOSMemory()
+			if w.freeing.Add(-1) == 0 {
+				return
+			}
+			w.freeing.Store(1) // requests meanwhile: one more pass covers them all
+		}
 	}()
 }
 
