@@ -4,6 +4,8 @@ package tests
 //
 //	KAMGO_STRESS=1 KAMGO_E2E_NORACE=1 go test -count=1 -v -run TestScriptBombStress -timeout 10m ./tests/
 //
+// KAMGO_STRESS_WORKERS=N sets core_param("workers", N) (default 4×CPUs).
+//
 // kamd runs with the default limits (script_mem_budget 128 MB,
 // script_time_limit_ms 1000) and a 64 MB global string. For 30 s a client
 // sends requests whose callback loops over "a" * (1 << 29) (512 MB each);
@@ -123,7 +125,11 @@ func TestScriptBombStress(t *testing.T) {
 	if os.Getenv("KAMGO_STRESS") != "1" {
 		t.Skip("manual stress: KAMGO_STRESS=1")
 	}
-	k := startKamd(t, stressScript)
+	script := stressScript
+	if w := os.Getenv("KAMGO_STRESS_WORKERS"); w != "" {
+		script = "core_param(\"workers\", " + w + ")\n" + script // more workers than spinners
+	}
+	k := startKamd(t, script)
 	pid := k.cmd.Process.Pid
 	to := k.UDPAddr()
 	udp := func() *net.UDPConn {
@@ -209,12 +215,22 @@ func TestScriptBombStress(t *testing.T) {
 		t.Logf("%s (%d clients, 30 s): answers %v (median %v); RSS max %d MB (sampled every 20 ms); %s",
 			name, clients, codes, med, rssMax.Load()>>10, st)
 		k.Alive(t)
+		// Requests still running in kamd end before the next phase.
+		calm := time.Now()
+		for procStatus(pid, "VmRSS") > baseRSS+64<<10 && time.Since(calm) < time.Minute {
+			time.Sleep(100 * time.Millisecond)
+		}
+		time.Sleep(2 * time.Second)
+		t.Logf("  RSS %d MB %v after the attack stopped", procStatus(pid, "VmRSS")>>10, time.Since(calm).Round(100*time.Millisecond))
 	}
 
 	t.Logf("baseline RSS %d MB (the script holds a 64 MB string)", baseRSS>>10)
 	attack("string bombs, \"a\" * (1 << 29) in a loop", 1, "mem")
 	attack("string bombs, concurrent", 4, "mem")
 	attack("s.find spinners on 64 MB", 8, "spin")
+	if w := os.Getenv("KAMGO_STRESS_WORKERS"); w != "" {
+		t.Logf("(workers %s)", w)
+	}
 	hwm := procStatus(pid, "VmHWM")
 	after := time.Now()
 	for _, d := range []time.Duration{5 * time.Second, 30 * time.Second, 60 * time.Second} {
