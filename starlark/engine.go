@@ -89,7 +89,8 @@ type Engine struct {
 	// MaxSteps is the default step limit when the script sets none.
 	MaxSteps uint64
 	// Limits are the default memory budget and time limit of every script
-	// run (the config phase always runs with these: it sets the others).
+	// run (the config phase always runs with these, its time limit
+	// LoadTimeFactor times longer: it sets the others).
 	Limits Limits
 	// stopping is 0 while serving, 1 once Drain refuses new requests, 2
 	// once CancelRunning refuses every run (shutdown.go).
@@ -421,7 +422,7 @@ func (e *Engine) Compile(path string, src []byte) (*Program, error) {
 	th.SetLocal(cfgKey, cfg)
 	th.SetMaxExecutionSteps(e.MaxSteps)
 	var globals sk.StringDict
-	err := Guard(th, "config phase", e.Limits, func() (err error) {
+	err := guardLoad(th, "config phase", e.Limits, func() (err error) {
 		globals, err = e.execFile(th, path, src, r)
 		return err
 	})
@@ -464,7 +465,7 @@ func (e *Engine) Compile(path string, src []byte) (*Program, error) {
 	if init := p.callbacks[ModInit]; init != nil {
 		th := &sk.Thread{Name: "mod_init", Print: e.printer()}
 		th.SetMaxExecutionSteps(p.MaxSteps)
-		err := Guard(th, ModInit, p.Limits, func() error {
+		err := guardLoad(th, ModInit, p.Limits, func() error {
 			_, err := sk.Call(th, init, nil, nil)
 			return err
 		})

@@ -47,6 +47,18 @@ type Limits struct {
 	TimeLimit time.Duration // wall clock
 }
 
+// LoadTimeFactor: the config phase and mod_init may run this many times
+// a callback's time limit (10 s by default). They build tables once, and
+// under the race detector on a loaded machine a 1 MiB file takes over a
+// second to compile.
+const LoadTimeFactor = 10
+
+// load is l for the config phase and mod_init (guardLoad).
+func (l Limits) load() Limits {
+	l.TimeLimit *= LoadTimeFactor
+	return l
+}
+
 type cause int32
 
 const (
@@ -68,6 +80,7 @@ type guard struct {
 	grew   uint64 // heap growth seen when cancelled for memory (under wd.mu)
 	idx    int
 	cause  atomic.Int32
+	load   bool // config phase or mod_init: LoadTimeFactor × the limit
 }
 
 // watchdogTick is how often the heap and the clock are sampled while runs
@@ -240,7 +253,11 @@ func guardErr(c cause, g *guard, what string, err error) error {
 	}
 	switch c {
 	case causeTime:
-		return &ScriptError{Msg: fmt.Sprintf("%s: %s: script_time_limit_ms of %d ms exceeded (cancelled)", pos, what, time.Duration(g.limit).Milliseconds()),
+		name := "script_time_limit_ms"
+		if g.load {
+			name = fmt.Sprintf("%d × script_time_limit_ms", LoadTimeFactor)
+		}
+		return &ScriptError{Msg: fmt.Sprintf("%s: %s: time limit of %d ms (%s) exceeded (cancelled)", pos, what, time.Duration(g.limit).Milliseconds(), name),
 			Backtrace: bt, Cause: ErrTimeLimit}
 	case causeMem:
 		return &ScriptError{Msg: fmt.Sprintf("%s: %s: script_mem_budget of %d MB exceeded: the heap grew by %d MB while it ran (cancelled)", pos, what, g.budget>>20, g.grew>>20),
@@ -254,7 +271,16 @@ func guardErr(c cause, g *guard, what string, err error) error {
 // test functions). A run the watchdog cancelled returns a *ScriptError
 // naming the limit; otherwise f's error is returned as is.
 func Guard(th *sk.Thread, what string, lim Limits, f func() error) error {
-	g := &guard{th: th, limit: int64(lim.TimeLimit), budget: lim.MemBudget}
+	return guardRun(th, what, lim, false, f)
+}
+
+// guardLoad is Guard for the config phase and mod_init.
+func guardLoad(th *sk.Thread, what string, lim Limits, f func() error) error {
+	return guardRun(th, what, lim.load(), true, f)
+}
+
+func guardRun(th *sk.Thread, what string, lim Limits, load bool, f func() error) error {
+	g := &guard{th: th, limit: int64(lim.TimeLimit), budget: lim.MemBudget, load: load}
 	wd.begin(g)
 	err := f()
 	if gerr := guardErr(wd.end(g), g, what, err); gerr != nil {

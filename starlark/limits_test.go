@@ -35,10 +35,10 @@ func TestConfigPhaseAndModInitLimits(t *testing.T) {
 		{"repeated bomb at top level, nothing kept", "for i in range(1000):\n    x = \"a\" * (1 << 26)\ndef ksr_request_route():\n    pass\n",
 			starlark.Limits{MemBudget: 16 << 20}, "s.star:2:", starlark.ErrMemBudget},
 		{"find spinner at top level", spin + "for i in range(100000):\n    BIG.find(\"b\")\ndef ksr_request_route():\n    pass\n",
-			starlark.Limits{TimeLimit: 300 * time.Millisecond}, "config phase: script_time_limit_ms of 300 ms exceeded", starlark.ErrTimeLimit},
+			starlark.Limits{TimeLimit: 30 * time.Millisecond}, "config phase: time limit of 300 ms (10 × script_time_limit_ms) exceeded", starlark.ErrTimeLimit},
 		{"string bomb in mod_init", "core_param(\"script_mem_budget\", 16)\ndef mod_init():\n    x = [\"a\" * (1 << 26) for i in range(1000)]\ndef ksr_request_route():\n    pass\n",
 			starlark.Limits{}, "mod_init: script_mem_budget of 16 MB exceeded", starlark.ErrMemBudget},
-		{"find spinner in mod_init", spin + "core_param(\"script_time_limit_ms\", 300)\ndef mod_init():\n    for i in range(100000):\n        BIG.find(\"b\")\ndef ksr_request_route():\n    pass\n",
+		{"find spinner in mod_init", spin + "core_param(\"script_time_limit_ms\", 30)\ndef mod_init():\n    for i in range(100000):\n        BIG.find(\"b\")\ndef ksr_request_route():\n    pass\n",
 			starlark.Limits{}, "s.star:5:", starlark.ErrTimeLimit},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -65,7 +65,7 @@ func TestCallbackLimits(t *testing.T) {
 		{"list bomb", "core_param(\"script_mem_budget\", 16)\ncore_param(\"script_time_limit_ms\", 0)\n",
 			"x = [[0] * (1 << 22) for i in range(1000)]", "script_mem_budget of 16 MB exceeded"},
 		{"find spinner", spin + "core_param(\"script_time_limit_ms\", 300)\n",
-			"for i in range(100000):\n        BIG.find(\"b\")", "ksr_request_route: script_time_limit_ms of 300 ms exceeded"},
+			"for i in range(100000):\n        BIG.find(\"b\")", "ksr_request_route: time limit of 300 ms (script_time_limit_ms) exceeded"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			src := tc.params + "def ksr_request_route():\n    " + tc.body + "\n    KSR.sl.send_reply(200, \"OK\")\n"

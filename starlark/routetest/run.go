@@ -23,7 +23,7 @@ const DefaultTestMaxSteps = 10_000_000
 // testLimits bound a test file's top level and each setup and test
 // function, as the script's runs are (starlark.Guard): the script's memory
 // budget, and more time, since one test may route many messages.
-var testLimits = starlark.Limits{MemBudget: starlark.DefaultMemBudgetMB << 20, TimeLimit: 10 * time.Second}
+var testLimits = starlark.Limits{MemBudget: starlark.DefaultMemBudgetMB << 20, TimeLimit: time.Minute}
 
 // RouteTestOptions configure RunRouteTests.
 type RouteTestOptions struct {
