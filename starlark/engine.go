@@ -95,6 +95,9 @@ type Engine struct {
 	// stopping is 0 while serving, 1 once Drain refuses new requests, 2
 	// once CancelRunning refuses every run (shutdown.go).
 	stopping atomic.Int32
+	// handling counts HandleRequest calls under way (shutdown waits for
+	// a cancelled request's 500 to be sent).
+	handling atomic.Int64
 	// OnLoad, when set, is told about every load attempt (for events).
 	OnLoad func(p *Program, err error)
 }

@@ -123,6 +123,8 @@ func callID(m *core.Msg) string {
 // request route, and a 500 if the script failed without answering
 // (Kamailio drops the request silently).
 func (e *Engine) HandleRequest(m *core.Msg) {
+	e.handling.Add(1) // shutdown waits for the answer too (shutdown.go)
+	defer e.handling.Add(-1)
 	e.Env.Stats.Counter("core", "rcv_requests").Inc()
 	m.FixVia()
 	for _, mod := range e.Modules {

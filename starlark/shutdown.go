@@ -34,15 +34,13 @@ func (e *Engine) Shutdown(grace, wait time.Duration) (cancelled, left int) {
 	e.Drain()
 	waitIdle(e, grace)
 	cancelled = e.CancelRunning()
-	if cancelled > 0 {
-		waitIdle(e, wait)
-	}
+	waitIdle(e, wait) // requests queued meanwhile get their 503
 	return cancelled, e.Running()
 }
 
 func waitIdle(e *Engine, d time.Duration) {
 	end := time.Now().Add(d)
-	for e.Running() > 0 && time.Now().Before(end) {
+	for (e.Running() > 0 || e.handling.Load() > 0) && time.Now().Before(end) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
