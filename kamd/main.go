@@ -173,14 +173,23 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	finished := make(chan struct{})
+	defer close(finished) // before stop(): a clean return disarms the timer
 	go func() {
 		// exit_timeout bounds the shutdown even if a module's Stop or a
 		// KSR function blocked in Go never returns.
-		<-ctx.Done()
+		select {
+		case <-ctx.Done():
+		case <-finished:
+			return
+		}
 		d := n.ExitTimeout()
-		time.Sleep(d)
-		fmt.Fprintf(stderr, "kamd: shutdown took longer than exit_timeout (%s); exiting now\n", d)
-		os.Exit(1)
+		select {
+		case <-time.After(d):
+			fmt.Fprintf(stderr, "kamd: shutdown took longer than exit_timeout (%s); exiting now\n", d)
+			os.Exit(1)
+		case <-finished:
+		}
 	}()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
