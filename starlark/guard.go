@@ -103,7 +103,7 @@ type watchdog struct {
 	sample    []metrics.Sample // for begin's read when asleep (under mu)
 	clock     atomic.Int64     // last sample's time, ns since wdEpoch
 	heap      atomic.Uint64    // last sample's heap bytes
-	freeing   atomic.Int32     // release: 0 idle, else passes asked for
+	freeMu    sync.Mutex       // one release at a time
 }
 
 var wd = &watchdog{sample: []metrics.Sample{{Name: heapMetric}}}
@@ -157,24 +157,16 @@ func (w *watchdog) end(g *guard) cause {
 	return c
 }
 
-// release gives the memory of a cancelled bomb back to the OS soon, off
-// the worker goroutine: a forced GC and scavenge, at most one at a time
-// (a cancel while one runs asks for one more). Without it the garbage of
-// one bomb is still held when the next one allocates.
+// release gives the memory of a cancelled bomb back to the OS before the
+// run's caller goes on (before the request's 500 is sent): a forced GC and
+// scavenge, one at a time. Otherwise the garbage of one bomb is still held
+// when the next allocates, and a client sending bombs one after the other
+// keeps two or three of them in memory. It costs a full GC, on memory
+// cancels only.
 func (w *watchdog) release() {
-	if w.freeing.Add(1) != 1 {
-		return // the running release will go round again
-	}
-	go func() {
-		for {
-			time.Sleep(20 * time.Millisecond) // let the other cancelled runs unwind
-			debug.FreeOSMemory()
-			if w.freeing.Add(-1) == 0 {
-				return
-			}
-			w.freeing.Store(1) // requests meanwhile: one more pass covers them all
-		}
-	}()
+	w.freeMu.Lock()
+	defer w.freeMu.Unlock()
+	debug.FreeOSMemory()
 }
 
 func (w *watchdog) loop() {
