@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/kamgo/kamgo/kamd/node"
 	_ "github.com/kamgo/kamgo/modules/all"
@@ -45,6 +46,8 @@ type options struct {
 	rpcAddr    string
 	rpcTokens  string
 	maxSteps   uint64
+	memBudget  uint64 // MB
+	timeLimit  uint64 // ms
 	workers    int
 	tlsCert    string
 	tlsKey     string
@@ -77,6 +80,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.rpcAddr, "rpc", "", "JSON-RPC listen address (default 127.0.0.1:8060; \"off\" disables)")
 	fs.StringVar(&o.rpcTokens, "rpc-tokens", "", "file of RPC tokens, one \"ROLE TOKEN\" per line (ROLE ro or admin); also $KAMD_RPC_TOKEN, $KAMD_RPC_TOKEN_RO")
 	fs.Uint64Var(&o.maxSteps, "max-steps", starlark.DefaultMaxSteps, "Starlark step limit per callback")
+	fs.Uint64Var(&o.memBudget, "script-mem-budget", starlark.DefaultMemBudgetMB, "MB the heap may grow during one script run, 0 for no limit (or core_param(\"script_mem_budget\", ...))")
+	fs.Uint64Var(&o.timeLimit, "script-time-limit", uint64(starlark.DefaultTimeLimit.Milliseconds()), "ms one script run may take, 0 for no limit (or core_param(\"script_time_limit_ms\", ...))")
 	fs.IntVar(&o.workers, "workers", 0, "worker goroutines (or core_param(\"workers\", ...); default 4×CPUs)")
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate for tls listeners (or core_param(\"tls_certificate\", ...))")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key for tls listeners (or core_param(\"tls_private_key\", ...))")
@@ -110,7 +115,7 @@ func readScript(o *options) (string, []byte, error) {
 	if o.file == "" {
 		return DefaultScriptName, defaultScript, nil
 	}
-	src, err := os.ReadFile(o.file)
+	src, err := starlark.ReadScript(o.file)
 	if err != nil {
 		return o.file, nil, err
 	}
@@ -122,6 +127,7 @@ func nodeOptions(o *options, path string, src []byte, stderr io.Writer) node.Opt
 	no := node.Options{Path: path, Src: src, Listen: o.listen, LogLevel: o.logLevel, Debug: o.debug, LogOutput: stderr,
 		DBPath: o.dbPath, MaxSteps: o.maxSteps, Workers: o.workers, TLSCert: o.tlsCert, TLSKey: o.tlsKey,
 		RPCAddr: o.rpcAddr, RPCTokens: o.rpcTokens, RPCTLSCert: o.rpcTLSCert, RPCTLSKey: o.rpcTLSKey, Version: Version}
+	no.ScriptLimits = &starlark.Limits{MemBudget: o.memBudget << 20, TimeLimit: time.Duration(o.timeLimit) * time.Millisecond}
 	if o.file == "" {
 		no.Reread = func() ([]byte, error) { return defaultScript, nil }
 	}
@@ -167,6 +173,24 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	finished := make(chan struct{})
+	defer close(finished) // before stop(): a clean return disarms the timer
+	go func() {
+		// exit_timeout bounds the shutdown even if a module's Stop or a
+		// KSR function blocked in Go never returns.
+		select {
+		case <-ctx.Done():
+		case <-finished:
+			return
+		}
+		d := n.ExitTimeout()
+		select {
+		case <-time.After(d):
+			fmt.Fprintf(stderr, "kamd: shutdown took longer than exit_timeout (%s); exiting now\n", d)
+			os.Exit(1)
+		case <-finished:
+		}
+	}()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -59,6 +58,9 @@ type Program struct {
 	LoadedAt time.Time
 	Config   Config
 	MaxSteps uint64
+	// Limits bound mod_init and every callback (script_mem_budget,
+	// script_time_limit_ms; the engine's defaults where the script sets none).
+	Limits Limits
 
 	globals   sk.StringDict
 	callbacks map[string]*sk.Function
@@ -86,6 +88,16 @@ type Engine struct {
 	callbackArgs map[string]map[string]int
 	// MaxSteps is the default step limit when the script sets none.
 	MaxSteps uint64
+	// Limits are the default memory budget and time limit of every script
+	// run (the config phase always runs with these, its time limit
+	// LoadTimeFactor times longer: it sets the others).
+	Limits Limits
+	// stopping is 0 while serving, 1 once Drain refuses new requests, 2
+	// once CancelRunning refuses every run (shutdown.go).
+	stopping atomic.Int32
+	// handling counts HandleRequest calls under way (shutdown waits for
+	// a cancelled request's 500 to be sent).
+	handling atomic.Int64
 	// OnLoad, when set, is told about every load attempt (for events).
 	OnLoad func(p *Program, err error)
 	// ksrNames indexes the KSR tree for load-time name checks (ksrcheck.go).
@@ -98,7 +110,8 @@ const KeepVersions = 5
 
 // New builds every registered module against env and the KSR tree.
 func New(env *core.Env) *Engine {
-	e := &Engine{Env: env, funcs: map[string]*core.Func{}, modfFns: map[string]*sk.Builtin{}, params: map[string]map[string]*core.Param{}, callbackArgs: map[string]map[string]int{}, MaxSteps: DefaultMaxSteps}
+	e := &Engine{Env: env, funcs: map[string]*core.Func{}, modfFns: map[string]*sk.Builtin{}, params: map[string]map[string]*core.Param{}, callbackArgs: map[string]map[string]int{}, MaxSteps: DefaultMaxSteps,
+		Limits: Limits{MemBudget: DefaultMemBudgetMB << 20, TimeLimit: DefaultTimeLimit}}
 	env.Router = e
 	// Core statistics exist from the start, as in Kamailio (0 until used).
 	for _, name := range []string{"rcv_requests", "rcv_replies", "fwd_requests", "fwd_replies", "drop_requests", "drop_replies", "err_requests", "script_errors"} {
@@ -250,7 +263,7 @@ func (e *Engine) HasCallback(prog any, name string) bool {
 
 // LoadFile compiles path and, on success, makes it current.
 func (e *Engine) LoadFile(path string) (*Program, error) {
-	src, err := os.ReadFile(path)
+	src, err := ReadScript(path)
 	if err != nil {
 		return e.Install(nil, fmt.Errorf("%s: %v", path, err))
 	}
@@ -414,16 +427,21 @@ func (e *Engine) Compile(path string, src []byte) (*Program, error) {
 	th := &sk.Thread{Name: "config " + path, Print: e.printer(), Load: e.loader(filepath.Dir(path), r)}
 	th.SetLocal(cfgKey, cfg)
 	th.SetMaxExecutionSteps(e.MaxSteps)
-	globals, err := e.execFile(th, path, src, r)
+	var globals sk.StringDict
+	err := guardLoad(th, "config phase", e.Limits, func() (err error) {
+		globals, err = e.execFile(th, path, src, r)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
 	refs := r // the callback names every compiled file referred to
 	p := &Program{Path: path, SHA256: hex.EncodeToString(sum[:]), LoadedAt: time.Now(), Config: *cfg,
-		globals: globals, callbacks: map[string]*sk.Function{}, MaxSteps: e.MaxSteps}
+		globals: globals, callbacks: map[string]*sk.Function{}, MaxSteps: e.MaxSteps, Limits: e.Limits}
 	if v, ok := cfg.CoreParams["max_steps"]; ok {
 		p.MaxSteps = uint64(v.Int)
 	}
+	p.Limits = cfg.limits(p.Limits)
 	for name, v := range globals {
 		if fn, ok := v.(*sk.Function); ok {
 			if fn.NumParams() > 1 {

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/kamgo/kamgo/modules/core"
 	sk "go.starlark.net/starlark"
@@ -23,6 +24,7 @@ type callCtx struct {
 	where func() string
 	// init marks mod_init's context: a message-less msg (ksrcheck.go).
 	init bool
+	g    guard // this thread's registration with the watchdog (guard.go)
 }
 
 func (e *Engine) printer() func(*sk.Thread, string) {
@@ -31,7 +33,9 @@ func (e *Engine) printer() func(*sk.Thread, string) {
 	}
 }
 
-// loader allows load() of .star files from the script's own directory only.
+// loader allows load() of .star files from the script's own directory
+// only: regular files of at most MaxScriptSize that are still inside it
+// once links are followed (loadfile.go).
 func (e *Engine) loader(dir string, r *refs) func(*sk.Thread, string) (sk.StringDict, error) {
 	cache := map[string]sk.StringDict{}
 	return func(th *sk.Thread, module string) (sk.StringDict, error) {
@@ -46,7 +50,11 @@ func (e *Engine) loader(dir string, r *refs) func(*sk.Thread, string) (sk.String
 		}
 		cache[module] = nil
 		path := filepath.Join(dir, module)
-		src, err := readFile(path)
+		real, err := loadPath(dir, module)
+		if err != nil {
+			return nil, err
+		}
+		src, err := ReadScript(real)
 		if err != nil {
 			return nil, err
 		}
@@ -149,6 +157,20 @@ var coreParams = map[string]core.ArgType{
 	"log_level": core.ArgStr, "db_path": core.ArgStr, "tls_certificate": core.ArgStr, "tls_private_key": core.ArgStr,
 	"rpc_tls_certificate": core.ArgStr, "rpc_tls_private_key": core.ArgStr,
 	"dns_server": core.ArgStr, // ip[:port] of the DNS server for next hops (modules/core/dnsres)
+	// Script limits and shutdown (guard.go, shutdown.go); 0 disables a limit.
+	"script_mem_budget": core.ArgInt, "script_time_limit_ms": core.ArgInt, "shutdown_grace_ms": core.ArgInt, "exit_timeout": core.ArgInt,
+}
+
+// limits are def with the script's script_mem_budget (MB) and
+// script_time_limit_ms applied.
+func (c *Config) limits(def Limits) Limits {
+	if v, ok := c.CoreParams["script_mem_budget"]; ok {
+		def.MemBudget = uint64(v.Int) << 20
+	}
+	if v, ok := c.CoreParams["script_time_limit_ms"]; ok {
+		def.TimeLimit = time.Duration(v.Int) * time.Millisecond
+	}
+	return def
 }
 
 func (e *Engine) cfgCoreParam(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []sk.Tuple) (sk.Value, error) {
@@ -173,6 +195,14 @@ func (e *Engine) cfgCoreParam(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []
 	case "max_steps", "workers":
 		if v.Int <= 0 {
 			return nil, fmt.Errorf("core_param(%q): must be positive", name)
+		}
+	case "script_mem_budget", "script_time_limit_ms", "shutdown_grace_ms":
+		if v.Int < 0 || v.Int > 1<<40 {
+			return nil, fmt.Errorf("core_param(%q): must be 0 (no limit) or positive", name)
+		}
+	case "exit_timeout":
+		if v.Int <= 0 || v.Int > 1<<30 {
+			return nil, fmt.Errorf("core_param(%q): must be positive (seconds)", name)
 		}
 	case "log_level":
 		if _, err := core.ParseLogLevel(v.Str); err != nil {

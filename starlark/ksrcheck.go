@@ -323,7 +323,11 @@ func (e *Engine) runModInit(p *Program, fn *sk.Function) (err error) {
 			err = fmt.Errorf("%s: panic: %v", ModInit, r)
 		}
 	}()
-	if _, err := sk.Call(th, fn, nil, nil); err != nil {
+	err = guardLoad(th, ModInit, p.Limits, func() error {
+		_, err := sk.Call(th, fn, nil, nil)
+		return err
+	})
+	if err != nil {
 		return evalErr(err)
 	}
 	return nil

@@ -3,7 +3,6 @@ package starlark
 import (
 	"errors"
 	"fmt"
-	"os"
 	"runtime/debug"
 	"strings"
 
@@ -11,12 +10,11 @@ import (
 	sk "go.starlark.net/starlark"
 )
 
-func readFile(path string) ([]byte, error) { return os.ReadFile(path) }
-
 func (e *Engine) newThread() any {
 	c := &callCtx{}
 	th := &sk.Thread{Name: "route", Print: e.printer()}
 	c.th = th
+	c.g.th, c.g.owner = th, e
 	c.where = func() string { return th.CallFrame(1).Pos.String() }
 	th.SetLocal(ctxKey, c)
 	return c
@@ -36,6 +34,9 @@ func (e *Engine) Run(prog any, name string, rt core.RouteType, m *core.Msg) (err
 	if p == nil {
 		return errors.New("no script loaded")
 	}
+	if e.stopping.Load() >= 2 {
+		return fmt.Errorf("%s not run: %w", name, ErrShuttingDown)
+	}
 	fn := p.callbacks[name]
 	if fn == nil {
 		return fmt.Errorf("callback %s is not defined in %s (version %d)", name, p.Path, p.Version)
@@ -45,7 +46,12 @@ func (e *Engine) Run(prog any, name string, rt core.RouteType, m *core.Msg) (err
 	prevRT, prevWhere := m.RouteType, m.Where
 	m.RouteType, m.Prog, m.Where = rt, p, c.where
 	c.msg = m
+	g := &c.g
+	ended := false
 	defer func() {
+		if !ended {
+			wd.end(g)
+		}
 		if r := recover(); r != nil {
 			// A Go panic in a KSR function must never take the daemon down.
 			err = fmt.Errorf("panic in %s: %v\n%s", name, r, debug.Stack())
@@ -67,10 +73,17 @@ func (e *Engine) Run(prog any, name string, rt core.RouteType, m *core.Msg) (err
 		}
 	}
 	start := th.ExecutionSteps() // route tests count steps: see steps.go
+	g.limit, g.budget = int64(p.Limits.TimeLimit), p.Limits.MemBudget
+	wd.begin(g)
 	_, err = sk.Call(th, fn, args, nil)
+	ended = true
+	cause := wd.end(g)
 	e.noteSteps(name, th.ExecutionSteps()-start) // route tests (steps.go)
 	if err == nil || errors.Is(err, core.ErrExit) {
 		return nil
+	}
+	if gerr := guardErr(cause, g, name, err); gerr != nil {
+		return gerr
 	}
 	var ee *sk.EvalError
 	if errors.As(err, &ee) && isStepLimit(ee.Msg) {
@@ -110,12 +123,21 @@ func callID(m *core.Msg) string {
 // request route, and a 500 if the script failed without answering
 // (Kamailio drops the request silently).
 func (e *Engine) HandleRequest(m *core.Msg) {
+	e.handling.Add(1) // shutdown waits for the answer too (shutdown.go)
+	defer e.handling.Add(-1)
 	e.Env.Stats.Counter("core", "rcv_requests").Inc()
 	m.FixVia()
 	for _, mod := range e.Modules {
 		if mod.OnRequest != nil && mod.OnRequest(m) {
 			return
 		}
+	}
+	if e.stopping.Load() > 0 {
+		// Shutting down (shutdown.go): accept no new work.
+		if m.Req != nil && !m.Req.IsAck() {
+			_ = m.Reply(503, "Service Unavailable")
+		}
+		return
 	}
 	err := e.Run(nil, RequestRoute, core.RouteRequest, m)
 	if err == nil {

@@ -66,6 +66,11 @@ type Options struct {
 
 	Version string // for core.version and the start line
 
+	// ScriptLimits: --script-mem-budget, --script-time-limit (the config
+	// phase's limits, and the default of script_mem_budget and
+	// script_time_limit_ms); nil: starlark's defaults.
+	ScriptLimits *starlark.Limits
+
 	// Sender, when set, replaces the transport (route tests' recorder):
 	// sockets are the configured ones, unbound (port 0 reads as 5060), and
 	// the RPC server never listens.
@@ -157,6 +162,9 @@ func New(o Options) (*Node, error) {
 	eng := starlark.New(env)
 	if o.MaxSteps > 0 {
 		eng.MaxSteps = o.MaxSteps
+	}
+	if o.ScriptLimits != nil {
+		eng.Limits = *o.ScriptLimits
 	}
 	n.Engine = eng
 	mods, err := core.OrderModules(eng.Modules)
@@ -357,6 +365,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 // and the database. It is safe to call more than once.
 func (n *Node) Stop() {
 	n.stopOnce.Do(func() {
+		n.stopScripts() // shutdown.go: no new requests, running callbacks bounded
 		n.stopHistory()
 		// Modules that ran Init get Stop, newest first.
 		for i := len(n.inited) - 1; i >= 0; i-- {

@@ -440,7 +440,7 @@ func (n *Node) Reload(applyLive bool) (any, error) {
 	cur := eng.Program()
 	read := n.Opts.Reread
 	if read == nil {
-		read = func() ([]byte, error) { return os.ReadFile(n.Opts.Path) }
+		read = func() ([]byte, error) { return starlark.ReadScript(n.Opts.Path) }
 	}
 	src, err := read()
 	if err != nil {

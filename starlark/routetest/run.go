@@ -20,6 +20,11 @@ import (
 // callbacks have the engine's limit).
 const DefaultTestMaxSteps = 10_000_000
 
+// testLimits bound a test file's top level and each setup and test
+// function, as the script's runs are (starlark.Guard): the script's memory
+// budget, and more time, since one test may route many messages.
+var testLimits = starlark.Limits{MemBudget: starlark.DefaultMemBudgetMB << 20, TimeLimit: time.Minute}
+
 // RouteTestOptions configure RunRouteTests.
 type RouteTestOptions struct {
 	// Run selects tests by name (all when nil), like go test -run.
@@ -30,6 +35,11 @@ type RouteTestOptions struct {
 	// OnStart and OnDone, when set, are told about each test as it runs.
 	OnStart func(name string)
 	OnDone  func(TestResult)
+
+	// Limits bound the test file's top level and each test function
+	// (memory budget, wall clock); nil: the script's default budget and
+	// one minute.
+	Limits *starlark.Limits
 }
 
 // TestResult is the outcome of one test function.
@@ -81,6 +91,9 @@ func RunRouteTests(wire Wiring, scriptPath string, scriptSrc []byte, testPath st
 	if opts.MaxSteps == 0 {
 		opts.MaxSteps = DefaultTestMaxSteps
 	}
+	if opts.Limits == nil {
+		opts.Limits = &testLimits
+	}
 	// Load once up front so a broken script is reported once, as a load error.
 	h, err := NewHarness(wire, scriptPath, scriptSrc, opts.Harness)
 	if err != nil {
@@ -99,7 +112,11 @@ func RunRouteTests(wire Wiring, scriptPath string, scriptSrc []byte, testPath st
 	}
 	th := &sk.Thread{Name: "init " + testPath, Load: noLoad}
 	th.SetMaxExecutionSteps(opts.MaxSteps)
-	globals, err := prog.Init(th, pre)
+	var globals sk.StringDict
+	err = starlark.Guard(th, "test file", *opts.Limits, func() (err error) {
+		globals, err = prog.Init(th, pre)
+		return err
+	})
 	if err != nil {
 		return nil, starlark.EvalError(err)
 	}
@@ -178,13 +195,13 @@ func runOne(wire Wiring, scriptPath string, scriptSrc []byte, testPath string, t
 	th.SetLocal(testCtxKey, c)
 	th.SetMaxExecutionSteps(opts.MaxSteps)
 	if setup != nil {
-		if _, err = sk.Call(th, setup, nil, nil); err != nil {
+		if err = starlark.Guard(th, "setup", *opts.Limits, func() error { _, err := sk.Call(th, setup, nil, nil); return err }); err != nil {
 			res.FailPos, res.Failure = failure(testPath, def.Filename(), err, c)
 			res.Failure = "in setup: " + res.Failure
 			return res
 		}
 	}
-	if _, err = sk.Call(th, t.fn, nil, nil); err != nil {
+	if err = starlark.Guard(th, t.name, *opts.Limits, func() error { _, err := sk.Call(th, t.fn, nil, nil); return err }); err != nil {
 		res.FailPos, res.Failure = failure(testPath, def.Filename(), err, c)
 		if res.FailPos == "" {
 			res.FailPos = res.Pos
