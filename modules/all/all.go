@@ -16,6 +16,7 @@ import (
 	_ "github.com/kamgo/kamgo/modules/sl"
 	_ "github.com/kamgo/kamgo/modules/textops"
 	_ "github.com/kamgo/kamgo/modules/tm"
+	_ "github.com/kamgo/kamgo/modules/tmx"
 	_ "github.com/kamgo/kamgo/modules/uac"
 	_ "github.com/kamgo/kamgo/modules/usrloc"
 	_ "github.com/kamgo/kamgo/modules/xlog"

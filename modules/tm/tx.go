@@ -57,6 +57,8 @@ type Tx struct {
 	timers    []core.Timer
 	deleted   bool
 	local     *LocalRequest // set for a request kamd originated (no server side)
+	data      map[string]any // Msg.Ext of the relaying message, for hooks (ReplyOut.Data)
+	got6xx    bool           // a branch answered 6xx: the others are CANCELed, no new branches
 }
 
 type branch struct {
