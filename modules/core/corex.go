@@ -22,7 +22,7 @@ func corexModule(env *Env) *Module {
 			}},
 		{Name: "append_branch_uri", Args: []ArgType{ArgStr}, Ret: RetInt, Routes: RouteRequest | RouteFailure,
 			Doc: "(uri) add a branch to uri; 1 ok, -1 error",
-			Fn: func(m *Msg, a []Val) (Val, error) { return branchRet(m, m.AppendBranch(Branch{URI: a[0].Str, Q: -1})) }},
+			Fn:  func(m *Msg, a []Val) (Val, error) { return branchRet(m, m.AppendBranch(Branch{URI: a[0].Str, Q: -1})) }},
 		{Name: "append_branch_uri_q", Args: []ArgType{ArgStr, ArgStr}, Ret: RetInt, Routes: RouteRequest | RouteFailure,
 			Doc: "(uri, q) add a branch to uri with q (\"0.5\"); 1 ok, -1 error",
 			Fn: func(m *Msg, a []Val) (Val, error) {
@@ -41,7 +41,7 @@ func corexModule(env *Env) *Module {
 			}},
 		{Name: "send_data", Args: []ArgType{ArgStr, ArgStr}, Ret: RetInt,
 			Doc: "(uri, data) send data (a whole SIP message) to uri's address statelessly; 1 ok, -1 error (kamgo sends only parseable SIP messages)",
-			Fn: func(m *Msg, a []Val) (Val, error) { return IntRet(sendData(m, a[0].Str, a[1].Str) == nil), nil }},
+			Fn:  func(m *Msg, a []Val) (Val, error) { return IntRet(sendData(m, a[0].Str, a[1].Str) == nil), nil }},
 
 		{Name: "set_send_socket", Args: []ArgType{ArgStr}, Ret: RetInt,
 			Doc: "(\"proto:ip:port\") replies (sl, tm) and relayed requests of this message leave from that local socket, which must be listening (Env sockets, also runtime ones); \"\" clears it. 1 ok, -1 no such socket",

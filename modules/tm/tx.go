@@ -56,7 +56,7 @@ type Tx struct {
 	flags     uint64
 	timers    []core.Timer
 	deleted   bool
-	local     *LocalRequest // set for a request kamd originated (no server side)
+	local     *LocalRequest  // set for a request kamd originated (no server side)
 	data      map[string]any // Msg.Ext of the relaying message, for hooks (ReplyOut.Data)
 	got6xx    bool           // a branch answered 6xx: the others are CANCELed, no new branches
 }
