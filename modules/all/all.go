@@ -4,6 +4,7 @@ package all
 import (
 	_ "github.com/kamgo/kamgo/modules/auth"
 	_ "github.com/kamgo/kamgo/modules/auth_db"
+	_ "github.com/kamgo/kamgo/modules/dialog"
 	_ "github.com/kamgo/kamgo/modules/htable"
 	_ "github.com/kamgo/kamgo/modules/ims_ipsec_pcscf"
 	_ "github.com/kamgo/kamgo/modules/kx"
