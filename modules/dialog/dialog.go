@@ -118,7 +118,9 @@ func New(env *core.Env) *core.Module {
 				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) { return x.isInProfile(m, a[0].Str, "") }},
 			{Name: "get_profile_size", Args: []core.ArgType{core.ArgStr, core.ArgStr, core.ArgStr}, Ret: core.RetInt,
 				Doc: "(profile, value, \"$var(n)\") store the number of dialogs in the profile (with that value; \"\" all) in the PV; 1 ok, -1 unknown profile",
-				Fn:  func(m *core.Msg, a []core.Val) (core.Val, error) { return x.profileSizePV(m, a[0].Str, a[1].Str, a[2].Str) }},
+				Fn: func(m *core.Msg, a []core.Val) (core.Val, error) {
+					return x.profileSizePV(m, a[0].Str, a[1].Str, a[2].Str)
+				}},
 			{Name: "get_profile_size_static", Args: s2, Ret: core.RetInt,
 				Doc: "(profile, \"$var(n)\") store the profile's size in the PV",
 				Fn:  func(m *core.Msg, a []core.Val) (core.Val, error) { return x.profileSizePV(m, a[0].Str, "", a[1].Str) }},
