@@ -2,6 +2,7 @@
 package all
 
 import (
+	_ "github.com/kamgo/kamgo/modules/acc"
 	_ "github.com/kamgo/kamgo/modules/auth"
 	_ "github.com/kamgo/kamgo/modules/auth_db"
 	_ "github.com/kamgo/kamgo/modules/dialog"
