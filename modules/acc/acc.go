@@ -4,11 +4,13 @@
 package acc
 
 import (
+	"context"
 	"database/sql"
 	"fmt"
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -60,8 +62,18 @@ type Acc struct {
 
 	logFlag, logMissedFlag, dbFlag, dbMissedFlag, failedFlag atomic.Int64
 	cdrEnable, cdrLogEnable                                  atomic.Bool
-	logLevel                                                 atomic.Int64
-	accTable, missedTable, cdrsTable                         atomic.Pointer[string]
+
+	// Transaction records and CDRs are written by one goroutine in
+	// batches (one SQLite commit for many rows): a synchronous insert per
+	// reply held a worker for the commit and saturated the pool at 1000
+	// calls/s. acc_db_request stays synchronous (its return code says
+	// whether the row was written).
+	qmu                              sync.RWMutex
+	q                                chan job
+	qDone                            chan struct{}
+	closed                           bool
+	logLevel                         atomic.Int64
+	accTable, missedTable, cdrsTable atomic.Pointer[string]
 }
 
 // record is one accounting record: the columns of acc and missed_calls.
@@ -153,7 +165,9 @@ func New(env *core.Env) *core.Module {
 					return core.IntRet(a.insert(args[1].Str, r) == nil), nil
 				}},
 		},
-		Init: a.init,
+		Init:  a.init,
+		Start: a.startWriter,
+		Stop:  a.stop,
 	})
 }
 
@@ -210,13 +224,13 @@ func (a *Acc) onReplyOut(ev *tm.ReplyOut) {
 		a.log("ACC: transaction answered: ", r)
 	}
 	if dbF {
-		_ = a.insert(*a.accTable.Load(), r)
+		a.enqueue(job{table: *a.accTable.Load(), r: r})
 	}
 	if failed && logM {
 		a.log("ACC: call missed: ", r)
 	}
 	if failed && dbM {
-		_ = a.insert(*a.missedTable.Load(), r)
+		a.enqueue(job{table: *a.missedTable.Load(), r: r})
 	}
 }
 
@@ -306,8 +320,7 @@ func (a *Acc) insert(table string, r record) error {
 		a.env.Log.Warn("acc: no database (kamd --db): record not written", "table", table, "call_id", r.callID)
 		return fmt.Errorf("no database")
 	}
-	_, err := a.db.Exec(`INSERT INTO `+table+` (method, from_tag, to_tag, callid, sip_code, sip_reason, time) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-		r.method, r.fromTag, r.toTag, r.callID, r.code, r.reason, r.at.UTC().Format(timeFormat))
+	err := a.execJob(a.db, job{table: table, r: r})
 	if err != nil {
 		a.env.Log.Error("acc: cannot write the record", "table", table, "call_id", r.callID, "err", err)
 	}
@@ -325,9 +338,123 @@ func (a *Acc) cdr(d dialog.Info) {
 			";duration="+strconv.FormatFloat(dur, 'f', 3, 64)+";call_id="+d.CallID+";from_tag="+d.FromTag+";to_tag="+d.ToTag)
 	}
 	if t := *a.cdrsTable.Load(); t != "" && a.db != nil {
-		if _, err := a.db.Exec(`INSERT INTO `+t+` (start_time, end_time, duration) VALUES (?, ?, ?)`,
-			d.Start.UTC().Format(timeFormat), d.End.UTC().Format(timeFormat), dur); err != nil {
-			a.env.Log.Error("acc: cannot write the CDR", "table", t, "call_id", d.CallID, "err", err)
+		a.enqueue(job{table: t, cdr: &cdrRow{start: d.Start, end: d.End, dur: dur, callID: d.CallID}})
+	}
+}
+
+// job is one row for the writer: a record, or a CDR when cdr is set.
+type job struct {
+	table string
+	r     record
+	cdr   *cdrRow
+}
+
+type cdrRow struct {
+	start, end time.Time
+	dur        float64
+	callID     string
+}
+
+const queueSize = 8192
+
+// startWriter starts the goroutine that writes queued rows.
+func (a *Acc) startWriter(_ context.Context) error {
+	if a.db == nil {
+		return nil
+	}
+	a.qmu.Lock()
+	a.q, a.qDone, a.closed = make(chan job, queueSize), make(chan struct{}), false
+	q, done := a.q, a.qDone
+	a.qmu.Unlock()
+	go a.writer(q, done)
+	return nil
+}
+
+// enqueue hands a row to the writer; a full queue makes the caller wait
+// (accounting is not dropped). Without a database the row is logged lost.
+func (a *Acc) enqueue(j job) {
+	a.qmu.RLock()
+	defer a.qmu.RUnlock()
+	if a.q == nil || a.closed {
+		a.env.Log.Warn("acc: no database (kamd --db): record not written", "table", j.table, "call_id", j.r.callID)
+		return
+	}
+	a.q <- j
+}
+
+// stop writes what is queued and ends the writer.
+func (a *Acc) stop() {
+	a.qmu.Lock()
+	if a.q == nil || a.closed {
+		a.qmu.Unlock()
+		return
+	}
+	a.closed = true
+	close(a.q)
+	done := a.qDone
+	a.qmu.Unlock()
+	<-done
+}
+
+func (a *Acc) writer(q chan job, done chan struct{}) {
+	defer close(done)
+	batch := make([]job, 0, 256)
+	for j := range q {
+		batch = append(batch[:0], j)
+	more:
+		for len(batch) < cap(batch) {
+			select {
+			case j, ok := <-q:
+				if !ok {
+					break more
+				}
+				batch = append(batch, j)
+			default:
+				break more
+			}
+		}
+		a.writeBatch(batch)
+	}
+}
+
+// writeBatch writes rows in one transaction; if it fails, each row is
+// tried alone so one bad row (a dropped table) does not lose the others.
+func (a *Acc) writeBatch(batch []job) {
+	tx, err := a.db.Begin()
+	if err == nil {
+		for _, j := range batch {
+			if err = a.execJob(tx, j); err != nil {
+				break
+			}
+		}
+		if err == nil {
+			err = tx.Commit()
+		} else {
+			_ = tx.Rollback()
 		}
 	}
+	if err == nil {
+		return
+	}
+	for _, j := range batch {
+		if err := a.execJob(a.db, j); err != nil {
+			a.env.Log.Error("acc: cannot write the record", "table", j.table, "call_id", j.r.callID, "err", err)
+		}
+	}
+}
+
+type execer interface {
+	Exec(query string, args ...any) (sql.Result, error)
+}
+
+func (a *Acc) execJob(db execer, j job) error {
+	if c := j.cdr; c != nil {
+		_, err := db.Exec(`INSERT INTO `+j.table+` (start_time, end_time, duration) VALUES (?, ?, ?)`,
+			c.start.UTC().Format(timeFormat), c.end.UTC().Format(timeFormat), c.dur)
+		return err
+	}
+	r := j.r
+	_, err := db.Exec(`INSERT INTO `+j.table+` (method, from_tag, to_tag, callid, sip_code, sip_reason, time) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+		r.method, r.fromTag, r.toTag, r.callID, r.code, r.reason, r.at.UTC().Format(timeFormat))
+	return err
 }

@@ -45,7 +45,18 @@ def ksr_request_route():
 
 type row struct{ method, fromTag, toTag, callID, code, reason, at string }
 
-func rows(t *testing.T, h *routetest.Harness, table string) []row {
+// rows reads a table, waiting up to 2 s for n rows: the writer goroutine
+// commits transaction records in batches, after the reply went out.
+func rows(t *testing.T, h *routetest.Harness, table string, n int) []row {
+	t.Helper()
+	for end := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if r := readRows(t, h, table); len(r) >= n || time.Now().After(end) {
+			return r
+		}
+	}
+}
+
+func readRows(t *testing.T, h *routetest.Harness, table string) []row {
 	t.Helper()
 	q, err := h.Env.DB.Query(`SELECT method, from_tag, to_tag, callid, sip_code, sip_reason, time FROM ` + table + ` ORDER BY id`)
 	if err != nil {
@@ -158,11 +169,11 @@ func TestAcc(t *testing.T) {
 		{"BYE", "ft1", "tt1", "c1", "200", "OK", ts1},
 		{"MESSAGE", "ft1", "", "c4", "404", "Not here", ts1},
 	}
-	if got := rows(t, h, "acc"); fmt.Sprint(got) != fmt.Sprint(wantAcc) {
+	if got := rows(t, h, "acc", 3); fmt.Sprint(got) != fmt.Sprint(wantAcc) {
 		t.Errorf("acc rows\n got %v\nwant %v", got, wantAcc)
 	}
 	wantMissed := []row{{"INVITE", "ft1", "tt2", "c2", "486", "Busy Here", ts1}}
-	if got := rows(t, h, "missed_calls"); fmt.Sprint(got) != fmt.Sprint(wantMissed) {
+	if got := rows(t, h, "missed_calls", 1); fmt.Sprint(got) != fmt.Sprint(wantMissed) {
 		t.Errorf("missed_calls rows\n got %v\nwant %v", got, wantMissed)
 	}
 	var start, end string

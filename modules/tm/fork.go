@@ -24,6 +24,20 @@ type ReplyOut struct {
 	Canceled bool
 }
 
+// snapshotExt copies a message's module data for the hooks: the script
+// goes on with the message (and its map) while replies arrive on other
+// goroutines.
+func snapshotExt(ext map[string]any) map[string]any {
+	if len(ext) == 0 {
+		return nil
+	}
+	c := make(map[string]any, len(ext))
+	for k, v := range ext {
+		c[k] = v
+	}
+	return c
+}
+
 // hooks holds the callbacks of every module following tm.
 type hooks struct {
 	mu       sync.RWMutex

@@ -24,7 +24,7 @@ func (t *TM) newTx(m *core.Msg, key string) *Tx {
 	if tx.invite {
 		tx.dlg = dlgKey(m.Req)
 	}
-	tx.data = m.Ext
+	tx.data = snapshotExt(m.Ext)
 	t.mu.Lock()
 	t.txs[key] = tx
 	t.clients[tx.id] = tx
@@ -374,7 +374,9 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 	if m.RouteType != core.RouteFailure {
 		tx.onFailure, tx.onReply, tx.onBranch = m.OnFailure, m.OnReply, m.OnBranch
 		tx.flags = m.Flags
-		tx.data = m.Ext
+		if !created { // newTx has just taken it
+			tx.data = snapshotExt(m.Ext)
+		}
 		if created {
 			// newTx has just cloned this very request: share the copy
 			// (neither is changed afterwards; the failure route clones it).

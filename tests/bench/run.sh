@@ -35,7 +35,9 @@ kamd_cmd() { # scenario
     s=$out/route_dlgacc_ds.star
     sed "s#ROUTEDIR#$here/kamailio#" "$here/route_dlgacc_ds.star.in" > "$s"
   fi
-  echo "$out/kamd -f $s -l udp:127.0.0.1:5060 --rpc off --db $out/kamd.db"
+  local db=$out/kamd.db
+  case $1 in dlgacc*) [ -d /dev/shm ] && db=/dev/shm/kamgo-bench-kamd.$$.db ;; esac # as Kamailio's acc.db (compare.sh)
+  echo "$out/kamd -f $s -l udp:127.0.0.1:5060 --rpc off --db $db"
 }
 flav() { case $1 in stateful) echo "stateful stateful_lua" ;; dlgacc|dlgacc_ds) echo "$1" ;; *) echo "native kemi_lua kemi_py" ;; esac; }
 echo "machine: $(nproc) cpus, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), kernel $(uname -r)"
