@@ -119,7 +119,7 @@ func New(env *core.Env) *core.Module {
 	return core.ApplyDefaults(&core.Module{
 		Name:  "acc",
 		Doc:   "accounting: transactions to the log and the acc / missed_calls tables, CDRs from dialog",
-		Needs: []string{"tm"},
+		Needs: []string{"tm", "dialog"},
 		Params: []core.Param{
 			flag("log_flag", "flag (setflag) that has a transaction's 2xx final reply logged (ACC: transaction answered)", &a.logFlag),
 			flag("log_missed_flag", "flag that has a negative final reply logged as a missed call (ACC: call missed)", &a.logMissedFlag),

@@ -45,8 +45,9 @@ def ksr_request_route():
 
 type row struct{ method, fromTag, toTag, callID, code, reason, at string }
 
-// rows reads a table, waiting up to 2 s for n rows: the writer goroutine
-// commits transaction records in batches, after the reply went out.
+// rows reads a table (by Call-ID, then as written), waiting up to 2 s for n
+// rows: acc_db_request writes at once, while the writer goroutine
+// commits transaction records in batches after the reply went out.
 func rows(t *testing.T, h *routetest.Harness, table string, n int) []row {
 	t.Helper()
 	for end := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
@@ -58,7 +59,7 @@ func rows(t *testing.T, h *routetest.Harness, table string, n int) []row {
 
 func readRows(t *testing.T, h *routetest.Harness, table string) []row {
 	t.Helper()
-	q, err := h.Env.DB.Query(`SELECT method, from_tag, to_tag, callid, sip_code, sip_reason, time FROM ` + table + ` ORDER BY id`)
+	q, err := h.Env.DB.Query(`SELECT method, from_tag, to_tag, callid, sip_code, sip_reason, time FROM ` + table + ` ORDER BY callid, id`)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -189,6 +189,11 @@ func TestLookupQAndNAT(t *testing.T) {
 	if m.Flags&(1<<6) == 0 {
 		t.Error("lookup did not set nat_bflag")
 	}
+	// append_branches (default 1): the other contact joins the destination set.
+	want := []core.Branch{{URI: "sip:alice@10.0.0.1:5062", Q: 200}}
+	if len(m.Branches) != 1 || m.Branches[0] != want[0] {
+		t.Errorf("branches %+v, want %+v", m.Branches, want)
+	}
 	_ = r
 	_, m = x.send("INVITE", "sip:nobody@127.0.0.1")
 	if pv(m, "$var(rc)") != "-1" {
