@@ -422,8 +422,22 @@ func (a *Acc) writer(q chan job, done chan struct{}) {
 func (a *Acc) writeBatch(batch []job) {
 	tx, err := a.db.Begin()
 	if err == nil {
+		// One prepared statement per table and batch: SQLite compiles
+		// each INSERT text once instead of once per row.
+		stmts := map[string]*sql.Stmt{}
 		for _, j := range batch {
-			if err = a.execJob(tx, j); err != nil {
+			key := j.table
+			if j.cdr != nil {
+				key += "\x00cdr"
+			}
+			st := stmts[key]
+			if st == nil {
+				if st, err = tx.Prepare(insertSQL(j)); err != nil {
+					break
+				}
+				stmts[key] = st
+			}
+			if _, err = st.Exec(jobArgs(j)...); err != nil {
 				break
 			}
 		}
@@ -448,13 +462,21 @@ type execer interface {
 }
 
 func (a *Acc) execJob(db execer, j job) error {
+	_, err := db.Exec(insertSQL(j), jobArgs(j)...)
+	return err
+}
+
+func insertSQL(j job) string {
+	if j.cdr != nil {
+		return `INSERT INTO ` + j.table + ` (start_time, end_time, duration) VALUES (?, ?, ?)`
+	}
+	return `INSERT INTO ` + j.table + ` (method, from_tag, to_tag, callid, sip_code, sip_reason, time) VALUES (?, ?, ?, ?, ?, ?, ?)`
+}
+
+func jobArgs(j job) []any {
 	if c := j.cdr; c != nil {
-		_, err := db.Exec(`INSERT INTO `+j.table+` (start_time, end_time, duration) VALUES (?, ?, ?)`,
-			c.start.UTC().Format(timeFormat), c.end.UTC().Format(timeFormat), c.dur)
-		return err
+		return []any{c.start.UTC().Format(timeFormat), c.end.UTC().Format(timeFormat), c.dur}
 	}
 	r := j.r
-	_, err := db.Exec(`INSERT INTO `+j.table+` (method, from_tag, to_tag, callid, sip_code, sip_reason, time) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-		r.method, r.fromTag, r.toTag, r.callID, r.code, r.reason, r.at.UTC().Format(timeFormat))
-	return err
+	return []any{r.method, r.fromTag, r.toTag, r.callID, r.code, r.reason, r.at.UTC().Format(timeFormat)}
 }
