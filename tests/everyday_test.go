@@ -271,3 +271,37 @@ func TestEverydayEndDialogByRPC(t *testing.T) {
 		t.Errorf("dlg.end_dlg of an ended dialog: %s", r)
 	}
 }
+
+// A busy callee is a missed call: a missed_calls row with the 486, no acc
+// row (the script sets no failed_transaction_flag), and no dialog left.
+func TestEverydayBusyIsMissedCall(t *testing.T) {
+	busy := startSipUAS(t, 486)
+	k := startRPCKamd(t, rpcKamdOpts{script: everydayScript})
+	registerContacts(t, k.Kamd, "erin", map[int]string{busy.port: "1.0"})
+
+	uac := startSipUAC(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	dlg, err := uac.dialogs.Invite(ctx, callTo("erin", k.Kamd), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = dlg.WaitAnswer(ctx, sipgo.AnswerOptions{})
+	var de *sipgo.ErrDialogResponse
+	if !errors.As(err, &de) || de.Res.StatusCode != 486 {
+		t.Fatalf("want the 486 at the caller, got %v\n%s", err, k.Log())
+	}
+	callID := dlg.InviteRequest.CallID().Value()
+	toTag, _ := de.Res.To().Params.Get("tag")
+	want := []dbRow{{"INVITE", toTag, "486", "Busy Here"}}
+	if got := accRows(t, k.Kamd, "missed_calls", callID, 1); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("missed_calls %v, want %v", got, want)
+	}
+	if got := readAccRows(t, k.Kamd, "acc", callID); len(got) != 0 {
+		t.Errorf("acc has the failed call: %v", got)
+	}
+	k.WaitLog(t, "ACC: call missed: ", 5*time.Second)
+	if l := dlgList(t, k); len(l) != 0 {
+		t.Errorf("dlg.list after a busy call: %v", l)
+	}
+}
