@@ -21,6 +21,11 @@ type Branch struct {
 	SendSocket *Socket
 }
 
+// ExtRURIPath is the Msg.Ext key under which registrar's lookup records the
+// Path it prepended as Route for the R-URI's contact: the other branches of
+// the destination set must not carry it (they have their own Path).
+const ExtRURIPath = "core:ruri_path"
+
 // AppendBranch adds b to the message's destination set, checking its
 // URIs. A full set (MaxBranches with the R-URI) is an error, as in Kamailio.
 func (m *Msg) AppendBranch(b Branch) error {

@@ -627,6 +627,7 @@ func (r *Reg) lookup(m *core.Msg, table, uri string) (core.Val, error) {
 	du := contactDst(c)
 	if c.Path != "" {
 		m.Req.PrependHeader(sip.NewHeader("Route", c.Path))
+		m.SetExt(core.ExtRURIPath, c.Path)
 	}
 	if du != "" {
 		if err := m.SetDstURI(du); err != nil {

@@ -286,3 +286,35 @@ func TestSaveAcceptsQuotedSpaceParam(t *testing.T) {
 		t.Fatalf("code %d\n%s", res.StatusCode, res)
 	}
 }
+
+// With use_path, each branch of a forked lookup carries its own contact's
+// Path as Route, not the R-URI contact's.
+func TestLookupBranchesKeepTheirPath(t *testing.T) {
+	src := strings.Replace(script, `def ksr_request_route():`, `modparam("registrar", "use_path", 1)
+
+def ksr_request_route():`, 1)
+	src = strings.Replace(src, `    KSR.pv.sets("$var(rc)", str(KSR.registrar.lookup("location")))
+    KSR.sl.send_reply(200, "OK")`, `    KSR.pv.sets("$var(rc)", str(KSR.registrar.lookup("location")))
+    KSR.tm.t_relay()`, 1)
+	h, err := routetest.NewHarness(node.RouteTest, "route.star", []byte(src), routetest.HarnessOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	x := &harness{t: t, h: h}
+	x.send("REGISTER", "sip:127.0.0.1", "Contact: <sip:alice@10.0.0.1:5062>;q=0.9", "Path: <sip:edge1@10.9.0.1;lr>")
+	x.send("REGISTER", "sip:127.0.0.1", "Contact: <sip:alice@10.0.0.2:5064>;q=0.5", "Path: <sip:edge2@10.9.0.2;lr>")
+	r, _ := x.send("INVITE", "sip:alice@127.0.0.1")
+	var got []string
+	for _, s := range r.Of(core.OutBranch) {
+		var routes []string
+		for _, h := range s.Msg.(*sip.Request).GetHeaders("Route") {
+			routes = append(routes, h.Value())
+		}
+		got = append(got, s.Dst.String()+" "+strings.Join(routes, ","))
+	}
+	want := []string{"udp:10.9.0.1:5060 <sip:edge1@10.9.0.1;lr>", "udp:10.9.0.2:5060 <sip:edge2@10.9.0.2;lr>"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("branches %q, want %q", got, want)
+	}
+}

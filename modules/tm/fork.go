@@ -79,6 +79,9 @@ func forkTargets(m *core.Msg) ([]forkTarget, error) {
 		}
 		req := m.Req.Clone()
 		req.Recipient = u
+		if p, _ := m.Ext[core.ExtRURIPath].(string); p != "" {
+			dropRoute(req, p) // the R-URI's Path is not this branch's
+		}
 		if b.Path != "" {
 			req.PrependHeader(sip.NewHeader("Route", b.Path))
 		}
@@ -159,4 +162,22 @@ func (t *TM) FlushFlags(m *core.Msg) core.Val {
 	tx.flags = m.Flags
 	tx.mu.Unlock()
 	return core.Int(1)
+}
+
+// dropRoute removes the first Route header whose value is v.
+func dropRoute(req *sip.Request, v string) {
+	routes := req.GetHeaders("Route")
+	for i, h := range routes {
+		if h.Value() != v {
+			continue
+		}
+		for req.RemoveHeader("Route") {
+		}
+		for j, o := range routes {
+			if j != i {
+				req.AppendHeader(o)
+			}
+		}
+		return
+	}
 }
