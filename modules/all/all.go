@@ -2,8 +2,10 @@
 package all
 
 import (
+	_ "github.com/kamgo/kamgo/modules/acc"
 	_ "github.com/kamgo/kamgo/modules/auth"
 	_ "github.com/kamgo/kamgo/modules/auth_db"
+	_ "github.com/kamgo/kamgo/modules/dialog"
 	_ "github.com/kamgo/kamgo/modules/dispatcher"
 	_ "github.com/kamgo/kamgo/modules/htable"
 	_ "github.com/kamgo/kamgo/modules/ims_ipsec_pcscf"
@@ -21,6 +23,7 @@ import (
 	_ "github.com/kamgo/kamgo/modules/sl"
 	_ "github.com/kamgo/kamgo/modules/textops"
 	_ "github.com/kamgo/kamgo/modules/tm"
+	_ "github.com/kamgo/kamgo/modules/tmx"
 	_ "github.com/kamgo/kamgo/modules/uac"
 	_ "github.com/kamgo/kamgo/modules/usrloc"
 	_ "github.com/kamgo/kamgo/modules/xlog"

@@ -155,6 +155,34 @@ func coreModule(env *Env) *Module {
 				}
 				return BoolRet(m.Env.IsMyself(m.Req.Recipient.Host, m.Req.Recipient.Port))
 			}},
+		Func{Name: "is_myself_furi", Ret: RetBool, Doc: "From URI host is local",
+			Fn: func(m *Msg, _ []Val) (Val, error) { return myselfAddr(m, true) }},
+		Func{Name: "is_myself_turi", Ret: RetBool, Doc: "To URI host is local",
+			Fn: func(m *Msg, _ []Val) (Val, error) { return myselfAddr(m, false) }},
+		Func{Name: "is_myself_duri", Ret: RetBool, Doc: "$du host is local (false when $du is unset)",
+			Fn: func(m *Msg, _ []Val) (Val, error) {
+				if m.DstURI == "" {
+					return Bool(false), nil
+				}
+				u, err := ParseURI(m.DstURI)
+				if err != nil {
+					return Bool(false), nil
+				}
+				return BoolRet(m.Env.IsMyself(u.Host, u.Port))
+			}},
+		Func{Name: "is_myself_nhuri", Ret: RetBool, Doc: "next hop ($du, else the R-URI) is local",
+			Fn: func(m *Msg, _ []Val) (Val, error) {
+				if m.Req == nil {
+					return Bool(false), nil
+				}
+				if m.DstURI != "" {
+					if u, err := ParseURI(m.DstURI); err == nil {
+						return BoolRet(m.Env.IsMyself(u.Host, u.Port))
+					}
+					return Bool(false), nil
+				}
+				return BoolRet(m.Env.IsMyself(m.Req.Recipient.Host, m.Req.Recipient.Port))
+			}},
 		Func{Name: "is_myself_srcip", Ret: RetBool, Doc: "source IP is one of ours",
 			Fn: func(m *Msg, _ []Val) (Val, error) { return BoolRet(m.Env.IsMyself(m.SrcIP, 0)) }},
 		flagFunc("setflag", "set message flag", func(m *Msg, b uint64) bool { m.Flags |= b; return true }),
@@ -276,4 +304,13 @@ func forward(m *Msg, uri string) (Val, error) {
 	m.Forwarded = true
 	m.Env.Stats.Counter("core", "fwd_requests").Inc()
 	return Int(1), nil
+}
+
+// myselfAddr is is_myself_furi / is_myself_turi.
+func myselfAddr(m *Msg, from bool) (Val, error) {
+	u, _, _, ok := fromOrTo(m, from)
+	if !ok {
+		return Bool(false), nil
+	}
+	return BoolRet(m.Env.IsMyself(u.Host, u.Port))
 }

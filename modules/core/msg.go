@@ -48,6 +48,10 @@ type Msg struct {
 	Forwarded bool
 	Dropped   bool // set_drop
 
+	// Branches is the destination set beyond the R-URI (append_branch,
+	// registrar lookup of several contacts); t_relay forks to all.
+	Branches []Branch
+
 	// Names registered with t_on_failure/t_on_reply/t_on_branch.
 	OnFailure, OnReply, OnBranch, OnBranchFailure string
 

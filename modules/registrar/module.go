@@ -37,6 +37,10 @@ func (r *Reg) module() *core.Module {
 			intParam("max_expires", 0, "longest expires; longer ones are lowered to it (0: no limit)", core.CheckNonNegative("max_expires"), &r.maxExpires),
 			intParam("max_contacts", 0, "most contacts per AoR; a REGISTER exceeding it gets 503 and save() returns -2 (0: no limit)", core.CheckNonNegative("max_contacts"), &r.maxContacts),
 			boolParam("use_path", "1: store the REGISTER's Path headers (RFC 3327), echo them in the 200 OK and route to the first hop on lookup", &r.usePath),
+			{Name: "append_branches", Type: i, Default: core.Int(1), Check: core.Check01("append_branches"),
+				Doc: "1: lookup puts every contact of the AoR in the destination set (the best in the R-URI, the others as branches by q), so t_relay forks to all; 0: only the best",
+				Set: func(v core.Val) error { r.appendBranches.Store(v.Int != 0); return nil },
+				Get: func() core.Val { return core.Int01(r.appendBranches.Load()) }},
 			boolParam("method_filtering", "1: lookup skips contacts whose Allow (at REGISTER) lacks the request's method (returns -2 if none is left)", &r.methodFiltering),
 		},
 		Funcs: []core.Func{

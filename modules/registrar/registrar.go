@@ -51,6 +51,7 @@ type Reg struct {
 	maxContacts     atomic.Int64
 	usePath         atomic.Bool
 	methodFiltering atomic.Bool
+	appendBranches  atomic.Bool
 
 	accepted, rejected *core.Counter
 }
@@ -572,7 +573,22 @@ func (r *Reg) doSave(m *core.Msg, u *usrloc.UL, d *usrloc.Domain, flags int, uri
 	return ret, d.Lookup(aor), nil
 }
 
-// lookup rewrites the R-URI to the AoR's best contact.
+// contactDst is the next hop of a contact: the first Path hop, else the
+// received address (NAT), else "" (its own URI).
+func contactDst(c usrloc.Contact) string {
+	if c.Path != "" {
+		first := strings.TrimSpace(splitContacts(c.Path)[0])
+		first = strings.TrimSuffix(strings.TrimPrefix(first, "<"), ">")
+		if i := strings.Index(first, ">"); i >= 0 {
+			first = first[:i]
+		}
+		return first
+	}
+	return c.Received
+}
+
+// lookup rewrites the R-URI to the AoR's best contact; with append_branches
+// the others become branches of the destination set.
 func (r *Reg) lookup(m *core.Msg, table, uri string) (core.Val, error) {
 	if m.Req == nil {
 		return core.Null, core.ErrNoRequest
@@ -611,20 +627,24 @@ func (r *Reg) lookup(m *core.Msg, table, uri string) (core.Val, error) {
 		r.env.Log.Error("registrar: lookup: bad stored contact", "contact", c.Contact, "err", err, "at", m.Pos())
 		return core.Int(-3), nil
 	}
-	du := c.Received
+	du := contactDst(c)
 	if c.Path != "" {
-		first := strings.TrimSpace(splitContacts(c.Path)[0])
-		first = strings.TrimSuffix(strings.TrimPrefix(first, "<"), ">")
-		if i := strings.Index(first, ">"); i >= 0 {
-			first = first[:i]
-		}
-		du = first
 		m.Req.PrependHeader(sip.NewHeader("Route", c.Path))
+		m.SetExt(core.ExtRURIPath, c.Path)
 	}
 	if du != "" {
 		if err := m.SetDstURI(du); err != nil {
 			r.env.Log.Error("registrar: lookup: bad received/path", "uri", du, "err", err, "at", m.Pos())
 			return core.Int(-3), nil
+		}
+	}
+	if r.appendBranches.Load() {
+		// The other contacts join the destination set, highest q first:
+		// t_relay forks to all of them in parallel (Kamailio's append_branches=1).
+		for _, o := range cs[1:] {
+			if err := m.AppendBranch(core.Branch{URI: o.Contact, DstURI: contactDst(o), Path: o.Path, Q: o.Q}); err != nil {
+				r.env.Log.Warn("registrar: lookup: contact not added as a branch", "contact", o.Contact, "err", err, "at", m.Pos())
+			}
 		}
 	}
 	if f := u.NatBflag(); f >= 0 && c.CFlags&(1<<uint(f)) != 0 {

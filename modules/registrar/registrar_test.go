@@ -189,6 +189,11 @@ func TestLookupQAndNAT(t *testing.T) {
 	if m.Flags&(1<<6) == 0 {
 		t.Error("lookup did not set nat_bflag")
 	}
+	// append_branches (default 1): the other contact joins the destination set.
+	want := []core.Branch{{URI: "sip:alice@10.0.0.1:5062", Q: 200}}
+	if len(m.Branches) != 1 || m.Branches[0] != want[0] {
+		t.Errorf("branches %+v, want %+v", m.Branches, want)
+	}
 	_ = r
 	_, m = x.send("INVITE", "sip:nobody@127.0.0.1")
 	if pv(m, "$var(rc)") != "-1" {
@@ -279,5 +284,37 @@ func TestSaveAcceptsQuotedSpaceParam(t *testing.T) {
 	r, _ := x.send("REGISTER", "sip:127.0.0.1", `Contact: <sip:alice@192.0.2.10>;p="x y";expires = 60`)
 	if res := reply(t, r); res.StatusCode != 200 {
 		t.Fatalf("code %d\n%s", res.StatusCode, res)
+	}
+}
+
+// With use_path, each branch of a forked lookup carries its own contact's
+// Path as Route, not the R-URI contact's.
+func TestLookupBranchesKeepTheirPath(t *testing.T) {
+	src := strings.Replace(script, `def ksr_request_route():`, `modparam("registrar", "use_path", 1)
+
+def ksr_request_route():`, 1)
+	src = strings.Replace(src, `    KSR.pv.sets("$var(rc)", str(KSR.registrar.lookup("location")))
+    KSR.sl.send_reply(200, "OK")`, `    KSR.pv.sets("$var(rc)", str(KSR.registrar.lookup("location")))
+    KSR.tm.t_relay()`, 1)
+	h, err := routetest.NewHarness(node.RouteTest, "route.star", []byte(src), routetest.HarnessOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	x := &harness{t: t, h: h}
+	x.send("REGISTER", "sip:127.0.0.1", "Contact: <sip:alice@10.0.0.1:5062>;q=0.9", "Path: <sip:edge1@10.9.0.1;lr>")
+	x.send("REGISTER", "sip:127.0.0.1", "Contact: <sip:alice@10.0.0.2:5064>;q=0.5", "Path: <sip:edge2@10.9.0.2;lr>")
+	r, _ := x.send("INVITE", "sip:alice@127.0.0.1")
+	var got []string
+	for _, s := range r.Of(core.OutBranch) {
+		var routes []string
+		for _, h := range s.Msg.(*sip.Request).GetHeaders("Route") {
+			routes = append(routes, h.Value())
+		}
+		got = append(got, s.Dst.String()+" "+strings.Join(routes, ","))
+	}
+	want := []string{"udp:10.9.0.1:5060 <sip:edge1@10.9.0.1;lr>", "udp:10.9.0.2:5060 <sip:edge2@10.9.0.2;lr>"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("branches %q, want %q", got, want)
 	}
 }

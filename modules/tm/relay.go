@@ -24,6 +24,7 @@ func (t *TM) newTx(m *core.Msg, key string) *Tx {
 	if tx.invite {
 		tx.dlg = dlgKey(m.Req)
 	}
+	tx.data = snapshotExt(m.Ext)
 	t.mu.Lock()
 	t.txs[key] = tx
 	t.clients[tx.id] = tx
@@ -368,8 +369,9 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 		tx = t.newTx(m, txKey(req, methodKey(req)))
 	}
 	tx.mu.Lock()
-	if tx.finalSent || (tx.canceled && len(tx.branches) > 0) {
-		// Like Kamailio (E_CANCELED): no new branches for a CANCELed transaction.
+	if tx.finalSent || tx.got6xx || (tx.canceled && len(tx.branches) > 0) {
+		// Like Kamailio (E_CANCELED): no new branches for a CANCELed
+		// transaction, nor after a 6xx (T_6xx).
 		tx.mu.Unlock()
 		return core.Int(-1), nil
 	}
@@ -377,6 +379,9 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 		tx.onFailure, tx.onReply, tx.onBranch = m.OnFailure, m.OnReply, m.OnBranch
 		tx.flags = m.Flags
 		tx.bflags = m.BFlags
+		if !created { // newTx has just taken it
+			tx.data = snapshotExt(m.Ext)
+		}
 		if created {
 			// newTx has just cloned this very request: share the copy
 			// (neither is changed afterwards; the failure route clones it).
@@ -398,16 +403,41 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 		// RFC 3261 16.2: a stateful proxy answers INVITE with 100 at once.
 		_ = tx.sendLocal(100, "Trying", true)
 	}
-	if err := tx.addBranch(m, req, dst); err != nil {
+	// The destination set: the R-URI and every appended branch, in
+	// parallel (append_branch, registrar lookup of several contacts).
+	forks, ferr := forkTargets(m)
+	if ferr != nil {
+		t.env.Log.Warn("tm: branch not relayed", "err", ferr, "at", m.Pos())
+	}
+	m.ClearBranches() // consumed, like Kamailio's destination set after t_relay
+	sent := 0
+	err = tx.addBranch(m, req, dst)
+	if err != nil {
 		t.env.Log.Warn("tm: relay failed", "dst", dst.String(), "err", err, "at", m.Pos())
+	} else {
+		sent++
+	}
+	for _, f := range forks {
+		if e := tx.addBranch(f.msg, f.req, f.dst); e != nil {
+			t.env.Log.Warn("tm: relay of a branch failed", "dst", f.dst.String(), "uri", f.req.Recipient.String(), "err", e, "at", m.Pos())
+			continue
+		}
+		sent++
+	}
+	if sent == 0 {
 		if m.RouteType != core.RouteFailure && tx.releaseIfIdle() {
 			// Like Kamailio, the script is expected to answer (sl_reply_error).
 			m.Tx = nil
 		}
 		return core.Int(-1), nil
 	}
+	if err != nil {
+		// The R-URI branch failed but others went out: a branch that could
+		// not be sent counts as failed once the rest end.
+		tx.maybeComplete()
+	}
 	m.Forwarded = true
-	t.st.relayed.Inc()
+	t.st.relayed.Add(int64(sent))
 	return core.Int(1), nil
 }
 
@@ -427,7 +457,8 @@ func (tx *Tx) addBranch(m *core.Msg, req *sip.Request, dst core.Target) error {
 	tx.mu.Unlock()
 	if onBranch != "" && tx.tm.env.Router != nil {
 		bm := &core.Msg{Env: m.Env, Req: breq, Proto: m.Proto, SrcIP: m.SrcIP, SrcPort: m.SrcPort, Local: m.Local,
-			DstURI: m.DstURI, SendSocket: m.SendSocket, Flags: m.Flags, BFlags: m.BFlags, Tx: tx, Vars: m.Vars}
+			DstURI: m.DstURI, SendSocket: m.SendSocket, Flags: m.Flags, BFlags: m.BFlags, Tx: tx, Vars: m.Vars,
+			Ext: map[string]any{"tm.bidx": idx}}
 		if err := tx.tm.env.Router.Run(tx.prog, onBranch, core.RouteBranch, bm); err != nil {
 			tx.tm.env.Log.Error("tm: branch route failed", "route", onBranch, "err", err)
 		}
@@ -609,6 +640,7 @@ func (tx *Tx) relayUp(res *sip.Response, kind core.OutKind) error {
 	if is2xx && tx.invite {
 		tx.sent2xx = true
 	}
+	req := tx.origin.Req // scheduleRelease drops it below
 	if final && !tx.finalSent {
 		tx.finalSent = true
 		tx.state = stCompleted
@@ -625,8 +657,12 @@ func (tx *Tx) relayUp(res *sip.Response, kind core.OutKind) error {
 			tx.lastCode = res.StatusCode
 		}
 	}
+	ev := &ReplyOut{Req: req, Res: res, Local: kind == core.OutReply, Flags: tx.flags, Data: tx.data, Canceled: tx.canceled}
 	tx.mu.Unlock()
 	tx.sendUp(res, kind)
+	if req != nil && tx.local == nil {
+		tx.tm.fireReplyOut(ev)
+	}
 	return nil
 }
 
@@ -766,6 +802,7 @@ func (t *TM) onReply(m *core.Msg) bool {
 		m.ReplyCode = code
 		// As in Kamailio, an onreply route sees the transaction's flags.
 		m.Flags, m.BFlags = flags, bflags
+		m.SetExt("tm.bidx", b.idx)
 		if err := t.env.Router.Run(prog, onReply, core.RouteTmReply, m); err != nil {
 			t.env.Log.Error("tm: onreply route failed", "route", onReply, "err", err)
 		}
@@ -793,6 +830,15 @@ func (t *TM) onReply(m *core.Msg) bool {
 		_ = tx.relayUp(res, core.OutRelayedReply)
 		tx.cancelPending()
 	default:
+		if code >= 600 && tx.invite {
+			// RFC 3261 16.7 step 5: a 6xx ends the search; the other
+			// branches are CANCELed and the best reply (the 6xx) goes up
+			// once they have ended (Kamailio's T_6xx).
+			tx.mu.Lock()
+			tx.got6xx = true
+			tx.mu.Unlock()
+			tx.cancelPending()
+		}
 		tx.maybeComplete()
 	}
 	return true
@@ -868,6 +914,9 @@ func (tx *Tx) maybeComplete() {
 			if err := tx.tm.env.Router.Run(tx.prog, onFailure, core.RouteFailure, fm); err != nil {
 				tx.tm.env.Log.Error("tm: failure route failed", "route", onFailure, "err", err)
 			}
+			tx.mu.Lock()
+			tx.flags = fm.Flags // setflag in the failure route counts (acc's missed-call flags)
+			tx.mu.Unlock()
 		}
 		tx.mu.Lock()
 		tx.inFailure = false

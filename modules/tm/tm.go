@@ -29,6 +29,7 @@ type TM struct {
 	dlgs    map[string]*Tx // Call-ID|From tag|CSeq → INVITE tx (e2e ACK matching)
 	seq     atomic.Uint64
 	stopped atomic.Bool // no new local requests once tm stops
+	hooks   hooks       // Go callbacks of modules following transactions (dialog, acc)
 
 	frTimer    atomic.Int64 // ms
 	frInvTimer atomic.Int64 // ms
@@ -104,6 +105,8 @@ func New(env *core.Env) *core.Module {
 			cbSetter("t_on_reply", func(m *core.Msg, n string) { m.OnReply = n }),
 			cbSetter("t_on_branch", func(m *core.Msg, n string) { m.OnBranch = n }),
 			cbSetter("t_on_branch_failure", func(m *core.Msg, n string) { m.OnBranchFailure = n }),
+			{Name: "t_is_set", Args: s1, Ret: core.RetInt, Doc: "(\"branch_route\"|\"failure_route\"|\"onreply_route\") 1 if that callback is armed (on the transaction, else the message), -1 if not",
+				Fn: t.tIsSet},
 			{Name: "t_check_trans", Ret: core.RetInt, Doc: "requests: 0 retransmission absorbed (or ACK to a negative reply), 1 CANCEL/ACK whose INVITE transaction exists, -1 none; replies: 1/-1",
 				Fn: t.tCheckTrans},
 			{Name: "t_newtran", Ret: core.RetInt, Routes: core.RouteRequest, Doc: "create the transaction now: 1 new, 0 retransmission (absorbed), -10 already exists for this message",
@@ -136,6 +139,7 @@ func New(env *core.Env) *core.Module {
 			Result:  `{"current": n, "total": n, "rpl_received": n, "rpl_generated": n, "rpl_sent": n, "6xx".."2xx": n, "created": n, "freed": n}`,
 			Handler: func(context.Context, core.RPCArgs) (any, error) { return t.stats(), nil },
 		}},
+		PVs:       tmPVs,
 		OnRequest: t.onRequest,
 		OnReply:   t.onReply,
 		Stop:      t.stop,

@@ -57,9 +57,11 @@ type Tx struct {
 	bflags    uint64 // branch flags at t_relay (KSR.setbflag), seen by branch and reply routes
 	timers    []core.Timer
 	deleted   bool
-	local     *LocalRequest // set for a request kamd originated (no server side)
 	// dnsNext: the DNS targets after the one the next branch goes to (dns.go).
 	dnsNext []core.Target
+	local   *LocalRequest  // set for a request kamd originated (no server side)
+	data    map[string]any // Msg.Ext of the relaying message, for hooks (ReplyOut.Data)
+	got6xx  bool           // a branch answered 6xx: the others are CANCELed, no new branches
 }
 
 type branch struct {

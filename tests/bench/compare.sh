@@ -9,6 +9,8 @@
 #   register  REGISTER answered 200 statelessly (flavours: native kemi_lua kemi_py)
 #   call      5-message call forwarded statelessly with an X-KEMI header (same flavours)
 #   stateful  a call relayed with record_route + t_relay (flavours: stateful stateful_lua)
+#   dlgacc    stateful + dlg_manage + acc to SQLite (db_flag, INVITE and BYE) (flavour: dlgacc)
+#   dlgacc_ds dlgacc with the next hop from ds_select_dst(1, 4) (flavour: dlgacc_ds)
 # Reported per run: calls ok/failed, the proxy's CPU time (user+sys of its process tree,
 # from /proc) per call, its peak RSS, and how long sipp took (elapsed_s; a proxy that
 # keeps up finishes in about CALLS/RATE seconds). Runs alternate A B A B.
@@ -23,12 +25,20 @@ while getopts "k:s:n:r:R:f:o:" o; do
   esac
 done
 if [ -z "$flavours" ]; then
-  if [ "$scen" = stateful ]; then flavours="stateful stateful_lua"; else flavours="native kemi_lua kemi_py"; fi
+  case $scen in stateful) flavours="stateful stateful_lua" ;; dlgacc) flavours="dlgacc" ;; dlgacc_ds) flavours="dlgacc_ds" ;; *) flavours="native kemi_lua kemi_py" ;; esac
 fi
 for b in kamailio sipp; do command -v $b >/dev/null || { echo "missing $b: apt-get install kamailio kamailio-lua-modules kamailio-python3-modules sip-tester" >&2; exit 2; }; done
 work=$(mktemp -d)
 [ -n "$out" ] || out=$work/results
-for c in native kemi_lua kemi_py stateful stateful_lua; do sed "s#ROUTEDIR#$here/kamailio#" "$here/kamailio/$c.cfg" > "$work/$c.cfg"; done
+# dlgacc flavours: Kamailio's acc writes to an SQLite file that must hold the acc
+# table, in WAL mode as kamd's; on tmpfs (run.sh puts kamd's there too), since
+# Kamailio's db_sqlite syncs every insert and kamd's database does not (synchronous=NORMAL).
+accdb=$work/acc.db; [ -d /dev/shm ] && accdb=/dev/shm/kamgo-bench-acc.$$.db
+for c in native kemi_lua kemi_py stateful stateful_lua dlgacc dlgacc_ds; do sed -e "s#ROUTEDIR#$here/kamailio#" -e "s#ACCDB#$accdb#" "$here/kamailio/$c.cfg" > "$work/$c.cfg"; done
+sqlite3 "$accdb" < /usr/share/kamailio/db_sqlite/standard-create.sql 2>/dev/null
+sqlite3 "$accdb" < /usr/share/kamailio/db_sqlite/acc-create.sql 2>/dev/null
+sqlite3 "$accdb" "PRAGMA journal_mode=WAL;" >/dev/null 2>&1
+trap 'rm -f "$accdb" "$accdb-wal" "$accdb-shm"' EXIT
 
 tree() { local p=$1; echo $p; for c in $(cat /proc/$p/task/*/children 2>/dev/null); do tree $c; done; }
 ticks() { local s=0 p; for p in $(tree $1); do set -- $(awk '{print $14, $15}' /proc/$p/stat 2>/dev/null); s=$((s + ${1:-0} + ${2:-0})); done; echo $s; }
@@ -55,7 +65,9 @@ run_one() { # name command
     up=$!
     sleep 0.3
     s0=$(date +%s.%N)
-    sipp -sn uac 127.0.0.1:5060 -i 127.0.0.1 -p 5080 -r $rate -rp 1000 -m $n -l 3000 \
+    # sipp -timeout does not end a run whose last calls lost a datagram (UDP drops on a
+    # loaded box): SIGINT makes it stop and write its screen.
+    timeout -s INT $((n / rate + 75)) sipp -sn uac 127.0.0.1:5060 -i 127.0.0.1 -p 5080 -r $rate -rp 1000 -m $n -l 3000 \
       -nostdin -timeout $((n / rate + 60))s -trace_screen -screen_file $d/screen.txt >/dev/null 2>&1
   fi
   s1=$(date +%s.%N)
@@ -74,7 +86,7 @@ echo "scenario=$scen calls=$n rate=$rate rounds=$rounds  ($(nproc) cpus, $(uname
 for i in $(seq $rounds); do
   # Stateful flavours get 512 MB of shared memory: the default 64 MB runs out
   # at ~1000 calls/s (each transaction lives on for wait_timer).
-  for f in $flavours; do [ "$f" = none ] && continue; mem=""; [ "$scen" = stateful ] && mem="-m 512"
+  for f in $flavours; do [ "$f" = none ] && continue; mem=""; [ "$scen" != register ] && [ "$scen" != call ] && mem="-m 512"
     run_one "kamailio-$f" "kamailio -f $work/$f.cfg -DD -E -w $work $mem"; done
   [ -n "$kamd_cmd" ] && run_one kamd "$kamd_cmd"
 done

@@ -2,6 +2,7 @@
 # kamd vs Kamailio, side by side, on this machine (127.0.0.1 only).
 #
 #   tests/bench/run.sh [--quick] [--scen "register call stateful"] [--skip-rate]
+#   (also: --scen dlgacc, and dlgacc_ds once kamd has the dispatcher module)
 #
 # Builds kamd once, then for each scenario (see compare.sh):
 #   1. CPU per call and peak RSS: ROUNDS interleaved runs of CALLS calls at RATE per
@@ -29,9 +30,16 @@ echo "building kamd..."
 kamd_cmd() { # scenario
   local s=$here/route.star
   [ "$1" = stateful ] && s=$here/route_stateful.star
-  echo "$out/kamd -f $s -l udp:127.0.0.1:5060 --rpc off --db $out/kamd.db"
+  [ "$1" = dlgacc ] && s=$here/route_dlgacc.star
+  if [ "$1" = dlgacc_ds ]; then
+    s=$out/route_dlgacc_ds.star
+    sed "s#ROUTEDIR#$here/kamailio#" "$here/route_dlgacc_ds.star.in" > "$s"
+  fi
+  local db=$out/kamd.db
+  case $1 in dlgacc*) [ -d /dev/shm ] && db=/dev/shm/kamgo-bench-kamd.$$.db ;; esac # as Kamailio's acc.db (compare.sh)
+  echo "$out/kamd -f $s -l udp:127.0.0.1:5060 --rpc off --db $db"
 }
-flav() { if [ "$1" = stateful ]; then echo "stateful stateful_lua"; else echo "native kemi_lua kemi_py"; fi; }
+flav() { case $1 in stateful) echo "stateful stateful_lua" ;; dlgacc|dlgacc_ds) echo "$1" ;; *) echo "native kemi_lua kemi_py" ;; esac; }
 echo "machine: $(nproc) cpus, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), kernel $(uname -r)"
 echo "versions: $(go version | cut -d' ' -f3), $(kamailio -v 2>/dev/null | head -1 | cut -d' ' -f2-3), $(sipp -v 2>/dev/null | grep -o 'v[0-9.]*' | head -1)"
 for sc in $scens; do

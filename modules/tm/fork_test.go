@@ -1,0 +1,125 @@
+package tm_test
+
+import (
+	"testing"
+
+	"github.com/kamgo/kamgo/modules/core"
+)
+
+const forkScript = `
+modparam("tm", "fr_timer", 2000)
+modparam("tm", "fr_inv_timer", 8000)
+
+def ksr_request_route():
+    if KSR.is_CANCEL() or KSR.is_ACK():
+        if KSR.tm.t_check_trans() > 0:
+            KSR.tm.t_relay()
+        return
+    KSR.corex.append_branch_uri("sip:b@10.0.0.2:5060")
+    KSR.corex.append_branch_uri_q("sip:c@10.0.0.3:5060", "0.5")
+    if KSR.pv.get("$rU") == "withbr":
+        KSR.tm.t_on_branch("br")
+    KSR.pv.seti("$shv(set_br)", KSR.tm.t_is_set("branch_route"))
+    KSR.pv.seti("$shv(set_fr)", KSR.tm.t_is_set("failure_route"))
+    KSR.pv.seti("$shv(rc)", KSR.tm.t_relay())
+
+def br():
+    i = KSR.pv.get("$T_branch_idx")
+    KSR.pv.seti("$shv(br" + str(i) + ")", 1)
+    KSR.pv.sets("$shv(ru" + str(i) + ")", KSR.pv.get("$ru"))
+    KSR.pv.seti("$shv(isbr)", KSR.tmx.t_is_branch_route())
+`
+
+// forked starts an INVITE that forks to bob@10.0.0.1, b@10.0.0.2 and c@10.0.0.3.
+func forked(t *testing.T, f *fixture, c call) []sent {
+	t.Helper()
+	o := f.request(c.raw(), "udp")
+	br := o.of(core.OutBranch)
+	if len(br) != 3 {
+		t.Fatalf("want 3 parallel branches, got %d:\n%s", len(br), o)
+	}
+	f.wantCodes("at once", o, 100)
+	return br
+}
+
+func TestParallelFork(t *testing.T) {
+	t.Run("three branches, each its R-URI, destination and index", func(t *testing.T) {
+		f := newFixture(t, forkScript)
+		br := forked(t, f, call{user: "withbr"})
+		for i, want := range []struct{ ruri, dst string }{
+			{"sip:withbr@10.0.0.1:5060", "udp:10.0.0.1:5060"},
+			{"sip:b@10.0.0.2:5060", "udp:10.0.0.2:5060"},
+			{"sip:c@10.0.0.3:5060", "udp:10.0.0.3:5060"},
+		} {
+			if got := br[i].req().Recipient.String(); got != want.ruri {
+				t.Errorf("branch %d R-URI %s, want %s", i, got, want.ruri)
+			}
+			f.wantTo("branch", br[i], want.dst)
+			if br[i].branch != i {
+				t.Errorf("branch %d has index %d", i, br[i].branch)
+			}
+			if f.shv("br"+string(rune('0'+i))) != 1 {
+				t.Errorf("branch route did not run for $T_branch_idx %d", i)
+			}
+			if got := f.env.Shv.Get("ru" + string(rune('0'+i))).Str; got != want.ruri {
+				t.Errorf("branch route %d saw $ru %q, want %q", i, got, want.ruri)
+			}
+		}
+		if br[0].viaBranch() == br[1].viaBranch() || br[1].viaBranch() == br[2].viaBranch() {
+			t.Errorf("branches share a Via branch")
+		}
+		if f.shv("rc") != 1 || f.shv("set_br") != 1 || f.shv("set_fr") != -1 || f.shv("isbr") != 1 {
+			t.Errorf("t_relay %d, t_is_set branch %d failure %d, t_is_branch_route %d", f.shv("rc"), f.shv("set_br"), f.shv("set_fr"), f.shv("isbr"))
+		}
+	})
+	t.Run("first 2xx wins and the others are CANCELed", func(t *testing.T) {
+		f := newFixture(t, forkScript)
+		br := forked(t, f, call{})
+		f.reply(br[0], 180, "t0")
+		f.reply(br[1], 180, "t1")
+		o := f.reply(br[1], 200, "t1")
+		f.wantCodes("200", o, 200)
+		cancels := o.requests("CANCEL")
+		if len(cancels) != 1 || cancels[0].dst.String() != "udp:10.0.0.1:5060" || cancels[0].viaBranch() != br[0].viaBranch() {
+			t.Fatalf("want one CANCEL to branch 0 (branch 2 has sent no provisional yet):\n%s", o)
+		}
+		// Branch 2 answers late with a provisional: its CANCEL goes now.
+		o = f.reply(br[2], 180, "t2")
+		if c := o.requests("CANCEL"); len(c) != 1 || c[0].viaBranch() != br[2].viaBranch() {
+			t.Errorf("no CANCEL to branch 2 after its 180:\n%s", o)
+		}
+		if len(o.upstream()) != 0 {
+			t.Errorf("a provisional after the 2xx went up:\n%s", o)
+		}
+		o = f.reply(br[0], 487, "t0")
+		if len(o.upstream()) != 0 || len(o.requests("ACK")) != 1 {
+			t.Errorf("487 of a CANCELed branch: want only our ACK:\n%s", o)
+		}
+	})
+	t.Run("a 6xx CANCELs the rest and goes up once they end", func(t *testing.T) {
+		f := newFixture(t, forkScript)
+		br := forked(t, f, call{})
+		f.reply(br[0], 180, "t0")
+		f.reply(br[2], 183, "t2")
+		o := f.reply(br[1], 603, "t1")
+		if len(o.upstream()) != 0 {
+			t.Errorf("the 603 went up before the other branches ended:\n%s", o)
+		}
+		if c := o.requests("CANCEL"); len(c) != 2 {
+			t.Errorf("want CANCELs to branches 0 and 2:\n%s", o)
+		}
+		f.reply(br[0], 487, "t0")
+		o = f.reply(br[2], 487, "t2")
+		f.wantCodes("after all ended", o, 603)
+	})
+	t.Run("no 2xx: the best final reply after all branches end", func(t *testing.T) {
+		f := newFixture(t, forkScript)
+		br := forked(t, f, call{})
+		if o := f.reply(br[0], 486, "t0"); len(o.upstream()) != 0 {
+			t.Errorf("486 went up with branches pending:\n%s", o)
+		}
+		f.reply(br[1], 503, "t1")
+		o := f.reply(br[2], 404, "t2")
+		f.wantCodes("best", o, 404)
+	})
+}
