@@ -33,9 +33,21 @@ type Config struct {
 	Workers   int // goroutines running scripts; default 4×GOMAXPROCS
 	QueueLen  int // jobs waiting for a worker before kamd answers 503
 	TLSConfig *tls.Config
-	// IdleTimeout closes TCP/TLS connections without traffic.
+	// IdleTimeout closes stream connections without traffic
+	// (tcp_connection_lifetime).
 	IdleTimeout time.Duration
-	MaxConns    int
+	// MaxConns bounds accepted stream connections (tcp_max_connections);
+	// beyond it the stalest one is evicted (see gate).
+	MaxConns int
+	// MaxConnsPerIP bounds accepted connections from one address
+	// (tcp_accept_iplimit); a negative value: no limit.
+	MaxConnsPerIP int
+	// MsgReadTimeout is the time a message may take to arrive once its
+	// first byte did, and a TLS handshake to complete (tcp_msg_read_timeout).
+	MsgReadTimeout time.Duration
+	// MsgDataTimeout is the time a new connection may stay silent before
+	// its first byte (tcp_msg_data_timeout).
+	MsgDataTimeout time.Duration
 }
 
 type job struct {
@@ -128,6 +140,14 @@ type Transport struct {
 	dropped *core.Counter
 	badMsgs *core.Counter
 
+	// Stream connection limits (limits.go) and their counters.
+	gate           gate
+	connRejected   *core.Counter // tcp:local_reject
+	connEvicted    *core.Counter // tcp:evicted
+	connTimeout    *core.Counter // tcp:con_timeout (idle lifetime, silent new connection)
+	msgReadTimeout *core.Counter // tcp:msg_read_timeout
+	sendFailed     *core.Counter // core:send_failed (replyfail.go)
+
 	// sendHook, set only by tests (the fuzz targets), gets every
 	// serialised message instead of the network.
 	sendHook func(o *core.Outgoing, data []byte) error
@@ -165,18 +185,31 @@ func New(env *core.Env, h Handler, cfg Config) *Transport {
 		cfg.QueueLen = 4096
 	}
 	if cfg.IdleTimeout <= 0 {
-		cfg.IdleTimeout = 10 * time.Minute
+		cfg.IdleTimeout = DefaultIdleTimeout
 	}
 	if cfg.MaxConns <= 0 {
-		cfg.MaxConns = 4096
+		cfg.MaxConns = DefaultMaxConns
+	}
+	if cfg.MaxConnsPerIP == 0 {
+		cfg.MaxConnsPerIP = DefaultMaxConnsPerIP
+	}
+	if cfg.MsgReadTimeout <= 0 {
+		cfg.MsgReadTimeout = DefaultMsgReadTimeout
+	}
+	if cfg.MsgDataTimeout <= 0 {
+		cfg.MsgDataTimeout = DefaultMsgDataTimeout
 	}
 	queues := make([]chan job, cfg.Workers)
 	for i := range queues {
 		queues[i] = make(chan job, cfg.QueueLen/cfg.Workers+1)
 	}
+	st := env.Stats
 	return &Transport{env: env, h: h, cfg: cfg, log: env.Log, queues: queues,
 		resolv:  &resolver{cache: map[string]resolved{}},
-		dropped: env.Stats.Counter("core", "drop_requests"), badMsgs: env.Stats.Counter("core", "err_requests")}
+		dropped: st.Counter("core", "drop_requests"), badMsgs: st.Counter("core", "err_requests"),
+		connRejected: st.Counter("tcp", "local_reject"), connEvicted: st.Counter("tcp", "evicted"),
+		connTimeout: st.Counter("tcp", "con_timeout"), msgReadTimeout: st.Counter("tcp", "msg_read_timeout"),
+		sendFailed: st.Counter("core", "send_failed")}
 }
 
 // Listen binds every socket; a port 0 is replaced with the bound port in
@@ -247,6 +280,7 @@ func (t *Transport) bindStream(ctx context.Context, s core.Socket, reuse bool) (
 		return nil, s, fmt.Errorf("listen %s: %w", s, err)
 	}
 	s.Port = ln.Addr().(*net.TCPAddr).Port
+	ln = gateListener{Listener: ln, t: t}
 	if s.Proto == "tls" || s.Proto == "wss" {
 		ln = tls.NewListener(ln, t.cfg.TLSConfig)
 	}
