@@ -197,6 +197,7 @@ func (t *Transport) readLoop(sc *streamConn) {
 				used = min(used, len(pending))
 				raw := pending[:used]
 				j := job{msg: msg, sock: sc.sock, proto: sc.proto, remote: sc.remote, connID: sc.id, at: time.Now()}
+				j.size = used
 				if code, why := core.WireProblem(msg, raw, false); code != 0 {
 					// Framing is intact: refuse this one, keep the connection.
 					t.badMsgs.Inc()

@@ -69,6 +69,8 @@ type job struct {
 	// message's own bytes; why is its reason.
 	refuse int
 	why    string
+	// size is the message's length on the wire (core.Msg.Size); 0: len(data).
+	size int
 }
 
 // source returns the sender as ip, port.
@@ -391,7 +393,12 @@ func (t *Transport) overload(j job) {
 
 func (t *Transport) newMsg(j job) *core.Msg {
 	ip, port := j.source()
-	return &core.Msg{Env: t.env, Proto: j.proto, SrcIP: ip, SrcPort: port, Local: j.sock, ConnID: j.connID, Arrived: j.at}
+	m := &core.Msg{Env: t.env, Proto: j.proto, SrcIP: ip, SrcPort: port, Local: j.sock, ConnID: j.connID, Arrived: j.at}
+	m.Size = j.size
+	if m.Size == 0 {
+		m.Size = len(j.data)
+	}
+	return m
 }
 
 func (t *Transport) worker(q chan job) {

@@ -52,6 +52,7 @@ func (t *Transport) udpLoop(u *udpSock) {
 				continue // CRLF keepalives and runts
 			}
 			j := job{sock: u.sock, proto: "udp", srcIP: ips.str(src.Addr()), srcPort: int(src.Port()), at: now}
+			j.size = len(data)
 			if inline {
 				// The parser copies what it keeps, so the read buffer may
 				// be reused once process returns.

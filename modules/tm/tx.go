@@ -57,6 +57,7 @@ type Tx struct {
 	timers    []core.Timer
 	deleted   bool
 	local     *LocalRequest // set for a request kamd originated (no server side)
+	cost      int64         // estimated bytes, charged to tm.txBytes (limits.go)
 }
 
 type branch struct {
