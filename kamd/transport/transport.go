@@ -148,7 +148,7 @@ type Transport struct {
 	connEvicted    *core.Counter // tcp:evicted
 	connTimeout    *core.Counter // tcp:con_timeout (idle lifetime, silent new connection)
 	msgReadTimeout *core.Counter // tcp:msg_read_timeout
-	sendFailed     *core.Counter // core:send_failed (replyfail.go)
+	sendFailed     *core.Counter // core:rpl_send_failed (replyfail.go)
 
 	// sendHook, set only by tests (the fuzz targets), gets every
 	// serialised message instead of the network.
@@ -211,7 +211,7 @@ func New(env *core.Env, h Handler, cfg Config) *Transport {
 		dropped: st.Counter("core", "drop_requests"), badMsgs: st.Counter("core", "err_requests"),
 		connRejected: st.Counter("tcp", "local_reject"), connEvicted: st.Counter("tcp", "evicted"),
 		connTimeout: st.Counter("tcp", "con_timeout"), msgReadTimeout: st.Counter("tcp", "msg_read_timeout"),
-		sendFailed: st.Counter("core", "send_failed")}
+		sendFailed: st.Counter("core", "rpl_send_failed")}
 }
 
 // Listen binds every socket; a port 0 is replaced with the bound port in
@@ -526,9 +526,31 @@ func (t *Transport) Send(o *core.Outgoing) error {
 	buf := bufPool.Get().(*bytes.Buffer)
 	buf.Reset()
 	o.Msg.StringWrite(buf)
-	err := t.sendBytes(o, buf.Bytes())
+	var err error
+	if o.Kind == core.OutReply || o.Kind == core.OutRelayedReply {
+		err = t.sendReply(o, buf.Bytes())
+	} else {
+		err = t.sendBytes(o, buf.Bytes())
+	}
 	if buf.Cap() <= 64<<10 {
 		bufPool.Put(buf)
+	}
+	return err
+}
+
+// sendReply sends a reply; one that cannot go (too large for UDP, a
+// failed write) is handled by replyFailed, never dropped silently.
+func (t *Transport) sendReply(o *core.Outgoing, data []byte) error {
+	var err error
+	if len(data) > maxUDPPayload && (o.Dst.Proto == "udp" || o.Dst.Proto == "") {
+		err = fmt.Errorf("%d bytes do not fit in a UDP datagram (%d at most)", len(data), maxUDPPayload)
+	} else {
+		err = t.sendBytes(o, data)
+	}
+	if err != nil {
+		if res, ok := o.Msg.(*sip.Response); ok {
+			t.replyFailed(o, res, len(data), err)
+		}
 	}
 	return err
 }
