@@ -283,6 +283,7 @@ func tcpAttack(k *Kamd, stop <-chan struct{}, _ int) {
 					go func() { <-stop; c.Close() }()
 					body(c)
 					c.Close()
+					time.Sleep(100 * time.Millisecond) // then at it again
 				}
 			}(i)
 		}
@@ -319,8 +320,8 @@ func tcpAttack(k *Kamd, stop <-chan struct{}, _ int) {
 	wg.Wait()
 }
 
-// inviteFlood sends INVITEs as fast as four sockets can to a next hop that
-// never answers (hole), relayed statefully by the default script.
+// inviteFlood sends about 10 000 INVITEs/s from four sockets to a next hop
+// that never answers (hole), relayed statefully by the default script.
 func inviteFlood(k *Kamd, stop <-chan struct{}, hole int) {
 	var wg sync.WaitGroup
 	for g := 0; g < 4; g++ {
@@ -349,8 +350,8 @@ func inviteFlood(k *Kamd, stop <-chan struct{}, hole int) {
 				}
 				_, _ = c.WriteToUDP(buildRequest(c.LocalAddr().String(), reqSpec{Method: "INVITE", RURI: ruri,
 					Body: "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n", Extra: []string{"Content-Type: application/sdp"}}), k.UDPAddr())
-				if i%64 == 63 {
-					time.Sleep(time.Millisecond) // about 15-20k INVITEs/s in all: beyond what 2 CPUs route
+				if i%25 == 24 {
+					time.Sleep(10 * time.Millisecond) // about 2500/s per socket, 10 000 INVITEs/s in all (the 11k/s)
 				}
 			}
 		}()

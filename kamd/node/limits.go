@@ -64,23 +64,32 @@ func (n *Node) applyMemLimit(p *starlark.Program) {
 var reclaimOnce sync.Once
 
 // reclaimEvery and reclaimMin: after a burst (a flood of transactions or
-// connections) the heap shrinks but the Go runtime returns the freed pages
-// to the OS only slowly; when more than reclaimMin is free and unreturned
-// and it exceeds what is in use, kamd collects and returns it at once.
+// connections) the heap shrinks, but the Go runtime collects only when
+// something allocates and returns freed pages to the OS only slowly, so an
+// idle kamd kept what the burst took. Every reclaimEvery, when more than
+// reclaimMin is free and not returned and exceeds what is in use, or when
+// the heap holds more than reclaimMin and no collection ran since the last
+// look (kamd is quiet: the extra collection costs idle CPU only), kamd
+// collects and returns the free memory at once.
 const (
 	reclaimEvery = 10 * time.Second
 	reclaimMin   = 64 << 20
 )
 
 func reclaim(env *core.Env) {
-	samples := []metrics.Sample{{Name: "/memory/classes/heap/free:bytes"}, {Name: "/memory/classes/heap/objects:bytes"}}
+	samples := []metrics.Sample{{Name: "/memory/classes/heap/free:bytes"}, {Name: "/memory/classes/heap/objects:bytes"},
+		{Name: "/gc/cycles/total:gc-cycles"}}
+	var lastCycles uint64
 	for range time.Tick(reclaimEvery) {
 		metrics.Read(samples)
-		free, used := samples[0].Value.Uint64(), samples[1].Value.Uint64()
-		if free > reclaimMin && free > used {
+		free, used, cycles := samples[0].Value.Uint64(), samples[1].Value.Uint64(), samples[2].Value.Uint64()
+		if (free > reclaimMin && free > used) || (cycles == lastCycles && used > reclaimMin) {
 			debug.FreeOSMemory()
-			env.Log.Debug("memory returned to the OS after a burst", "free_mb", free>>20, "in_use_mb", used>>20)
+			metrics.Read(samples)
+			env.Log.Debug("memory returned to the OS", "free_mb", free>>20, "heap_mb", used>>20, "heap_after_mb", samples[1].Value.Uint64()>>20)
+			cycles = samples[2].Value.Uint64()
 		}
+		lastCycles = cycles
 	}
 }
 

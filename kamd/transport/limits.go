@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"container/list"
 	"crypto/tls"
 	"net"
 	"sync"
@@ -22,14 +23,22 @@ const (
 )
 
 // gate admits accepted stream connections: at most MaxConnsPerIP from one
-// address, and at most MaxConns in all — beyond that the connection that
-// has not yet sent one complete message (oldest first), else the one idle
-// the longest, is closed to make room, so idle or stalled peers can never
-// lock a new client out.
+// address, and at most MaxConns in all — beyond that a connection that has
+// not yet sent one complete message is closed to make room: the oldest of
+// the address holding the most connections (so a client from another
+// address, just connected, is not the one to go), else, when every
+// connection has sent a message, the one idle the longest. Idle or stalled
+// peers can never lock a new client out.
 type gate struct {
 	mu    sync.Mutex
 	all   map[*gconn]struct{}
-	perIP map[string]int
+	perIP map[string]*ipConns
+}
+
+// ipConns are one address's connections.
+type ipConns struct {
+	n      int
+	silent list.List // of *gconn that completed no message yet, oldest first
 }
 
 // gconn is an accepted connection as the gate knows it.
@@ -40,7 +49,8 @@ type gconn struct {
 	created int64        // unix ns
 	last    atomic.Int64 // unix ns of the last complete message (or keepalive)
 	msgs    atomic.Int64 // complete messages read
-	gone    bool         // left the gate (under gate.mu)
+	gone    bool          // left the gate (under gate.mu)
+	elem    *list.Element // in its address's silent list (under gate.mu)
 	once    sync.Once
 }
 
@@ -54,10 +64,16 @@ func (g *gconn) seen(msg bool) {
 	if g == nil {
 		return
 	}
-	if msg {
-		g.msgs.Add(1)
-	}
 	g.last.Store(time.Now().UnixNano())
+	if msg && g.msgs.Add(1) == 1 {
+		gt := &g.t.gate
+		gt.mu.Lock()
+		if g.elem != nil {
+			gt.perIP[g.ip].silent.Remove(g.elem)
+			g.elem = nil
+		}
+		gt.mu.Unlock()
+	}
 }
 
 // gateOf is the gate's record of an accepted connection (nil: dialled by kamd).
@@ -84,7 +100,12 @@ func (gt *gate) dropLocked(g *gconn) {
 	}
 	g.gone = true
 	delete(gt.all, g)
-	if gt.perIP[g.ip]--; gt.perIP[g.ip] <= 0 {
+	ic := gt.perIP[g.ip]
+	if g.elem != nil {
+		ic.silent.Remove(g.elem)
+		g.elem = nil
+	}
+	if ic.n--; ic.n <= 0 {
 		delete(gt.perIP, g.ip)
 	}
 }
@@ -101,9 +122,10 @@ func (t *Transport) admit(c net.Conn) (*gconn, bool) {
 	gt := &t.gate
 	gt.mu.Lock()
 	if gt.all == nil {
-		gt.all, gt.perIP = map[*gconn]struct{}{}, map[string]int{}
+		gt.all, gt.perIP = map[*gconn]struct{}{}, map[string]*ipConns{}
 	}
-	if t.cfg.MaxConnsPerIP > 0 && gt.perIP[ip] >= t.cfg.MaxConnsPerIP {
+	ic := gt.perIP[ip]
+	if t.cfg.MaxConnsPerIP > 0 && ic != nil && ic.n >= t.cfg.MaxConnsPerIP {
 		gt.mu.Unlock()
 		t.connRejected.Inc()
 		t.log.Debug("connection refused: tcp_accept_iplimit reached", "remote", c.RemoteAddr().String(), "limit", t.cfg.MaxConnsPerIP)
@@ -120,7 +142,15 @@ func (t *Transport) admit(c net.Conn) (*gconn, bool) {
 		gt.dropLocked(victim)
 	}
 	gt.all[g] = struct{}{}
-	gt.perIP[ip]++
+	if ic == nil || ic.n == 0 { // (victim may have been its last one)
+		ic = gt.perIP[ip]
+		if ic == nil {
+			ic = &ipConns{}
+			gt.perIP[ip] = ic
+		}
+	}
+	ic.n++
+	g.elem = ic.silent.PushBack(g)
 	gt.mu.Unlock()
 	if victim != nil {
 		t.connEvicted.Inc()
@@ -131,23 +161,24 @@ func (t *Transport) admit(c net.Conn) (*gconn, bool) {
 	return g, true
 }
 
-// victimLocked picks the connection to close for a new one: the oldest of
-// those that never completed a message, else the one idle the longest.
+// victimLocked picks the connection to close for a new one: the oldest
+// silent connection of the address with the most connections, else the
+// connection idle the longest.
 func (gt *gate) victimLocked() *gconn {
-	var silent, idle *gconn
-	for g := range gt.all {
-		if g.msgs.Load() == 0 {
-			if silent == nil || g.created < silent.created {
-				silent = g
-			}
-			continue
+	var heavy *ipConns
+	for _, ic := range gt.perIP {
+		if ic.silent.Len() > 0 && (heavy == nil || ic.n > heavy.n) {
+			heavy = ic
 		}
+	}
+	if heavy != nil {
+		return heavy.silent.Front().Value.(*gconn)
+	}
+	var idle *gconn
+	for g := range gt.all {
 		if idle == nil || g.last.Load() < idle.last.Load() {
 			idle = g
 		}
-	}
-	if silent != nil {
-		return silent
 	}
 	return idle
 }

@@ -255,3 +255,29 @@ func BenchmarkIdleConnMemory(b *testing.B) {
 		tr.Close()
 	}
 }
+
+// TestEvictionSparesLightAddresses: the connection closed for a new one is
+// the oldest silent one of the address holding the most connections, so
+// one client per address (a phone that just connected) is not the victim
+// of a crowd from other addresses, even when it is the oldest.
+func TestEvictionSparesLightAddresses(t *testing.T) {
+	tr, socks := startCfg(t, Config{MaxConns: 4, MaxConnsPerIP: -1}, &echoHandler{}, core.Socket{Proto: "tcp", IP: "127.0.0.1"})
+	to := addr(socks[0])
+	lone := dialFromIP(t, "127.0.0.6", to)
+	waitGate(t, tr, 1)
+	var crowd []net.Conn
+	for i := 0; i < 3; i++ {
+		crowd = append(crowd, dialFromIP(t, "127.0.0.5", to))
+		waitGate(t, tr, 2+i)
+	}
+	fresh := dialFromIP(t, "127.0.0.7", to)
+	if s := options(t, fresh, 1); s != "SIP/2.0 200 OK tcp" {
+		t.Fatalf("new client: %q", s)
+	}
+	if !closedByPeer(crowd[0], 5*time.Second) {
+		t.Error("the oldest connection of the crowded address was not the one evicted")
+	}
+	if closedByPeer(lone, 300*time.Millisecond) {
+		t.Error("the lone (oldest) connection of another address was evicted")
+	}
+}

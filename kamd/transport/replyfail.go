@@ -49,3 +49,30 @@ func (t *Transport) replyFailed(o *core.Outgoing, res *sip.Response, size int, e
 	}
 	t.log.Info("sent 500 in place of a reply that could not be sent", "code", res.StatusCode, "dst", o.Dst.String(), "bytes", size)
 }
+
+// shedInvite answers a new INVITE (no To tag) 503 at once while tm's
+// transaction table has no room for one (core.Env.ShedInvites): the
+// flood costs a parse and a small reply, never a queue slot or a script
+// run, so the requests still served (REGISTER, OPTIONS, in-dialog) are
+// not starved. Counted with tm's own refusals (tm:refused_overload).
+func (t *Transport) shedInvite(j job, req *sip.Request) bool {
+	if !req.IsInvite() || req.Via() == nil {
+		return false
+	}
+	if to := req.To(); to == nil || to.Params.Has("tag") {
+		return false
+	}
+	if c, _ := core.RequestRefusal(req); c != 0 {
+		return false // the door answers it
+	}
+	m := t.newMsg(j)
+	m.Req = req
+	if j.proto != "udp" {
+		m.ForceRport()
+	}
+	m.FixVia()
+	res := core.BuildReply(req, 503, "Service Unavailable", []sip.Header{sip.NewHeader("Retry-After", "5")})
+	_ = t.Send(m.ReplyOutgoing(res, core.OutReply))
+	t.shed.Inc()
+	return true
+}

@@ -149,6 +149,7 @@ type Transport struct {
 	connTimeout    *core.Counter // tcp:con_timeout (idle lifetime, silent new connection)
 	msgReadTimeout *core.Counter // tcp:msg_read_timeout
 	sendFailed     *core.Counter // core:rpl_send_failed (replyfail.go)
+	shed           *core.Counter // tm:refused_overload, INVITEs shed at the door
 
 	// sendHook, set only by tests (the fuzz targets), gets every
 	// serialised message instead of the network.
@@ -211,7 +212,7 @@ func New(env *core.Env, h Handler, cfg Config) *Transport {
 		dropped: st.Counter("core", "drop_requests"), badMsgs: st.Counter("core", "err_requests"),
 		connRejected: st.Counter("tcp", "local_reject"), connEvicted: st.Counter("tcp", "evicted"),
 		connTimeout: st.Counter("tcp", "con_timeout"), msgReadTimeout: st.Counter("tcp", "msg_read_timeout"),
-		sendFailed: st.Counter("core", "rpl_send_failed")}
+		sendFailed: st.Counter("core", "rpl_send_failed"), shed: st.Counter("tm", "refused_overload")}
 }
 
 // Listen binds every socket; a port 0 is replaced with the bound port in
@@ -453,6 +454,9 @@ func (t *Transport) process(parser *sip.Parser, j job) {
 			t.badMsgs.Inc()
 			t.log.Debug("request refused before routing", "src", j.remoteAddr(), "proto", j.proto, "code", code, "why", why)
 			t.refuse(m, code, why, false)
+			return
+		}
+		if t.env.ShedInvites.Load() && t.shedInvite(j, x) {
 			return
 		}
 		if j.proto != "udp" {

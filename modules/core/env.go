@@ -199,6 +199,13 @@ type Env struct {
 	DBPath string
 	DB     *sql.DB
 
+	// ShedInvites is set by tm while its transaction table has no room for
+	// another INVITE (max_transactions, max_transactions_mem): the
+	// transport then answers new INVITEs 503 as soon as they are parsed,
+	// before queueing or routing them, so a flood cannot starve the
+	// requests that are still served (docs/limits.md).
+	ShedInvites atomic.Bool
+
 	// socks is the immutable list Sockets returns; sockMu orders writers.
 	socks  atomic.Pointer[[]Socket]
 	sockMu sync.Mutex

@@ -47,6 +47,9 @@ func (t *TM) admit(m *core.Msg) bool {
 	if (maxN <= 0 || t.st.current.Value() < maxN) && (maxB <= 0 || t.txBytes.Load()+cost <= maxB) {
 		return true
 	}
+	if m.Req.IsInvite() {
+		t.env.ShedInvites.Store(true) // cleared by release once there is room
+	}
 	t.st.refused.Inc()
 	t.env.Log.Debug("tm: transaction table full; 503", "method", string(m.Req.Method), "current", t.st.current.Value(),
 		"est_bytes", t.txBytes.Load(), "at", m.Pos())
@@ -55,4 +58,11 @@ func (t *TM) admit(m *core.Msg) bool {
 		t.env.Log.Debug("tm: 503 not sent", "err", err)
 	}
 	return false
+}
+
+// roomForInvite reports whether an INVITE of average size would fit again
+// (release clears Env.ShedInvites with it).
+func (t *TM) roomForInvite() bool {
+	maxN, maxB := t.maxTx.Load()*inviteSharePct/100, (t.maxTxMem.Load()<<20)*inviteSharePct/100
+	return (maxN <= 0 || t.st.current.Value() < maxN) && (maxB <= 0 || t.txBytes.Load()+txCost(&core.Msg{}) <= maxB)
 }

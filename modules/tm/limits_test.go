@@ -29,6 +29,9 @@ modparam("tm", "max_transactions_mem", 0)
 	if got := f.env.Stats.Counter("tm", "refused_overload").Value(); got != 1 {
 		t.Errorf("tm:refused_overload = %d, want 1", got)
 	}
+	if !f.env.ShedInvites.Load() {
+		t.Error("Env.ShedInvites not set with no room for an INVITE (the transport would keep queueing them)")
+	}
 	// A non-INVITE uses the headroom the INVITEs may not.
 	o = f.request(call{user: "probe", method: "MESSAGE"}.raw(), "udp")
 	if len(o.requests("MESSAGE")) != 1 || len(o.upstream()) != 0 {
@@ -43,6 +46,9 @@ modparam("tm", "max_transactions_mem", 0)
 	}
 	if cur := f.stats()["current"]; cur != 0 {
 		t.Fatalf("tm current = %d after every timer, want 0", cur)
+	}
+	if f.env.ShedInvites.Load() {
+		t.Error("Env.ShedInvites still set with an empty table")
 	}
 	o = f.request(call{user: "after"}.raw(), "udp")
 	if len(o.requests("INVITE")) != 1 {

@@ -137,6 +137,9 @@ func (tx *Tx) release() {
 	t.st.freed.Inc()
 	t.st.current.Add(-1)
 	t.txBytes.Add(-tx.cost)
+	if t.env.ShedInvites.Load() && t.roomForInvite() {
+		t.env.ShedInvites.Store(false)
+	}
 }
 
 func (t *TM) newtran(m *core.Msg) (core.Val, error) {
