@@ -1,6 +1,8 @@
 package node
 
 import (
+	"context"
+	"log/slog"
 	"os"
 	"runtime/debug"
 	"runtime/metrics"
@@ -86,7 +88,12 @@ func reclaim(env *core.Env) {
 		if (free > reclaimMin && free > used) || (cycles == lastCycles && used > reclaimMin) {
 			debug.FreeOSMemory()
 			metrics.Read(samples)
-			env.Log.Debug("memory returned to the OS", "free_mb", free>>20, "heap_mb", used>>20, "heap_after_mb", samples[1].Value.Uint64()>>20)
+			after := samples[1].Value.Uint64()
+			lvl := slog.LevelDebug
+			if free+used-after > reclaimMin {
+				lvl = slog.LevelInfo // after a burst: worth a line
+			}
+			env.Log.Log(context.Background(), lvl, "memory returned to the OS", "free_mb", free>>20, "heap_mb", used>>20, "heap_after_mb", after>>20)
 			cycles = samples[2].Value.Uint64()
 		}
 		lastCycles = cycles

@@ -172,6 +172,16 @@ func (realClock) AfterFunc(d time.Duration, f func()) Timer { return time.AfterF
 // RealClock is the wall clock.
 var RealClock Clock = realClock{}
 
+// IsRealClock reports whether c is the wall clock (not a route test's
+// fixed clock, whose timers fire synchronously inside Advance).
+func IsRealClock(c Clock) bool {
+	switch c.(type) {
+	case realClock, *realClock:
+		return true
+	}
+	return false
+}
+
 // Env is what modules are built against: services shared by all of them.
 //
 // When fields are ready (kamd/node wires them): Log, Clock, Stats, Shv and

@@ -38,6 +38,7 @@ type TM struct {
 	maxTx      atomic.Int64 // max_transactions (0: no count limit)
 	maxTxMem   atomic.Int64 // max_transactions_mem, MB (0: no limit)
 	txBytes    atomic.Int64 // estimated bytes of the live transactions (limits.go)
+	pooled     bool         // timers run on firePool (the wall clock; timerpool.go)
 
 	st struct {
 		created, freed, rplReceived, rplGenerated, rplSent, relayed, canceled, timeouts *core.Counter
@@ -55,6 +56,7 @@ type settings struct {
 func New(env *core.Env) *core.Module {
 	t := &TM{env: env, txs: map[string]*Tx{}, clients: map[string]*Tx{}, dlgs: map[string]*Tx{}}
 	instances.Store(env, t)
+	t.pooled = core.IsRealClock(env.Clock)
 	s := env.Stats
 	t.st.created = s.Counter("tm", "created")
 	t.st.freed = s.Counter("tm", "freed")

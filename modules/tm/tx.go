@@ -133,7 +133,7 @@ func (t *Tx) after(d time.Duration, f func()) core.Timer {
 	if t.deleted {
 		return noTimer{}
 	}
-	tm := t.tm.env.Clock.AfterFunc(d, f)
+	tm := t.tm.env.Clock.AfterFunc(d, t.tm.timerFunc(f))
 	t.timers = append(t.timers, tm)
 	return tm
 }
