@@ -46,9 +46,9 @@ type gconn struct {
 	net.Conn
 	t       *Transport
 	ip      string
-	created int64        // unix ns
-	last    atomic.Int64 // unix ns of the last complete message (or keepalive)
-	msgs    atomic.Int64 // complete messages read
+	created int64         // unix ns
+	last    atomic.Int64  // unix ns of the last complete message (or keepalive)
+	msgs    atomic.Int64  // complete messages read
 	gone    bool          // left the gate (under gate.mu)
 	elem    *list.Element // in its address's silent list (under gate.mu)
 	once    sync.Once
