@@ -265,8 +265,8 @@ func registerTCPTimeout(k *Kamd, ip, user string) (int, error) {
 	defer c.Close()
 	local := c.LocalAddr().String()
 	req := fmt.Sprintf("REGISTER sip:127.0.0.1:%d SIP/2.0\r\nVia: SIP/2.0/TCP %s;branch=z9hG4bK%s;rport\r\nMax-Forwards: 70\r\n"+
-		"From: <sip:%s@kamgo.test>;tag=%s\r\nTo: <sip:%s@kamgo.test>\r\nCall-ID: %s@kamgo.test\r\nCSeq: 1 REGISTER\r\nContact: <sip:%s@%s;transport=tcp>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n",
-		k.Port, local, randToken(), user, randToken(), user, randToken(), user, local)
+		"From: <sip:%s@kamgo.test>;tag=%s\r\nTo: <sip:%s@kamgo.test>\r\nCall-ID: %s@kamgo.test\r\nCSeq: 1 REGISTER\r\nContact: <sip:%s@%s:5999;transport=tcp>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n",
+		k.Port, local, randToken(), user, randToken(), user, randToken(), user, ip) // one contact, refreshed (max_contacts)
 	if _, err := c.Write([]byte(req)); err != nil {
 		return 0, err
 	}
