@@ -238,16 +238,19 @@ func TestHardenCorruptDatabase(t *testing.T) {
 	if _, err := db.Exec(`CREATE TABLE filler (id INTEGER PRIMARY KEY, v TEXT); CREATE INDEX filler_v ON filler(v)`); err != nil {
 		t.Fatal(err)
 	}
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i := 0; i < 3000; i++ {
-		if _, err := db.Exec(`INSERT INTO filler (v) VALUES (?)`, strings.Repeat(strconv.Itoa(i), 20)); err != nil {
+		if _, err := tx.Exec(`INSERT INTO filler (v) VALUES (?)`, strings.Repeat(strconv.Itoa(i), 20)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	db.Close()
-	_, stderr, code := runKamd(t, "-l", "udp:127.0.0.1:0", "--rpc", "off", "--db", path, "-c")
-	if code != 0 {
-		t.Fatalf("kamd -c: %d %s", code, stderr)
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
 	}
+	db.Close()
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -260,7 +263,7 @@ func TestHardenCorruptDatabase(t *testing.T) {
 	if err := os.WriteFile(path, raw, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, stderr, code = runKamdTimeout(t, 20*time.Second, "-l", "udp:127.0.0.1:0", "--rpc", "off", "--db", path)
+	_, stderr, code := runKamdTimeout(t, 20*time.Second, "-l", "udp:127.0.0.1:0", "--rpc", "off", "--db", path)
 	if code == 0 || !strings.Contains(stderr, path) || !strings.Contains(stderr, "corrupt") {
 		t.Fatalf("kamd on a corrupt database: exit %d, stderr:\n%s", code, stderr)
 	}
