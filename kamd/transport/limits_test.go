@@ -281,3 +281,78 @@ func TestEvictionSparesLightAddresses(t *testing.T) {
 		t.Error("the lone (oldest) connection of another address was evicted")
 	}
 }
+
+// gateHandler blocks on INVITEs until released and records what it saw.
+type gateHandler struct {
+	echoHandler
+	release chan struct{}
+}
+
+func (h *gateHandler) HandleRequest(m *core.Msg) {
+	if m.Req.IsInvite() {
+		<-h.release
+	}
+	h.echoHandler.HandleRequest(m)
+}
+
+// TestQueueOverflowShedsInvites: once the worker queues overflow with a new
+// INVITE, new INVITEs are answered 503 at the door for a second (no queue
+// slot, no script), while other requests are still handled.
+func TestQueueOverflowShedsInvites(t *testing.T) {
+	h := &gateHandler{release: make(chan struct{})}
+	tr, socks := startCfg(t, Config{Workers: 1, QueueLen: 1}, h, core.Socket{Proto: "tcp", IP: "127.0.0.1"})
+	c := dialFromIP(t, "127.0.0.1", addr(socks[0]))
+	via := "TCP " + c.LocalAddr().String()
+	for i := 1; i <= 4; i++ { // one runs (blocked), two wait, the 4th overflows
+		_, _ = c.Write([]byte(request("INVITE", via, i)))
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for tr.dropped.Value() == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if tr.dropped.Value() == 0 {
+		t.Fatal("the queue never overflowed")
+	}
+	close(h.release)
+	for tr.inflight.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	before := tr.shed.Value()
+	_, _ = c.Write([]byte(request("INVITE", via, 20) + request("OPTIONS", via, 21)))
+	r := bufio.NewReader(c)
+	got := map[string]string{}
+	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	status := ""
+	for got["t20"] == "" || got["t21"] == "" {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("replies so far %v: %v", got, err)
+		}
+		if strings.HasPrefix(line, "SIP/2.0 ") {
+			status = strings.TrimSpace(line)
+		}
+		for _, id := range []string{"t20", "t21"} {
+			if line == "Call-ID: "+id+"\r\n" {
+				got[id] = status
+			}
+		}
+	}
+	if !strings.HasPrefix(got["t20"], "SIP/2.0 503") || !strings.HasPrefix(got["t21"], "SIP/2.0 200") {
+		t.Errorf("right after the overflow: INVITE %q (want 503), OPTIONS %q (want 200)", got["t20"], got["t21"])
+	}
+	if tr.shed.Value() != before+1 {
+		t.Errorf("tm:refused_overload went %d → %d, want +1", before, tr.shed.Value())
+	}
+	// Queued INVITEs met after the overflow are shed too (at most the one
+	// that was already running reached the handler); the OPTIONS was handled.
+	m := h.methods()
+	invites := 0
+	for _, x := range m {
+		if x == "INVITE tcp" {
+			invites++
+		}
+	}
+	if invites > 1 || len(m) == 0 || m[len(m)-1] != "OPTIONS tcp" {
+		t.Errorf("handled %v, want at most one INVITE, then the OPTIONS", m)
+	}
+}

@@ -3,6 +3,7 @@ package transport
 import (
 	"bytes"
 	"strconv"
+	"time"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/kamgo/kamgo/modules/core"
@@ -56,7 +57,7 @@ func (t *Transport) replyFailed(o *core.Outgoing, res *sip.Response, size int, e
 // run, so the requests still served (REGISTER, OPTIONS, in-dialog) are
 // not starved. Counted with tm's own refusals (tm:refused_overload).
 func (t *Transport) shedInvite(j job, req *sip.Request) bool {
-	if !req.IsInvite() || req.Via() == nil {
+	if !req.IsInvite() || req.Via() == nil || !t.shedding() {
 		return false
 	}
 	if to := req.To(); to == nil || to.Params.Has("tag") {
@@ -75,4 +76,21 @@ func (t *Transport) shedInvite(j job, req *sip.Request) bool {
 	_ = t.Send(m.ReplyOutgoing(res, core.OutReply))
 	t.shed.Inc()
 	return true
+}
+
+// shedding reports whether new INVITEs are refused at the door: tm's
+// table is full, or the worker queues overflowed in the last second
+// (queueFull): then INVITEs, which start the most work, go first, and
+// what still gets a queue slot is everything else.
+func (t *Transport) shedding() bool {
+	return t.env.ShedInvites.Load() || time.Now().UnixNano() < t.shedUntil.Load()
+}
+
+// queueFull notes a worker queue overflowing with a new INVITE (see shedding).
+func (t *Transport) queueFull(j job) {
+	if req, ok := j.msg.(*sip.Request); ok && req.IsInvite() {
+		if to := req.To(); to != nil && !to.Params.Has("tag") {
+			t.shedUntil.Store(time.Now().Add(time.Second).UnixNano())
+		}
+	}
 }

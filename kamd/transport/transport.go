@@ -150,6 +150,7 @@ type Transport struct {
 	msgReadTimeout *core.Counter // tcp:msg_read_timeout
 	sendFailed     *core.Counter // core:rpl_send_failed (replyfail.go)
 	shed           *core.Counter // tm:refused_overload, INVITEs shed at the door
+	shedUntil      atomic.Int64  // unix ns: shed new INVITEs until then (queueFull)
 
 	// sendHook, set only by tests (the fuzz targets), gets every
 	// serialised message instead of the network.
@@ -354,6 +355,7 @@ func (t *Transport) enqueue(j job) {
 	default:
 		t.inflight.Add(-1)
 		t.dropped.Inc()
+		t.queueFull(j)
 		t.overload(j)
 	}
 }
@@ -456,7 +458,7 @@ func (t *Transport) process(parser *sip.Parser, j job) {
 			t.refuse(m, code, why, false)
 			return
 		}
-		if t.env.ShedInvites.Load() && t.shedInvite(j, x) {
+		if t.shedInvite(j, x) {
 			return
 		}
 		if j.proto != "udp" {

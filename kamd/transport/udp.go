@@ -77,7 +77,7 @@ func (t *Transport) udpLoop(u *udpSock) {
 				t.process(parser, j)
 				continue
 			}
-			if req, ok := msg.(*sip.Request); ok && t.env.ShedInvites.Load() && t.shedInvite(j, req) {
+			if req, ok := msg.(*sip.Request); ok && t.shedInvite(j, req) {
 				continue // tm is full: 503 from the reader, no queue slot
 			}
 			j.msg = msg
