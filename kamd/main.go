@@ -53,6 +53,7 @@ type options struct {
 	tlsKey     string
 	rpcTLSCert string
 	rpcTLSKey  string
+	dbNoCheck  bool
 }
 
 func main() {
@@ -77,6 +78,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.Func("d", "increase verbosity (repeatable)", func(string) error { o.debug++; return nil })
 	fs.StringVar(&o.logLevel, "log-level", "", "dbg/debug, info, notice, warn, err/error, crit (or core_param(\"log_level\", ...); default info)")
 	fs.StringVar(&o.dbPath, "db", "", "SQLite file for modules' tables (or core_param(\"db_path\", ...); default kamgo.db)")
+	fs.BoolVar(&o.dbNoCheck, "db-no-check", false, "skip the database's PRAGMA quick_check at start (huge files; or core_param(\"db_check\", 0))")
 	fs.StringVar(&o.rpcAddr, "rpc", "", "JSON-RPC listen address (default 127.0.0.1:8060; \"off\" disables)")
 	fs.StringVar(&o.rpcTokens, "rpc-tokens", "", "file of RPC tokens, one \"ROLE TOKEN\" per line (ROLE ro or admin); also $KAMD_RPC_TOKEN, $KAMD_RPC_TOKEN_RO")
 	fs.Uint64Var(&o.maxSteps, "max-steps", starlark.DefaultMaxSteps, "Starlark step limit per callback")
@@ -128,6 +130,7 @@ func nodeOptions(o *options, path string, src []byte, stderr io.Writer) node.Opt
 		DBPath: o.dbPath, MaxSteps: o.maxSteps, Workers: o.workers, TLSCert: o.tlsCert, TLSKey: o.tlsKey,
 		RPCAddr: o.rpcAddr, RPCTokens: o.rpcTokens, RPCTLSCert: o.rpcTLSCert, RPCTLSKey: o.rpcTLSKey, Version: Version}
 	no.ScriptLimits = &starlark.Limits{MemBudget: o.memBudget << 20, TimeLimit: time.Duration(o.timeLimit) * time.Millisecond}
+	no.DBNoCheck = o.dbNoCheck
 	if o.file == "" {
 		no.Reread = func() ([]byte, error) { return defaultScript, nil }
 	}

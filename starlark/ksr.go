@@ -217,6 +217,11 @@ func (e *Engine) cfgCoreParam(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []
 			return nil, fmt.Errorf("core_param(\"dns_server\"): %q: want an IP address, optionally with :port", v.Str)
 		}
 	}
+	if check := limitCoreParams[name]; check != nil {
+		if err := check(v); err != nil {
+			return nil, fmt.Errorf("core_param(%q): %v", name, err)
+		}
+	}
 	c.CoreParams[name] = v
 	return sk.None, nil
 }

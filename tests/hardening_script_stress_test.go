@@ -93,14 +93,14 @@ func exchange(c *net.UDPConn, to *net.UDPAddr, s reqSpec, timeout time.Duration)
 	}
 }
 
-type probeStats struct {
+type scriptProbeStats struct {
 	mu    sync.Mutex
 	lat   []time.Duration
 	lost  int
 	other int
 }
 
-func (p *probeStats) String() string {
+func (p *scriptProbeStats) String() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	l := append([]time.Duration(nil), p.lat...)
@@ -158,7 +158,7 @@ func TestScriptBombStress(t *testing.T) {
 		}
 	}()
 
-	probe := func(stop <-chan struct{}, st *probeStats) {
+	probe := func(stop <-chan struct{}, st *scriptProbeStats) {
 		c := udp()
 		for {
 			select {
@@ -181,7 +181,7 @@ func TestScriptBombStress(t *testing.T) {
 	}
 	attack := func(name string, clients int, bomb string) {
 		rssMax.Store(0)
-		st := &probeStats{}
+		st := &scriptProbeStats{}
 		stop := make(chan struct{})
 		var pw, aw sync.WaitGroup
 		pw.Add(1)

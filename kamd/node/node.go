@@ -59,6 +59,10 @@ type Options struct {
 	TLSCert  string // --tls-cert; else core_param("tls_certificate")
 	TLSKey   string // --tls-key; else core_param("tls_private_key")
 
+	// DBNoCheck (--db-no-check) skips the database check at start
+	// (core_param("db_check", 0) too).
+	DBNoCheck bool
+
 	RPCAddr    string // --rpc; else core_param("rpc_listen"), else rpc.DefaultAddr; "off" disables
 	RPCTokens  string // --rpc-tokens file
 	RPCTLSCert string // --rpc-tls-cert; else core_param("rpc_tls_certificate")
@@ -270,6 +274,9 @@ func (n *Node) Init() (err error) {
 	if env.DB, err = core.OpenDB(env.DBPath); err != nil {
 		return err
 	}
+	if err := n.checkDB(p); err != nil {
+		return err
+	}
 	env.Aliases = p.Config.Aliases
 	if n.Opts.Sender != nil {
 		for i := range socks {
@@ -285,7 +292,7 @@ func (n *Node) Init() (err error) {
 		if err != nil {
 			return err
 		}
-		n.tr = transport.New(env, eng, transport.Config{Workers: n.workers, TLSConfig: tlsConf})
+		n.tr = transport.New(env, eng, n.transportConfig(p, transport.Config{Workers: n.workers, TLSConfig: tlsConf}))
 		bound, err := n.tr.Listen(context.Background(), socks)
 		if err != nil {
 			return err

@@ -1,7 +1,6 @@
 package transport
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/tls"
 	"errors"
@@ -28,6 +27,7 @@ type streamConn struct {
 	remote string
 	sock   core.Socket
 	rt     *rtSock // the runtime socket it was accepted on or dialled from
+	g      *gconn  // the gate's record (accepted connections; nil: dialled)
 	mu     sync.Mutex
 }
 
@@ -58,10 +58,6 @@ func (t *Transport) acceptLoop(ln net.Listener, sock core.Socket, rt *rtSock) {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		if t.nconns.Load() >= int64(t.cfg.MaxConns) {
-			c.Close()
-			continue
-		}
 		sc := t.register(c, sock.Proto, sock, nil, rt)
 		t.wg.Add(1)
 		go t.readLoop(sc)
@@ -70,7 +66,7 @@ func (t *Transport) acceptLoop(ln net.Listener, sock core.Socket, rt *rtSock) {
 
 func (t *Transport) register(c net.Conn, proto string, sock core.Socket, ws *websocket.Conn, rt *rtSock) *streamConn {
 	sc := &streamConn{c: c, ws: ws, proto: proto, remote: c.RemoteAddr().String(), sock: sock, rt: rt,
-		id: "c" + strconv.FormatUint(connSeq.Add(1), 10)}
+		id: "c" + strconv.FormatUint(connSeq.Add(1), 10), g: gateOf(c)}
 	t.nconns.Add(1)
 	t.conns.Store(sc.id, sc)
 	t.conns.Store(connKey(proto, sc.remote), sc)
@@ -109,27 +105,80 @@ func (t *Transport) readLoop(sc *streamConn) {
 			t.unregister(sc)
 		}
 	}()
+	if tc, ok := sc.c.(*tls.Conn); ok && sc.g != nil {
+		// The handshake is the first message of a TLS connection: it gets
+		// tcp_msg_read_timeout, so a stalled one cannot hold the slot.
+		_ = tc.SetDeadline(time.Now().Add(t.cfg.MsgReadTimeout))
+		if err := tc.Handshake(); err != nil {
+			t.log.Debug("TLS handshake failed", "remote", sc.remote, "err", err)
+			return
+		}
+		_ = tc.SetDeadline(time.Time{})
+	}
 	parser := sip.NewParser().NewSIPStream()
-	defer parser.Close()
-	r := bufio.NewReaderSize(sc.c, 65536)
-	buf := make([]byte, 65536)
+	defer func() { parser.Close() }()
+	// An idle connection keeps only this small buffer (and its goroutine):
+	// a message being read grows pending, which is dropped once complete.
+	buf := make([]byte, readBufSize)
 	// pending holds the bytes of the messages the parser has not finished,
 	// from the first byte of the oldest one: each message is checked on
 	// its own bytes (core.WireProblem), and a broken one is answered from
 	// its own bytes only, never from those of the messages before it.
+	// Until the header block of the first one is complete, pending is not
+	// given to the parser (fed false): a peer dripping headers costs its
+	// raw bytes only, never a growing parsed message.
 	var pending []byte
+	fed := false
+	scanned := 0 // pending[:scanned] has no end of headers
+	var msgStart time.Time
+	opened := time.Now()
 	for {
-		_ = sc.c.SetReadDeadline(time.Now().Add(t.cfg.IdleTimeout))
-		n, err := r.Read(buf)
+		var deadline time.Time
+		switch {
+		case len(pending) > 0:
+			deadline = msgStart.Add(t.cfg.MsgReadTimeout)
+		case sc.g != nil && sc.g.msgs.Load() == 0 && sc.g.last.Load() == sc.g.created:
+			deadline = opened.Add(t.cfg.MsgDataTimeout)
+		default:
+			deadline = time.Now().Add(t.cfg.IdleTimeout)
+		}
+		_ = sc.c.SetReadDeadline(deadline)
+		n, err := sc.c.Read(buf)
 		if n > 0 {
 			data := buf[:n]
-			// RFC 5626 keepalive: CRLFCRLF ping gets a CRLF pong.
-			if len(pending) == 0 && bytes.Equal(data, []byte("\r\n\r\n")) {
-				_ = sc.write([]byte("\r\n"))
-				continue
+			if len(pending) == 0 {
+				// RFC 5626 keepalive: CRLFCRLF ping gets a CRLF pong.
+				if bytes.Equal(data, []byte("\r\n\r\n")) {
+					sc.g.seen(false)
+					_ = sc.write([]byte("\r\n"))
+					continue
+				}
+				// RFC 3261 7.5: CRLFs before a start line are ignored
+				// (keepalives, pongs); they start no message.
+				data = bytes.TrimLeft(data, "\r\n")
+				if len(data) == 0 {
+					sc.g.seen(false)
+					continue
+				}
+				msgStart = time.Now()
 			}
-			_, _ = parser.Write(data)
 			pending = append(pending, data...)
+			if !fed {
+				end := headerEnd(pending, scanned)
+				if end < 0 {
+					if len(pending) > sip.ParseMaxMessageLength {
+						t.badMsgs.Inc()
+						t.log.Debug("closing stream: header block too large", "remote", sc.remote, "bytes", len(pending))
+						return
+					}
+					scanned = max(0, len(pending)-3)
+					continue
+				}
+				fed, scanned = true, 0
+				_, _ = parser.Write(pending)
+			} else {
+				_, _ = parser.Write(data)
+			}
 			for parser.Buffer().Len() > 0 {
 				msg, used, perr := parser.ParseNext()
 				if errors.Is(perr, io.ErrUnexpectedEOF) {
@@ -148,23 +197,51 @@ func (t *Transport) readLoop(sc *streamConn) {
 				used = min(used, len(pending))
 				raw := pending[:used]
 				j := job{msg: msg, sock: sc.sock, proto: sc.proto, remote: sc.remote, connID: sc.id, at: time.Now()}
+				j.size = used
 				if code, why := core.WireProblem(msg, raw, false); code != 0 {
 					// Framing is intact: refuse this one, keep the connection.
 					t.badMsgs.Inc()
 					t.log.Debug("malformed message refused", "remote", sc.remote, "why", why)
 					j = job{refuse: code, why: why, data: append([]byte(nil), raw...), sock: sc.sock, proto: sc.proto, remote: sc.remote, connID: sc.id, at: j.at}
 				}
+				sc.g.seen(true)
 				t.enqueue(j)
 				pending = append(pending[:0], pending[used:]...)
+				msgStart = time.Now() // the next message starts here
 			}
-			if cap(pending) > 256<<10 && len(pending) == 0 {
-				pending = nil // do not keep a huge buffer for an idle peer
+			if len(bytes.Trim(pending, "\r\n")) == 0 {
+				// Between messages: nothing is in progress. Give the
+				// buffers back, so an idle connection keeps only buf.
+				pending, fed = nil, false
+				parser.Close()
 			}
 		}
 		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				if len(pending) > 0 {
+					t.msgReadTimeout.Inc()
+					t.log.Debug("closing stream: message not complete within tcp_msg_read_timeout", "remote", sc.remote, "bytes", len(pending))
+				} else {
+					t.connTimeout.Inc()
+					t.log.Debug("closing idle stream", "remote", sc.remote)
+				}
+			}
 			return
 		}
 	}
+}
+
+// headerEnd is the index after the end of the header block in b (a blank
+// line), or -1; b[:from] is known to have none.
+func headerEnd(b []byte, from int) int {
+	if i := bytes.Index(b[from:], []byte("\r\n\r\n")); i >= 0 {
+		return from + i + 4
+	}
+	if i := bytes.Index(b[from:], []byte("\n\n")); i >= 0 {
+		return from + i + 2
+	}
+	return -1
 }
 
 // streamFor finds the connection for a message: the request's own

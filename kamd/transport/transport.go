@@ -33,9 +33,21 @@ type Config struct {
 	Workers   int // goroutines running scripts; default 4×GOMAXPROCS
 	QueueLen  int // jobs waiting for a worker before kamd answers 503
 	TLSConfig *tls.Config
-	// IdleTimeout closes TCP/TLS connections without traffic.
+	// IdleTimeout closes stream connections without traffic
+	// (tcp_connection_lifetime).
 	IdleTimeout time.Duration
-	MaxConns    int
+	// MaxConns bounds accepted stream connections (tcp_max_connections);
+	// beyond it the stalest one is evicted (see gate).
+	MaxConns int
+	// MaxConnsPerIP bounds accepted connections from one address
+	// (tcp_accept_iplimit); a negative value: no limit.
+	MaxConnsPerIP int
+	// MsgReadTimeout is the time a message may take to arrive once its
+	// first byte did, and a TLS handshake to complete (tcp_msg_read_timeout).
+	MsgReadTimeout time.Duration
+	// MsgDataTimeout is the time a new connection may stay silent before
+	// its first byte (tcp_msg_data_timeout).
+	MsgDataTimeout time.Duration
 }
 
 type job struct {
@@ -57,6 +69,8 @@ type job struct {
 	// message's own bytes; why is its reason.
 	refuse int
 	why    string
+	// size is the message's length on the wire (core.Msg.Size); 0: len(data).
+	size int
 }
 
 // source returns the sender as ip, port.
@@ -128,6 +142,16 @@ type Transport struct {
 	dropped *core.Counter
 	badMsgs *core.Counter
 
+	// Stream connection limits (limits.go) and their counters.
+	gate           gate
+	connRejected   *core.Counter // tcp:local_reject
+	connEvicted    *core.Counter // tcp:evicted
+	connTimeout    *core.Counter // tcp:con_timeout (idle lifetime, silent new connection)
+	msgReadTimeout *core.Counter // tcp:msg_read_timeout
+	sendFailed     *core.Counter // core:rpl_send_failed (replyfail.go)
+	shed           *core.Counter // tm:refused_overload, INVITEs shed at the door
+	shedUntil      atomic.Int64  // unix ns: shed new INVITEs until then (queueFull)
+
 	// sendHook, set only by tests (the fuzz targets), gets every
 	// serialised message instead of the network.
 	sendHook func(o *core.Outgoing, data []byte) error
@@ -165,18 +189,31 @@ func New(env *core.Env, h Handler, cfg Config) *Transport {
 		cfg.QueueLen = 4096
 	}
 	if cfg.IdleTimeout <= 0 {
-		cfg.IdleTimeout = 10 * time.Minute
+		cfg.IdleTimeout = DefaultIdleTimeout
 	}
 	if cfg.MaxConns <= 0 {
-		cfg.MaxConns = 4096
+		cfg.MaxConns = DefaultMaxConns
+	}
+	if cfg.MaxConnsPerIP == 0 {
+		cfg.MaxConnsPerIP = DefaultMaxConnsPerIP
+	}
+	if cfg.MsgReadTimeout <= 0 {
+		cfg.MsgReadTimeout = DefaultMsgReadTimeout
+	}
+	if cfg.MsgDataTimeout <= 0 {
+		cfg.MsgDataTimeout = DefaultMsgDataTimeout
 	}
 	queues := make([]chan job, cfg.Workers)
 	for i := range queues {
 		queues[i] = make(chan job, cfg.QueueLen/cfg.Workers+1)
 	}
+	st := env.Stats
 	return &Transport{env: env, h: h, cfg: cfg, log: env.Log, queues: queues,
 		resolv:  &resolver{cache: map[string]resolved{}},
-		dropped: env.Stats.Counter("core", "drop_requests"), badMsgs: env.Stats.Counter("core", "err_requests")}
+		dropped: st.Counter("core", "drop_requests"), badMsgs: st.Counter("core", "err_requests"),
+		connRejected: st.Counter("tcp", "local_reject"), connEvicted: st.Counter("tcp", "evicted"),
+		connTimeout: st.Counter("tcp", "con_timeout"), msgReadTimeout: st.Counter("tcp", "msg_read_timeout"),
+		sendFailed: st.Counter("core", "rpl_send_failed"), shed: st.Counter("tm", "refused_overload")}
 }
 
 // Listen binds every socket; a port 0 is replaced with the bound port in
@@ -247,6 +284,7 @@ func (t *Transport) bindStream(ctx context.Context, s core.Socket, reuse bool) (
 		return nil, s, fmt.Errorf("listen %s: %w", s, err)
 	}
 	s.Port = ln.Addr().(*net.TCPAddr).Port
+	ln = gateListener{Listener: ln, t: t}
 	if s.Proto == "tls" || s.Proto == "wss" {
 		ln = tls.NewListener(ln, t.cfg.TLSConfig)
 	}
@@ -317,6 +355,7 @@ func (t *Transport) enqueue(j job) {
 	default:
 		t.inflight.Add(-1)
 		t.dropped.Inc()
+		t.queueFull(j)
 		t.overload(j)
 	}
 }
@@ -357,7 +396,12 @@ func (t *Transport) overload(j job) {
 
 func (t *Transport) newMsg(j job) *core.Msg {
 	ip, port := j.source()
-	return &core.Msg{Env: t.env, Proto: j.proto, SrcIP: ip, SrcPort: port, Local: j.sock, ConnID: j.connID, Arrived: j.at}
+	m := &core.Msg{Env: t.env, Proto: j.proto, SrcIP: ip, SrcPort: port, Local: j.sock, ConnID: j.connID, Arrived: j.at}
+	m.Size = j.size
+	if m.Size == 0 {
+		m.Size = len(j.data)
+	}
+	return m
 }
 
 func (t *Transport) worker(q chan job) {
@@ -412,6 +456,9 @@ func (t *Transport) process(parser *sip.Parser, j job) {
 			t.badMsgs.Inc()
 			t.log.Debug("request refused before routing", "src", j.remoteAddr(), "proto", j.proto, "code", code, "why", why)
 			t.refuse(m, code, why, false)
+			return
+		}
+		if t.shedInvite(j, x) {
 			return
 		}
 		if j.proto != "udp" {
@@ -485,9 +532,31 @@ func (t *Transport) Send(o *core.Outgoing) error {
 	buf := bufPool.Get().(*bytes.Buffer)
 	buf.Reset()
 	o.Msg.StringWrite(buf)
-	err := t.sendBytes(o, buf.Bytes())
+	var err error
+	if o.Kind == core.OutReply || o.Kind == core.OutRelayedReply {
+		err = t.sendReply(o, buf.Bytes())
+	} else {
+		err = t.sendBytes(o, buf.Bytes())
+	}
 	if buf.Cap() <= 64<<10 {
 		bufPool.Put(buf)
+	}
+	return err
+}
+
+// sendReply sends a reply; one that cannot go (too large for UDP, a
+// failed write) is handled by replyFailed, never dropped silently.
+func (t *Transport) sendReply(o *core.Outgoing, data []byte) error {
+	var err error
+	if len(data) > maxUDPPayload && (o.Dst.Proto == "udp" || o.Dst.Proto == "") {
+		err = fmt.Errorf("%d bytes do not fit in a UDP datagram (%d at most)", len(data), maxUDPPayload)
+	} else {
+		err = t.sendBytes(o, data)
+	}
+	if err != nil {
+		if res, ok := o.Msg.(*sip.Response); ok {
+			t.replyFailed(o, res, len(data), err)
+		}
 	}
 	return err
 }

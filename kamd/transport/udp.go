@@ -52,6 +52,7 @@ func (t *Transport) udpLoop(u *udpSock) {
 				continue // CRLF keepalives and runts
 			}
 			j := job{sock: u.sock, proto: "udp", srcIP: ips.str(src.Addr()), srcPort: int(src.Port()), at: now}
+			j.size = len(data)
 			if inline {
 				// The parser copies what it keeps, so the read buffer may
 				// be reused once process returns.
@@ -75,6 +76,9 @@ func (t *Transport) udpLoop(u *udpSock) {
 				j.data = data
 				t.process(parser, j)
 				continue
+			}
+			if req, ok := msg.(*sip.Request); ok && t.shedInvite(j, req) {
+				continue // tm is full: 503 from the reader, no queue slot
 			}
 			j.msg = msg
 			t.enqueue(j)

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"time"
@@ -23,10 +24,6 @@ func (t *Transport) serveWS(ln net.Listener, sock core.Socket) {
 	srv := &http.Server{
 		ReadHeaderTimeout: 10 * time.Second,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if t.nconns.Load() >= int64(t.cfg.MaxConns) {
-				http.Error(w, "too many connections", http.StatusServiceUnavailable)
-				return
-			}
 			ws, err := up.Upgrade(w, r, nil)
 			if err != nil {
 				return // the upgrader has answered
@@ -52,14 +49,33 @@ func (t *Transport) wsReadLoop(sc *streamConn) {
 	defer t.wg.Done()
 	defer t.unregister(sc)
 	for {
-		_ = sc.ws.SetReadDeadline(time.Now().Add(t.cfg.IdleTimeout))
-		_, data, err := sc.ws.ReadMessage()
-		if err != nil {
-			return
+		// Idle until a frame starts; from its first byte the whole message
+		// gets tcp_msg_read_timeout, as on TCP.
+		idle := t.cfg.IdleTimeout
+		if sc.g != nil && sc.g.msgs.Load() == 0 {
+			idle = min(idle, t.cfg.MsgDataTimeout)
 		}
-		if len(data) < 4 || isKeepalive(data) {
-			continue
+		_ = sc.ws.SetReadDeadline(time.Now().Add(idle))
+		_, r, err := sc.ws.NextReader()
+		if err == nil {
+			_ = sc.ws.SetReadDeadline(time.Now().Add(t.cfg.MsgReadTimeout))
+			var data []byte
+			data, err = io.ReadAll(r)
+			if err == nil {
+				if len(data) < 4 || isKeepalive(data) {
+					sc.g.seen(false)
+					continue
+				}
+				sc.g.seen(true)
+				t.enqueue(job{data: data, sock: sc.sock, proto: sc.proto, remote: sc.remote, connID: sc.id, at: time.Now()})
+				continue
+			}
 		}
-		t.enqueue(job{data: data, sock: sc.sock, proto: sc.proto, remote: sc.remote, connID: sc.id, at: time.Now()})
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.connTimeout.Inc()
+			t.log.Debug("closing websocket: idle or message not complete in time", "remote", sc.remote)
+		}
+		return
 	}
 }

@@ -176,6 +176,16 @@ func (realClock) AfterFunc(d time.Duration, f func()) Timer { return time.AfterF
 // RealClock is the wall clock.
 var RealClock Clock = realClock{}
 
+// IsRealClock reports whether c is the wall clock (not a route test's
+// fixed clock, whose timers fire synchronously inside Advance).
+func IsRealClock(c Clock) bool {
+	switch c.(type) {
+	case realClock, *realClock:
+		return true
+	}
+	return false
+}
+
 // Env is what modules are built against: services shared by all of them.
 //
 // When fields are ready (kamd/node wires them): Log, Clock, Stats, Shv and
@@ -202,6 +212,13 @@ type Env struct {
 	// opened (nil in route tests unless a test opens one).
 	DBPath string
 	DB     *sql.DB
+
+	// ShedInvites is set by tm while its transaction table has no room for
+	// another INVITE (max_transactions, max_transactions_mem): the
+	// transport then answers new INVITEs 503 as soon as they are parsed,
+	// before queueing or routing them, so a flood cannot starve the
+	// requests that are still served (docs/limits.md).
+	ShedInvites atomic.Bool
 
 	// socks is the immutable list Sockets returns; sockMu orders writers.
 	socks  atomic.Pointer[[]Socket]

@@ -25,6 +25,9 @@ type Msg struct {
 	Local   Socket // the socket it arrived on
 	ConnID  string // reliable-transport connection it arrived on
 	Arrived time.Time
+	// Size is the message's length as received (0: not from the network);
+	// tm charges it to max_transactions_mem.
+	Size int
 
 	DstURI string // $du
 	// SendSocket is Kamailio's force_send_socket ($fs,

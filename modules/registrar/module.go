@@ -35,7 +35,7 @@ func (r *Reg) module() *core.Module {
 			intParam("min_expires", 60, "shortest accepted expires (0: none); see min_expires_mode", core.CheckNonNegative("min_expires"), &r.minExpires),
 			intParam("min_expires_mode", 0, "0: raise a shorter expires to min_expires (Kamailio's default); 1: refuse it with 423 Interval Too Brief and Min-Expires (RFC 3261 §10.3 step 7)", core.Check01("min_expires_mode"), &r.minExpiresMode),
 			intParam("max_expires", 0, "longest expires; longer ones are lowered to it (0: no limit)", core.CheckNonNegative("max_expires"), &r.maxExpires),
-			intParam("max_contacts", 0, "most contacts per AoR; a REGISTER exceeding it gets 503 and save() returns -2 (0: no limit)", core.CheckNonNegative("max_contacts"), &r.maxContacts),
+			intParam("max_contacts", DefaultMaxContacts, "most contacts per AoR; a REGISTER exceeding it gets 503 and save() returns -2 (0: no limit; kamgo's default 32, Kamailio's 0: one AoR's 200 must fit a UDP datagram)", core.CheckNonNegative("max_contacts"), &r.maxContacts),
 			boolParam("use_path", "1: store the REGISTER's Path headers (RFC 3327), echo them in the 200 OK and route to the first hop on lookup", &r.usePath),
 			{Name: "append_branches", Type: i, Default: core.Int(1), Check: core.Check01("append_branches"),
 				Doc: "1: lookup puts every contact of the AoR in the destination set (the best in the R-URI, the others as branches by q), so t_relay forks to all; 0: only the best",
@@ -190,3 +190,9 @@ var ulcPVs = []core.PVDef{{Name: "ulc", HasArg: true,
 		m.Env.Log.Error("$ulc("+arg+"): unknown attribute "+parts[1], "at", m.Pos())
 		return core.Null
 	}}}
+
+// DefaultMaxContacts is max_contacts' default. Kamailio's is 0 (no limit),
+// but the 200 to a REGISTER lists every contact of the AoR: 1634 contacts
+// made a reply over 64 KB that UDP cannot carry. 32 contacts of even 1 KB
+// each fit a datagram, and no real user has more devices than that.
+const DefaultMaxContacts = 32

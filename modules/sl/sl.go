@@ -79,11 +79,19 @@ func New(env *core.Env) *core.Module {
 			{Name: "send_reply", Args: []core.ArgType{core.ArgInt, core.ArgStr}, Ret: core.RetInt, Routes: core.RouteRequest | core.RouteFailure | core.RouteBranch,
 				Doc: "(code, reason) reply statefully if a transaction exists, else statelessly", Fn: send},
 			{Name: "sl_reply_error", Ret: core.RetInt, Routes: core.RouteRequest | core.RouteFailure,
-				Doc: "reply 500 after an internal error (e.g. a failed t_relay)",
-				Fn:  func(m *core.Msg, _ []core.Val) (core.Val, error) { return reply(m, 500, "Server Internal Error") }},
+				Doc: "reply 500 after an internal error (e.g. a failed t_relay); nothing if a final reply was already sent (tm's 503 when its table is full)",
+				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) {
+					if m.Replied {
+						return core.Int(1), nil
+					}
+					return reply(m, 500, "Server Internal Error")
+				}},
 			{Name: "send_reply_error", Ret: core.RetInt, Routes: core.RouteRequest | core.RouteFailure,
 				Doc: "like sl_reply_error, statefully if a transaction exists",
 				Fn: func(m *core.Msg, _ []core.Val) (core.Val, error) {
+					if m.Replied {
+						return core.Int(1), nil
+					}
 					return send(m, []core.Val{core.Int(500), core.Str("Server Internal Error")})
 				}},
 		},

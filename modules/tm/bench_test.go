@@ -150,3 +150,34 @@ func BenchmarkRetainedPerFinishedTx(b *testing.B) {
 		runtime.ReadMemStats(&before)
 	}
 }
+
+// BenchmarkRetainedPerPendingTx measures the heap an INVITE transaction
+// holds while its next hop does not answer (a flood towards a dead next
+// hop): what max_transactions_mem's per-transaction estimate stands for.
+func BenchmarkRetainedPerPendingTx(b *testing.B) {
+	_, clk, env, eng := benchEngine(b)
+	parser := sip.NewParser()
+	const n = 2000
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for b.Loop() {
+		for i := 0; i < n; i++ {
+			raw := strings.ReplaceAll(benchInviteTmpl, "BRANCH", strconv.Itoa(i)+"p"+strconv.Itoa(b.N))
+			msg, err := parser.ParseSIP([]byte(raw))
+			if err != nil {
+				b.Fatal(err)
+			}
+			eng.HandleRequest(&core.Msg{Env: env, Req: msg.(*sip.Request), Proto: "udp", SrcIP: "127.0.0.1", SrcPort: 5080, Local: env.Sockets()[0]})
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "retained-B/tx")
+		b.ReportMetric(float64(len(benchInviteTmpl)), "msg-B")
+		for k := 0; k < 40; k++ {
+			clk.Advance(5 * time.Second) // fr_timer, Timer H, wait_timer: all gone
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+	}
+}

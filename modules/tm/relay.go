@@ -21,6 +21,8 @@ func (t *TM) newTx(m *core.Msg, key string) *Tx {
 		invite:    m.Req.IsInvite(),
 		frTimeout: nz(s.fr, time.Duration(t.frTimer.Load())*time.Millisecond),
 		frInv:     nz(s.frInv, time.Duration(t.frInvTimer.Load())*time.Millisecond)}
+	tx.cost = txCost(m)
+	t.txBytes.Add(tx.cost)
 	if tx.invite {
 		tx.dlg = dlgKey(m.Req)
 	}
@@ -135,6 +137,10 @@ func (tx *Tx) release() {
 	t.mu.Unlock()
 	t.st.freed.Inc()
 	t.st.current.Add(-1)
+	t.txBytes.Add(-tx.cost)
+	if t.env.ShedInvites.Load() && t.roomForInvite() {
+		t.env.ShedInvites.Store(false)
+	}
 }
 
 func (t *TM) newtran(m *core.Msg) (core.Val, error) {
@@ -151,6 +157,9 @@ func (t *TM) newtran(m *core.Msg) (core.Val, error) {
 	if tx := t.lookup(key); tx != nil {
 		tx.retransmitLastReply()
 		return core.Int(0), nil
+	}
+	if !t.admit(m) {
+		return core.Int(-1), nil
 	}
 	t.newTx(m, key)
 	return core.Int(1), nil
@@ -366,6 +375,9 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 	}
 	created := tx == nil
 	if created {
+		if !t.admit(m) {
+			return core.Int(-1), nil // answered 503
+		}
 		tx = t.newTx(m, txKey(req, methodKey(req)))
 	}
 	tx.mu.Lock()

@@ -36,10 +36,15 @@ type TM struct {
 	waitTimer  atomic.Int64 // ms
 	maxInvLife atomic.Int64 // ms
 	maxLife    atomic.Int64 // ms
+	maxTx      atomic.Int64 // max_transactions (0: no count limit)
+	maxTxMem   atomic.Int64 // max_transactions_mem, MB (0: no limit)
+	txBytes    atomic.Int64 // estimated bytes of the live transactions (limits.go)
+	pooled     bool         // timers run on firePool (the wall clock; timerpool.go)
 
 	st struct {
 		created, freed, rplReceived, rplGenerated, rplSent, relayed, canceled, timeouts *core.Counter
 		current                                                                         *core.Counter
+		refused                                                                         *core.Counter
 		codes                                                                           [7]*core.Counter
 	}
 }
@@ -52,6 +57,7 @@ type settings struct {
 func New(env *core.Env) *core.Module {
 	t := &TM{env: env, txs: map[string]*Tx{}, clients: map[string]*Tx{}, dlgs: map[string]*Tx{}}
 	instances.Store(env, t)
+	t.pooled = core.IsRealClock(env.Clock)
 	s := env.Stats
 	t.st.created = s.Counter("tm", "created")
 	t.st.freed = s.Counter("tm", "freed")
@@ -63,6 +69,7 @@ func New(env *core.Env) *core.Module {
 	t.st.timeouts = s.Counter("tm", "timeouts")
 	t.st.current = s.Counter("tm", "current")
 	t.st.current.NoReset = true
+	t.st.refused = s.Counter("tm", "refused_overload")
 	for i := 1; i <= 6; i++ {
 		t.st.codes[i] = s.Counter("tm", strconv.Itoa(i)+"xx")
 	}
@@ -83,6 +90,18 @@ func New(env *core.Env) *core.Module {
 			},
 			Get: func() core.Val { return core.Int(int(dst.Load())) }}
 	}
+	limitParam := func(name string, def int, doc string, dst *atomic.Int64) core.Param {
+		check := core.CheckNonNegative(name)
+		return core.Param{Name: name, Type: core.ArgInt, Default: core.Int(def), Doc: doc, Check: check,
+			Set: func(v core.Val) error {
+				if err := check(v); err != nil {
+					return err
+				}
+				dst.Store(v.Int)
+				return nil
+			},
+			Get: func() core.Val { return core.Int(int(dst.Load())) }}
+	}
 	i := core.ArgInt
 	s1 := []core.ArgType{core.ArgStr}
 	reqRoutes := core.RouteRequest | core.RouteFailure
@@ -95,6 +114,8 @@ func New(env *core.Env) *core.Module {
 			msParam("wait_timer", 5000, "ms a finished transaction is kept to absorb retransmissions", &t.waitTimer),
 			msParam("max_inv_lifetime", 180000, "ms an INVITE transaction may live before it is ended (408 on pending branches)", &t.maxInvLife),
 			msParam("max_noninv_lifetime", 32000, "ms a non-INVITE transaction may live before it is ended", &t.maxLife),
+			limitParam("max_transactions", 0, "most live transactions; a new one beyond it gets a stateless 503 (INVITEs: beyond 90%, the rest is kept for non-INVITE requests); 0: no count limit", &t.maxTx),
+			limitParam("max_transactions_mem", DefaultMaxTransactionsMem, "MB of estimated memory all live transactions may hold (about 4 KB + 6× the request's size each); beyond it, as max_transactions; 0: no limit", &t.maxTxMem),
 		},
 		Funcs: []core.Func{
 			{Name: "t_relay", Ret: core.RetInt, Routes: reqRoutes, Doc: "relay statefully to $du or the R-URI; 1 ok, 0 retransmission absorbed, <0 error",

@@ -62,6 +62,7 @@ type Tx struct {
 	local   *LocalRequest  // set for a request kamd originated (no server side)
 	data    map[string]any // Msg.Ext of the relaying message, for hooks (ReplyOut.Data)
 	got6xx  bool           // a branch answered 6xx: the others are CANCELed, no new branches
+	cost    int64          // estimated bytes, charged to tm.txBytes (limits.go)
 }
 
 type branch struct {
@@ -139,7 +140,7 @@ func (t *Tx) after(d time.Duration, f func()) core.Timer {
 	if t.deleted {
 		return noTimer{}
 	}
-	tm := t.tm.env.Clock.AfterFunc(d, f)
+	tm := t.tm.env.Clock.AfterFunc(d, t.tm.timerFunc(f))
 	t.timers = append(t.timers, tm)
 	return tm
 }

@@ -170,6 +170,7 @@ type UL struct {
 	stopped bool
 
 	expiredCtr *core.Counter
+	dbErrors   *core.Counter // usrloc:db_write_errors (write-through refused)
 }
 
 var instances core.PerEnv[*UL]
@@ -182,6 +183,7 @@ func New(env *core.Env) *core.Module {
 	u := &UL{env: env, pending: map[string][]string{}}
 	u.ruidBase = fmt.Sprintf("uloc-%x-%x", env.Clock.Now().Unix(), rand.Uint32())
 	u.expiredCtr = env.Stats.Counter("usrloc", "expired_contacts")
+	u.dbErrors = env.Stats.Counter("usrloc", "db_write_errors")
 	instances.Set(env, u)
 	return core.ApplyDefaults(u.module())
 }
@@ -405,14 +407,17 @@ func (d *Domain) Update(aor string, fn func(cs []Contact) ([]Contact, error)) ([
 	switch {
 	case mode == WriteThrough:
 		if err := u.writeThrough(d.name, ins, upd, del); err != nil {
-			u.env.Log.Error("usrloc: write-through failed; the change is kept in memory", "table", d.name, "aor", aor, "err", err)
-		} else {
-			for _, c := range ins {
-				c.State = StateSync
-			}
-			for _, c := range upd {
-				c.State = StateSync
-			}
+			// Never claim a binding is saved when it is not: the record
+			// stays as it was, and the caller (registrar: 500) says so.
+			u.env.Log.Error("usrloc: write-through failed; the change is refused", "table", d.name, "aor", aor, "err", err)
+			u.dbErrors.Inc()
+			return nil, fmt.Errorf("usrloc: writing %s to table %s: %w", aor, d.name, err)
+		}
+		for _, c := range ins {
+			c.State = StateSync
+		}
+		for _, c := range upd {
+			c.State = StateSync
 		}
 	case mode == WriteBack:
 		for _, c := range del {
