@@ -4,7 +4,8 @@ package tests
 //
 //	KAMGO_STRESS=1 KAMGO_E2E_NORACE=1 go test -count=1 -v -run TestScriptBombStress -timeout 10m ./tests/
 //
-// KAMGO_STRESS_WORKERS=N sets core_param("workers", N) (default 4×CPUs).
+// KAMGO_STRESS_WORKERS=N sets core_param("workers", N) (default 4×CPUs);
+// KAMGO_STRESS_CONFIG prepends config lines (core_param(...)) to the script.
 //
 // kamd runs with the default limits (script_mem_budget 128 MB,
 // script_time_limit_ms 1000) and a 64 MB global string. For 30 s a client
@@ -128,6 +129,9 @@ func TestScriptBombStress(t *testing.T) {
 	script := stressScript
 	if w := os.Getenv("KAMGO_STRESS_WORKERS"); w != "" {
 		script = "core_param(\"workers\", " + w + ")\n" + script // more workers than spinners
+	}
+	if pre := os.Getenv("KAMGO_STRESS_CONFIG"); pre != "" {
+		script = pre + "\n" + script // e.g. core_param("mem_soft_limit", 0)
 	}
 	k := startKamd(t, script)
 	pid := k.cmd.Process.Pid
