@@ -267,3 +267,46 @@ func TestReadmeHasTheExample(t *testing.T) {
 		t.Error("README's P-CSCF script differs from examples/ims_pcscf/route.star")
 	}
 }
+
+// TestExampleProtectedRegisterWithoutVerify: the example checks every
+// REGISTER, so one that arrives over the SAs without Security-Verify gets a
+// 494 and never reaches the S-CSCF (the script used to skip ipsec_verify
+// when the header was absent), and its SA set is removed.
+func TestExampleProtectedRegisterWithoutVerify(t *testing.T) {
+	p := newPCSCF(t, nil)
+	ps := core.Socket{Proto: "udp", IP: "10.99.0.1", Port: 6100}
+	o := p.request(ueRegister("10.99.0.2", 5060, 1, "Security-Client: "+secClient+"\nRequire: sec-agree"), "10.99.0.2:5060", plain5060)
+	br := of(o, core.OutBranch)
+	if len(br) != 1 {
+		t.Fatalf("first REGISTER: %+v", o)
+	}
+	if up := of(p.answer(br[0], "401 Unauthorized", wwwAuth), core.OutRelayedReply); len(up) != 1 || hdr(up[0].msg, "Security-Server") == "" {
+		t.Fatalf("401: %+v", up)
+	}
+	if n := p.k.count(); n != 4 {
+		t.Fatalf("%d SAs after the 401, want 4", n)
+	}
+	o = p.request(ueRegister("10.99.0.2", 31001, 2, "Security-Client: "+secClient), "10.99.0.2:31000", ps)
+	if br := of(o, core.OutBranch); len(br) != 0 {
+		t.Errorf("REGISTER without Security-Verify went to the S-CSCF: %+v", br)
+	}
+	var codes []int
+	for _, s := range o {
+		if r, ok := s.msg.(*sip.Response); ok {
+			codes = append(codes, r.StatusCode)
+		}
+	}
+	if len(codes) != 1 || codes[0] != 494 {
+		t.Errorf("replies %v, want [494]", codes)
+	}
+	if n := p.k.count(); n != 0 {
+		t.Errorf("%d SAs left, want the set removed", n)
+	}
+}
+
+// count is the number of SAs in the fake kernel, whoever owns them.
+func (f *FakeKernel) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.states)
+}
