@@ -194,7 +194,8 @@ func TestExampleScript(t *testing.T) {
 		t.Fatalf("200 to the UE: %+v", o)
 	}
 
-	// From the core to the UE: port_pc -> port_us, our Via names port_pc.
+	// From the core to the UE: port_pc -> port_us, our Via names port_ps
+	// (where the UE's answer arrives over SA A), not the sending port_pc.
 	o = p.request(`OPTIONS sip:alice@10.99.0.2:31001 SIP/2.0
 Via: SIP/2.0/UDP 127.0.0.2:6060;branch=z9hG4bKmt1
 From: <sip:scscf@ims.example>;tag=s1
@@ -206,13 +207,13 @@ Max-Forwards: 70`, "127.0.0.2:6060", plain5060)
 	if len(br) != 1 || br[0].local != "udp:10.99.0.1:5100" || br[0].dst != "udp:10.99.0.2:31001" {
 		t.Fatalf("MT request: %+v", o)
 	}
-	if v := br[0].msg.(*sip.Request).Via(); v.Host != "10.99.0.1" || v.Port != 5100 {
+	if v := br[0].msg.(*sip.Request).Via(); v.Host != "10.99.0.1" || v.Port != 6100 {
 		t.Errorf("MT Via %s", v.Value())
 	}
-	// The UE's answer comes in on port_pc from port_us and goes up.
+	// The UE's answer comes in on port_ps from port_uc (SA A) and goes up.
 	o = p.do(func() {
 		res := parse(t, "SIP/2.0 200 OK\nVia: "+br[0].msg.(*sip.Request).Via().Value()+"\nVia: SIP/2.0/UDP 127.0.0.2:6060;branch=z9hG4bKmt1\nFrom: <sip:scscf@ims.example>;tag=s1\nTo: <sip:alice@ims.example>;tag=u1\nCall-ID: mt-1\nCSeq: 1 OPTIONS").(*sip.Response)
-		p.eng.HandleReply(&core.Msg{Env: p.env, Res: res, Proto: "udp", SrcIP: "10.99.0.2", SrcPort: 31001, Local: core.Socket{Proto: "udp", IP: "10.99.0.1", Port: 5100}})
+		p.eng.HandleReply(&core.Msg{Env: p.env, Res: res, Proto: "udp", SrcIP: "10.99.0.2", SrcPort: 31000, Local: ps})
 	})
 	if up := of(o, core.OutRelayedReply); len(up) != 1 || up[0].dst != "udp:127.0.0.2:6060" {
 		t.Errorf("UE's 200 to the core: %+v", o)

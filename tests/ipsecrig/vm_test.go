@@ -220,6 +220,10 @@ func testHappyUDP(t *testing.T) {
 	if req == nil || fr == nil || fr.StatusCode != 200 {
 		t.Fatalf("MT OPTIONS: UE got %v, core got %v", req, fr)
 	}
+	// Our Via names port_ps, where the answer comes over SA A.
+	if v := req.Via(); v == nil || v.Port != int(s.PortS) {
+		t.Errorf("MT OPTIONS Via %v, want sent-by port_ps %d", v, s.PortS)
+	}
 	d2 := delta(b2, states(t, l.ph))
 	if d2[u.spiS] != 1 || d2[s.SpiS] != 1 {
 		t.Errorf("MT OPTIONS: deltas %v, want +1 on spi_us %d and spi_ps %d", d2, u.spiS, s.SpiS)
