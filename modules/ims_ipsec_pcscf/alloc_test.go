@@ -160,3 +160,27 @@ func TestPoolLastPairOfMaxRange(t *testing.T) {
 		t.Errorf("reuse %+v, want %+v", again, last)
 	}
 }
+
+// BenchmarkNewPoolMaxRange: building the pool costs the same for any range.
+func BenchmarkNewPoolMaxRange(b *testing.B) {
+	c := cfg(256, 1<<32-256, 10)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := NewPool(c); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkPoolAcquireRelease: one UE's pair taken and given back.
+func BenchmarkPoolAcquireRelease(b *testing.B) {
+	p, _ := NewPool(cfg(256, 1<<32-256, 10))
+	b.ReportAllocs()
+	for b.Loop() {
+		pr, err := p.Acquire()
+		if err != nil {
+			b.Fatal(err)
+		}
+		p.Release(pr)
+	}
+}
