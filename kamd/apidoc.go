@@ -25,7 +25,7 @@ func apiDoc(w io.Writer) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Generated from the modules' export tables by `go run ./kamd apidoc > docs/ksr-api.md`; do not edit.")
 	fmt.Fprintln(w, "Return types follow KEMI: `int` (> 0 success, < 0 failure, 0 stop), `bool`, `xval` (str, int or None), `none`.")
-	fmt.Fprintln(w, "Arguments are strict: a missing, extra or wrongly typed argument is a script error.")
+	fmt.Fprintln(w, "Arguments are strict: a missing, extra or wrongly typed argument is a script error; `[str]` is an optional trailing argument (Kamailio's `f(a[, b])`).")
 	fmt.Fprintln(w)
 	mod := "\x00"
 	for _, f := range eng.Funcs() {
@@ -42,6 +42,10 @@ func apiDoc(w io.Writer) {
 			args = "str, str..."
 		} else if args == "none" {
 			args = ""
+		} else if f.Func.MinArgs > 0 {
+			// Sig brackets the optional arguments; keep its list only.
+			s := f.Func.Sig()
+			args = s[strings.IndexByte(s, '(')+1 : strings.LastIndexByte(s, ')')]
 		}
 		fmt.Fprintf(w, "| `%s(%s)` | %s | %s |\n", f.Path(), args, f.Func.Ret, strings.ReplaceAll(f.Func.Doc, "|", "\\|"))
 	}

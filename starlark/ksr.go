@@ -297,8 +297,8 @@ func (e *Engine) builtin(mod string, f *core.Func) *sk.Builtin {
 		if len(kw) > 0 {
 			return nil, fmt.Errorf("KSR.%s takes no keyword arguments", name)
 		}
-		if len(args) != len(f.Args) {
-			return nil, fmt.Errorf("KSR.%s: want %d arguments %s, got %d", name, len(f.Args), typeList(f), len(args))
+		if !f.ArityOK(len(args)) {
+			return nil, fmt.Errorf("KSR.%s: want %s arguments %s, got %d", name, f.ArityString(), typeList(f), len(args))
 		}
 		m := c.msg
 		if f.Routes != 0 && f.Routes&m.RouteType == 0 {
@@ -376,8 +376,8 @@ func (e *Engine) modf(th *sk.Thread, b *sk.Builtin, args sk.Tuple, kw []sk.Tuple
 		return nil, fmt.Errorf("KSR.x.modf: unknown function %q", string(fname))
 	}
 	rest := args[1:]
-	if len(rest) != len(f.Args) {
-		return nil, fmt.Errorf("KSR.x.modf(%q): want %d arguments %s, got %d", string(fname), len(f.Args), typeList(f), len(rest))
+	if !f.ArityOK(len(rest)) {
+		return nil, fmt.Errorf("KSR.x.modf(%q): want %s arguments %s, got %d", string(fname), f.ArityString(), typeList(f), len(rest))
 	}
 	conv := make(sk.Tuple, len(rest))
 	for i, a := range rest {

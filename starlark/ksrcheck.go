@@ -177,8 +177,8 @@ func (e *Engine) checkArity(n *ksrNames, call *syntax.CallExpr, aliases map[*res
 			}
 		}
 	}
-	if len(call.Args) != len(f.Args) {
-		fail(call.Lparen, "%s takes %d arguments %s, got %d", ksrPath(mod, f.Name), len(f.Args), typeList(f), len(call.Args))
+	if !f.ArityOK(len(call.Args)) {
+		fail(call.Lparen, "%s takes %s arguments %s, got %d", ksrPath(mod, f.Name), f.ArityString(), typeList(f), len(call.Args))
 	}
 }
 

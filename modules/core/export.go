@@ -84,7 +84,26 @@ type Func struct {
 	// callback (t_on_failure's 1); 0 means none. When that argument is a
 	// string literal the load fails unless the script defines the function.
 	CallbackArg int
-	Fn          func(m *Msg, args []Val) (Val, error)
+	// MinArgs > 0 lets a call omit the arguments after the first MinArgs
+	// (Kamailio's "f(a[, b])"); Fn then gets the shorter slice.
+	MinArgs int
+	Fn      func(m *Msg, args []Val) (Val, error)
+}
+
+// ArityOK reports whether n arguments fit the function.
+func (f *Func) ArityOK(n int) bool {
+	if f.MinArgs > 0 {
+		return n >= f.MinArgs && n <= len(f.Args)
+	}
+	return n == len(f.Args)
+}
+
+// ArityString is "2" or "1 to 2" for arity errors.
+func (f *Func) ArityString() string {
+	if f.MinArgs > 0 && f.MinArgs < len(f.Args) {
+		return fmt.Sprintf("%d to %d", f.MinArgs, len(f.Args))
+	}
+	return fmt.Sprint(len(f.Args))
 }
 
 // Sig renders "name(str, int) -> int" for docs and api_list.
@@ -94,7 +113,11 @@ func (f *Func) Sig() string {
 		if i > 0 {
 			s += ", "
 		}
-		s += a.String()
+		if f.MinArgs > 0 && i >= f.MinArgs {
+			s += "[" + a.String() + "]"
+		} else {
+			s += a.String()
+		}
 	}
 	return s + ") -> " + f.Ret.String()
 }

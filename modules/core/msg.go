@@ -40,6 +40,12 @@ type Msg struct {
 	// forces one: a P-CSCF answers a UE's protected port_uc -> port_ps
 	// request from port_pc (TS 33.203 §7), where the SA towards the UE is.
 	ReplyFrom *Socket
+	// ViaPort, when set, is the port tm writes in kamd's Via of the
+	// relayed request instead of the send socket's (Kamailio's
+	// set_advertised_port): a P-CSCF sends to a UE from port_pc but names
+	// its protected server port port_ps, where the UE's answer arrives over
+	// SA A (TS 33.203 §7.1).
+	ViaPort   int
 	Flags     uint64
 	Vars      map[string]Val // $var: per message
 	RouteType RouteType

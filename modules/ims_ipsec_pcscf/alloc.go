@@ -56,12 +56,15 @@ func (c PoolConfig) Validate() error {
 // through ipsec_max_connections (UEs share ports; the selectors carry the
 // UE address). Released pairs go to the tail, so an SPI is reused as late
 // as possible; releasing a pair not in use is a no-op (Kamailio could
-// duplicate it).
+// duplicate it). Never-used pairs come from a counter, so memory follows
+// the pairs in use and released, not ipsec_spi_id_range (up to 2^31 pairs).
 type Pool struct {
-	mu   sync.Mutex
-	cfg  PoolConfig
-	free []Pair // FIFO
-	used map[uint32]Pair
+	mu    sync.Mutex
+	cfg   PoolConfig
+	next  uint64 // index of the first never-handed-out pair
+	total uint64 // pairs in the range
+	free  []Pair // released pairs, FIFO
+	used  map[uint32]Pair
 }
 
 // NewPool builds the pool; cfg must Validate.
@@ -69,25 +72,33 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	p := &Pool{cfg: cfg, used: map[uint32]Pair{}}
-	k := 0
-	for j := uint64(cfg.SPIStart); j+1 < uint64(cfg.SPIStart)+uint64(cfg.SPIRange); j += 2 {
-		p.free = append(p.free, Pair{SpiPC: uint32(j), SpiPS: uint32(j + 1),
-			PortPC: cfg.ClientPort + uint16(k), PortPS: cfg.ServerPort + uint16(k)})
-		k = (k + 1) % cfg.MaxConnections
-	}
-	return p, nil
+	return &Pool{cfg: cfg, total: uint64(cfg.SPIRange) / 2, used: map[uint32]Pair{}}, nil
 }
 
-// Acquire takes the oldest free pair.
+// pair is the i-th pair of the range.
+func (p *Pool) pair(i uint64) Pair {
+	spi := uint64(p.cfg.SPIStart) + 2*i
+	k := uint16(i % uint64(p.cfg.MaxConnections))
+	return Pair{SpiPC: uint32(spi), SpiPS: uint32(spi + 1),
+		PortPC: p.cfg.ClientPort + k, PortPS: p.cfg.ServerPort + k}
+}
+
+// Acquire takes a never-used pair, else the oldest released one.
 func (p *Pool) Acquire() (Pair, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if len(p.free) == 0 {
+	var pr Pair
+	switch {
+	case p.next < p.total:
+		pr = p.pair(p.next)
+		p.next++
+	case len(p.free) > 0:
+		pr = p.free[0]
+		p.free[0] = Pair{}
+		p.free = p.free[1:]
+	default:
 		return Pair{}, ErrExhausted
 	}
-	pr := p.free[0]
-	p.free = p.free[1:]
 	p.used[pr.SpiPC] = pr
 	return pr, nil
 }
@@ -114,5 +125,5 @@ func (p *Pool) Owns(spi uint32) bool {
 func (p *Pool) Usage() (used, total int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return len(p.used), len(p.used) + len(p.free)
+	return len(p.used), int(p.total)
 }

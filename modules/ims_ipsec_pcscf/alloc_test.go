@@ -109,3 +109,78 @@ func TestPoolConcurrent(t *testing.T) {
 		t.Errorf("usage %d/%d, held %d", u, n, held)
 	}
 }
+
+// The largest range Validate accepts must not be built up front (it used to
+// allocate 2^31 pairs and crash kamd at start); memory follows use.
+func TestPoolMaxRangeLazy(t *testing.T) {
+	c := cfg(256, 1<<32-256, 10)
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	allocs := testing.AllocsPerRun(1, func() {
+		if _, err := NewPool(c); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs > 5 {
+		t.Errorf("NewPool of the max range: %v allocations", allocs)
+	}
+	p, _ := NewPool(c)
+	if u, n := p.Usage(); u != 0 || n != (1<<32-256)/2 {
+		t.Errorf("usage %d/%d", u, n)
+	}
+	a, _ := p.Acquire()
+	b, _ := p.Acquire()
+	if a != (Pair{256, 257, 5100, 6100}) || b != (Pair{258, 259, 5101, 6101}) {
+		t.Errorf("first pairs %+v %+v", a, b)
+	}
+	// Fresh pairs come before released ones (reuse as late as possible).
+	p.Release(a)
+	if c, _ := p.Acquire(); c.SpiPC != 260 {
+		t.Errorf("after release got %+v, want the fresh 260", c)
+	}
+	if !p.Owns(1<<32-1) || p.Owns(255) {
+		t.Error("Owns at the range edges")
+	}
+}
+
+// The last pair of the max range sits at the top of the 32-bit space.
+func TestPoolLastPairOfMaxRange(t *testing.T) {
+	p, _ := NewPool(cfg(256, 1<<32-256, 10))
+	p.next = p.total - 1
+	last, err := p.Acquire()
+	if err != nil || last.SpiPC != 1<<32-2 || last.SpiPS != 1<<32-1 {
+		t.Fatalf("last pair %+v %v", last, err)
+	}
+	if _, err := p.Acquire(); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("after the last pair: %v", err)
+	}
+	p.Release(last)
+	if again, _ := p.Acquire(); again != last {
+		t.Errorf("reuse %+v, want %+v", again, last)
+	}
+}
+
+// BenchmarkNewPoolMaxRange: building the pool costs the same for any range.
+func BenchmarkNewPoolMaxRange(b *testing.B) {
+	c := cfg(256, 1<<32-256, 10)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := NewPool(c); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkPoolAcquireRelease: one UE's pair taken and given back.
+func BenchmarkPoolAcquireRelease(b *testing.B) {
+	p, _ := NewPool(cfg(256, 1<<32-256, 10))
+	b.ReportAllocs()
+	for b.Loop() {
+		pr, err := p.Acquire()
+		if err != nil {
+			b.Fatal(err)
+		}
+		p.Release(pr)
+	}
+}

@@ -244,6 +244,12 @@ func (m *mod) route(msg *core.Msg, s *ueSet, flags int64) error {
 		}
 		sock := m.protSocket(proto, local)
 		msg.SendSocket = &sock
+		// Our Via names port_ps, as the UE's names port_us: over UDP the
+		// UE answers from port_uc to port_ps (SA A); no SA covers port_uc
+		// -> port_pc, so a UE answering to a Via naming port_pc would send
+		// in plaintext (TS 33.203 §7.1; TS 24.229 puts the protected server
+		// port in the P-CSCF's Via).
+		msg.ViaPort = int(s.p.PortS)
 	case msg.Res != nil:
 		v := bottomVia(msg.Res)
 		proto := "udp"

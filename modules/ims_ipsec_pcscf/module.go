@@ -166,12 +166,15 @@ func newModule(env *core.Env, k Kernel) (*mod, *core.Module) {
 			{Name: "ipsec_verify", Args: []core.ArgType{core.ArgStr}, Ret: core.RetInt, Routes: core.RouteRequest,
 				Doc: "(domain) kamgo addition (Kamailio does not check): on the protected REGISTER, compare Security-Verify with the Security-Server sent to this UE (RFC 3329 §2.3.1); 1 match, -1 no SA set for the source, -2 Security-Verify missing or different: the set is removed (answer 494)",
 				Fn:  m.ipsecVerify},
-			{Name: "ipsec_destroy", Args: []core.ArgType{core.ArgStr}, Ret: core.RetInt,
-				Doc: "(domain) remove the SAs of the message's UE (request: source address; reply: the REGISTER's) and release its SPIs; 1 removed, -1 none",
+			{Name: "ipsec_destroy", Args: []core.ArgType{core.ArgStr, core.ArgStr}, MinArgs: 1, Ret: core.RetInt,
+				Doc: "(domain[, aor]) as Kamailio's: without aor remove the SAs of the message's UE (request: source address; reply: the REGISTER's), with aor every SA set of that AoR or contact URI; releases the SPIs; 1 removed, -1 none",
 				Fn:  m.ipsecDestroy},
 			{Name: "ipsec_destroy_by_aor", Args: []core.ArgType{core.ArgStr, core.ArgStr}, Ret: core.RetInt,
-				Doc: "(domain, aor) remove every SA set of the AoR; 1 removed, -1 none",
+				Doc: "(domain, aor) alias of ipsec_destroy(domain, aor); 1 removed, -1 none",
 				Fn:  m.ipsecDestroyAoR},
+			{Name: "ipsec_destroy_by_contact", Args: []core.ArgType{core.ArgStr, core.ArgStr, core.ArgStr, core.ArgStr}, Ret: core.RetInt,
+				Doc: "(domain, aor, recv_host, recv_port) Kamailio 5.6+: remove the SA sets of the UE at recv_host whose AoR or contact URI is aor (URI params ignored; empty = any) and whose port_uc or port_us is recv_port (\"\" or \"0\" = any); strings as in Kamailio (e.g. from a failed NAT ping's $uac_req(ouri)); 1 removed, -1 none",
+				Fn:  m.ipsecDestroyByContact},
 		},
 		RPC:    m.rpcMethods(),
 		Events: []string{Name},
@@ -478,7 +481,7 @@ func (m *mod) ipsecCreate(msg *core.Msg, a []core.Val) (core.Val, error) {
 	m.mu.Unlock()
 
 	msg.Res.AppendHeader(sip.NewHeader("Security-Server", server.String()))
-	msg.Res.AppendHeader(sip.NewHeader("Supported", "sec-agree"))
+	addOptionTag(msg.Res, "Supported", "sec-agree")
 	m.emit("created", s)
 	return core.Int(1), nil
 }
@@ -665,13 +668,28 @@ func (m *mod) ipsecForward(msg *core.Msg, a []core.Val) (core.Val, error) {
 			m.dropOtherSets(s)
 			m.emit("established", s)
 		}
-		msg.Res.AppendHeader(sip.NewHeader("Require", "sec-agree"))
+		// As Kamailio, both tags on the 200; once only, so a second
+		// ipsec_forward on the same reply adds nothing.
+		addOptionTag(msg.Res, "Supported", "sec-agree")
+		addOptionTag(msg.Res, "Require", "sec-agree")
 	}
 	if err := m.route(msg, s, flags); err != nil {
 		m.log().Warn("ims_ipsec_pcscf: ipsec_forward: "+err.Error(), "ue", s.id, "at", msg.Pos())
 		return core.Int(-1), nil
 	}
 	return core.Int(1), nil
+}
+
+// addOptionTag adds "name: tag" unless a name header already lists tag.
+func addOptionTag(res *sip.Response, name, tag string) {
+	for _, h := range core.FindHeaders(res, name) {
+		for _, t := range strings.Split(h.Value(), ",") {
+			if strings.EqualFold(strings.TrimSpace(t), tag) {
+				return
+			}
+		}
+	}
+	res.AppendHeader(sip.NewHeader(name, tag))
 }
 
 // dropOtherSets removes the UE's older sets once a new one is established
@@ -732,6 +750,9 @@ func (m *mod) ipsecVerify(msg *core.Msg, a []core.Val) (core.Val, error) {
 }
 
 func (m *mod) ipsecDestroy(msg *core.Msg, a []core.Val) (core.Val, error) {
+	if len(a) > 1 {
+		return m.ipsecDestroyAoR(msg, a)
+	}
 	if s := m.findForMsg(msg); s != nil && m.destroy(s, "script") {
 		return core.Int(1), nil
 	}
@@ -745,13 +766,51 @@ func (m *mod) ipsecDestroyAoR(msg *core.Msg, a []core.Val) (core.Val, error) {
 	return core.Int(-1), nil
 }
 
+func (m *mod) ipsecDestroyByContact(msg *core.Msg, a []core.Val) (core.Val, error) {
+	uri, host, port := uriOf(a[1].Str), strings.Trim(a[2].Str, "[]"), strings.TrimSpace(a[3].Str)
+	want := 0
+	if port != "" {
+		n, err := strconv.Atoi(port)
+		if err != nil || n < 0 || n > 65535 {
+			return core.Null, fmt.Errorf("ipsec_destroy_by_contact: recv_port %q is not a port", a[3].Str)
+		}
+		want = n
+	}
+	ip := net.ParseIP(host)
+	if ip == nil {
+		return core.Null, fmt.Errorf("ipsec_destroy_by_contact: recv_host %q is not an IP address", a[2].Str)
+	}
+	m.mu.Lock()
+	var hit []*ueSet
+	for _, s := range m.sets {
+		if !s.ue.IP.Equal(ip) || want != 0 && want != int(s.ue.PortC) && want != int(s.ue.PortS) {
+			continue
+		}
+		if uri != "" && uri != s.aor && uri != uriOf(s.contact) {
+			continue
+		}
+		hit = append(hit, s)
+	}
+	m.mu.Unlock()
+	n := 0
+	for _, s := range hit {
+		if m.destroy(s, "script") {
+			n++
+		}
+	}
+	if n > 0 {
+		return core.Int(1), nil
+	}
+	return core.Int(-1), nil
+}
+
 // match selects sets by AoR, UE address, or UE address:port_uc.
 func (m *mod) match(key string) []*ueSet {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []*ueSet
 	for _, s := range m.sets {
-		if s.aor == key || s.id == key || s.ue.IP.String() == key {
+		if s.aor == key || s.contact == key || s.id == key || s.ue.IP.String() == key {
 			out = append(out, s)
 		}
 	}

@@ -59,6 +59,16 @@ type pcscf struct {
 // and the route-test socket stand-in (sockets only listed).
 func newPCSCF(t *testing.T, params map[string]core.Val) *pcscf {
 	t.Helper()
+	src, err := os.ReadFile("../../examples/ims_pcscf/route.star")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newPCSCFSrc(t, params, src)
+}
+
+// newPCSCFSrc is newPCSCF with another script.
+func newPCSCFSrc(t *testing.T, params map[string]core.Val, src []byte) *pcscf {
+	t.Helper()
 	k := NewFakeKernel()
 	old := newKernel
 	newKernel = func() Kernel { return k }
@@ -70,10 +80,6 @@ func newPCSCF(t *testing.T, params map[string]core.Val) *pcscf {
 	p.env.SetSockets([]core.Socket{{Proto: "udp", IP: "10.99.0.1", Port: 5060}, {Proto: "tcp", IP: "10.99.0.1", Port: 5060}})
 	p.env.SocketManager = fakeSockets{p.env}
 	p.eng = starlark.New(p.env)
-	src, err := os.ReadFile("../../examples/ims_pcscf/route.star")
-	if err != nil {
-		t.Fatal(err)
-	}
 	if _, err := p.eng.Load("route.star", src); err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +194,8 @@ func TestExampleScript(t *testing.T) {
 		t.Fatalf("200 to the UE: %+v", o)
 	}
 
-	// From the core to the UE: port_pc -> port_us, our Via names port_pc.
+	// From the core to the UE: port_pc -> port_us, our Via names port_ps
+	// (where the UE's answer arrives over SA A), not the sending port_pc.
 	o = p.request(`OPTIONS sip:alice@10.99.0.2:31001 SIP/2.0
 Via: SIP/2.0/UDP 127.0.0.2:6060;branch=z9hG4bKmt1
 From: <sip:scscf@ims.example>;tag=s1
@@ -200,13 +207,13 @@ Max-Forwards: 70`, "127.0.0.2:6060", plain5060)
 	if len(br) != 1 || br[0].local != "udp:10.99.0.1:5100" || br[0].dst != "udp:10.99.0.2:31001" {
 		t.Fatalf("MT request: %+v", o)
 	}
-	if v := br[0].msg.(*sip.Request).Via(); v.Host != "10.99.0.1" || v.Port != 5100 {
+	if v := br[0].msg.(*sip.Request).Via(); v.Host != "10.99.0.1" || v.Port != 6100 {
 		t.Errorf("MT Via %s", v.Value())
 	}
-	// The UE's answer comes in on port_pc from port_us and goes up.
+	// The UE's answer comes in on port_ps from port_uc (SA A) and goes up.
 	o = p.do(func() {
 		res := parse(t, "SIP/2.0 200 OK\nVia: "+br[0].msg.(*sip.Request).Via().Value()+"\nVia: SIP/2.0/UDP 127.0.0.2:6060;branch=z9hG4bKmt1\nFrom: <sip:scscf@ims.example>;tag=s1\nTo: <sip:alice@ims.example>;tag=u1\nCall-ID: mt-1\nCSeq: 1 OPTIONS").(*sip.Response)
-		p.eng.HandleReply(&core.Msg{Env: p.env, Res: res, Proto: "udp", SrcIP: "10.99.0.2", SrcPort: 31001, Local: core.Socket{Proto: "udp", IP: "10.99.0.1", Port: 5100}})
+		p.eng.HandleReply(&core.Msg{Env: p.env, Res: res, Proto: "udp", SrcIP: "10.99.0.2", SrcPort: 31000, Local: ps})
 	})
 	if up := of(o, core.OutRelayedReply); len(up) != 1 || up[0].dst != "udp:127.0.0.2:6060" {
 		t.Errorf("UE's 200 to the core: %+v", o)
@@ -265,5 +272,170 @@ func TestReadmeHasTheExample(t *testing.T) {
 	}
 	if !strings.Contains(string(readme), "```python\n"+string(src)+"```") {
 		t.Error("README's P-CSCF script differs from examples/ims_pcscf/route.star")
+	}
+}
+
+// TestExampleProtectedRegisterWithoutVerify: the example checks every
+// REGISTER, so one that arrives over the SAs without Security-Verify gets a
+// 494 and never reaches the S-CSCF (the script used to skip ipsec_verify
+// when the header was absent), and its SA set is removed.
+func TestExampleProtectedRegisterWithoutVerify(t *testing.T) {
+	p := newPCSCF(t, nil)
+	ps := core.Socket{Proto: "udp", IP: "10.99.0.1", Port: 6100}
+	o := p.request(ueRegister("10.99.0.2", 5060, 1, "Security-Client: "+secClient+"\nRequire: sec-agree"), "10.99.0.2:5060", plain5060)
+	br := of(o, core.OutBranch)
+	if len(br) != 1 {
+		t.Fatalf("first REGISTER: %+v", o)
+	}
+	if up := of(p.answer(br[0], "401 Unauthorized", wwwAuth), core.OutRelayedReply); len(up) != 1 || hdr(up[0].msg, "Security-Server") == "" {
+		t.Fatalf("401: %+v", up)
+	}
+	if n := p.k.count(); n != 4 {
+		t.Fatalf("%d SAs after the 401, want 4", n)
+	}
+	o = p.request(ueRegister("10.99.0.2", 31001, 2, "Security-Client: "+secClient), "10.99.0.2:31000", ps)
+	if br := of(o, core.OutBranch); len(br) != 0 {
+		t.Errorf("REGISTER without Security-Verify went to the S-CSCF: %+v", br)
+	}
+	var codes []int
+	for _, s := range o {
+		if r, ok := s.msg.(*sip.Response); ok {
+			codes = append(codes, r.StatusCode)
+		}
+	}
+	if len(codes) != 1 || codes[0] != 494 {
+		t.Errorf("replies %v, want [494]", codes)
+	}
+	if n := p.k.count(); n != 0 {
+		t.Errorf("%d SAs left, want the set removed", n)
+	}
+}
+
+// count is the number of SAs in the fake kernel, whoever owns them.
+func (f *FakeKernel) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.states)
+}
+
+// TestScriptDestroyVariantsAndSecAgreeTags runs Kamailio's call forms from a
+// script: ipsec_destroy with and without aor (one name, optional argument),
+// ipsec_destroy_by_contact, and ipsec_forward called twice on the 200 to
+// REGISTER adding Supported and Require: sec-agree once each.
+func TestScriptDestroyVariantsAndSecAgreeTags(t *testing.T) {
+	src := strings.Replace(mustRead(t, "../../examples/ims_pcscf/route.star"), `    elif code == 200:
+        KSR.ims_ipsec_pcscf.ipsec_forward("location", 1)
+`, `    elif code == 200:
+        KSR.ims_ipsec_pcscf.ipsec_forward("location", 1)
+        KSR.ims_ipsec_pcscf.ipsec_forward("location", 1)
+`, 1)
+	src = strings.Replace(src, `    if KSR.pv.get("$si") == "127.0.0.2":`, `    if KSR.pv.get("$rU") == "destroy":
+        KSR.sl.send_reply(200, "r=%d" % KSR.ims_ipsec_pcscf.ipsec_destroy("location", KSR.hdr.get("X-Aor")))
+        return
+    if KSR.pv.get("$rU") == "destroy-msg":
+        KSR.sl.send_reply(200, "r=%d" % KSR.ims_ipsec_pcscf.ipsec_destroy("location"))
+        return
+    if KSR.pv.get("$rU") == "by-contact":
+        KSR.sl.send_reply(200, "r=%d" % KSR.ims_ipsec_pcscf.ipsec_destroy_by_contact("location",
+            KSR.hdr.get("X-Aor"), KSR.hdr.get("X-Host"), KSR.hdr.get("X-Port")))
+        return
+    if KSR.pv.get("$si") == "127.0.0.2":`, 1)
+	if !strings.Contains(src, "ipsec_destroy_by_contact") || strings.Count(src, `ipsec_forward("location", 1)`) != 4 {
+		t.Fatal("the example changed; update this test's edits")
+	}
+	p := newPCSCFSrc(t, nil, []byte(src))
+	ps := core.Socket{Proto: "udp", IP: "10.99.0.1", Port: 6100}
+	establish := func(ue string) {
+		t.Helper()
+		o := p.request(ueRegister(ue, 5060, 1, "Security-Client: "+secClient+"\nRequire: sec-agree"), ue+":5060", plain5060)
+		br := of(o, core.OutBranch)
+		up := of(p.answer(br[0], "401 Unauthorized", wwwAuth+"\nSupported: path, sec-agree"), core.OutRelayedReply)
+		if len(up) != 1 || len(up[0].msg.(*sip.Response).GetHeaders("Supported")) != 1 {
+			t.Fatalf("401 (Supported already lists sec-agree): %+v", up)
+		}
+		srv := hdr(up[0].msg, "Security-Server")
+		o = p.request(ueRegister(ue, 31001, 2, "Security-Verify: "+srv+"\nSecurity-Client: "+secClient), ue+":31000", ps)
+		br = of(o, core.OutBranch)
+		if len(br) != 1 {
+			t.Fatalf("protected REGISTER: %+v", o)
+		}
+		up = of(p.answer(br[0], "200 OK", "Contact: <sip:alice@"+ue+":31001>;expires=600"), core.OutRelayedReply)
+		res := up[0].msg.(*sip.Response)
+		if s, r := res.GetHeaders("Supported"), res.GetHeaders("Require"); len(s) != 1 || len(r) != 1 || s[0].Value() != "sec-agree" || r[0].Value() != "sec-agree" {
+			t.Errorf("200 to REGISTER: Supported %v Require %v, want one sec-agree each", s, r)
+		}
+	}
+	ask := func(user, extra string) string {
+		t.Helper()
+		o := p.request(`OPTIONS sip:`+user+`@10.99.0.1 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.9:5060;branch=z9hG4bK`+user+`
+From: <sip:ops@ims.example>;tag=o1
+To: <sip:`+user+`@ims.example>
+Call-ID: ops-`+user+`-`+fmt.Sprint(len(p.rec.sent))+`
+CSeq: 1 OPTIONS
+Max-Forwards: 70
+`+extra, "127.0.0.9:5060", plain5060)
+		for _, s := range o {
+			if r, ok := s.msg.(*sip.Response); ok {
+				return r.Reason
+			}
+		}
+		return ""
+	}
+	establish("10.99.0.2")
+	if n := p.k.count(); n != 4 {
+		t.Fatalf("%d SAs", n)
+	}
+	if r := ask("destroy", "X-Aor: sip:bob@ims.example"); r != "r=-1" {
+		t.Errorf("ipsec_destroy of an unknown aor: %s", r)
+	}
+	if r := ask("destroy", "X-Aor: sip:alice@ims.example"); r != "r=1" || p.k.count() != 0 {
+		t.Errorf("ipsec_destroy(domain, aor): %s, %d SAs left", r, p.k.count())
+	}
+	if r := ask("destroy-msg", ""); r != "r=-1" {
+		t.Errorf("ipsec_destroy(domain) for a sender without SAs: %s", r)
+	}
+
+	establish("10.99.0.3")
+	for _, tc := range []struct{ aor, host, port, want string }{
+		{"sip:alice@10.99.0.3:5060", "10.99.0.4", "31001", "r=-1"},         // other host
+		{"sip:alice@10.99.0.3:5060", "10.99.0.3", "5060", "r=-1"},          // not a protected port
+		{"sip:carol@10.99.0.3:5060;alias=x", "10.99.0.3", "31001", "r=-1"}, // other contact
+		{"sip:alice@10.99.0.3:5060", "10.99.0.3", "x", "error"},
+		{"sip:alice@10.99.0.3:5060;alias=10.99.0.3~31001~1", "10.99.0.3", "31001", "r=1"},
+	} {
+		r := ask("by-contact", "X-Aor: "+tc.aor+"\nX-Host: "+tc.host+"\nX-Port: "+tc.port)
+		if tc.want == "error" && r != "Server Internal Error" {
+			t.Errorf("bad recv_port answered %q", r)
+		} else if tc.want != "error" && r != tc.want {
+			t.Errorf("ipsec_destroy_by_contact(%q, %q, %q) = %s, want %s", tc.aor, tc.host, tc.port, r, tc.want)
+		}
+	}
+	if n := p.k.count(); n != 0 {
+		t.Errorf("%d SAs left after ipsec_destroy_by_contact", n)
+	}
+}
+
+func mustRead(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestScriptDestroyArity: the optional aor is the only optional argument; a
+// third one is a load error naming the accepted counts.
+func TestScriptDestroyArity(t *testing.T) {
+	env := core.NewEnv(&routeRec{})
+	env.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	eng := starlark.New(env)
+	_, err := eng.Load("x.star", []byte("def ksr_request_route():\n    KSR.ims_ipsec_pcscf.ipsec_destroy(\"l\", \"a\", \"b\")\n"))
+	if err == nil || !strings.Contains(err.Error(), "takes 1 to 2 arguments") {
+		t.Errorf("load: %v", err)
+	}
+	if _, err := eng.Load("y.star", []byte("def ksr_request_route():\n    KSR.ims_ipsec_pcscf.ipsec_destroy()\n")); err == nil {
+		t.Error("no arguments accepted")
 	}
 }

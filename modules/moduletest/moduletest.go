@@ -100,8 +100,8 @@ func Fn(t testing.TB, mod *core.Module, name string) *core.Func {
 func Call(t testing.TB, mod *core.Module, m *core.Msg, name string, args ...core.Val) (core.Val, error) {
 	t.Helper()
 	f := Fn(t, mod, name)
-	if len(args) != len(f.Args) {
-		t.Fatalf("%s: want %d args, got %d", name, len(f.Args), len(args))
+	if !f.ArityOK(len(args)) {
+		t.Fatalf("%s: want %s args, got %d", name, f.ArityString(), len(args))
 	}
 	return f.Fn(m, args)
 }

@@ -469,7 +469,7 @@ func (tx *Tx) addBranch(m *core.Msg, req *sip.Request, dst core.Target) error {
 	tx.mu.Unlock()
 	if onBranch != "" && tx.tm.env.Router != nil {
 		bm := &core.Msg{Env: m.Env, Req: breq, Proto: m.Proto, SrcIP: m.SrcIP, SrcPort: m.SrcPort, Local: m.Local,
-			DstURI: m.DstURI, SendSocket: m.SendSocket, Flags: m.Flags, BFlags: m.BFlags, Tx: tx, Vars: m.Vars,
+			DstURI: m.DstURI, SendSocket: m.SendSocket, ViaPort: m.ViaPort, Flags: m.Flags, BFlags: m.BFlags, Tx: tx, Vars: m.Vars,
 			Ext: map[string]any{"tm.bidx": idx}}
 		if err := tx.tm.env.Router.Run(tx.prog, onBranch, core.RouteBranch, bm); err != nil {
 			tx.tm.env.Log.Error("tm: branch route failed", "route", onBranch, "err", err)
@@ -494,7 +494,11 @@ func (tx *Tx) addBranch(m *core.Msg, req *sip.Request, dst core.Target) error {
 		return fmt.Errorf("no %s socket", dst.Proto)
 	}
 	b := &branch{idx: idx, dst: dst, via: tx.id + "." + strconv.Itoa(idx), sock: m.ForcedSocket(dst.Proto)}
-	breq.PrependHeader(core.OurVia(sock, b.via))
+	via := core.OurVia(sock, b.via)
+	if m.ViaPort > 0 {
+		via.Port = m.ViaPort
+	}
+	breq.PrependHeader(via)
 	b.req = breq
 	tx.mu.Lock()
 	tx.branches = append(tx.branches, b)

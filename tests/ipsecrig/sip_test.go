@@ -397,8 +397,11 @@ func (u *ue) sas(ik, ck []byte) []netlink.XfrmState {
 		auth.Name = "hmac(md5)"
 	}
 	crypt := &netlink.XfrmStateAlgo{Name: "ecb(cipher_null)", Key: []byte{}}
-	if s.Ealg == "aes-cbc" {
+	switch s.Ealg {
+	case "aes-cbc":
 		crypt = &netlink.XfrmStateAlgo{Name: "cbc(aes)", Key: ck}
+	case "des-ede3-cbc": // TS 33.203 Annex I: CK1||CK2||CK1
+		crypt = &netlink.XfrmStateAlgo{Name: "cbc(des3_ede)", Key: append(append([]byte(nil), ck...), ck[:8]...)}
 	}
 	mk := func(src net.IP, sport int, dst net.IP, dport int, spi uint32) netlink.XfrmState {
 		return netlink.XfrmState{Src: src, Dst: dst, Proto: netlink.XFRM_PROTO_ESP, Mode: netlink.XFRM_MODE_TRANSPORT,

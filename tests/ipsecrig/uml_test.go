@@ -46,7 +46,7 @@ func umlNeed(t *testing.T, format string, a ...any) {
 // sha512; jitterentropy_rng does not load in UML) is what echainiv/seqiv
 // draw IVs from;
 // nfnetlink is one of the families a netlink.Handle opens.
-const umlModules = "ipv6 nfnetlink xfrm_user esp4 veth authenc cbc ecb hmac sha1_generic md5 crypto_null echainiv seqiv aes_generic drbg sha512_generic"
+const umlModules = "ipv6 nfnetlink xfrm_user esp4 veth authenc cbc ecb hmac sha1_generic md5 crypto_null echainiv seqiv aes_generic des_generic drbg sha512_generic"
 
 // vmRun is the -run pattern of the VM suite: KAMGO_IPSEC_RUN narrows it
 // (e.g. "TestVM/tcp") when working on one scenario.

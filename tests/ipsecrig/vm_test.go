@@ -220,6 +220,10 @@ func testHappyUDP(t *testing.T) {
 	if req == nil || fr == nil || fr.StatusCode != 200 {
 		t.Fatalf("MT OPTIONS: UE got %v, core got %v", req, fr)
 	}
+	// Our Via names port_ps, where the answer comes over SA A.
+	if v := req.Via(); v == nil || v.Port != int(s.PortS) {
+		t.Errorf("MT OPTIONS Via %v, want sent-by port_ps %d", v, s.PortS)
+	}
 	d2 := delta(b2, states(t, l.ph))
 	if d2[u.spiS] != 1 || d2[s.SpiS] != 1 {
 		t.Errorf("MT OPTIONS: deltas %v, want +1 on spi_us %d and spi_ps %d", d2, u.spiS, s.SpiS)
@@ -270,12 +274,13 @@ func testHappyUDP(t *testing.T) {
 // checks traffic passes both ways.
 func testAlgorithms(t *testing.T) {
 	t.Parallel() // own namespaces, kamd and ports: the waits overlap
-	l := newLab(t, labOpts{ueAddrs: 4})
+	l := newLab(t, labOpts{ueAddrs: 5})
 	combos := []struct{ alg, ealg, auth, enc string }{
 		{"hmac-sha-1-96", "null", "hmac(sha1)", "ecb(cipher_null)"},
 		{"hmac-sha-1-96", "aes-cbc", "hmac(sha1)", "cbc(aes)"},
 		{"hmac-md5-96", "null", "hmac(md5)", "ecb(cipher_null)"},
 		{"hmac-md5-96", "aes-cbc", "hmac(md5)", "cbc(aes)"},
+		{"hmac-sha-1-96", "des-ede3-cbc", "hmac(sha1)", "cbc(des3_ede)"},
 	}
 	for i, c := range combos {
 		u := l.newUE(fmt.Sprintf("10.99.0.%d", 2+i), 31000, uint32(20000+10*i), c.alg+"/"+c.ealg)
