@@ -226,8 +226,15 @@ func TestDashboardRegistrations(t *testing.T) {
 	waitText(t, ctx, "#ov-script", "v1 ")
 	showPanel(t, ctx, "registrations")
 	c := newSIPClient(t, k.Port)
+	// The issue asks for a REGISTER to show "within a second"; the bound is
+	// 3 s so that -race and a loaded CI machine do not make it flaky, while
+	// a panel that only catches up on its periodic refresh still fails.
+	sent := time.Now()
 	c.register(t, "alice")
 	waitText(t, ctx, "#reg-table", "alice")
+	if d := time.Since(sent); d > 3*time.Second {
+		t.Errorf("the REGISTER appeared after %v, want within a second (3 s allowed)", d)
+	}
 	waitText(t, ctx, "#reg-table", "sip:alice@127.0.0.1:5999")
 	c.register(t, "bob")
 	waitText(t, ctx, "#reg-table", "bob")
@@ -264,6 +271,64 @@ func TestDashboardRegistrations(t *testing.T) {
 	}
 	waitText(t, ctx, "#ev-table", "loaded")
 	screenshot(t, ctx, "events")
+	// The topic filter keeps one topic's rows: usrloc's (the REGISTERs), not
+	// the reload's.
+	waitJS(t, ctx, "the usrloc topic listed", `[...document.getElementById('ev-topic').options].some((o) => o.value === 'usrloc')`)
+	evalString(t, ctx, `(() => { const s = document.getElementById('ev-topic'); s.value = 'usrloc'; s.dispatchEvent(new Event('change')); return ''; })()`)
+	waitJS(t, ctx, "only usrloc rows", `(() => { const rs = [...document.querySelectorAll('#ev-table tbody tr')]; return rs.length > 0 && rs.every((r) => r.dataset.topic === 'usrloc'); })()`)
+	if got := evalString(t, ctx, `document.getElementById('ev-table').tBodies[0].textContent`); strings.Contains(got, "loaded") || !strings.Contains(got, "alice") {
+		t.Errorf("events filtered on usrloc: %.300s", got)
+	}
+}
+
+// TestDashboardLargeRegistrar: with more AoRs than one reply may hold
+// (a small rpc_max_response_bytes, so a full ul.dump is 507), /metrics
+// still counts every contact (no dump at scrape) and the registrations
+// panel shows its first page with "showing N of M". An ro token sees no
+// Remove button.
+func TestDashboardLargeRegistrar(t *testing.T) {
+	ctx := needBrowser(t)
+	const aors = 1200
+	k := newDashKamd(t, dashScript(t, `core_param("rpc_max_response_bytes", 131072)`), "admin adm-secret\nro ro-secret\n")
+	rpcURL := fmt.Sprintf("http://127.0.0.1:%d/RPC", k.RPCPort)
+	for from := 0; from < aors; from += 400 {
+		var calls []string
+		for i := from; i < from+400; i++ {
+			calls = append(calls, fmt.Sprintf(`{"jsonrpc":"2.0","method":"ul.add","params":["location","big%04d","sip:big%04d@192.0.2.10:5070;transport=udp",3600,0.5,"",0,0,8191],"id":%d}`, i, i, i))
+		}
+		req, _ := http.NewRequest("POST", rpcURL, strings.NewReader("["+strings.Join(calls, ",")+"]"))
+		req.Header.Set("Authorization", "Bearer adm-secret")
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 || strings.Contains(string(b), `"error"`) {
+			t.Fatalf("ul.add: %d %.300s", res.StatusCode, b)
+		}
+	}
+	// The premise: a full dump no longer fits.
+	if _, r := postRPC(t, rpcURL, "adm-secret", call("ul.dump")); r["error"] == nil || fmt.Sprint(r["error"].(map[string]any)["code"]) != "507" {
+		t.Fatalf("a full ul.dump of %d AoRs: %v, want a 507", aors, r["error"])
+	}
+	fams := scrape(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", k.RPCPort), "ro-secret")
+	for _, name := range []string{"kamd_usrloc_contacts", "kamd_usrloc_aors"} {
+		if v, ok := metricValue(fams, name, "table=location"); !ok || v != aors {
+			t.Errorf("%s = %v (present %v), want %d", name, v, ok, aors)
+		}
+	}
+	openDashboard(t, ctx, k.URL()+"#registrations", "ro-secret")
+	waitText(t, ctx, "#role", "read-only")
+	waitText(t, ctx, "#reg-count", fmt.Sprintf("showing the first 500 of %d AoRs", aors))
+	waitText(t, ctx, "#reg-table", "big")
+	if n := evalString(t, ctx, `String(document.querySelectorAll('#reg-table tbody tr').length)`); n != "500" {
+		t.Errorf("the panel shows %s rows, want 500", n)
+	}
+	if n := evalString(t, ctx, `String(document.querySelectorAll('#reg-table button').length)`); n != "0" {
+		t.Errorf("the ro page shows %s Remove buttons, want none", n)
+	}
+	screenshot(t, ctx, "registrations-large")
 }
 
 // TestDashboardTrunkFailed: a trunk whose registrar answers 403 turns
