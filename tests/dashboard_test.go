@@ -219,7 +219,10 @@ func showPanel(t *testing.T, ctx context.Context, name string) {
 // the registrations panel; the overview shows version, script and sockets.
 func TestDashboardRegistrations(t *testing.T) {
 	ctx := needBrowser(t)
-	k := newDashKamd(t, dashScript(t, ""), "")
+	// An htable whose items expire within a second or two: a second event
+	// topic for the events panel's filter.
+	k := newDashKamd(t, dashScript(t, `modparam("htable", "htable", "evt=>autoexpire=1")
+modparam("htable", "timer_interval", 1)`), "")
 	openDashboard(t, ctx, k.URL(), "")
 	waitText(t, ctx, "#ov-version", "kamd ")
 	waitText(t, ctx, "#ov-sockets", strconv.Itoa(k.Port))
@@ -271,14 +274,17 @@ func TestDashboardRegistrations(t *testing.T) {
 	}
 	waitText(t, ctx, "#ev-table", "loaded")
 	screenshot(t, ctx, "events")
-	// The topic filter keeps one topic's rows: usrloc's (the REGISTERs), not
-	// the reload's.
-	waitJS(t, ctx, "the usrloc topic listed", `[...document.getElementById('ev-topic').options].some((o) => o.value === 'usrloc')`)
-	evalString(t, ctx, `(() => { const s = document.getElementById('ev-topic'); s.value = 'usrloc'; s.dispatchEvent(new Event('change')); return ''; })()`)
-	waitJS(t, ctx, "only usrloc rows", `(() => { const rs = [...document.querySelectorAll('#ev-table tbody tr')]; return rs.length > 0 && rs.every((r) => r.dataset.topic === 'usrloc'); })()`)
-	if got := evalString(t, ctx, `document.getElementById('ev-table').tBodies[0].textContent`); strings.Contains(got, "loaded") || !strings.Contains(got, "alice") {
-		t.Errorf("events filtered on usrloc: %.300s", got)
+	// The topic filter keeps one topic's rows: htable's (an item expiring),
+	// not the reload's (script).
+	evalString(t, ctx, `window.kamd.call('htable.sets', ['evt', 'gone', 'soon']).then(() => '')`)
+	waitText(t, ctx, "#ev-table", "gone")
+	evalString(t, ctx, `(() => { const s = document.getElementById('ev-topic'); s.value = 'htable'; s.dispatchEvent(new Event('change')); return ''; })()`)
+	waitJS(t, ctx, "only htable rows", `(() => { const rs = [...document.querySelectorAll('#ev-table tbody tr')]; return rs.length > 0 && rs.every((r) => r.dataset.topic === 'htable'); })()`)
+	if got := evalString(t, ctx, `document.getElementById('ev-table').tBodies[0].textContent`); strings.Contains(got, "loaded") || !strings.Contains(got, "gone") {
+		t.Errorf("events filtered on htable: %.300s", got)
 	}
+	evalString(t, ctx, `(() => { const s = document.getElementById('ev-topic'); s.value = 'script'; s.dispatchEvent(new Event('change')); return ''; })()`)
+	waitJS(t, ctx, "only script rows", `(() => { const rs = [...document.querySelectorAll('#ev-table tbody tr')]; return rs.length > 0 && rs.every((r) => r.dataset.topic === 'script'); })()`)
 }
 
 // TestDashboardLargeRegistrar: with more AoRs than one reply may hold
@@ -289,7 +295,7 @@ func TestDashboardRegistrations(t *testing.T) {
 func TestDashboardLargeRegistrar(t *testing.T) {
 	ctx := needBrowser(t)
 	const aors = 1200
-	k := newDashKamd(t, dashScript(t, `core_param("rpc_max_response_bytes", 131072)`), "admin adm-secret\nro ro-secret\n")
+	k := newDashKamd(t, dashScript(t, `core_param("rpc_max_response_bytes", 262144)`), "admin adm-secret\nro ro-secret\n")
 	rpcURL := fmt.Sprintf("http://127.0.0.1:%d/RPC", k.RPCPort)
 	for from := 0; from < aors; from += 400 {
 		var calls []string
