@@ -47,8 +47,8 @@ type Source struct {
 	Usrloc func() []TableCount
 	// UACStates returns uac's records per state (nil when uac is not loaded).
 	UACStates func() map[string]int
-	Version     string
-	Log         *slog.Logger
+	Version   string
+	Log       *slog.Logger
 }
 
 // TableCount is one location table's size.
@@ -59,8 +59,8 @@ type TableCount struct {
 
 // Metrics owns the Prometheus registry.
 type Metrics struct {
-	src  Source
-	reg  *prometheus.Registry
+	src Source
+	reg *prometheus.Registry
 	// regSA is reg plus the per-SA IPsec series (GET /metrics?ipsec_sa=1):
 	// opt-in, since they grow with the UEs (ue and spi labels).
 	regSA *prometheus.Registry

@@ -53,7 +53,7 @@ func (n *Node) newMetrics(srv **rpc.Server) *metrics.Metrics {
 			}
 			return nil
 		},
-		Version:     n.Opts.Version,
-		Log:         n.Env.Log,
+		Version: n.Opts.Version,
+		Log:     n.Env.Log,
 	})
 }
