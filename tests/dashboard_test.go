@@ -291,7 +291,7 @@ modparam("htable", "timer_interval", 1)`), "")
 // (a small rpc_max_response_bytes, so a full ul.dump is 507), /metrics
 // still counts every contact (no dump at scrape) and the registrations
 // panel shows its first page with "showing N of M". An ro token sees no
-// Remove button.
+// Remove button and no trunk buttons.
 func TestDashboardLargeRegistrar(t *testing.T) {
 	ctx := needBrowser(t)
 	const aors = 1200
@@ -324,6 +324,10 @@ func TestDashboardLargeRegistrar(t *testing.T) {
 			t.Errorf("%s = %v (present %v), want %d", name, v, ok, aors)
 		}
 	}
+	// A trunk (disabled: flag 1, no REGISTER sent) for the ro check below.
+	if _, r := postRPC(t, rpcURL, "adm-secret", call("uac.reg_add", "t1", "l1", "local.test", "r1", "remote.test", ".", "r1", "pw", ".", "sip:127.0.0.1:9", 3600, 1, 0, ".", ".")); r["error"] != nil {
+		t.Fatalf("uac.reg_add: %v", r["error"])
+	}
 	openDashboard(t, ctx, k.URL()+"#registrations", "ro-secret")
 	waitText(t, ctx, "#role", "read-only")
 	waitText(t, ctx, "#reg-count", fmt.Sprintf("showing the first 500 of %d AoRs", aors))
@@ -335,6 +339,11 @@ func TestDashboardLargeRegistrar(t *testing.T) {
 		t.Errorf("the ro page shows %s Remove buttons, want none", n)
 	}
 	screenshot(t, ctx, "registrations-large")
+	showPanel(t, ctx, "trunks")
+	waitText(t, ctx, `#trunk-table tr[data-uuid="t1"]`, "disabled")
+	if n := evalString(t, ctx, `String(document.querySelectorAll('#trunk-table button').length)`); n != "0" {
+		t.Errorf("the ro page shows %s trunk buttons, want none", n)
+	}
 }
 
 // TestDashboardTrunkFailed: a trunk whose registrar answers 403 turns
