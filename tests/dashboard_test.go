@@ -219,15 +219,25 @@ func showPanel(t *testing.T, ctx context.Context, name string) {
 // the registrations panel; the overview shows version, script and sockets.
 func TestDashboardRegistrations(t *testing.T) {
 	ctx := needBrowser(t)
-	k := newDashKamd(t, dashScript(t, ""), "")
+	// An htable whose items expire within a second or two: a second event
+	// topic for the events panel's filter.
+	k := newDashKamd(t, dashScript(t, `modparam("htable", "htable", "evt=>autoexpire=1")
+modparam("htable", "timer_interval", 1)`), "")
 	openDashboard(t, ctx, k.URL(), "")
 	waitText(t, ctx, "#ov-version", "kamd ")
 	waitText(t, ctx, "#ov-sockets", strconv.Itoa(k.Port))
 	waitText(t, ctx, "#ov-script", "v1 ")
 	showPanel(t, ctx, "registrations")
 	c := newSIPClient(t, k.Port)
+	// The issue asks for a REGISTER to show "within a second"; the bound is
+	// 3 s so that -race and a loaded CI machine do not make it flaky, while
+	// a panel that only catches up on its periodic refresh still fails.
+	sent := time.Now()
 	c.register(t, "alice")
 	waitText(t, ctx, "#reg-table", "alice")
+	if d := time.Since(sent); d > 3*time.Second {
+		t.Errorf("the REGISTER appeared after %v, want within a second (3 s allowed)", d)
+	}
 	waitText(t, ctx, "#reg-table", "sip:alice@127.0.0.1:5999")
 	c.register(t, "bob")
 	waitText(t, ctx, "#reg-table", "bob")
@@ -264,6 +274,76 @@ func TestDashboardRegistrations(t *testing.T) {
 	}
 	waitText(t, ctx, "#ev-table", "loaded")
 	screenshot(t, ctx, "events")
+	// The topic filter keeps one topic's rows: htable's (an item expiring),
+	// not the reload's (script).
+	evalString(t, ctx, `window.kamd.call('htable.sets', ['evt', 'gone', 'soon']).then(() => '')`)
+	waitText(t, ctx, "#ev-table", "gone")
+	evalString(t, ctx, `(() => { const s = document.getElementById('ev-topic'); s.value = 'htable'; s.dispatchEvent(new Event('change')); return ''; })()`)
+	waitJS(t, ctx, "only htable rows", `(() => { const rs = [...document.querySelectorAll('#ev-table tbody tr')]; return rs.length > 0 && rs.every((r) => r.dataset.topic === 'htable'); })()`)
+	if got := evalString(t, ctx, `document.getElementById('ev-table').tBodies[0].textContent`); strings.Contains(got, "loaded") || !strings.Contains(got, "gone") {
+		t.Errorf("events filtered on htable: %.300s", got)
+	}
+	evalString(t, ctx, `(() => { const s = document.getElementById('ev-topic'); s.value = 'script'; s.dispatchEvent(new Event('change')); return ''; })()`)
+	waitJS(t, ctx, "only script rows", `(() => { const rs = [...document.querySelectorAll('#ev-table tbody tr')]; return rs.length > 0 && rs.every((r) => r.dataset.topic === 'script'); })()`)
+}
+
+// TestDashboardLargeRegistrar: with more AoRs than one reply may hold
+// (a small rpc_max_response_bytes, so a full ul.dump is 507), /metrics
+// still counts every contact (no dump at scrape) and the registrations
+// panel shows its first page with "showing N of M". An ro token sees no
+// Remove button and no trunk buttons.
+func TestDashboardLargeRegistrar(t *testing.T) {
+	ctx := needBrowser(t)
+	const aors = 1200
+	k := newDashKamd(t, dashScript(t, `core_param("rpc_max_response_bytes", 262144)`), "admin adm-secret\nro ro-secret\n")
+	rpcURL := fmt.Sprintf("http://127.0.0.1:%d/RPC", k.RPCPort)
+	for from := 0; from < aors; from += 400 {
+		var calls []string
+		for i := from; i < from+400; i++ {
+			calls = append(calls, fmt.Sprintf(`{"jsonrpc":"2.0","method":"ul.add","params":["location","big%04d","sip:big%04d@192.0.2.10:5070;transport=udp",3600,0.5,"",0,0,8191],"id":%d}`, i, i, i))
+		}
+		req, _ := http.NewRequest("POST", rpcURL, strings.NewReader("["+strings.Join(calls, ",")+"]"))
+		req.Header.Set("Authorization", "Bearer adm-secret")
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 || strings.Contains(string(b), `"error"`) {
+			t.Fatalf("ul.add: %d %.300s", res.StatusCode, b)
+		}
+	}
+	// The premise: a full dump no longer fits.
+	if _, r := postRPC(t, rpcURL, "adm-secret", call("ul.dump")); r["error"] == nil || fmt.Sprint(r["error"].(map[string]any)["code"]) != "507" {
+		t.Fatalf("a full ul.dump of %d AoRs: %v, want a 507", aors, r["error"])
+	}
+	fams := scrape(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", k.RPCPort), "ro-secret")
+	for _, name := range []string{"kamd_usrloc_contacts", "kamd_usrloc_aors"} {
+		if v, ok := metricValue(fams, name, "table=location"); !ok || v != aors {
+			t.Errorf("%s = %v (present %v), want %d", name, v, ok, aors)
+		}
+	}
+	// A trunk (disabled: flag 1, no REGISTER sent) for the ro check below.
+	if _, r := postRPC(t, rpcURL, "adm-secret", call("uac.reg_add", "t1", "l1", "local.test", "r1", "remote.test", ".", "r1", "pw", ".", "sip:127.0.0.1:9", 3600, 1, 0, ".", ".")); r["error"] != nil {
+		t.Fatalf("uac.reg_add: %v", r["error"])
+	}
+	openDashboard(t, ctx, k.URL()+"#registrations", "ro-secret")
+	waitText(t, ctx, "#role", "read-only")
+	waitText(t, ctx, "#reg-count", fmt.Sprintf("showing the first 500 of %d AoRs", aors))
+	waitText(t, ctx, "#reg-table", "big")
+	if n := evalString(t, ctx, `String(document.querySelectorAll('#reg-table tbody tr').length)`); n != "500" {
+		t.Errorf("the panel shows %s rows, want 500", n)
+	}
+	if n := evalString(t, ctx, `String(document.querySelectorAll('#reg-table button').length)`); n != "0" {
+		t.Errorf("the ro page shows %s Remove buttons, want none", n)
+	}
+	screenshot(t, ctx, "registrations-large")
+	showPanel(t, ctx, "trunks")
+	waitText(t, ctx, `#trunk-table tr[data-uuid="t1"]`, "disabled")
+	if n := evalString(t, ctx, `String(document.querySelectorAll('#trunk-table button').length)`); n != "0" {
+		t.Errorf("the ro page shows %s trunk buttons, want none", n)
+	}
 }
 
 // TestDashboardTrunkFailed: a trunk whose registrar answers 403 turns

@@ -1,8 +1,10 @@
 // Package metrics is kamd's Prometheus endpoint (GET /metrics on the RPC
 // listener). Everything is read at scrape time: the statistics registry
-// (core, sl, tm, registrar, usrloc, uac, script groups), and, through the
-// same RPC methods a dashboard calls (in process, not counted as RPC
-// requests), usrloc's contacts, uac's records and IPsec's SA sets. Nothing
+// (core, sl, tm, registrar, usrloc, uac, script groups), usrloc's and uac's
+// counts through their Go APIs (never a dump: a scrape must not encode the
+// location table, nor fail with 507 on a large one), and, through the RPC
+// methods a dashboard calls (in process, not counted as RPC requests),
+// IPsec's SA sets (per-SA series only when asked: ?ipsec_sa=1). Nothing
 // is counted twice on the SIP path; the only counter kept here is the RPC
 // requests one, fed by rpc.Config.Observe.
 //
@@ -21,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/kamgo/kamgo/modules/core"
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,15 +42,29 @@ type Source struct {
 	Script func() (version int64, sha256, path string)
 	// Subscribers is the number of websocket event subscribers.
 	Subscribers func() int
-	Version     string
-	Log         *slog.Logger
+	// Usrloc returns the AoRs and contacts per location table (nil when
+	// usrloc is not loaded); read at scrape time, no RPC, no dump.
+	Usrloc func() []TableCount
+	// UACStates returns uac's records per state (nil when uac is not loaded).
+	UACStates func() map[string]int
+	Version   string
+	Log       *slog.Logger
+}
+
+// TableCount is one location table's size.
+type TableCount struct {
+	Table          string
+	AoRs, Contacts int
 }
 
 // Metrics owns the Prometheus registry.
 type Metrics struct {
-	src  Source
-	reg  *prometheus.Registry
-	rpcs *prometheus.CounterVec
+	src Source
+	reg *prometheus.Registry
+	// regSA is reg plus the per-SA IPsec series (GET /metrics?ipsec_sa=1):
+	// opt-in, since they grow with the UEs (ue and spi labels).
+	regSA *prometheus.Registry
+	rpcs  *prometheus.CounterVec
 }
 
 // UAC record states, always exported (0 included) so that dashboards have
@@ -67,8 +84,10 @@ func New(src Source) *Metrics {
 		Name: "kamd_rpc_requests_total",
 		Help: "JSON-RPC requests received over /ws and /RPC, by method and result (ok or the error code).",
 	}, []string{"method", "result"})
-	m.reg.MustRegister(m.rpcs, &collector{m: m},
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	goc, proc := collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})
+	m.reg.MustRegister(m.rpcs, &collector{m: m}, goc, proc)
+	m.regSA = prometheus.NewRegistry()
+	m.regSA.MustRegister(m.rpcs, &collector{m: m, sa: true}, goc, proc)
 	return m
 }
 
@@ -85,15 +104,30 @@ func (m *Metrics) ObserveRPC(method string, code int) {
 	m.rpcs.WithLabelValues(method, result).Inc()
 }
 
-// Handler serves the registry in the Prometheus text format.
+// Handler serves the registry in the Prometheus text format;
+// ?ipsec_sa=1 adds the per-SA IPsec series.
 func (m *Metrics) Handler() http.Handler {
-	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(m.src.Log.Handler(), slog.LevelWarn)})
+	opts := promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(m.src.Log.Handler(), slog.LevelWarn)}
+	plain, sa := promhttp.HandlerFor(m.reg, opts), promhttp.HandlerFor(m.regSA, opts)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("ipsec_sa") == "1" {
+			sa.ServeHTTP(w, r)
+			return
+		}
+		plain.ServeHTTP(w, r)
+	})
 }
 
 // Registry is the registry (tests gather it directly).
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
-type collector struct{ m *Metrics }
+// RegistrySA is the registry with the per-SA IPsec series.
+func (m *Metrics) RegistrySA() *prometheus.Registry { return m.regSA }
+
+type collector struct {
+	m  *Metrics
+	sa bool // export the per-SA IPsec series
+}
 
 // Describe sends nothing: the statistics set grows at runtime (sl's per-code
 // counters, a module loaded by a reload), so this is an unchecked collector.
@@ -130,11 +164,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- constGauge("kamd_rpc_event_subscribers", "Websocket connections subscribed to events (dashboards, kamctl monitor).", float64(m.src.Subscribers()), nil)
 	}
 	has := func(name string) bool { return m.src.Has != nil && m.src.Has(name) && m.src.Call != nil }
-	if has("ul.dump") {
-		c.usrloc(ctx, ch)
+	loaded := func(name string) bool { return m.src.Has == nil || m.src.Has(name) }
+	if m.src.Usrloc != nil && loaded("ul.dump") {
+		c.usrloc(ch)
 	}
-	if has("uac.reg_dump") {
-		c.uac(ctx, ch)
+	if m.src.UACStates != nil && loaded("uac.reg_dump") {
+		c.uac(ch)
 	}
 	if has("ipsec.stats") {
 		c.ipsec(ctx, ch)
@@ -157,6 +192,7 @@ func (c *collector) stats(ch chan<- prometheus.Metric) {
 	uacCodes := map[string]float64{}
 	for _, key := range keys {
 		group, name, _ := strings.Cut(key, ":")
+		key := strings.ToValidUTF8(key, "?") // the help text, from a script's name
 		ctr := st.Counter(group, name)
 		v := float64(ctr.Value())
 		if group == "uac" {
@@ -168,19 +204,37 @@ func (c *collector) stats(ch chan<- prometheus.Metric) {
 		if ctr.NoReset {
 			ch <- constGauge(StatName(group, name, true), "Statistic "+key+" (gauge).", v, nil)
 		} else {
-			ch <- prometheus.MustNewConstMetric(prometheus.NewDesc(StatName(group, name, false), "Statistic "+key+".", nil, nil), prometheus.CounterValue, v)
+			ch <- constMetric(prometheus.NewDesc(StatName(group, name, false), "Statistic "+key+".", nil, nil), prometheus.CounterValue, v)
 		}
 	}
 	if len(uacCodes) > 0 {
 		d := prometheus.NewDesc("kamd_uac_reg_replies_total", "Final replies to uac's REGISTERs (registration attempts), by status code.", []string{"code"}, nil)
 		for code, v := range uacCodes {
-			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, code)
+			ch <- constMetric(d, prometheus.CounterValue, v, code)
 		}
 	}
 }
 
 func constGauge(name, help string, v float64, labels []string, values ...string) prometheus.Metric {
-	return prometheus.MustNewConstMetric(prometheus.NewDesc(name, help, labels, nil), prometheus.GaugeValue, v, values...)
+	return constMetric(prometheus.NewDesc(name, help, labels, nil), prometheus.GaugeValue, v, values...)
+}
+
+// constMetric is prometheus.MustNewConstMetric with the label values made
+// valid UTF-8 first: they come from data (a script path, an AoR, a UE
+// address, a statistic's name) and an invalid one would make Must panic
+// inside Gather, killing kamd. A metric that still fails is dropped
+// (prometheus.NewInvalidMetric reports it in the scrape) instead.
+func constMetric(d *prometheus.Desc, t prometheus.ValueType, v float64, values ...string) prometheus.Metric {
+	for i, s := range values {
+		if !utf8.ValidString(s) {
+			values[i] = strings.ToValidUTF8(s, "\uFFFD")
+		}
+	}
+	m, err := prometheus.NewConstMetric(d, t, v, values...)
+	if err != nil {
+		return prometheus.NewInvalidMetric(d, err)
+	}
+	return m
 }
 
 func (c *collector) call(ctx context.Context, out any, method string, params ...any) bool {
@@ -196,52 +250,34 @@ func (c *collector) call(ctx context.Context, out any, method string, params ...
 	return true
 }
 
-func (c *collector) usrloc(ctx context.Context, ch chan<- prometheus.Metric) {
-	var dump struct {
-		Domains []struct {
-			Domain struct {
-				Domain string
-				AoRs   []struct {
-					Info struct {
-						Contacts []json.RawMessage
-					}
-				}
-			}
-		}
-	}
-	if !c.call(ctx, &dump, "ul.dump") {
+func (c *collector) usrloc(ch chan<- prometheus.Metric) {
+	tables := c.m.src.Usrloc()
+	if tables == nil {
 		return
 	}
 	contacts := prometheus.NewDesc("kamd_usrloc_contacts", "Contacts in memory per location table (expired ones not yet swept included).", []string{"table"}, nil)
 	aors := prometheus.NewDesc("kamd_usrloc_aors", "AoRs with at least one contact per location table.", []string{"table"}, nil)
-	for _, d := range dump.Domains {
-		n := 0
-		for _, a := range d.Domain.AoRs {
-			n += len(a.Info.Contacts)
-		}
-		ch <- prometheus.MustNewConstMetric(contacts, prometheus.GaugeValue, float64(n), d.Domain.Domain)
-		ch <- prometheus.MustNewConstMetric(aors, prometheus.GaugeValue, float64(len(d.Domain.AoRs)), d.Domain.Domain)
+	for _, t := range tables {
+		ch <- constMetric(contacts, prometheus.GaugeValue, float64(t.Contacts), t.Table)
+		ch <- constMetric(aors, prometheus.GaugeValue, float64(t.AoRs), t.Table)
 	}
 }
 
-func (c *collector) uac(ctx context.Context, ch chan<- prometheus.Metric) {
-	var recs []struct {
-		State    string `json:"state"`
-		Failures int    `json:"failures"`
-	}
-	if !c.call(ctx, &recs, "uac.reg_dump") {
+func (c *collector) uac(ch chan<- prometheus.Metric) {
+	got := c.m.src.UACStates()
+	if got == nil {
 		return
 	}
 	by := map[string]int{}
 	for _, s := range uacStates {
 		by[s] = 0
 	}
-	for _, r := range recs {
-		by[r.State]++
+	for s, n := range got {
+		by[s] += n
 	}
 	d := prometheus.NewDesc("kamd_uac_records", "uacreg records by registration state.", []string{"state"}, nil)
 	for s, n := range by {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(n), s)
+		ch <- constMetric(d, prometheus.GaugeValue, float64(n), s)
 	}
 }
 
@@ -261,9 +297,9 @@ func (c *collector) ipsec(ctx context.Context, ch chan<- prometheus.Metric) {
 	}
 	sets := prometheus.NewDesc("kamd_ipsec_sets", "IPsec SA sets (one per UE registration) by state.", []string{"state"}, nil)
 	for _, s := range ipsecStates {
-		ch <- prometheus.MustNewConstMetric(sets, prometheus.GaugeValue, float64(st.Sets[s]), s)
+		ch <- constMetric(sets, prometheus.GaugeValue, float64(st.Sets[s]), s)
 	}
-	ch <- prometheus.MustNewConstMetric(prometheus.NewDesc("kamd_ipsec_plaintext_dropped_total", "Plaintext requests dropped on protected ports.", nil, nil), prometheus.CounterValue, float64(st.PlaintextDropped))
+	ch <- constMetric(prometheus.NewDesc("kamd_ipsec_plaintext_dropped_total", "Plaintext requests dropped on protected ports.", nil, nil), prometheus.CounterValue, float64(st.PlaintextDropped))
 	opt := func(name, help string, v *int) {
 		if v != nil {
 			ch <- constGauge(name, help, float64(*v), nil)
@@ -276,8 +312,11 @@ func (c *collector) ipsec(ctx context.Context, ch chan<- prometheus.Metric) {
 	if len(st.XfrmStat) > 0 {
 		d := prometheus.NewDesc("kamd_ipsec_xfrm_stat_total", "The kernel's /proc/net/xfrm_stat counters (host-wide), by name.", []string{"name"}, nil)
 		for n, v := range st.XfrmStat {
-			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), n)
+			ch <- constMetric(d, prometheus.CounterValue, float64(v), n)
 		}
+	}
+	if !c.sa {
+		return
 	}
 	var list []struct {
 		UE  string `json:"ue"`
@@ -306,10 +345,10 @@ func (c *collector) ipsec(ctx context.Context, ch chan<- prometheus.Metric) {
 				continue
 			}
 			lv := []string{s.UE, sa.Name, sa.Dir, strconv.FormatUint(uint64(sa.SPI), 10)}
-			ch <- prometheus.MustNewConstMetric(pk, prometheus.CounterValue, float64(sa.Packets), lv...)
-			ch <- prometheus.MustNewConstMetric(by, prometheus.CounterValue, float64(sa.Bytes), lv...)
-			ch <- prometheus.MustNewConstMetric(ifl, prometheus.CounterValue, float64(sa.IntegrityFailed), lv...)
-			ch <- prometheus.MustNewConstMetric(rp, prometheus.CounterValue, float64(sa.Replay), lv...)
+			ch <- constMetric(pk, prometheus.CounterValue, float64(sa.Packets), lv...)
+			ch <- constMetric(by, prometheus.CounterValue, float64(sa.Bytes), lv...)
+			ch <- constMetric(ifl, prometheus.CounterValue, float64(sa.IntegrityFailed), lv...)
+			ch <- constMetric(rp, prometheus.CounterValue, float64(sa.Replay), lv...)
 		}
 	}
 }

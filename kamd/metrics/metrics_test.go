@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/http/httptest"
+	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/kamgo/kamgo/modules/core"
 	dto "github.com/prometheus/client_model/go"
@@ -29,8 +32,8 @@ func TestStatName(t *testing.T) {
 
 // fakeRPC answers the module methods the collector calls, in their RPC shapes.
 var fakeRPC = map[string]string{
-	"ul.dump":      `{"Domains":[{"Domain":{"Domain":"location","AoRs":[{"Info":{"AoR":"a","Contacts":[{"Contact":{}},{"Contact":{}}]}},{"Info":{"AoR":"b","Contacts":[{"Contact":{}}]}}]}}]}`,
-	"uac.reg_dump": `[{"state":"registered"},{"state":"failed"},{"state":"failed"}]`,
+	"ul.dump":      `"a scrape must not dump"`,
+	"uac.reg_dump": `"a scrape must not dump"`,
 	"ipsec.stats":  `{"enabled":true,"sets":{"temporary":1,"established":2,"deleting":0},"pairs_used":3,"pairs_total":100,"plaintext_dropped":4,"xfrm_stat":{"XfrmInNoStates":5}}`,
 	"ipsec.list":   `[{"ue":"u1","sas":[{"name":"A","spi":1000,"dir":"in","in_kernel":true,"packets":7,"bytes":700,"integrity_failed":1,"replay":0},{"name":"B","spi":1001,"dir":"out","in_kernel":false}]}]`,
 }
@@ -46,6 +49,9 @@ func TestCollector(t *testing.T) {
 	m := New(Source{
 		Stats: st,
 		Call: func(ctx context.Context, method string, params ...any) (json.RawMessage, error) {
+			if method == "ul.dump" || method == "uac.reg_dump" {
+				t.Errorf("the collector called %s", method)
+			}
 			if s, ok := fakeRPC[method]; ok {
 				return json.RawMessage(s), nil
 			}
@@ -54,12 +60,14 @@ func TestCollector(t *testing.T) {
 		Has:         func(method string) bool { _, ok := fakeRPC[method]; return ok || method == "core.version" },
 		Script:      func() (int64, string, string) { return 3, "abc", "route.star" },
 		Subscribers: func() int { return 1 },
+		Usrloc:      func() []TableCount { return []TableCount{{Table: "location", AoRs: 2, Contacts: 3}} },
+		UACStates:   func() map[string]int { return map[string]int{"registered": 1, "failed": 2} },
 		Version:     "1.2.3",
 	})
 	m.ObserveRPC("core.version", 0)
 	m.ObserveRPC("core.version", 403)
 	m.ObserveRPC("made.up", -32601)
-	fams, err := m.Registry().Gather()
+	fams, err := m.RegistrySA().Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,5 +142,86 @@ func TestCollector(t *testing.T) {
 	}
 	if byName["go_goroutines"] == nil {
 		t.Errorf("no Go runtime metrics")
+	}
+}
+
+// TestCollectorNoSA: the per-SA IPsec series are opt-in (?ipsec_sa=1).
+func TestCollectorNoSA(t *testing.T) {
+	listed := false
+	m := New(Source{
+		Stats: core.NewStats(),
+		Call: func(ctx context.Context, method string, params ...any) (json.RawMessage, error) {
+			listed = listed || method == "ipsec.list"
+			return json.RawMessage(fakeRPC[method]), nil
+		},
+		Has: func(method string) bool { _, ok := fakeRPC[method]; return ok },
+	})
+	fams, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if listed {
+		t.Errorf("ipsec.list called without ipsec_sa=1")
+	}
+	var sets bool
+	for _, f := range fams {
+		if strings.HasPrefix(f.GetName(), "kamd_ipsec_sa_") {
+			t.Errorf("%s exported without ipsec_sa=1", f.GetName())
+		}
+		sets = sets || f.GetName() == "kamd_ipsec_sets"
+	}
+	if !sets {
+		t.Errorf("kamd_ipsec_sets missing")
+	}
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics?ipsec_sa=1", nil))
+	if !strings.Contains(rec.Body.String(), `kamd_ipsec_sa_packets_total{dir="in",sa="A",spi="1000",ue="u1"} 7`) {
+		t.Errorf("?ipsec_sa=1 has no per-SA series:\n%s", rec.Body.String())
+	}
+}
+
+// TestCollectorInvalidUTF8: label values from data (a script path, an AoR's
+// table, a UE) that are not UTF-8 must not panic inside Gather (kamd would
+// die at the next scrape); they are exported with U+FFFD instead.
+func TestCollectorInvalidUTF8(t *testing.T) {
+	bad := "/etc/kam\xff\xfe.star"
+	m := New(Source{
+		Stats:   core.NewStats(),
+		Script:  func() (int64, string, string) { return 1, "abc", bad },
+		Usrloc:  func() []TableCount { return []TableCount{{Table: "loc\xc3", AoRs: 1, Contacts: 1}} },
+		Version: "v\x80",
+		Call: func(ctx context.Context, method string, params ...any) (json.RawMessage, error) {
+			return json.RawMessage(`[{"ue":"u\\udcff","sas":[{"name":"A","spi":1,"dir":"in","in_kernel":true}]}]`), nil
+		},
+		Has: func(method string) bool { return method == "ul.dump" },
+	})
+	st := m.src.Stats
+	st.Counter("scr\xffipt", "n").Inc()
+	fams, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatalf("Gather: %v", err)
+	}
+	want := map[string]string{"kamd_script_info": "/etc/kam\uFFFD.star", "kamd_usrloc_contacts": "loc\uFFFD", "kamd_build_info": "v\uFFFD"}
+	for _, f := range fams {
+		w, ok := want[f.GetName()]
+		if !ok {
+			continue
+		}
+		delete(want, f.GetName())
+		found := false
+		for _, lp := range f.Metric[0].Label {
+			found = found || lp.GetValue() == w
+		}
+		if !found {
+			t.Errorf("%s labels %v, want a value %q", f.GetName(), f.Metric[0].Label, w)
+		}
+	}
+	for n := range want {
+		t.Errorf("%s missing", n)
+	}
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if rec.Code != 200 || !utf8.Valid(rec.Body.Bytes()) {
+		t.Errorf("scrape: %d, valid UTF-8 %v", rec.Code, utf8.Valid(rec.Body.Bytes()))
 	}
 }

@@ -6,6 +6,8 @@ import (
 
 	"github.com/kamgo/kamgo/kamd/dashboard"
 	"github.com/kamgo/kamgo/kamd/metrics"
+	"github.com/kamgo/kamgo/modules/uac"
+	"github.com/kamgo/kamgo/modules/usrloc"
 	"github.com/kamgo/kamgo/rpc"
 )
 
@@ -32,7 +34,26 @@ func (n *Node) newMetrics(srv **rpc.Server) *metrics.Metrics {
 			return int64(p.Version), p.SHA256, p.Path
 		},
 		Subscribers: func() int { return (*srv).Hub().Subscribers() },
-		Version:     n.Opts.Version,
-		Log:         n.Env.Log,
+		// Counts through the modules' Go APIs: a scrape never dumps.
+		Usrloc: func() []metrics.TableCount {
+			u := usrloc.Of(n.Env)
+			if u == nil {
+				return nil
+			}
+			var out []metrics.TableCount
+			for _, d := range u.Domains() {
+				a, c := d.ContactCounts()
+				out = append(out, metrics.TableCount{Table: d.Name(), AoRs: a, Contacts: c})
+			}
+			return out
+		},
+		UACStates: func() map[string]int {
+			if u := uac.Of(n.Env); u != nil {
+				return u.StateCounts()
+			}
+			return nil
+		},
+		Version: n.Opts.Version,
+		Log:     n.Env.Log,
 	})
 }

@@ -115,6 +115,18 @@ func (u *UAC) Dump(secrets bool) []Rec {
 	return out
 }
 
+// StateCounts returns the number of records per state (/metrics reads it at
+// scrape time instead of a reg_dump of the whole table).
+func (u *UAC) StateCounts() map[string]int {
+	u.mu.Lock()
+	defer u.unlock()
+	by := make(map[string]int, 8)
+	for _, r := range u.order {
+		by[r.state]++
+	}
+	return by
+}
+
 // find looks a record up by Kamailio's filter attributes (under mu).
 func (u *UAC) find(attr, val string) (*record, error) {
 	switch attr {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -267,6 +268,14 @@ func TestReloadDiff(t *testing.T) {
 	}
 	if len(h.u.Dump(false)) != 5 {
 		t.Errorf("%d records", len(h.u.Dump(false)))
+	}
+	// StateCounts (what /metrics exports) agrees with the dump.
+	want := map[string]int{}
+	for _, r := range h.u.Dump(false) {
+		want[r.State]++
+	}
+	if got := h.u.StateCounts(); !maps.Equal(got, want) || got[StateDisabled] != 1 {
+		t.Errorf("StateCounts() = %v, want %v (one disabled)", got, want)
 	}
 	// Reloads are never refused for coming too fast.
 	for range 3 {

@@ -253,3 +253,20 @@ func dumpExpires(c *Contact, now time.Time) any {
 	}
 	return c.ExpiresIn(now)
 }
+
+// ContactCounts returns the number of AoRs and of contacts (expired ones not
+// yet swept included), one slot lock at a time, without encoding anything:
+// what /metrics exports at every scrape, which a full ul.dump cannot do on a
+// large table (507 past rpc_max_response_bytes).
+func (d *Domain) ContactCounts() (aors, contacts int) {
+	for i := range d.shards {
+		s := &d.shards[i]
+		s.mu.Lock()
+		aors += len(s.recs)
+		for _, r := range s.recs {
+			contacts += len(r.contacts)
+		}
+		s.mu.Unlock()
+	}
+	return aors, contacts
+}

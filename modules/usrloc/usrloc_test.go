@@ -441,3 +441,26 @@ func TestDumpPaging(t *testing.T) {
 		}
 	}
 }
+
+// TestContactCounts: the counts /metrics exports (no dump) follow adds,
+// a second contact of one AoR and a removal.
+func TestContactCounts(t *testing.T) {
+	clock := routetest.NewFixedClock(time.Unix(1_700_000_000, 0))
+	n := start(t, filepath.Join(t.TempDir(), "ul.db"), clock, nil)
+	d, _ := n.ul.Domain("location")
+	for _, tc := range []struct {
+		do             func()
+		aors, contacts int
+	}{
+		{func() {}, 0, 0},
+		{func() { n.add(t, "alice", "sip:a1@192.0.2.1", 60) }, 1, 1},
+		{func() { n.add(t, "alice", "sip:a2@192.0.2.2", 60) }, 1, 2},
+		{func() { n.add(t, "bob", "sip:b@192.0.2.3", 60) }, 2, 3},
+		{func() { d.DeleteAoR("alice") }, 1, 1},
+	} {
+		tc.do()
+		if a, c := d.ContactCounts(); a != tc.aors || c != tc.contacts {
+			t.Errorf("ContactCounts() = %d, %d, want %d, %d", a, c, tc.aors, tc.contacts)
+		}
+	}
+}

@@ -19,7 +19,13 @@ while getopts "r:d:c:R:" o; do
 done
 out=$(mktemp -d /tmp/kamgo-dashbench.XXXXXX)
 (cd "$root" && go build -o "$out/kamd" ./kamd && go build -o "$out/dashclients" ./tests/bench/dashboard) || exit 1
-sed 's/5070/25070/' "$here/route.star" > "$out/route.star"
+# kamd refuses a 17th connection from one address (rpc_max_conns_per_ip,
+# default 16): raise the caps so every client gets in.
+{ echo 'core_param("rpc_max_conns_per_ip", 64)'; echo 'core_param("rpc_max_conns", 256)'; sed 's/5070/25070/' "$here/route.star"; } > "$out/route.star"
+clients_ok() { # pid log: fail loudly when the dashboard clients died (a client was refused)
+  kill -0 $1 2>/dev/null && return 0
+  echo "dashboard clients failed:" >&2; cat $2 >&2; exit 1
+}
 ticks() { awk '{print $14 + $15}' /proc/$1/stat; }
 n=$((rate * dur))
 run() { # clients [idle]: with idle, no sipp: kamd's CPU over DUR seconds with only the dashboards
@@ -34,6 +40,7 @@ run() { # clients [idle]: with idle, no sipp: kamd's CPU over DUR seconds with o
     cp=$!
   fi
   sleep 2 # clients connected and loaded, first stats sent
+  [ -n "$cp" ] && clients_ok $cp $d/clients.log
   local t0 s0 t1 s1; t0=$(ticks $kp); s0=$(date +%s.%N)
   if [ -n "$idle" ]; then
     sleep $dur
@@ -42,7 +49,7 @@ run() { # clients [idle]: with idle, no sipp: kamd's CPU over DUR seconds with o
       -timeout $((dur + 60))s -trace_screen -screen_file $d/screen.txt >/dev/null 2>&1
   fi
   t1=$(ticks $kp); s1=$(date +%s.%N)
-  [ -n "$cp" ] && kill $cp 2>/dev/null
+  [ -n "$cp" ] && clients_ok $cp $d/clients.log && kill $cp 2>/dev/null
   kill $up $kp 2>/dev/null; wait $kp $up 2>/dev/null
   local ok; ok=$(grep -E "Successful call" $d/screen.txt 2>/dev/null | tail -1 | awk -F'|' '{gsub(/ /,"",$3); print $3}')
   awk -v c=$c -v idle=${idle:-load} -v a=$t0 -v b=$t1 -v hz=$(getconf CLK_TCK) -v n=$n -v ok=${ok:-0} -v el=$(echo "$s1 - $s0" | bc) \
@@ -68,6 +75,7 @@ if command -v perf >/dev/null; then
   "$out/dashclients" -clients $clients -url ws://127.0.0.1:28060/ws -for $((dur * 4 + 60))s >$d/clients.log 2>&1 &
   cp=$!
   sleep 2
+  clients_ok $cp $d/clients.log
   sipp -sn uac 127.0.0.1:25060 -i 127.0.0.1 -p 25080 -r $rate -rp 1000 -m $n -l 3000 -nostdin -timeout $((dur + 60))s >/dev/null 2>&1 &
   sp=$!
   sleep 3

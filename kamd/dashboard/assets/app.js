@@ -490,13 +490,33 @@ function fmtRate(v) { return v >= 100 ? v.toFixed(0) : v.toFixed(1); }
 
 // ---- registrations (usrloc) -----------------------------------------------
 
+// AoRs the registrations panel loads (one ul.dump page).
+const REG_PAGE = 500;
+
 async function loadRegistrations() {
   if (!S.methods.has('ul.dump')) return;
-  const d = await call('ul.dump');
+  // One page only (ul.dump's limit): a full dump of a large table would be
+  // answered 507 past rpc_max_response_bytes, and would encode the whole
+  // table at every refresh of every open dashboard. Stats counts it all.
+  let d;
+  for (let limit = REG_PAGE; ; limit = Math.floor(limit / 2)) {
+    try {
+      d = await call('ul.dump', [null, limit]);
+      break;
+    } catch (e) {
+      // 507: the page is still too large (many contacts per AoR, a small
+      // rpc_max_response_bytes): ask for fewer AoRs, as kamctl does.
+      if (e.code !== 507 || limit <= 1) throw e;
+    }
+  }
   const now = Date.now();
   const out = [];
+  let total = 0;
+  let shown = 0;
   for (const dom of d.Domains || []) {
     const table = dom.Domain.Domain;
+    total += (dom.Domain.Stats && dom.Domain.Stats.Records) || 0;
+    shown += (dom.Domain.AoRs || []).length;
     for (const a of dom.Domain.AoRs || []) {
       for (const c of a.Info.Contacts || []) {
         const k = c.Contact;
@@ -509,6 +529,7 @@ async function loadRegistrations() {
     }
   }
   S.contacts = out;
+  S.regMore = d.Next ? 'showing the first ' + shown + ' of ' + total + ' AoRs (search covers these)' : '';
   renderRegistrations();
 }
 
@@ -537,7 +558,7 @@ function renderRegistrations() {
     tr.append(act);
     tb.append(tr);
   }
-  $('reg-count').textContent = aors.size + ' AoRs, ' + n + ' contacts' + (q ? ' matching' : '');
+  $('reg-count').textContent = aors.size + ' AoRs, ' + n + ' contacts' + (q ? ' matching' : '') + (S.regMore ? ' · ' + S.regMore : '');
   tick();
 }
 

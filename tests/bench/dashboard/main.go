@@ -14,6 +14,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -61,7 +62,18 @@ func main() {
 		}
 		defer c.Close()
 		for _, m := range []string{"system.listMethods", "core.whoami", "core.version", "core.uptime", "core.sockets_list", "app_starlark.status", "ul.dump", "uac.reg_dump", "ipsec.list", "ipsec.stats"} {
-			_, _ = c.Call(ctx, m, nil)
+			var params any
+			if m == "ul.dump" {
+				params = []any{nil, 500} // one page, as the page asks
+			}
+			// A module the script does not load is fine (-32601); any
+			// other failure (a refused or closed connection) ends the
+			// bench: its figures would be for fewer clients.
+			var re *rpc.Error
+			if _, err := c.Call(ctx, m, params); err != nil && !(errors.As(err, &re) && re.Code == -32601) {
+				fmt.Fprintf(os.Stderr, "client %d: %s: %v\n", i, m, err)
+				os.Exit(1)
+			}
 		}
 		evs, err := c.SubscribeInterval(ctx, time.Second, "*", "stats")
 		if err != nil {
@@ -75,6 +87,10 @@ func main() {
 				select {
 				case _, ok := <-evs:
 					if !ok {
+						if ctx.Err() == nil {
+							fmt.Fprintln(os.Stderr, "a client's event stream closed before the end")
+							os.Exit(1)
+						}
 						return
 					}
 					events.Add(1)
