@@ -1,8 +1,11 @@
 package tm_test
 
 import (
+	"fmt"
+	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kamgo/kamgo/modules/core"
 )
@@ -217,5 +220,51 @@ def fail():
 	f.reply(br[1], 404, "t1") // the lowest 4xx wins: branch 1
 	if got := f.shv("fail"); got != 1<<6 || f.shv("fail6") != 1 {
 		t.Errorf("failure route saw $bf %d (isbflagset(6) %d), want the winning branch 1's %d", got, f.shv("fail6"), 1<<6)
+	}
+}
+
+// rtpengine's set chosen in the request route (set_rtpengine_set, module
+// data of the message) is the one rtpengine_manage uses in the branch
+// route: the command goes to that set's engine. The engines are UDP
+// sockets of the test that record what they get and never answer.
+func TestBranchRouteKeepsRtpengineSet(t *testing.T) {
+	var engines [2]*net.UDPConn
+	for i := range engines {
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		engines[i] = c
+	}
+	f := newFixture(t, fmt.Sprintf(`
+modparam("rtpengine", "rtpengine_sock", "1 == udp:%s; 2 == udp:%s")
+modparam("rtpengine", "setid_default", 1)
+modparam("rtpengine", "rtpengine_tout_ms", 20)
+modparam("rtpengine", "rtpengine_retr", 1)
+
+def ksr_request_route():
+    KSR.rtpengine.set_rtpengine_set(2)
+    KSR.tm.t_on_branch("br")
+    KSR.tm.t_relay()
+
+def br():
+    KSR.rtpengine.rtpengine_manage("")
+`, engines[0].LocalAddr(), engines[1].LocalAddr()))
+	o := f.request(call{method: "BYE"}.raw(), "udp")
+	if len(o.of(core.OutBranch)) != 1 {
+		t.Fatalf("BYE not relayed:\n%s", o)
+	}
+	got := func(c *net.UDPConn) string {
+		buf := make([]byte, 4096)
+		_ = c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		n, _, _ := c.ReadFromUDP(buf)
+		return string(buf[:n])
+	}
+	if s := got(engines[1]); !strings.Contains(s, "delete") {
+		t.Errorf("set 2's engine got %q, want the delete of the branch route", s)
+	}
+	if s := got(engines[0]); s != "" {
+		t.Errorf("set 1's engine (the default) got %q: the branch route lost set_rtpengine_set", s)
 	}
 }
