@@ -117,7 +117,7 @@ func TestKemiBasicExampleRuns(t *testing.T) {
 	}
 	for _, n := range kemiBasicNeeds {
 		if !strings.Contains(api, "`"+n+"(") {
-			t.Skipf("kamd lacks %s (pike/permissions: everyday1; nathelper/rtpengine/branch flags: natmedia); the example loads once they are merged", n)
+			t.Fatalf("kamd lacks %s, which the example needs (pike, permissions, nathelper, rtpengine, branch flags)", n)
 		}
 	}
 	out, errOut, code := runKamd(t, "-c", "-f", kemiBasicStar)

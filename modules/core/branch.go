@@ -19,6 +19,10 @@ type Branch struct {
 	Q      int    // q × 1000; -1 unspecified (Kamailio's Q_UNSPECIFIED)
 	// SendSocket is the forced local socket of the branch (nil: the message's).
 	SendSocket *Socket
+	// BFlags are the branch's flags ($bf): the contact's cflags for
+	// registrar's lookup, the message's for append_branch, as in Kamailio.
+	// They replace the message's bflags for this branch.
+	BFlags uint64
 }
 
 // ExtRURIPath is the Msg.Ext key under which registrar's lookup records the

@@ -18,11 +18,13 @@ func corexModule(env *Env) *Module {
 				if m.Req == nil {
 					return Null, ErrNoRequest
 				}
-				return branchRet(m, m.AppendBranch(Branch{URI: m.Req.Recipient.String(), DstURI: m.DstURI, Q: -1}))
+				return branchRet(m, m.AppendBranch(Branch{URI: m.Req.Recipient.String(), DstURI: m.DstURI, Q: -1, BFlags: m.BFlags}))
 			}},
 		{Name: "append_branch_uri", Args: []ArgType{ArgStr}, Ret: RetInt, Routes: RouteRequest | RouteFailure,
 			Doc: "(uri) add a branch to uri; 1 ok, -1 error",
-			Fn:  func(m *Msg, a []Val) (Val, error) { return branchRet(m, m.AppendBranch(Branch{URI: a[0].Str, Q: -1})) }},
+			Fn: func(m *Msg, a []Val) (Val, error) {
+				return branchRet(m, m.AppendBranch(Branch{URI: a[0].Str, Q: -1, BFlags: m.BFlags}))
+			}},
 		{Name: "append_branch_uri_q", Args: []ArgType{ArgStr, ArgStr}, Ret: RetInt, Routes: RouteRequest | RouteFailure,
 			Doc: "(uri, q) add a branch to uri with q (\"0.5\"); 1 ok, -1 error",
 			Fn: func(m *Msg, a []Val) (Val, error) {
@@ -30,7 +32,7 @@ func corexModule(env *Env) *Module {
 				if err != nil {
 					return branchRet(m, err)
 				}
-				return branchRet(m, m.AppendBranch(Branch{URI: a[0].Str, Q: q}))
+				return branchRet(m, m.AppendBranch(Branch{URI: a[0].Str, Q: q, BFlags: m.BFlags}))
 			}},
 		{Name: "has_ruri_user", Ret: RetInt, Doc: "1 if the R-URI has a user part, -1 if not (or not a request)",
 			Fn: func(m *Msg, _ []Val) (Val, error) { return IntRet(m.Req != nil && m.Req.Recipient.User != ""), nil }},

@@ -125,6 +125,13 @@ func (p *pinger) round(tick int64) {
 			delete(p.pending, b)
 		}
 	}
+	if tick%interval == 0 {
+		// Once per interval, forget the replies of contacts that are gone
+		// (unregistered, expired, no longer pinged): a live one answers
+		// every interval, and one silent for longer than keepalive_timeout
+		// is expired whether its entry is there or not.
+		p.pruneSeen(now, timeout+time.Duration(interval)*time.Second)
+	}
 	p.mu.Unlock()
 	for _, t := range todo {
 		if timeout > 0 {
@@ -141,6 +148,15 @@ func (p *pinger) round(tick int64) {
 		}
 		if err := p.ping(t.c, now); err != nil {
 			n.env.Log.Debug("nathelper: keepalive not sent", "contact", t.c.Contact, "err", err)
+		}
+	}
+}
+
+// pruneSeen drops the reply times older than maxAge; p.mu is held.
+func (p *pinger) pruneSeen(now time.Time, maxAge time.Duration) {
+	for ruid, at := range p.seen {
+		if now.Sub(at) > maxAge {
+			delete(p.seen, ruid)
 		}
 	}
 }

@@ -642,7 +642,7 @@ func (r *Reg) lookup(m *core.Msg, table, uri string) (core.Val, error) {
 		// The other contacts join the destination set, highest q first:
 		// t_relay forks to all of them in parallel (Kamailio's append_branches=1).
 		for _, o := range cs[1:] {
-			if err := m.AppendBranch(core.Branch{URI: o.Contact, DstURI: contactDst(o), Path: o.Path, Q: o.Q}); err != nil {
+			if err := m.AppendBranch(core.Branch{URI: o.Contact, DstURI: contactDst(o), Path: o.Path, Q: o.Q, BFlags: uint64(o.CFlags)}); err != nil {
 				r.env.Log.Warn("registrar: lookup: contact not added as a branch", "contact", o.Contact, "err", err, "at", m.Pos())
 			}
 		}
@@ -650,7 +650,8 @@ func (r *Reg) lookup(m *core.Msg, table, uri string) (core.Val, error) {
 	if f := u.NatBflag(); f >= 0 && c.CFlags&(1<<uint(f)) != 0 {
 		m.Flags |= 1 << uint(f)
 	}
-	m.BFlags |= uint64(c.CFlags)
+	// The R-URI branch gets its contact's flags (Kamailio's setbflagsval(0, cflags)).
+	m.BFlags = uint64(c.CFlags)
 	return core.Int(1), nil
 }
 

@@ -318,3 +318,23 @@ def ksr_request_route():`, 1)
 		t.Errorf("branches %q, want %q", got, want)
 	}
 }
+
+// Each branch of lookup's destination set gets its own contact's cflags as
+// branch flags, replacing the message's (Kamailio's setbflagsval(0, ...)
+// and append_branch with the contact's flags): a NATed contact's branch
+// is marked, a public one is not, whichever is the R-URI.
+func TestLookupBranchFlagsPerContact(t *testing.T) {
+	x := newHarness(t)
+	x.send("REGISTER", "sip:127.0.0.1", "Contact: <sip:alice@10.0.0.1:5062>;q=0.2", "X-NAT: 1")
+	x.send("REGISTER", "sip:127.0.0.1", "Contact: <sip:alice@10.0.0.2:5064>;q=0.9")
+	_, m := x.send("INVITE", "sip:alice@127.0.0.1")
+	if got := m.Req.Recipient.String(); got != "sip:alice@10.0.0.2:5064" {
+		t.Fatalf("R-URI %s: want the q=0.9 contact", got)
+	}
+	if m.BFlags&(1<<6) != 0 {
+		t.Errorf("$bf %d: the public R-URI contact has no nat_bflag", m.BFlags)
+	}
+	if len(m.Branches) != 1 || m.Branches[0].BFlags&(1<<6) == 0 {
+		t.Errorf("branches %+v: want the NATed contact's branch with nat_bflag", m.Branches)
+	}
+}

@@ -27,15 +27,43 @@ type state struct {
 	added   []*sip.RecordRouteHeader // our RRs in this message
 	routed  bool                     // loose_route consumed a Route of ours
 	params  sip.HeaderParams         // the params of that Route URI (or of the R-URI after a strict router)
+	req     *sip.Request             // the request added points into
 }
 
 func stateOf(m *core.Msg) *state {
 	if s, ok := m.Ext["rr"].(*state); ok {
+		if m.RouteType == core.RouteBranch && m.Req != nil && s.req != m.Req {
+			// A branch route starts with the relaying message's state but
+			// works on its own copy of the request: add_rr_param there
+			// changes this branch's Record-Route (Kamailio's semantics).
+			s = s.forBranch(m.Req)
+			m.SetExt("rr", s)
+		}
 		return s
 	}
-	s := &state{}
+	s := &state{req: m.Req}
 	m.SetExt("rr", s)
 	return s
+}
+
+// forBranch is a copy of s for a branch's request req: the Record-Route
+// headers record_route added are the top ones of req (it clones them).
+func (s *state) forBranch(req *sip.Request) *state {
+	c := &state{req: req, routed: s.routed, params: s.params.Clone(),
+		pending: append(sip.HeaderParams(nil), s.pending...)}
+	if s.added == nil {
+		return c
+	}
+	c.added = []*sip.RecordRouteHeader{}
+	for _, h := range core.Headers(req) {
+		if len(c.added) == len(s.added) {
+			break
+		}
+		if rr, ok := h.(*sip.RecordRouteHeader); ok {
+			c.added = append(c.added, rr)
+		}
+	}
+	return c
 }
 
 // parseParams parses ";a=b;c" (the leading ';' is optional).

@@ -76,7 +76,7 @@ func (tx *Tx) dnsFailover() bool {
 		req := from.req.Clone()
 		o := tx.origin
 		m := &core.Msg{Env: o.Env, Req: req, Proto: o.Proto, SrcIP: o.SrcIP, SrcPort: o.SrcPort, Local: o.Local,
-			SendSocket: from.sock, Flags: tx.flags, Tx: tx}
+			SendSocket: from.sock, Flags: tx.flags, BFlags: from.bflags, Tx: tx}
 		tx.mu.Unlock()
 		core.PopTopVia(req) // our Via of the failed branch; addBranch writes a new one
 		tx.tm.env.Log.Info("tm: DNS failover to the next target", "from", from.dst.String(), "code", from.code, "to", next.String())

@@ -38,6 +38,19 @@ func snapshotExt(ext map[string]any) map[string]any {
 	return c
 }
 
+// branchExt is the module data a branch route starts with: the relaying
+// message's (rr's Record-Route state, rtpengine's set, ...) plus the
+// branch index, in a map of its own so the branch's changes stay its own.
+func branchExt(ext map[string]any, idx int) map[string]any {
+	c := make(map[string]any, len(ext)+1)
+	for k, v := range ext {
+		c[k] = v
+	}
+	delete(c, "tm.branch") // a failure route's winning branch is not this one
+	c["tm.bidx"] = idx
+	return c
+}
+
 // hooks holds the callbacks of every module following tm.
 type hooks struct {
 	mu       sync.RWMutex
@@ -87,6 +100,7 @@ func forkTargets(m *core.Msg) ([]forkTarget, error) {
 		}
 		bm := *m // the branch route of this branch sees its own R-URI and $du
 		bm.Req, bm.DstURI, bm.Branches = req, b.DstURI, nil
+		bm.BFlags = b.BFlags // the branch's own flags replace the message's (Kamailio)
 		if b.SendSocket != nil {
 			bm.SendSocket = b.SendSocket
 		}

@@ -470,7 +470,7 @@ func (tx *Tx) addBranch(m *core.Msg, req *sip.Request, dst core.Target) error {
 	if onBranch != "" && tx.tm.env.Router != nil {
 		bm := &core.Msg{Env: m.Env, Req: breq, Proto: m.Proto, SrcIP: m.SrcIP, SrcPort: m.SrcPort, Local: m.Local,
 			DstURI: m.DstURI, SendSocket: m.SendSocket, ViaPort: m.ViaPort, Flags: m.Flags, BFlags: m.BFlags, Tx: tx, Vars: m.Vars,
-			Ext: map[string]any{"tm.bidx": idx}}
+			Ext: branchExt(m.Ext, idx)}
 		if err := tx.tm.env.Router.Run(tx.prog, onBranch, core.RouteBranch, bm); err != nil {
 			tx.tm.env.Log.Error("tm: branch route failed", "route", onBranch, "err", err)
 		}
@@ -493,7 +493,7 @@ func (tx *Tx) addBranch(m *core.Msg, req *sip.Request, dst core.Target) error {
 	if !ok {
 		return fmt.Errorf("no %s socket", dst.Proto)
 	}
-	b := &branch{idx: idx, dst: dst, via: tx.id + "." + strconv.Itoa(idx), sock: m.ForcedSocket(dst.Proto)}
+	b := &branch{idx: idx, dst: dst, via: tx.id + "." + strconv.Itoa(idx), sock: m.ForcedSocket(dst.Proto), bflags: m.BFlags}
 	via := core.OurVia(sock, b.via)
 	if m.ViaPort > 0 {
 		via.Port = m.ViaPort
@@ -804,7 +804,7 @@ func (t *TM) onReply(m *core.Msg) bool {
 		}
 	}
 	onReply, prog := tx.onReply, tx.prog
-	flags, bflags := tx.flags, tx.bflags
+	flags, bflags := tx.flags, b.bflags
 	tx.mu.Unlock()
 
 	if held {
@@ -816,7 +816,8 @@ func (t *TM) onReply(m *core.Msg) bool {
 	if onReply != "" && t.env.Router != nil {
 		m.Tx = tx
 		m.ReplyCode = code
-		// As in Kamailio, an onreply route sees the transaction's flags.
+		// As in Kamailio, an onreply route sees the transaction's flags
+		// and the reply's branch's flags.
 		m.Flags, m.BFlags = flags, bflags
 		m.SetExt("tm.bidx", b.idx)
 		if err := t.env.Router.Run(prog, onReply, core.RouteTmReply, m); err != nil {
@@ -983,6 +984,9 @@ func (tx *Tx) failureMsg(code int, win *branch) *core.Msg {
 		req = tx.origin.Req
 	}
 	flags, bflags := tx.flags, tx.bflags
+	if win != nil {
+		bflags = win.bflags // the failure route sees the winning branch's flags
+	}
 	du := tx.relayDst
 	tx.mu.Unlock()
 	if req == nil {

@@ -71,6 +71,7 @@ type branch struct {
 	dst       core.Target
 	via       string
 	sock      *core.Socket // forced local socket, nil: the transport's choice
+	bflags    uint64       // the branch's flags after its branch route ($bf in onreply and failure routes)
 	code      int          // last reply code (0 none)
 	final     bool
 	timedOut  bool
