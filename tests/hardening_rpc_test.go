@@ -362,11 +362,13 @@ func (p *rpchProber) run(t testing.TB, sipAddr string, stop <-chan struct{}, eve
 	}
 }
 
+// rpchRegister is probe n: one Contact per transport, so the probes stay
+// within registrar's max_contacts (32) however many ephemeral ports they use.
 func rpchRegister(proto, local, dst string, n int) string {
 	return fmt.Sprintf("REGISTER sip:%s SIP/2.0\r\nVia: SIP/2.0/%s %s;branch=z9hG4bK-probe-%d;rport\r\nMax-Forwards: 70\r\n"+
 		"From: <sip:probe@%s>;tag=p%d\r\nTo: <sip:probe@%s>\r\nCall-ID: probe-%d\r\nCSeq: %d REGISTER\r\n"+
-		"Contact: <sip:probe@%s;transport=%s>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n",
-		dst, proto, local, n, dst, n, dst, n, n, local, strings.ToLower(proto))
+		"Contact: <sip:probe@127.0.0.1:9;transport=%s>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n",
+		dst, proto, local, n, dst, n, dst, n, n, strings.ToLower(proto))
 }
 
 // summary: count, p50, p99, max, and how many took over 1 s or got no answer.
