@@ -128,41 +128,21 @@ func NewServer(cfg Config) *Server {
 	if cfg.Addr == "" {
 		cfg.Addr = DefaultAddr
 	}
-	if cfg.MaxFrameBytes <= 0 {
-		cfg.MaxFrameBytes = DefaultMaxFrameBytes
-	}
-	if cfg.MaxConns <= 0 {
-		cfg.MaxConns = DefaultMaxConns
-	}
-	if cfg.SendQueue <= 0 {
-		cfg.SendQueue = DefaultSendQueue
-	}
-	if cfg.MaxConnsPerIP <= 0 {
-		cfg.MaxConnsPerIP = DefaultMaxConnsPerIP
-	}
-	if cfg.AdminReserve <= 0 {
-		cfg.AdminReserve = DefaultAdminReserve
-	}
+	positiveOr(&cfg.MaxFrameBytes, DefaultMaxFrameBytes)
+	positiveOr(&cfg.MaxConns, DefaultMaxConns)
+	positiveOr(&cfg.SendQueue, DefaultSendQueue)
+	positiveOr(&cfg.MaxConnsPerIP, DefaultMaxConnsPerIP)
+	positiveOr(&cfg.AdminReserve, DefaultAdminReserve)
 	cfg.AdminReserve = min(cfg.AdminReserve, cfg.MaxConns/4)
 	if cfg.IdleTimeout == 0 {
 		cfg.IdleTimeout = DefaultIdleTimeout
 	}
-	if cfg.IdleGrace <= 0 {
-		cfg.IdleGrace = DefaultIdleGrace
-	}
-	if cfg.MaxHTTPInflight <= 0 {
-		cfg.MaxHTTPInflight = DefaultMaxHTTPInflight
-	}
-	if cfg.MaxResponseBytes <= 0 {
-		cfg.MaxResponseBytes = DefaultMaxResponseBytes
-	}
-	if cfg.MaxBatchBytes <= 0 {
-		cfg.MaxBatchBytes = DefaultMaxBatchBytes
-	}
+	positiveOr(&cfg.IdleGrace, DefaultIdleGrace)
+	positiveOr(&cfg.MaxHTTPInflight, DefaultMaxHTTPInflight)
+	positiveOr(&cfg.MaxResponseBytes, DefaultMaxResponseBytes)
+	positiveOr(&cfg.MaxBatchBytes, DefaultMaxBatchBytes)
 	cfg.MaxBatchBytes = max(cfg.MaxBatchBytes, cfg.MaxResponseBytes)
-	if cfg.MemoryBudget <= 0 {
-		cfg.MemoryBudget = DefaultMemoryBudget
-	}
+	positiveOr(&cfg.MemoryBudget, DefaultMemoryBudget)
 	if cfg.MaxRunning <= 0 {
 		cfg.MaxRunning = max(1, runtime.GOMAXPROCS(0)/2)
 	}
@@ -755,4 +735,11 @@ func (s *Server) Method(name string) (Method, bool) {
 		return Method{}, false
 	}
 	return *m, true
+}
+
+// positiveOr sets *v to def when it is zero or negative (unset in Config).
+func positiveOr[T int | int64 | time.Duration](v *T, def T) {
+	if *v <= 0 {
+		*v = def
+	}
 }
