@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -53,6 +54,7 @@ type options struct {
 	tlsKey     string
 	rpcTLSCert string
 	rpcTLSKey  string
+	cpuProfile string
 	dbNoCheck  bool
 }
 
@@ -88,6 +90,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate for tls listeners (or core_param(\"tls_certificate\", ...))")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key for tls listeners (or core_param(\"tls_private_key\", ...))")
 	fs.StringVar(&o.rpcTLSCert, "rpc-tls-cert", "", "PEM certificate: RPC over TLS (wss://, https://) (or core_param(\"rpc_tls_certificate\", ...))")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a Go CPU profile of the whole run to this file (go tool pprof; see docs/performance.md)")
 	fs.StringVar(&o.rpcTLSKey, "rpc-tls-key", "", "PEM private key for --rpc-tls-cert (or core_param(\"rpc_tls_private_key\", ...))")
 	// -d is a boolean-like flag repeated as -d -d; flag.Func needs a value, so rewrite.
 	var norm []string
@@ -173,6 +176,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if o.check {
 		fmt.Fprintf(stdout, "%s: OK\n", path)
 		return 0
+	}
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			fmt.Fprintln(stderr, "kamd:", err)
+			return 1
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(stderr, "kamd: cpuprofile:", err)
+			return 1
+		}
+		defer f.Close()
+		defer pprof.StopCPUProfile()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
