@@ -43,6 +43,8 @@ trap 'rm -f "$accdb" "$accdb-wal" "$accdb-shm"' EXIT
 tree() { local p=$1; echo $p; for c in $(cat /proc/$p/task/*/children 2>/dev/null); do tree $c; done; }
 ticks() { local s=0 p; for p in $(tree $1); do set -- $(awk '{print $14, $15}' /proc/$p/stat 2>/dev/null); s=$((s + ${1:-0} + ${2:-0})); done; echo $s; }
 rss_kb() { local s=0 p v; for p in $(tree $1); do v=$(awk '/VmHWM/{print $2}' /proc/$p/status 2>/dev/null); s=$((s + ${v:-0})); done; echo $s; }
+# context switches of every thread of the tree: the wakeups a proxy pays per message
+csw() { local s=0 p v; for p in $(tree $1); do v=$(cat /proc/$p/task/*/status 2>/dev/null | awk '/ctxt_switches/{s+=$2} END{print s+0}'); s=$((s + v)); done; echo $s; }
 port_busy() { ss -Huan "sport = :$1" 2>/dev/null | grep -q .; }
 
 run_one() { # name command
@@ -56,7 +58,7 @@ run_one() { # name command
   local pp=$! up=""
   for _ in $(seq 50); do port_busy 5060 && break; sleep 0.1; done
   sleep 0.5
-  local t0 s0 s1; t0=$(ticks $pp); s0=$(date +%s.%N)
+  local t0 s0 s1 c0 c1; t0=$(ticks $pp); c0=$(csw $pp); s0=$(date +%s.%N)
   if [ "$scen" = register ]; then
     sipp -sf "$here/sipp/register.xml" 127.0.0.1:5060 -i 127.0.0.1 -p 5090 -r $rate -rp 1000 -m $n -l 3000 \
       -nostdin -timeout $((n / rate + 60))s -trace_screen -screen_file $d/screen.txt >/dev/null 2>&1
@@ -71,15 +73,15 @@ run_one() { # name command
       -nostdin -timeout $((n / rate + 60))s -trace_screen -screen_file $d/screen.txt >/dev/null 2>&1
   fi
   s1=$(date +%s.%N)
-  local t1 rss; t1=$(ticks $pp); rss=$(rss_kb $pp)
+  local t1 rss; t1=$(ticks $pp); c1=$(csw $pp); rss=$(rss_kb $pp)
   [ -n "$up" ] && kill $up 2>/dev/null
   kill $pp 2>/dev/null; wait $pp 2>/dev/null; [ -n "$up" ] && wait $up 2>/dev/null
   local ok fail
   ok=$(grep -E "Successful call" $d/screen.txt | tail -1 | awk -F'|' '{gsub(/ /,"",$3); print $3}')
   fail=$(grep -E "Failed call" $d/screen.txt | tail -1 | awk -F'|' '{gsub(/ /,"",$3); print $3}')
   awk -v nm=$name -v a=$t0 -v b=$t1 -v hz=$(getconf CLK_TCK) -v n=$n -v ok=${ok:-0} -v f=${fail:-?} -v rss=$rss \
-      -v el=$(echo "$s1 - $s0" | bc) -v sc=$scen -v r=$rate \
-    'BEGIN{us=(b-a)*1e6/hz/n; printf "%-20s ok=%-7s failed=%-5s cpu_us_per_call=%-8.1f peak_rss_mb=%-6.1f elapsed_s=%-6.1f scen=%s rate=%s\n", nm, ok, f, us, rss/1024, el, sc, r}' | tee -a $out
+      -v el=$(echo "$s1 - $s0" | bc) -v sc=$scen -v r=$rate -v cs=$((c1 - c0)) \
+    'BEGIN{us=(b-a)*1e6/hz/n; printf "%-20s ok=%-7s failed=%-5s cpu_us_per_call=%-8.1f peak_rss_mb=%-6.1f elapsed_s=%-6.1f csw_per_call=%-5.1f scen=%s rate=%s\n", nm, ok, f, us, rss/1024, el, cs/n, sc, r}' | tee -a $out
 }
 
 echo "scenario=$scen calls=$n rate=$rate rounds=$rounds  ($(nproc) cpus, $(uname -r))"
