@@ -20,6 +20,7 @@ import (
 	"math"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -32,8 +33,13 @@ type Config struct {
 	Up        float64       // busy fraction of the current Ps that adds Ps (0.6)
 	Down      float64       // busy fraction of fewer Ps under which they suffice (0.35)
 	DownAfter time.Duration // how long the load must stay that low (2 s)
-	Max       int           // most Ps (runtime.GOMAXPROCS at Start)
-	Log       *slog.Logger
+	// Wait: when more than 1 % of goroutine wakeups waited longer than this
+	// for a P in the last interval, the Ps are too few whatever the CPU
+	// says (a garbage collection of a large heap on one P stalls messages
+	// for tens of ms). 1 ms.
+	Wait time.Duration
+	Max  int // most Ps (runtime.GOMAXPROCS at Start)
+	Log  *slog.Logger
 }
 
 func (c *Config) defaults() {
@@ -48,6 +54,9 @@ func (c *Config) defaults() {
 	}
 	if c.DownAfter <= 0 {
 		c.DownAfter = 2 * time.Second
+	}
+	if c.Wait <= 0 {
+		c.Wait = time.Millisecond
 	}
 	if c.Max <= 0 {
 		c.Max = runtime.GOMAXPROCS(0)
@@ -70,16 +79,23 @@ func Enabled() bool {
 	return os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) > 1
 }
 
-// Want is the decision: given cur Ps and the CPU used in the last interval
-// as a number of cores, the Ps to run with; low counts the intervals in a
-// row the load would have fit in fewer Ps (the caller keeps it).
-func Want(c Config, cur int, cores float64, low *int) int {
+// Want is the decision: given cur Ps, the CPU used in the last interval
+// as a number of cores and whether goroutines waited too long for a P in
+// it, the Ps to run with; low counts the intervals in a row the load would
+// have fit in fewer Ps (the caller keeps it).
+func Want(c Config, cur int, cores float64, waited bool, low *int) int {
+	// Slow wakeups add Ps from one P, or when the Ps are fairly used: with
+	// several idle Ps the waits come from elsewhere (an overloaded host).
+	if waited && cur < c.Max && (cur == 1 || cores >= c.Down*float64(cur)) {
+		*low = 0
+		return min(c.Max, max(cur*2, int(math.Ceil(cores/c.Up))))
+	}
 	if cores >= c.Up*float64(cur) && cur < c.Max {
 		*low = 0
 		return min(c.Max, max(cur*2, int(math.Ceil(cores/c.Up))))
 	}
 	fit := max(1, int(math.Ceil(cores/c.Down)))
-	if fit >= cur {
+	if fit >= cur || waited {
 		*low = 0
 		return cur
 	}
@@ -115,6 +131,7 @@ func Start(ctx context.Context, c Config) (stop func()) {
 		t := time.NewTicker(c.Interval)
 		defer t.Stop()
 		last, at := cpuTime(), time.Now()
+		lat := newLatencies()
 		low := 0
 		for {
 			select {
@@ -124,7 +141,7 @@ func Start(ctx context.Context, c Config) (stop func()) {
 				cpu := cpuTime()
 				cores := float64(cpu-last) / float64(now.Sub(at))
 				last, at = cpu, now
-				if n := Want(c, cur, cores, &low); n != cur {
+				if n := Want(c, cur, cores, lat.slowShare(c.Wait) > 0.01, &low); n != cur {
 					runtime.GOMAXPROCS(n)
 					c.Log.Debug("GOMAXPROCS changed", "from", cur, "to", n, "cpu_cores", math.Round(cores*100)/100)
 					cur = n
@@ -142,4 +159,42 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// latencies reads the runtime's histogram of how long runnable goroutines
+// waited for a P (/sched/latencies:seconds), per interval.
+type latencies struct {
+	s    []metrics.Sample
+	prev []uint64
+}
+
+func newLatencies() *latencies {
+	l := &latencies{s: []metrics.Sample{{Name: "/sched/latencies:seconds"}}}
+	l.slowShare(0)
+	return l
+}
+
+// slowShare is the share of the waits since the last call longer than d.
+func (l *latencies) slowShare(d time.Duration) float64 {
+	metrics.Read(l.s)
+	if l.s[0].Value.Kind() != metrics.KindFloat64Histogram {
+		return 0
+	}
+	h := l.s[0].Value.Float64Histogram()
+	if len(l.prev) != len(h.Counts) {
+		l.prev = make([]uint64, len(h.Counts))
+	}
+	var all, slow uint64
+	for i, n := range h.Counts {
+		dn := n - l.prev[i]
+		l.prev[i] = n
+		all += dn
+		if h.Buckets[i] >= d.Seconds() { // bucket i spans [Buckets[i], Buckets[i+1])
+			slow += dn
+		}
+	}
+	if all == 0 {
+		return 0
+	}
+	return float64(slow) / float64(all)
 }

@@ -15,22 +15,25 @@ func TestWant(t *testing.T) {
 		cur   int
 		cores []float64 // one interval each
 		want  int       // after the last
+		wait  bool      // every interval had slow wakeups
 	}{
-		{"idle stays on one P", 1, []float64{0, 0.01, 0.2}, 1},
-		{"busy one P doubles", 1, []float64{0.7}, 2},
-		{"a flood jumps to what it needs", 1, []float64{0.9}, 2},
-		{"busy two Ps go to what the load needs", 2, []float64{1.9}, 4},
-		{"never above Max", 4, []float64{8}, 8},
-		{"a dip shorter than DownAfter keeps the Ps", 4, []float64{0.1, 0.1}, 4},
-		{"low for DownAfter lowers to the fit", 4, []float64{0.5, 0.5, 0.5}, 2},
-		{"a busy interval restarts the count", 4, []float64{0.1, 0.1, 1.5, 0.1, 0.1}, 4},
-		{"quiet for DownAfter ends on one P", 2, []float64{0.05, 0.05, 0.05}, 1},
+		{"idle stays on one P", 1, []float64{0, 0.01, 0.2}, 1, false},
+		{"busy one P doubles", 1, []float64{0.7}, 2, false},
+		{"a flood jumps to what it needs", 1, []float64{0.9}, 2, false},
+		{"busy two Ps go to what the load needs", 2, []float64{1.9}, 4, false},
+		{"never above Max", 4, []float64{8}, 8, false},
+		{"a dip shorter than DownAfter keeps the Ps", 4, []float64{0.1, 0.1}, 4, false},
+		{"low for DownAfter lowers to the fit", 4, []float64{0.5, 0.5, 0.5}, 2, false},
+		{"a busy interval restarts the count", 4, []float64{0.1, 0.1, 1.5, 0.1, 0.1}, 4, false},
+		{"quiet for DownAfter ends on one P", 2, []float64{0.05, 0.05, 0.05}, 1, false},
+		{"slow wakeups add Ps at low CPU", 1, []float64{0.2}, 2, true},
+		{"slow wakeups keep the Ps", 2, []float64{0.05, 0.05, 0.05, 0.05}, 2, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cur, low := tt.cur, 0
 			for _, x := range tt.cores {
-				cur = Want(c, cur, x, &low)
+				cur = Want(c, cur, x, tt.wait, &low)
 			}
 			if cur != tt.want {
 				t.Fatalf("Ps = %d, want %d", cur, tt.want)
