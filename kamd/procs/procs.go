@@ -36,7 +36,7 @@ type Config struct {
 	// Wait: when more than 1 % of goroutine wakeups waited longer than this
 	// for a P in the last interval, the Ps are too few whatever the CPU
 	// says (a garbage collection of a large heap on one P stalls messages
-	// for tens of ms). 1 ms.
+	// for tens of ms). 2 ms.
 	Wait time.Duration
 	Max  int // most Ps (runtime.GOMAXPROCS at Start)
 	Log  *slog.Logger
@@ -56,7 +56,7 @@ func (c *Config) defaults() {
 		c.DownAfter = 2 * time.Second
 	}
 	if c.Wait <= 0 {
-		c.Wait = time.Millisecond
+		c.Wait = 2 * time.Millisecond
 	}
 	if c.Max <= 0 {
 		c.Max = runtime.GOMAXPROCS(0)
