@@ -17,6 +17,7 @@ var limitCoreParams = map[string]func(v core.Val) error{
 	"tcp_msg_data_timeout":    positiveParam,    // seconds
 	"mem_soft_limit":          nonNegativeParam, // MB, 0: none
 	"db_check":                nonNegativeParam, // 0: skip PRAGMA quick_check at start
+	"procs_adaptive":          nonNegativeParam, // 0: always run on every P (kamd/procs)
 }
 
 func init() {

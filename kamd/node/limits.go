@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kamgo/kamgo/kamd/procs"
 	"github.com/kamgo/kamgo/kamd/transport"
 	"github.com/kamgo/kamgo/modules/core"
 	"github.com/kamgo/kamgo/starlark"
@@ -115,5 +116,18 @@ func init() {
 	// Read once, when the transport and database open: a reload that
 	// changes one is refused like a listen change.
 	startOnlyCoreParams = append(startOnlyCoreParams, "tcp_max_connections", "tcp_accept_iplimit", "tcp_connection_lifetime",
-		"tcp_msg_read_timeout", "tcp_msg_data_timeout", "mem_soft_limit", "db_check")
+		"tcp_msg_read_timeout", "tcp_msg_data_timeout", "mem_soft_limit", "db_check", "procs_adaptive")
+}
+
+// startProcs starts the GOMAXPROCS controller (kamd/procs) unless
+// core_param("procs_adaptive", 0) or GOMAXPROCS in the environment says
+// otherwise. Only a kamd with real sockets adapts (route tests do not).
+func (n *Node) startProcs(ctx context.Context, p *starlark.Program) {
+	if v, ok := p.Config.CoreParams["procs_adaptive"]; ok && v.Int == 0 {
+		return
+	}
+	if !procs.Enabled() {
+		return
+	}
+	n.stopProcs = procs.Start(ctx, procs.Config{Log: n.Env.Log})
 }

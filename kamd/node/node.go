@@ -88,9 +88,10 @@ type Options struct {
 
 // Node is one wired kamd.
 type Node struct {
-	Opts   Options
-	Env    *core.Env
-	Engine *starlark.Engine
+	stopProcs func() // the GOMAXPROCS controller (limits.go)
+	Opts      Options
+	Env       *core.Env
+	Engine    *starlark.Engine
 	// RPC is the method registry and event hub; it listens only if enabled
 	// and not in a route test.
 	RPC *rpc.Server
@@ -359,6 +360,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		n.startedMod = append(n.startedMod, m)
 	}
 	if n.tr != nil {
+		n.startProcs(ctx, n.Engine.Program())
 		n.tr.Start()
 		for _, s := range n.Env.Sockets() {
 			n.Env.Log.Info("listening on " + s.String())
@@ -387,6 +389,9 @@ func (n *Node) Stop() {
 		}
 		if n.tr != nil {
 			n.tr.Close()
+		}
+		if n.stopProcs != nil {
+			n.stopProcs()
 		}
 		if n.Env.DB != nil {
 			_ = n.Env.DB.Close()
