@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"strings"
 	"syscall"
@@ -55,6 +56,7 @@ type options struct {
 	rpcTLSCert string
 	rpcTLSKey  string
 	cpuProfile string
+	memProfile string
 	dbNoCheck  bool
 }
 
@@ -91,6 +93,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key for tls listeners (or core_param(\"tls_private_key\", ...))")
 	fs.StringVar(&o.rpcTLSCert, "rpc-tls-cert", "", "PEM certificate: RPC over TLS (wss://, https://) (or core_param(\"rpc_tls_certificate\", ...))")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a Go CPU profile of the whole run to this file (go tool pprof; see docs/performance.md)")
+	fs.StringVar(&o.memProfile, "memprofile", "", "write a Go heap profile to this file when kamd stops (what is live then: go tool pprof -sample_index=inuse_space)")
 	fs.StringVar(&o.rpcTLSKey, "rpc-tls-key", "", "PEM private key for --rpc-tls-cert (or core_param(\"rpc_tls_private_key\", ...))")
 	// -d is a boolean-like flag repeated as -d -d; flag.Func needs a value, so rewrite.
 	var norm []string
@@ -213,9 +216,35 @@ func run(args []string, stdout, stderr io.Writer) int {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	if err := n.Serve(ctx, hup); err != nil {
+	serveCtx := ctx
+	if o.memProfile != "" {
+		// Written as the signal arrives, before kamd stops: the heap as the
+		// last requests left it (transactions in wait_timer included).
+		var cancel context.CancelFunc
+		serveCtx, cancel = context.WithCancel(context.Background())
+		defer cancel()
+		go func() {
+			<-ctx.Done()
+			writeHeapProfile(o.memProfile, stderr)
+			cancel()
+		}()
+	}
+	if err := n.Serve(serveCtx, hup); err != nil {
 		fmt.Fprintln(stderr, "kamd:", err)
 		return 1
 	}
 	return 0
+}
+
+func writeHeapProfile(path string, stderr io.Writer) {
+	f, err := os.Create(path)
+	if err != nil {
+		fmt.Fprintln(stderr, "kamd: memprofile:", err)
+		return
+	}
+	defer f.Close()
+	runtime.GC() // the profile reports the heap as of the last collection
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		fmt.Fprintln(stderr, "kamd: memprofile:", err)
+	}
 }
