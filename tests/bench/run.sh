@@ -15,6 +15,7 @@
 # --all: every scenario (register call stateful default), the rate search, --txmem and a
 #   soak (--soak-min, default 10; 2 with --quick), one summary at the end.
 # Prints one table: kamd / best Kamailio flavour. --quick: fewer calls, 10 s rate windows.
+# To try the harness: --calls N --rounds K --rates "R1 R2" --dur SECONDS override the sizes.
 # Ports: KAMGO_BENCH_PORT (default 5060) and +10, +20, +30 (see compare.sh).
 # Not part of `go test ./...`: it needs kamailio, its lua/python modules, sipp and tcpdump.
 set -u
@@ -22,20 +23,23 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 . "$here/lib.sh"
 quick=0; scens="register call stateful"; rate_search=1; txmem=0; soak_min=0; all=0
+scen_given=""; o_calls=""; o_rounds=""; o_rates=""; o_dur=""
 while [ $# -gt 0 ]; do
   case $1 in
-    --quick) quick=1 ;; --scen) scens=$2; shift ;; --skip-rate) rate_search=0 ;;
+    --quick) quick=1 ;; --scen) scens=$2; scen_given=1; shift ;; --skip-rate) rate_search=0 ;;
     --txmem) txmem=1 ;; --soak-min) soak_min=$2; shift ;; --all) all=1 ;;
-    *) sed -n 2,21p "$0"; exit 2 ;;
+    --calls) o_calls=$2; shift ;; --rounds) o_rounds=$2; shift ;; --rates) o_rates=$2; shift ;; --dur) o_dur=$2; shift ;;
+    *) sed -n 2,22p "$0"; exit 2 ;;
   esac
   shift
 done
 if [ $all = 1 ]; then
-  scens="register call stateful default"; rate_search=1; txmem=1
+  [ -n "$scen_given" ] || scens="register call stateful default"; txmem=1
   if [ $soak_min = 0 ]; then soak_min=10; [ $quick = 1 ] && soak_min=2; fi
 fi
 if [ $quick = 1 ]; then CALLS=5000; RATE=1000; ROUNDS=2; DUR=10; RATES="1000 2000 3000 4000 6000"
 else CALLS=20000; RATE=1000; ROUNDS=3; DUR=30; RATES="1000 2000 3000 4000 5000 6000 8000 10000 12000"; fi
+CALLS=${o_calls:-$CALLS}; ROUNDS=${o_rounds:-$ROUNDS}; RATES=${o_rates:-$RATES}; DUR=${o_dur:-$DUR}
 out=$(mktemp -d /tmp/kamgo-bench.XXXXXX); touch "$out/maxrate.txt"
 prep_cfgs "$out" # the dispatcher list for route_dlgacc_ds.star
 echo "building kamd..."
@@ -107,4 +111,4 @@ awk '
   }' "$out/cpu.txt" "$out/maxrate.txt" 2>/dev/null | (read h; echo "$h"; sort)
 [ -s "$out/txmem.txt" ] && grep -E '^(kamd|kamailio)' "$out/txmem.txt"
 [ -s "$out/soak.txt" ] && grep -E '^soak ' "$out/soak.txt"
-echo "raw results: $out (cpu.txt, rate.txt, maxrate.txt, txmem.txt, soak.txt)"
+echo "raw results: $out ($(cd "$out" && ls *.txt | tr "\n" " "))"

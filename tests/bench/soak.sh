@@ -53,8 +53,11 @@ up=$!
 sleep 0.3
 echo "soak: $name, $n calls at $rate/s ($min min), port=$BP ($(nproc) cpus)"
 t0=$(ticks $pp); start=$(date +%s)
-timeout -s INT $((n / rate + 75)) sipp -sn uac 127.0.0.1:$BP -i 127.0.0.1 -p $UACP -r $rate -rp 1000 -m $n -l 3000 \
-  -nostdin -timeout $((n / rate + 60))s -trace_screen -screen_file $work/screen.txt >/dev/null 2>&1 &
+# -recv_timeout: a call whose reply was lost (UDP drops on a loaded box) fails after 10 s
+# instead of holding sipp open; SIGINT (before sipp's own -timeout, which exits without
+# writing the screen) stops a run that still hangs and makes sipp write its counts.
+timeout -s INT -k 20 $((n / rate + 40)) sipp -sn uac 127.0.0.1:$BP -i 127.0.0.1 -p $UACP -r $rate -rp 1000 -m $n -l 3000 \
+  -recv_timeout 10s -nostdin -timeout $((n / rate + 120))s -trace_screen -screen_file $work/screen.txt >/dev/null 2>$work/sipp.err &
 uac=$!
 : > $work/series
 next=$start
@@ -66,7 +69,8 @@ while kill -0 $uac 2>/dev/null; do
   fi
   sleep 0.5
 done
-wait $uac
+wait $uac; src=$?
+[ -s $work/screen.txt ] || echo "sipp ended with status $src and wrote no screen: $(tail -3 $work/sipp.err)" >&2
 el=$(($(date +%s) - start)); t1=$(ticks $pp)
 kill $up 2>/dev/null; kill $pp 2>/dev/null; wait $up $pp 2>/dev/null
 ok=$(sipp_count $work/screen.txt "Successful call"); fail=$(sipp_count $work/screen.txt "Failed call")
