@@ -51,6 +51,14 @@ sqlite3 "$accdb" < /usr/share/kamailio/db_sqlite/standard-create.sql 2>/dev/null
 sqlite3 "$accdb" < /usr/share/kamailio/db_sqlite/acc-create.sql 2>/dev/null
 sqlite3 "$accdb" "PRAGMA journal_mode=WAL;" >/dev/null 2>&1
 trap 'rm -f "$accdb" "$accdb-wal" "$accdb-shm"' EXIT
+# A kamd script reads no environment: with another base port, its -f script gets the
+# same port substitution as the Kamailio cfgs (a copy in the work dir), so that it never
+# relays to the UAS of a bench running on the default ports.
+if [ "$BP" != 5060 ] && [[ "$kamd_cmd" =~ (-f[[:space:]]+)([^[:space:]]+) ]] && grep -qwE '5060|5070' "${BASH_REMATCH[2]}" 2>/dev/null; then
+  src=${BASH_REMATCH[2]}; prep_star "$src" "$work/$(basename "$src")"
+  kamd_cmd=${kamd_cmd/"${BASH_REMATCH[0]}"/"${BASH_REMATCH[1]}$work/$(basename "$src")"}
+  echo "kamd script $src: ports moved to $BP/$UASP in $work/$(basename "$src")"
+fi
 
 run_one() { # name command
   local name=$1 cmd=$2 d=$work/$1.$RANDOM
