@@ -75,9 +75,9 @@ run_one() { # name command
   local t0 s0 s1 c0 c1; t0=$(ticks $pp); c0=$(csw $pp); s0=$(date +%s.%N)
   if [ "$scen" = register ]; then
     sipp -sf "$here/sipp/register.xml" 127.0.0.1:$BP -i 127.0.0.1 -p $REGP -r $rate -rp 1000 -m $n -l 3000 \
-      -nostdin -timeout $((n / rate + 60))s -trace_screen -screen_file $d/screen.txt >/dev/null 2>&1
+      -nostdin -timeout $((n / rate + 60))s -trace_screen -screen_file $d/screen.txt >/dev/null 2>$d/sipp.err
   else
-    sipp -sf "$here/sipp/uas.xml" -i 127.0.0.1 -p $UASP -nostdin >/dev/null 2>&1 &
+    sipp -sf "$here/sipp/uas.xml" -i 127.0.0.1 -p $UASP -nostdin >/dev/null 2>$d/uas.err &
     up=$!
     sleep 0.3
     local uac="-sn uac"; [ "$scen" = default ] && uac="-sf $here/sipp/uac_dialog.xml"
@@ -85,7 +85,7 @@ run_one() { # name command
     # sipp -timeout does not end a run whose last calls lost a datagram (UDP drops on a
     # loaded box): SIGINT makes it stop and write its screen.
     timeout -s INT $((n / rate + 75)) sipp $uac 127.0.0.1:$BP -i 127.0.0.1 -p $UACP -r $rate -rp 1000 -m $n -l 3000 \
-      -nostdin -timeout $((n / rate + 60))s -trace_screen -screen_file $d/screen.txt >/dev/null 2>&1
+      -nostdin -timeout $((n / rate + 60))s -trace_screen -screen_file $d/screen.txt >/dev/null 2>$d/sipp.err
   fi
   s1=$(date +%s.%N)
   local t1 rss; t1=$(ticks $pp); c1=$(csw $pp); rss=$(rss_kb $pp)
@@ -93,6 +93,7 @@ run_one() { # name command
   lat_stop
   kill $pp 2>/dev/null; wait $pp 2>/dev/null; [ -n "$up" ] && wait $up 2>/dev/null
   local ok fail p50 p99 pmax px50 px99 cnt
+  [ -s $d/screen.txt ] || echo "$name: sipp wrote no screen (killed from outside?); see $d/sipp.err" >&2
   ok=$(sipp_count $d/screen.txt "Successful call")
   fail=$(sipp_count $d/screen.txt "Failed call")
   read -r p50 p99 pmax px50 px99 cnt <<<"$(lat_stats $d)"
