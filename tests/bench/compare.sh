@@ -7,8 +7,9 @@
 #
 # Every proxy listens on udp:127.0.0.1:P, P = $KAMGO_BENCH_PORT (default 5060); the UAS
 # (call scenarios) on P+10, the sipp UACs on P+20 (calls) and P+30 (REGISTERs). The kamd
-# command must listen on P itself (run.sh builds it); the Kamailio cfgs and their KEMI
-# scripts are copied with 5060/5070 replaced by P/P+10.
+# command must listen on P itself (-l udp:127.0.0.1:P; run.sh builds it); the Kamailio cfgs,
+# their KEMI scripts and the kamd command's -f script are copied with 5060/5070 replaced
+# by P/P+10.
 #   register  REGISTER answered 200 statelessly (flavours: native kemi_lua kemi_py)
 #   call      5-message call forwarded statelessly with an X-KEMI header (same flavours)
 #   stateful  a call relayed with record_route + t_relay (flavours: stateful stateful_lua)
@@ -33,7 +34,7 @@ scen=call; n=10000; rate=1000; rounds=2; kamd_cmd=""; flavours=""; out=""; lat=1
 while getopts "k:s:n:r:R:f:o:L:" o; do
   case $o in
     k) kamd_cmd=$OPTARG ;; s) scen=$OPTARG ;; n) n=$OPTARG ;; r) rate=$OPTARG ;;
-    R) rounds=$OPTARG ;; f) flavours=$OPTARG ;; o) out=$OPTARG ;; L) lat=$OPTARG ;; *) sed -n 2,28p "$0"; exit 2 ;;
+    R) rounds=$OPTARG ;; f) flavours=$OPTARG ;; o) out=$OPTARG ;; L) lat=$OPTARG ;; *) sed -n 2,29p "$0"; exit 2 ;;
   esac
 done
 if [ -z "$flavours" ]; then

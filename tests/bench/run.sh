@@ -29,7 +29,7 @@ while [ $# -gt 0 ]; do
     --quick) quick=1 ;; --scen) scens=$2; scen_given=1; shift ;; --skip-rate) rate_search=0 ;;
     --txmem) txmem=1 ;; --soak-min) soak_min=$2; shift ;; --all) all=1 ;;
     --calls) o_calls=$2; shift ;; --rounds) o_rounds=$2; shift ;; --rates) o_rates=$2; shift ;; --dur) o_dur=$2; shift ;;
-    *) sed -n 2,22p "$0"; exit 2 ;;
+    *) sed -n 2,20p "$0"; exit 2 ;;
   esac
   shift
 done

@@ -22,7 +22,7 @@ root=$(cd "$here/../.." && pwd)
 . "$here/lib.sh"
 kamd=""; preset=kamd; cmd=""; name=""; rate=1000
 while getopts "b:p:c:N:r:" o; do
-  case $o in b) kamd=$OPTARG ;; p) preset=$OPTARG ;; c) cmd=$OPTARG ;; N) name=$OPTARG ;; r) rate=$OPTARG ;; *) sed -n 2,17p "$0"; exit 2 ;; esac
+  case $o in b) kamd=$OPTARG ;; p) preset=$OPTARG ;; c) cmd=$OPTARG ;; N) name=$OPTARG ;; r) rate=$OPTARG ;; *) sed -n 2,18p "$0"; exit 2 ;; esac
 done
 shift $((OPTIND - 1))
 min=${1:-10}

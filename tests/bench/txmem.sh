@@ -23,7 +23,7 @@ root=$(cd "$here/../.." && pwd)
 . "$here/lib.sh"
 kamd=""; n=10000; rate=1000; proxies="kamd kamailio"
 while getopts "b:n:r:p:" o; do
-  case $o in b) kamd=$OPTARG ;; n) n=$OPTARG ;; r) rate=$OPTARG ;; p) proxies=$OPTARG ;; *) sed -n 2,20p "$0"; exit 2 ;; esac
+  case $o in b) kamd=$OPTARG ;; n) n=$OPTARG ;; r) rate=$OPTARG ;; p) proxies=$OPTARG ;; *) sed -n 2,19p "$0"; exit 2 ;; esac
 done
 for b in kamailio kamcmd sipp curl; do command -v $b >/dev/null || { echo "missing $b" >&2; exit 2; }; done
 work=$(mktemp -d /tmp/kamgo-txmem.XXXXXX)
