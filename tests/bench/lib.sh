@@ -68,7 +68,9 @@ lat_start() {
   for _ in $(seq 50); do grep -q "listening on" "$1/tcpdump.log" 2>/dev/null && return 0; sleep 0.1; done
   return 0
 }
-lat_stop() { [ -n "$LAT_PID" ] && { sleep 0.2; kill -INT $LAT_PID 2>/dev/null; wait $LAT_PID 2>/dev/null; }; LAT_PID=""; }
+# tcpdump gets the kernel's capture blocks when full or after 1 s: the last second of
+# packets would be lost if it stopped at once.
+lat_stop() { [ -n "$LAT_PID" ] && { sleep 1.5; kill -INT $LAT_PID 2>/dev/null; wait $LAT_PID 2>/dev/null; }; LAT_PID=""; }
 # lat_stats DIR: "p50_ms p99_ms max_ms px_p50_ms px_p99_ms calls" (dashes without a capture)
 lat_stats() {
   if [ -s "$1/lat.pcap" ]; then python3 "$here/sipdelay.py" "$1/lat.pcap" $BP $UASP; rm -f "$1/lat.pcap"
