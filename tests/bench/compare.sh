@@ -76,9 +76,9 @@ run_one() { # name command
   local t0 s0 s1 c0 c1; t0=$(ticks $pp); c0=$(csw $pp); s0=$(date +%s.%N)
   if [ "$scen" = register ]; then
     sipp -sf "$here/sipp/register.xml" 127.0.0.1:$BP -i 127.0.0.1 -p $REGP -r $rate -rp 1000 -m $n -l 3000 \
-      -recv_timeout 10s -nostdin -timeout $((n / rate + 60))s -trace_screen -screen_file $d/screen.txt >/dev/null 2>$d/sipp.err
+      -recv_timeout 10s $SIPP_BUF -nostdin -timeout $((n / rate + 60))s -trace_screen -screen_file $d/screen.txt >/dev/null 2>$d/sipp.err
   else
-    sipp -sf "$here/sipp/uas.xml" -i 127.0.0.1 -p $UASP -nostdin >/dev/null 2>$d/uas.err &
+    sipp -sf "$here/sipp/uas.xml" -i 127.0.0.1 -p $UASP $SIPP_BUF -nostdin >/dev/null 2>$d/uas.err &
     up=$!
     sleep 0.3
     local uac="-sn uac"; [ "$scen" = default ] && uac="-sf $here/sipp/uac_dialog.xml"
@@ -88,7 +88,7 @@ run_one() { # name command
     # call after 10 s, so that sipp ends by itself with the counts (after -timeout, sipp
     # exits without writing its screen).
     timeout -s INT $((n / rate + 75)) sipp $uac 127.0.0.1:$BP -i 127.0.0.1 -p $UACP -r $rate -rp 1000 -m $n -l 3000 \
-      -recv_timeout 10s -nostdin -timeout $((n / rate + 60))s -trace_screen -screen_file $d/screen.txt >/dev/null 2>$d/sipp.err
+      -recv_timeout 10s $SIPP_BUF -nostdin -timeout $((n / rate + 60))s -trace_screen -screen_file $d/screen.txt >/dev/null 2>$d/sipp.err
   fi
   s1=$(date +%s.%N)
   local t1 rss; t1=$(ticks $pp); c1=$(csw $pp); rss=$(rss_kb $pp)

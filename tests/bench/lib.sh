@@ -6,6 +6,12 @@
 BP=${KAMGO_BENCH_PORT:-5060}
 case $BP in '' | *[!0-9]*) echo "KAMGO_BENCH_PORT must be a port number" >&2; exit 2 ;; esac
 UASP=$((BP + 10)); UACP=$((BP + 20)); REGP=$((BP + 30))
+# sipp's own sockets get 4 MB buffers (its default is 128 KB): a proxy that
+# pauses for a few ms (a garbage collection, a busy CPU) then delivers what
+# queued meanwhile in one burst, and 128 KB hold only ~55 datagrams, so sipp
+# itself dropped replies and counted calls as failed. Kamailio and kamd get
+# the same sipp.
+SIPP_BUF="-buff_size 4194304"
 here=${here:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}
 
 # prep_cfgs DIR [ACCDB]: copies of the Kamailio cfgs, their KEMI scripts and the
@@ -51,7 +57,7 @@ wait_port_up() { for _ in $(seq 50); do port_busy $1 && return 0; sleep 0.1; don
 # Contact sip:service@127.0.0.1:UASP, on the proxy (the default scenario's lookup).
 register_callee() {
   sipp -sf "$here/sipp/register_callee.xml" 127.0.0.1:$BP -i 127.0.0.1 -p $REGP -key uasport $UASP -m 1 -l 1 \
-    -nostdin -timeout 10s -trace_screen -screen_file "$1/register_screen.txt" >/dev/null 2>&1
+    $SIPP_BUF -nostdin -timeout 10s -trace_screen -screen_file "$1/register_screen.txt" >/dev/null 2>&1
   grep -E "Successful call" "$1/register_screen.txt" 2>/dev/null | tail -1 | awk -F'|' '{gsub(/ /,"",$3); exit !($3==1)}'
 }
 

@@ -48,7 +48,7 @@ bash -c "exec $cmd" >$work/proxy.log 2>&1 &
 pp=$!
 wait_port_up $BP || { echo "$name did not start (see $work/proxy.log)" >&2; kill $pp 2>/dev/null; exit 1; }
 sleep 0.5
-sipp -sf "$here/sipp/uas.xml" -i 127.0.0.1 -p $UASP -nostdin >/dev/null 2>&1 &
+sipp -sf "$here/sipp/uas.xml" -i 127.0.0.1 -p $UASP $SIPP_BUF -nostdin >/dev/null 2>&1 &
 up=$!
 sleep 0.3
 echo "soak: $name, $n calls at $rate/s ($min min), port=$BP ($(nproc) cpus)"
@@ -57,7 +57,7 @@ t0=$(ticks $pp); start=$(date +%s)
 # instead of holding sipp open; SIGINT (before sipp's own -timeout, which exits without
 # writing the screen) stops a run that still hangs and makes sipp write its counts.
 timeout -s INT -k 20 $((n / rate + 40)) sipp -sn uac 127.0.0.1:$BP -i 127.0.0.1 -p $UACP -r $rate -rp 1000 -m $n -l 3000 \
-  -recv_timeout 10s -nostdin -timeout $((n / rate + 120))s -trace_screen -screen_file $work/screen.txt >/dev/null 2>$work/sipp.err &
+  -recv_timeout 10s $SIPP_BUF -nostdin -timeout $((n / rate + 120))s -trace_screen -screen_file $work/screen.txt >/dev/null 2>$work/sipp.err &
 uac=$!
 : > $work/series
 next=$start

@@ -54,10 +54,10 @@ measure() { # name command
   sleep 1
   local rss0 pss0 shm0="" rss1 pss1 shm1="" cur=0
   rss0=$(cur_rss_kb $pp); pss0=$(pss_kb $pp); [ "$name" != kamd ] && shm0=$(shm_kb)
-  sipp -sf "$here/sipp/uas_slow.xml" -i 127.0.0.1 -p $UASP -l 100000 -nostdin >/dev/null 2>&1 &
+  sipp -sf "$here/sipp/uas_slow.xml" -i 127.0.0.1 -p $UASP -l 100000 $SIPP_BUF -nostdin >/dev/null 2>&1 &
   local up=$!
   sleep 0.3
-  sipp -sn uac 127.0.0.1:$BP -i 127.0.0.1 -p $UACP -r $rate -rp 1000 -m $n -l 100000 -nostdin \
+  sipp -sn uac 127.0.0.1:$BP -i 127.0.0.1 -p $UACP -r $rate -rp 1000 -m $n -l 100000 $SIPP_BUF -nostdin \
     -trace_screen -screen_file $d/screen.txt >/dev/null 2>&1 &
   local uac=$!
   sleep $((n / rate + 1))
