@@ -14,7 +14,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 )
 
-func benchReq(b *testing.B, raw string) *sip.Request {
+func benchReq(b testing.TB, raw string) *sip.Request {
 	b.Helper()
 	m, err := sip.NewParser().ParseSIP([]byte(raw))
 	if err != nil {
