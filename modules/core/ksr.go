@@ -46,7 +46,9 @@ var methodLetters = map[byte]string{
 
 func isMethod(m *Msg, list string) bool {
 	meth := m.Method()
-	for _, x := range strings.Split(list, "|") {
+	for more := true; more; {
+		var x string
+		x, list, more = strings.Cut(list, "|")
 		if strings.EqualFold(strings.TrimSpace(x), meth) {
 			return true
 		}
@@ -247,11 +249,31 @@ func StatelessBranch(req *sip.Request) string {
 // token would be a bug, so it is replaced by a fixed one rather than written.
 func OurVia(sock Socket, branch string) *sip.ViaHeader {
 	v := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0",
-		Transport: strings.ToUpper(sock.Proto), Host: sock.Host(), Port: sock.Port, Params: sip.NewParams()}
+		Transport: upperProto(sock.Proto), Host: sock.Host(), Port: sock.Port, Params: sip.NewParams()}
 	if SetParam(&v.Params, "branch", branch) != nil {
 		v.Params.Add("branch", "z9hG4bKkgbad")
 	}
 	return v
+}
+
+// upperProto is strings.ToUpper for a socket's protocol, without
+// allocating for the usual ones.
+func upperProto(s string) string {
+	switch s {
+	case "udp":
+		return "UDP"
+	case "tcp":
+		return "TCP"
+	case "tls":
+		return "TLS"
+	case "ws":
+		return "WS"
+	case "wss":
+		return "WSS"
+	case "sctp":
+		return "SCTP"
+	}
+	return strings.ToUpper(s)
 }
 
 // SendRequest prepends our Via to req, hands it to the Sender and removes

@@ -216,7 +216,7 @@ func (m *Msg) NextHop() (Target, error) {
 
 // ViaTarget is where a reply goes according to a Via (RFC 3261 18.2.2, RFC 3581).
 func ViaTarget(v *sip.ViaHeader) Target {
-	t := Target{Proto: strings.ToLower(v.Transport), Host: v.Host, Port: v.Port}
+	t := Target{Proto: lowerProto(v.Transport), Host: v.Host, Port: v.Port}
 	if maddr, ok := v.Params.Get("maddr"); ok && maddr != "" {
 		t.Host = maddr
 	} else if rcv, ok := v.Params.Get("received"); ok && rcv != "" {
@@ -231,6 +231,26 @@ func ViaTarget(v *sip.ViaHeader) Target {
 		t.Port = DefaultPort(t.Proto)
 	}
 	return t
+}
+
+// lowerProto is strings.ToLower for a Via transport, without allocating
+// for the usual ones.
+func lowerProto(s string) string {
+	switch s {
+	case "UDP", "udp":
+		return "udp"
+	case "TCP", "tcp":
+		return "tcp"
+	case "TLS", "tls":
+		return "tls"
+	case "WS", "ws":
+		return "ws"
+	case "WSS", "wss":
+		return "wss"
+	case "SCTP", "sctp":
+		return "sctp"
+	}
+	return strings.ToLower(s)
 }
 
 // FixVia adds received/rport to the top Via of a received request (RFC 3261
@@ -248,7 +268,7 @@ func (m *Msg) FixVia() {
 		setReceived(v, m.SrcIP)
 		return
 	}
-	if normHost(v.Host) != normHost(m.SrcIP) {
+	if v.Host != m.SrcIP && normHost(v.Host) != normHost(m.SrcIP) { // equal strings: no normalising
 		setReceived(v, m.SrcIP)
 	}
 }
@@ -363,13 +383,21 @@ func fnvBytes(h uint64, b []byte) uint64 {
 // core_param("server_header", ...) says otherwise.
 const DefaultServerHeader = "kamd (kamgo)"
 
-var serverHeader atomic.Pointer[string]
+// serverHeader holds the value and its header: local replies share the
+// header (nothing edits a generic header in place; removing or replacing
+// it on one reply does not touch the others).
+type serverHdr struct {
+	v string
+	h sip.Header
+}
+
+var serverHeader atomic.Pointer[serverHdr]
 
 func init() { SetServerHeader(DefaultServerHeader) }
 
 // ServerHeader is the value of the Server header added to local replies
 // ("" adds none), as Kamailio's server_header.
-func ServerHeader() string { return *serverHeader.Load() }
+func ServerHeader() string { return serverHeader.Load().v }
 
 // SetServerHeader sets it for the whole process (kamd sets it from the
 // script at every load); "Server: x" is taken as "x", "" disables it.
@@ -378,7 +406,11 @@ func SetServerHeader(v string) {
 	if len(v) > 7 && strings.EqualFold(v[:7], "server:") {
 		v = strings.TrimSpace(v[7:])
 	}
-	serverHeader.Store(&v)
+	s := &serverHdr{v: v}
+	if v != "" {
+		s.h = sip.NewHeader("Server", v)
+	}
+	serverHeader.Store(s)
 }
 
 // BuildReply builds a local reply to req (RFC 3261 8.2.6).
@@ -415,8 +447,8 @@ func BuildReply(req *sip.Request, code int, reason string, extra []sip.Header) *
 	for _, h := range extra {
 		res.AppendHeader(h)
 	}
-	if sh := ServerHeader(); sh != "" {
-		res.AppendHeader(sip.NewHeader("Server", sh))
+	if sh := serverHeader.Load(); sh.h != nil {
+		res.AppendHeader(sh.h)
 	}
 	cl := sip.ContentLengthHeader(0)
 	if len(extra) == 0 && code != 100 {
