@@ -115,8 +115,8 @@ func TestAllocBudgets(t *testing.T) {
 		{Name: "ParseRegister", Budget: 29, Setup: stageParseRegister},
 		{Name: "ParseInvite", Budget: 34, Setup: stageParseInvite},
 		{Name: "ParseReply", Budget: 32, Setup: stageParseReply},
-		{Name: "PathRegister", Budget: 50, Setup: stagePathRegister},
-		{Name: "PathInvite", Budget: 65, Setup: stagePathInvite},
-		{Name: "PathReply", Budget: 49, Setup: stagePathReply},
+		{Name: "PathRegister", Budget: 45, Setup: stagePathRegister},
+		{Name: "PathInvite", Budget: 49, Setup: stagePathInvite},
+		{Name: "PathReply", Budget: 35, Setup: stagePathReply},
 	})
 }

@@ -531,7 +531,7 @@ var bufPool = sync.Pool{New: func() any { b := new(bytes.Buffer); b.Grow(2048); 
 func (t *Transport) Send(o *core.Outgoing) error {
 	buf := bufPool.Get().(*bytes.Buffer)
 	buf.Reset()
-	o.Msg.StringWrite(buf)
+	core.WriteMessage(buf, o.Msg) // sipgo's bytes, fewer allocations
 	var err error
 	if o.Kind == core.OutReply || o.Kind == core.OutRelayedReply {
 		err = t.sendReply(o, buf.Bytes())

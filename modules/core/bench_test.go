@@ -31,7 +31,7 @@ type serialiser struct {
 
 func (s *serialiser) Send(o *Outgoing) error {
 	s.buf.Reset()
-	o.Msg.StringWrite(&s.buf)
+	WriteMessage(&s.buf, o.Msg)
 	s.n += s.buf.Len()
 	return nil
 }

@@ -2,6 +2,7 @@ package core
 
 import (
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 
@@ -68,6 +69,19 @@ func TestProtoCase(t *testing.T) {
 		}
 		if got, want := upperProto(s), strings.ToUpper(s); got != want {
 			t.Errorf("upperProto(%q) = %q, want %q", s, got, want)
+		}
+	}
+}
+
+func TestNormHostMatchesNetIP(t *testing.T) {
+	for _, h := range []string{"127.0.0.1", "10.0.0.255", "[127.0.0.1]", "1.2.3.4", "01.2.3.4", "1.2.3", "256.1.1.1",
+		"::1", "[::1]", "::ffff:1.2.3.4", "[::FFFF:7F00:1]", "FE80::1", "fe80::1%eth0", "Example.COM", "host", ""} {
+		want := strings.ToLower(strings.Trim(h, "[]"))
+		if ip := net.ParseIP(want); ip != nil {
+			want = ip.String()
+		}
+		if got := normHost(h); got != want {
+			t.Errorf("normHost(%q) = %q, want %q", h, got, want)
 		}
 	}
 }
