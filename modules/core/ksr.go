@@ -244,12 +244,23 @@ func StatelessBranch(req *sip.Request) string {
 	return string(strconv.AppendUint(append(out[:0], "z9hG4bKsl"...), h, 36))
 }
 
+// viaBox is our Via and the backing array of its params: the branch,
+// and received/rport tm or a NAT helper may add.
+type viaBox struct {
+	via    sip.ViaHeader
+	params [3]sip.HeaderKV
+}
+
 // OurVia builds the Via kamd puts on a request leaving from sock. The
 // branch is always kamd's own (a hash in base 36); one that is not a
 // token would be a bug, so it is replaced by a fixed one rather than written.
 func OurVia(sock Socket, branch string) *sip.ViaHeader {
-	v := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0",
-		Transport: upperProto(sock.Proto), Host: sock.Host(), Port: sock.Port, Params: sip.NewParams()}
+	// The header and room for its params in one allocation (sip.NewParams
+	// would be a second one); a param added later grows it as usual.
+	b := &viaBox{}
+	v := &b.via
+	*v = sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0",
+		Transport: upperProto(sock.Proto), Host: sock.Host(), Port: sock.Port, Params: b.params[:0:len(b.params)]}
 	if SetParam(&v.Params, "branch", branch) != nil {
 		v.Params.Add("branch", "z9hG4bKkgbad")
 	}
