@@ -416,28 +416,50 @@ func SetServerHeader(v string) {
 // BuildReply builds a local reply to req (RFC 3261 8.2.6).
 func BuildReply(req *sip.Request, code int, reason string, extra []sip.Header) *sip.Response {
 	res := sip.NewResponse(code, reason) // always SIP/2.0, whatever the request said
+	// The copied headers live in one allocation (see replyBox); each is
+	// what sip.HeaderClone would make of it.
+	box := &replyBox{}
 	// Hot path: sipgo's GetHeaders("Via") lower-cases every header name;
 	// a type check finds the same headers without allocating.
+	firstVia := true
 	for _, h := range Headers(req) {
-		if isVia(h) {
-			res.AppendHeader(sip.HeaderClone(h))
+		if !isVia(h) {
+			continue
 		}
-	}
-	if h := req.From(); h != nil {
+		if v, ok := h.(*sip.ViaHeader); ok && v != nil && firstVia {
+			firstVia = false
+			box.via = sip.ViaHeader{ProtocolName: v.ProtocolName, ProtocolVersion: v.ProtocolVersion,
+				Transport: v.Transport, Host: v.Host, Params: box.clone(v.Params, 0)}
+			if v.Port > 0 { // as ViaHeader.Clone
+				box.via.Port = v.Port
+			}
+			res.AppendHeader(&box.via)
+			continue
+		}
 		res.AppendHeader(sip.HeaderClone(h))
 	}
+	if h := req.From(); h != nil {
+		box.from = sip.FromHeader{DisplayName: h.DisplayName, Address: box.uri(&h.Address), Params: box.clone(h.Params, 0)}
+		res.AppendHeader(&box.from)
+	}
 	if h := req.To(); h != nil {
-		to := sip.HeaderClone(h).(*sip.ToHeader)
-		if code > 100 && !to.Params.Has("tag") {
-			_ = SetParam(&to.Params, "tag", ToTag(req)) // "kg" + base 36: always a token
+		tag := code > 100 && !h.Params.Has("tag")
+		extra := 0
+		if tag {
+			extra = 1 // room for the tag
 		}
-		res.AppendHeader(to)
+		box.to = sip.ToHeader{DisplayName: h.DisplayName, Address: box.uri(&h.Address), Params: box.clone(h.Params, extra)}
+		if tag {
+			_ = SetParam(&box.to.Params, "tag", ToTag(req)) // "kg" + base 36: always a token
+		}
+		res.AppendHeader(&box.to)
 	}
 	if h := req.CallID(); h != nil {
 		res.AppendHeader(sip.HeaderClone(h))
 	}
 	if h := req.CSeq(); h != nil {
-		res.AppendHeader(sip.HeaderClone(h))
+		box.cseq = sip.CSeqHeader{SeqNo: h.SeqNo, MethodName: h.MethodName}
+		res.AppendHeader(&box.cseq)
 	}
 	if code == 100 {
 		for _, h := range req.GetHeaders("Timestamp") {
@@ -450,18 +472,65 @@ func BuildReply(req *sip.Request, code int, reason string, extra []sip.Header) *
 	if sh := serverHeader.Load(); sh.h != nil {
 		res.AppendHeader(sh.h)
 	}
-	cl := sip.ContentLengthHeader(0)
 	if len(extra) == 0 && code != 100 {
 		// No header above can be a Content-Length: append it directly
 		// (SetBody would scan all headers for one first).
-		res.AppendHeader(&cl)
+		res.AppendHeader(&box.cl)
 		return res
 	}
 	res.SetBody(nil)
 	if res.ContentLength() == nil {
-		res.AppendHeader(&cl)
+		res.AppendHeader(&box.cl)
 	}
 	return res
+}
+
+// replyBox holds the headers BuildReply copies from the request, and room
+// for their params, in one allocation instead of one per header and per
+// params list. The copies are independent of the request as before; a
+// params list that outgrows its room is reallocated by append as usual
+// (each has its own capacity, so none can write into another's).
+type replyBox struct {
+	via    sip.ViaHeader
+	from   sip.FromHeader
+	to     sip.ToHeader
+	cseq   sip.CSeqHeader
+	cl     sip.ContentLengthHeader
+	params [8]sip.HeaderKV
+	used   int
+}
+
+// clone copies ps as slices.Clone does (nil stays nil), with room for
+// extra more, into the box's params when it fits.
+func (b *replyBox) clone(ps sip.HeaderParams, extra int) sip.HeaderParams {
+	if ps == nil {
+		if extra == 0 {
+			return nil
+		}
+		ps = sip.HeaderParams{}
+	}
+	n := len(ps) + extra
+	if b.used+n > len(b.params) {
+		out := make(sip.HeaderParams, len(ps), n)
+		copy(out, ps)
+		return out
+	}
+	out := b.params[b.used : b.used+len(ps) : b.used+n]
+	b.used += n
+	copy(out, ps)
+	return out
+}
+
+// uri is sip.Uri.Clone, its params in the box.
+func (b *replyBox) uri(u *sip.Uri) sip.Uri {
+	c := *u
+	if u.UriParams != nil {
+		c.UriParams = b.clone(u.UriParams, 0)
+	}
+	if u.Headers != nil {
+		c.Headers = b.clone(u.Headers, 0)
+	}
+	return c
 }
 
 // isVia matches what GetHeaders("Via") matches, without lower-casing.
