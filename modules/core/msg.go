@@ -415,10 +415,11 @@ func SetServerHeader(v string) {
 
 // BuildReply builds a local reply to req (RFC 3261 8.2.6).
 func BuildReply(req *sip.Request, code int, reason string, extra []sip.Header) *sip.Response {
-	res := sip.NewResponse(code, reason) // always SIP/2.0, whatever the request said
-	// The copied headers live in one allocation (see replyBox); each is
-	// what sip.HeaderClone would make of it.
+	// The reply and the headers it copies live in one allocation (see
+	// replyBox); each header is what sip.HeaderClone would make of it.
 	box := &replyBox{}
+	box.res = *sip.NewResponse(code, reason) // always SIP/2.0, whatever the request said
+	res := &box.res
 	// Hot path: sipgo's GetHeaders("Via") lower-cases every header name;
 	// a type check finds the same headers without allocating.
 	firstVia := true
@@ -485,12 +486,13 @@ func BuildReply(req *sip.Request, code int, reason string, extra []sip.Header) *
 	return res
 }
 
-// replyBox holds the headers BuildReply copies from the request, and room
-// for their params, in one allocation instead of one per header and per
-// params list. The copies are independent of the request as before; a
+// replyBox holds a reply BuildReply makes, the headers it copies from the
+// request, and room for their params, in one allocation instead of one
+// per header and per params list. The copies are independent of the request as before; a
 // params list that outgrows its room is reallocated by append as usual
 // (each has its own capacity, so none can write into another's).
 type replyBox struct {
+	res    sip.Response
 	via    sip.ViaHeader
 	from   sip.FromHeader
 	to     sip.ToHeader
