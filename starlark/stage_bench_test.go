@@ -65,6 +65,6 @@ func BenchmarkStageRouteInvite(b *testing.B) { benchStage(b, stageRouteInvite) }
 func TestAllocBudgets(t *testing.T) {
 	allocbudget.Check(t, []allocbudget.Stage{
 		{Name: "RouteRegister", Budget: 8, Setup: stageRouteRegister},
-		{Name: "RouteInvite", Budget: 13, Setup: stageRouteInvite},
+		{Name: "RouteInvite", Budget: 12, Setup: stageRouteInvite},
 	})
 }

@@ -116,7 +116,7 @@ func TestAllocBudgets(t *testing.T) {
 		{Name: "ParseInvite", Budget: 34, Setup: stageParseInvite},
 		{Name: "ParseReply", Budget: 32, Setup: stageParseReply},
 		{Name: "PathRegister", Budget: 37, Setup: stagePathRegister},
-		{Name: "PathInvite", Budget: 48, Setup: stagePathInvite},
+		{Name: "PathInvite", Budget: 47, Setup: stagePathInvite},
 		{Name: "PathReply", Budget: 35, Setup: stagePathReply},
 	})
 }

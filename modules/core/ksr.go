@@ -257,7 +257,10 @@ type viaBox struct {
 func OurVia(sock Socket, branch string) *sip.ViaHeader {
 	// The header and room for its params in one allocation (sip.NewParams
 	// would be a second one); a param added later grows it as usual.
-	b := &viaBox{}
+	return (&viaBox{}).set(sock, branch)
+}
+
+func (b *viaBox) set(sock Socket, branch string) *sip.ViaHeader {
 	v := &b.via
 	*v = sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0",
 		Transport: upperProto(sock.Proto), Host: sock.Host(), Port: sock.Port, Params: b.params[:0:len(b.params)]}
@@ -297,11 +300,19 @@ func (m *Msg) SendRequest(req *sip.Request, dst Target, kind OutKind, branch str
 	if !ok {
 		return fmt.Errorf("no %s socket to send to %s", dst.Proto, dst)
 	}
-	via := OurVia(sock, branch)
-	req.PrependHeader(via)
-	err := m.Env.Sender.Send(&Outgoing{Kind: kind, Msg: req, Dst: dst, Branch: idx, LocalSocket: m.ForcedSocket(dst.Proto)})
+	// Our Via and the Outgoing in one allocation: both are done with once
+	// Send returns (it serialises synchronously) and the Via is removed.
+	b := &sendBox{}
+	req.PrependHeader(b.via.set(sock, branch))
+	b.out = Outgoing{Kind: kind, Msg: req, Dst: dst, Branch: idx, LocalSocket: m.ForcedSocket(dst.Proto)}
+	err := m.Env.Sender.Send(&b.out)
 	popTopVia(req)
 	return err
+}
+
+type sendBox struct {
+	via viaBox
+	out Outgoing
 }
 
 func popTopVia(msg sip.Message) {

@@ -75,6 +75,6 @@ func BenchmarkStageSerializeForward(b *testing.B) { benchStage(b, stageSerialize
 func TestAllocBudgets(t *testing.T) {
 	allocbudget.Check(t, []allocbudget.Stage{
 		{Name: "SerializeReply", Budget: 4, Setup: stageSerializeReply},
-		{Name: "SerializeForward", Budget: 4, Setup: stageSerializeForward},
+		{Name: "SerializeForward", Budget: 3, Setup: stageSerializeForward},
 	})
 }
