@@ -64,7 +64,7 @@ func BenchmarkStageRouteInvite(b *testing.B) { benchStage(b, stageRouteInvite) }
 // allocbudget.Check; the budgets are the counts measured with -benchmem).
 func TestAllocBudgets(t *testing.T) {
 	allocbudget.Check(t, []allocbudget.Stage{
-		{Name: "RouteRegister", Budget: 8, Setup: stageRouteRegister},
+		{Name: "RouteRegister", Budget: 7, Setup: stageRouteRegister},
 		{Name: "RouteInvite", Budget: 12, Setup: stageRouteInvite},
 	})
 }

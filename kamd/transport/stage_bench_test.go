@@ -115,7 +115,7 @@ func TestAllocBudgets(t *testing.T) {
 		{Name: "ParseRegister", Budget: 29, Setup: stageParseRegister},
 		{Name: "ParseInvite", Budget: 34, Setup: stageParseInvite},
 		{Name: "ParseReply", Budget: 32, Setup: stageParseReply},
-		{Name: "PathRegister", Budget: 37, Setup: stagePathRegister},
+		{Name: "PathRegister", Budget: 36, Setup: stagePathRegister},
 		{Name: "PathInvite", Budget: 47, Setup: stagePathInvite},
 		{Name: "PathReply", Budget: 35, Setup: stagePathReply},
 	})

@@ -309,7 +309,12 @@ func setRport(v *sip.ViaHeader, port int) {
 
 // ReplyOutgoing addresses a reply to request m.
 func (m *Msg) ReplyOutgoing(res *sip.Response, kind OutKind) *Outgoing {
-	o := &Outgoing{Kind: kind, Msg: res}
+	return m.replyOutgoing(&Outgoing{}, res, kind)
+}
+
+// replyOutgoing fills o (zero) as ReplyOutgoing's result.
+func (m *Msg) replyOutgoing(o *Outgoing, res *sip.Response, kind OutKind) *Outgoing {
+	o.Kind, o.Msg = kind, res
 	if v := m.Req.Via(); v != nil {
 		o.Dst = ViaTarget(v)
 	} else {
@@ -415,6 +420,10 @@ func SetServerHeader(v string) {
 
 // BuildReply builds a local reply to req (RFC 3261 8.2.6).
 func BuildReply(req *sip.Request, code int, reason string, extra []sip.Header) *sip.Response {
+	return &buildReply(req, code, reason, extra).res
+}
+
+func buildReply(req *sip.Request, code int, reason string, extra []sip.Header) *replyBox {
 	// The reply and the headers it copies live in one allocation (see
 	// replyBox); each header is what sip.HeaderClone would make of it.
 	box := &replyBox{}
@@ -477,13 +486,13 @@ func BuildReply(req *sip.Request, code int, reason string, extra []sip.Header) *
 		// No header above can be a Content-Length: append it directly
 		// (SetBody would scan all headers for one first).
 		res.AppendHeader(&box.cl)
-		return res
+		return box
 	}
 	res.SetBody(nil)
 	if res.ContentLength() == nil {
 		res.AppendHeader(&box.cl)
 	}
-	return res
+	return box
 }
 
 // replyBox holds a reply BuildReply makes, the headers it copies from the
@@ -493,6 +502,7 @@ func BuildReply(req *sip.Request, code int, reason string, extra []sip.Header) *
 // (each has its own capacity, so none can write into another's).
 type replyBox struct {
 	res    sip.Response
+	out    Outgoing // SendReply's
 	via    sip.ViaHeader
 	from   sip.FromHeader
 	to     sip.ToHeader
@@ -568,9 +578,9 @@ func (m *Msg) SendReply(code int, reason string) error {
 	if err := CheckText("reason", reason); err != nil {
 		return err
 	}
-	res := BuildReply(m.Req, code, reason, m.ReplyHeaders)
+	box := buildReply(m.Req, code, reason, m.ReplyHeaders)
 	m.ReplyHeaders = nil
-	if err := m.Env.Sender.Send(m.ReplyOutgoing(res, OutReply)); err != nil {
+	if err := m.Env.Sender.Send(m.replyOutgoing(&box.out, &box.res, OutReply)); err != nil {
 		return err
 	}
 	m.ReplyCode = code

@@ -74,7 +74,7 @@ func BenchmarkStageSerializeForward(b *testing.B) { benchStage(b, stageSerialize
 // allocbudget.Check; the budgets are the counts measured with -benchmem).
 func TestAllocBudgets(t *testing.T) {
 	allocbudget.Check(t, []allocbudget.Stage{
-		{Name: "SerializeReply", Budget: 4, Setup: stageSerializeReply},
+		{Name: "SerializeReply", Budget: 3, Setup: stageSerializeReply},
 		{Name: "SerializeForward", Budget: 3, Setup: stageSerializeForward},
 	})
 }
