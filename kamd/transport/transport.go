@@ -610,9 +610,10 @@ func (t *Transport) arrival(o *core.Outgoing, ip netip.Addr) *udpSock {
 	if o.Arrival == nil || o.Arrival.Proto != "udp" {
 		return nil
 	}
-	k := sockKey(*o.Arrival)
+	var kb [80]byte
+	k := appendSockKey(kb[:0], *o.Arrival)
 	t.rtMu.RLock()
-	u := t.udpBy[k]
+	u := t.udpBy[string(k)] // no allocation for the lookup
 	t.rtMu.RUnlock()
 	if u == nil || u.v4 != ip.Is4() {
 		return nil
