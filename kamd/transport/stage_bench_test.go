@@ -10,6 +10,10 @@ package transport
 //	go test ./kamd/transport -run '^$' -bench Stage -benchmem
 
 import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
 	"testing"
 
 	"github.com/emiago/sipgo/sip"
@@ -84,7 +88,55 @@ func stagePath(raw string, srcPort int) func(testing.TB) func() {
 	}
 }
 
+// stageSend: serialise and send over a real UDP socket, as a route's
+// reply or forward ends: Transport.Send with the arrival-socket lookup
+// and the raw sendto (which the path stage's sendHook skips). The peer is
+// a socket of the test on a free port, never read (the kernel drops what
+// does not fit).
+func stageSend(forward bool) func(testing.TB) func() {
+	return func(tb testing.TB) func() {
+		sink, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { sink.Close() })
+		port := sink.LocalAddr().(*net.UDPAddr).Port
+		env := core.NewEnv(nil)
+		tr := New(env, nil, Config{Workers: 1})
+		socks, err := tr.Listen(context.Background(), []core.Socket{{Proto: "udp", IP: "127.0.0.1", Port: 0}})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(tr.Close)
+		env.SetSockets(socks)
+		env.Sender = tr
+		raw := strings.Replace(sippmsg.Register, "127.0.0.1:5090", fmt.Sprintf("127.0.0.1:%d", port), 1)
+		if forward {
+			raw = sippmsg.Invite
+		}
+		msg, err := sip.NewParser().ParseSIP([]byte(raw))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		req := msg.(*sip.Request)
+		m := &core.Msg{Env: env, Req: req, Proto: "udp", SrcIP: "127.0.0.1", SrcPort: port, Local: socks[0]}
+		dst := core.Target{Proto: "udp", Host: "127.0.0.1", Port: port}
+		return func() {
+			if forward {
+				err = m.SendRequest(req, dst, core.OutForward, core.StatelessBranch(req), 0)
+			} else {
+				err = m.SendReply(200, "OK")
+			}
+			if err != nil {
+				tb.Fatal(err)
+			}
+		}
+	}
+}
+
 var (
+	stageSendReply     = stageSend(false)
+	stageSendForward   = stageSend(true)
 	stageParseRegister = stageParse(sippmsg.Register)
 	stageParseInvite   = stageParse(sippmsg.Invite)
 	stageParseReply    = stageParse(sippmsg.Reply200)
@@ -104,6 +156,8 @@ func benchStage(b *testing.B, setup func(testing.TB) func()) {
 func BenchmarkStageParseRegister(b *testing.B) { benchStage(b, stageParseRegister) }
 func BenchmarkStageParseInvite(b *testing.B)   { benchStage(b, stageParseInvite) }
 func BenchmarkStageParseReply(b *testing.B)    { benchStage(b, stageParseReply) }
+func BenchmarkStageSendReply(b *testing.B)     { benchStage(b, stageSendReply) }
+func BenchmarkStageSendForward(b *testing.B)   { benchStage(b, stageSendForward) }
 func BenchmarkStagePathRegister(b *testing.B)  { benchStage(b, stagePathRegister) }
 func BenchmarkStagePathInvite(b *testing.B)    { benchStage(b, stagePathInvite) }
 func BenchmarkStagePathReply(b *testing.B)     { benchStage(b, stagePathReply) }
@@ -115,6 +169,8 @@ func TestAllocBudgets(t *testing.T) {
 		{Name: "ParseRegister", Budget: 29, Setup: stageParseRegister},
 		{Name: "ParseInvite", Budget: 34, Setup: stageParseInvite},
 		{Name: "ParseReply", Budget: 32, Setup: stageParseReply},
+		{Name: "SendReply", Budget: 3, Setup: stageSendReply},
+		{Name: "SendForward", Budget: 3, Setup: stageSendForward},
 		{Name: "PathRegister", Budget: 36, Setup: stagePathRegister},
 		{Name: "PathInvite", Budget: 47, Setup: stagePathInvite},
 		{Name: "PathReply", Budget: 35, Setup: stagePathReply},
