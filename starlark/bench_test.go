@@ -23,7 +23,7 @@ func (d *discard) Send(o *core.Outgoing) error {
 	return nil
 }
 
-func benchEngine(b *testing.B) (*Engine, *discard) {
+func benchEngine(b testing.TB) (*Engine, *discard) {
 	b.Helper()
 	d := &discard{}
 	env := core.NewEnv(d)
@@ -36,7 +36,7 @@ func benchEngine(b *testing.B) (*Engine, *discard) {
 	return e, d
 }
 
-func benchParse(b *testing.B, raw string) *sip.Request {
+func benchParse(b testing.TB, raw string) *sip.Request {
 	b.Helper()
 	m, err := sip.NewParser().ParseSIP([]byte(raw))
 	if err != nil {

@@ -25,6 +25,11 @@ type callCtx struct {
 	// init marks mod_init's context: a message-less msg (ksrcheck.go).
 	init bool
 	g    guard // this thread's registration with the watchdog (guard.go)
+	// vals holds a KSR call's converted arguments: a local array would
+	// escape to the heap through the Func call (one allocation per KSR
+	// call). valsBusy guards against a nested call on the same thread.
+	vals     [6]core.Val
+	valsBusy bool
 }
 
 func (e *Engine) printer() func(*sk.Thread, string) {
@@ -304,33 +309,19 @@ func (e *Engine) builtin(mod string, f *core.Func) *sk.Builtin {
 		if f.Routes != 0 && f.Routes&m.RouteType == 0 {
 			return nil, fmt.Errorf("KSR.%s is not allowed in %s", name, m.RouteType)
 		}
-		var buf [6]core.Val
-		vals := buf[:len(args)]
-		for i, a := range args {
-			switch f.Args[i] {
-			case core.ArgStr:
-				s, ok := a.(sk.String)
-				if !ok {
-					return nil, fmt.Errorf("KSR.%s: argument %d: want str, got %s", name, i+1, a.Type())
-				}
-				vals[i] = core.Val{Kind: core.KStr, Str: string(s)}
-			case core.ArgInt:
-				switch x := a.(type) {
-				case sk.Int:
-					n, ok := x.Int64()
-					if !ok {
-						return nil, fmt.Errorf("KSR.%s: argument %d: integer out of range", name, i+1)
-					}
-					vals[i] = core.Val{Kind: core.KInt, Int: n}
-				case sk.Bool:
-					vals[i] = core.Bool(bool(x))
-					vals[i].Kind = core.KInt
-				default:
-					return nil, fmt.Errorf("KSR.%s: argument %d: want int, got %s", name, i+1, a.Type())
-				}
-			}
+		var vals []core.Val
+		scratch := !c.valsBusy && len(args) <= len(c.vals)
+		if scratch {
+			c.valsBusy = true
+			vals = c.vals[:len(args)]
+		} else {
+			vals = make([]core.Val, len(args))
 		}
-		v, err := f.Fn(m, vals)
+		v, err := e.callFunc(f, name, m, args, vals)
+		if scratch {
+			clear(vals) // drop the strings it held
+			c.valsBusy = false
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -344,6 +335,35 @@ func (e *Engine) builtin(mod string, f *core.Func) *sk.Builtin {
 		}
 		return fromVal(v), nil
 	})
+}
+
+// callFunc converts the Starlark arguments into vals and calls f.
+func (e *Engine) callFunc(f *core.Func, name string, m *core.Msg, args sk.Tuple, vals []core.Val) (core.Val, error) {
+	for i, a := range args {
+		switch f.Args[i] {
+		case core.ArgStr:
+			s, ok := a.(sk.String)
+			if !ok {
+				return core.Null, fmt.Errorf("KSR.%s: argument %d: want str, got %s", name, i+1, a.Type())
+			}
+			vals[i] = core.Val{Kind: core.KStr, Str: string(s)}
+		case core.ArgInt:
+			switch x := a.(type) {
+			case sk.Int:
+				n, ok := x.Int64()
+				if !ok {
+					return core.Null, fmt.Errorf("KSR.%s: argument %d: integer out of range", name, i+1)
+				}
+				vals[i] = core.Val{Kind: core.KInt, Int: n}
+			case sk.Bool:
+				vals[i] = core.Bool(bool(x))
+				vals[i].Kind = core.KInt
+			default:
+				return core.Null, fmt.Errorf("KSR.%s: argument %d: want int, got %s", name, i+1, a.Type())
+			}
+		}
+	}
+	return f.Fn(m, vals)
 }
 
 // xModule is KSR.x: exit, drop and modf, which need the whole table.

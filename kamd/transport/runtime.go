@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -33,11 +34,31 @@ var _ core.SocketManager = (*Transport)(nil)
 
 // sockKey names a socket by protocol, address (normalised) and port.
 func sockKey(s core.Socket) string {
+	var buf [80]byte
+	return string(appendSockKey(buf[:0], s))
+}
+
+// appendSockKey appends sockKey(s) to b: proto ":" host ":" port, an IPv6
+// host in brackets (net.JoinHostPort). The per-reply lookup (arrival)
+// uses it with a stack buffer: no allocation.
+func appendSockKey(b []byte, s core.Socket) []byte {
+	b = append(b, s.Proto...)
+	b = append(b, ':')
 	ip := core.BareHost(s.IP)
+	start := len(b)
+	b = append(b, '[') // dropped below unless the host has a colon
 	if a, err := netip.ParseAddr(ip); err == nil {
-		ip = a.Unmap().String()
+		b = a.Unmap().AppendTo(b)
+	} else {
+		b = append(b, ip...)
 	}
-	return s.Proto + ":" + net.JoinHostPort(ip, strconv.Itoa(s.Port))
+	if bytes.IndexByte(b[start+1:], ':') >= 0 {
+		b = append(b, ']')
+	} else {
+		b = append(b[:start], b[start+1:]...)
+	}
+	b = append(b, ':')
+	return strconv.AppendInt(b, int64(s.Port), 10)
 }
 
 func localConnKey(sock, remote string) string { return sock + ">" + remote }

@@ -531,7 +531,7 @@ var bufPool = sync.Pool{New: func() any { b := new(bytes.Buffer); b.Grow(2048); 
 func (t *Transport) Send(o *core.Outgoing) error {
 	buf := bufPool.Get().(*bytes.Buffer)
 	buf.Reset()
-	o.Msg.StringWrite(buf)
+	core.WriteMessage(buf, o.Msg) // sipgo's bytes, fewer allocations
 	var err error
 	if o.Kind == core.OutReply || o.Kind == core.OutRelayedReply {
 		err = t.sendReply(o, buf.Bytes())
@@ -610,9 +610,10 @@ func (t *Transport) arrival(o *core.Outgoing, ip netip.Addr) *udpSock {
 	if o.Arrival == nil || o.Arrival.Proto != "udp" {
 		return nil
 	}
-	k := sockKey(*o.Arrival)
+	var kb [80]byte
+	k := appendSockKey(kb[:0], *o.Arrival)
 	t.rtMu.RLock()
-	u := t.udpBy[k]
+	u := t.udpBy[string(k)] // no allocation for the lookup
 	t.rtMu.RUnlock()
 	if u == nil || u.v4 != ip.Is4() {
 		return nil

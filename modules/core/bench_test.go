@@ -14,7 +14,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 )
 
-func benchReq(b *testing.B, raw string) *sip.Request {
+func benchReq(b testing.TB, raw string) *sip.Request {
 	b.Helper()
 	m, err := sip.NewParser().ParseSIP([]byte(raw))
 	if err != nil {
@@ -31,7 +31,7 @@ type serialiser struct {
 
 func (s *serialiser) Send(o *Outgoing) error {
 	s.buf.Reset()
-	o.Msg.StringWrite(&s.buf)
+	WriteMessage(&s.buf, o.Msg)
 	s.n += s.buf.Len()
 	return nil
 }

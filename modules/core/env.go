@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -386,6 +387,12 @@ func (e *Env) IsLoop(t Target) bool {
 
 func normHost(h string) string {
 	h = strings.ToLower(strings.Trim(h, "[]"))
+	if ip, err := netip.ParseAddr(h); err == nil && ip.Is4() {
+		// Dotted IPv4 parses only in its canonical form (no leading
+		// zeros, four parts), which is what net.IP.String would write:
+		// h itself, without the two allocations.
+		return h
+	}
 	if ip := net.ParseIP(h); ip != nil {
 		return ip.String()
 	}

@@ -94,6 +94,26 @@ func RemoveHeaders(msg sip.Message, name string) int {
 
 var headerParser = sip.HeadersParser(sip.DefaultHeadersParser())
 
+// typedHeader reports whether sipgo's parser has a parser for the header
+// name (the map is keyed by the ASCII lower-case name, compact forms
+// included); a name too long for the stack buffer is assumed typed, which
+// only sends it down the general path.
+func typedHeader(name string) bool {
+	var lb [32]byte
+	if len(name) > len(lb) {
+		return true
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		lb[i] = c
+	}
+	_, ok := headerParser[string(lb[:len(name)])]
+	return ok
+}
+
 // ParseHeaderText parses script-supplied header text ("Name: value\r\n",
 // possibly several lines) into headers. Known headers become typed so that
 // later reads ($fu, Via handling) see them.
@@ -106,7 +126,9 @@ func ParseHeaderText(text string) ([]sip.Header, error) {
 		return nil, fmt.Errorf("empty header text")
 	}
 	var out []sip.Header
-	for _, line := range strings.Split(body, "\r\n") {
+	for rest, more := body, true; more; {
+		var line string
+		line, rest, more = strings.Cut(rest, "\r\n")
 		if strings.ContainsAny(line, "\r\n") {
 			return nil, fmt.Errorf("header text has a bare CR or LF: %q", text)
 		}
@@ -114,6 +136,12 @@ func ParseHeaderText(text string) ([]sip.Header, error) {
 		name = strings.TrimSpace(name)
 		if !ok || !IsToken(name) {
 			return nil, fmt.Errorf("bad header line %q: want \"Name: value\"", line)
+		}
+		if !typedHeader(name) {
+			// What sipgo's ParseHeader makes of a header it has no parser
+			// for, without its []byte and string copies.
+			out = append(out, sip.NewHeader(name, strings.TrimSpace(value)))
+			continue
 		}
 		var err error
 		n := len(out)

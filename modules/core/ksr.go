@@ -46,7 +46,9 @@ var methodLetters = map[byte]string{
 
 func isMethod(m *Msg, list string) bool {
 	meth := m.Method()
-	for _, x := range strings.Split(list, "|") {
+	for more := true; more; {
+		var x string
+		x, list, more = strings.Cut(list, "|")
 		if strings.EqualFold(strings.TrimSpace(x), meth) {
 			return true
 		}
@@ -242,16 +244,50 @@ func StatelessBranch(req *sip.Request) string {
 	return string(strconv.AppendUint(append(out[:0], "z9hG4bKsl"...), h, 36))
 }
 
+// viaBox is our Via and the backing array of its params: the branch,
+// and received/rport tm or a NAT helper may add.
+type viaBox struct {
+	via    sip.ViaHeader
+	params [3]sip.HeaderKV
+}
+
 // OurVia builds the Via kamd puts on a request leaving from sock. The
 // branch is always kamd's own (a hash in base 36); one that is not a
 // token would be a bug, so it is replaced by a fixed one rather than written.
 func OurVia(sock Socket, branch string) *sip.ViaHeader {
-	v := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0",
-		Transport: strings.ToUpper(sock.Proto), Host: sock.Host(), Port: sock.Port, Params: sip.NewParams()}
+	// The header and room for its params in one allocation (sip.NewParams
+	// would be a second one); a param added later grows it as usual.
+	return (&viaBox{}).set(sock, branch)
+}
+
+func (b *viaBox) set(sock Socket, branch string) *sip.ViaHeader {
+	v := &b.via
+	*v = sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0",
+		Transport: upperProto(sock.Proto), Host: sock.Host(), Port: sock.Port, Params: b.params[:0:len(b.params)]}
 	if SetParam(&v.Params, "branch", branch) != nil {
 		v.Params.Add("branch", "z9hG4bKkgbad")
 	}
 	return v
+}
+
+// upperProto is strings.ToUpper for a socket's protocol, without
+// allocating for the usual ones.
+func upperProto(s string) string {
+	switch s {
+	case "udp":
+		return "UDP"
+	case "tcp":
+		return "TCP"
+	case "tls":
+		return "TLS"
+	case "ws":
+		return "WS"
+	case "wss":
+		return "WSS"
+	case "sctp":
+		return "SCTP"
+	}
+	return strings.ToUpper(s)
 }
 
 // SendRequest prepends our Via to req, hands it to the Sender and removes
@@ -264,11 +300,19 @@ func (m *Msg) SendRequest(req *sip.Request, dst Target, kind OutKind, branch str
 	if !ok {
 		return fmt.Errorf("no %s socket to send to %s", dst.Proto, dst)
 	}
-	via := OurVia(sock, branch)
-	req.PrependHeader(via)
-	err := m.Env.Sender.Send(&Outgoing{Kind: kind, Msg: req, Dst: dst, Branch: idx, LocalSocket: m.ForcedSocket(dst.Proto)})
+	// Our Via and the Outgoing in one allocation: both are done with once
+	// Send returns (it serialises synchronously) and the Via is removed.
+	b := &sendBox{}
+	req.PrependHeader(b.via.set(sock, branch))
+	b.out = Outgoing{Kind: kind, Msg: req, Dst: dst, Branch: idx, LocalSocket: m.ForcedSocket(dst.Proto)}
+	err := m.Env.Sender.Send(&b.out)
 	popTopVia(req)
 	return err
+}
+
+type sendBox struct {
+	via viaBox
+	out Outgoing
 }
 
 func popTopVia(msg sip.Message) {

@@ -216,7 +216,7 @@ func (m *Msg) NextHop() (Target, error) {
 
 // ViaTarget is where a reply goes according to a Via (RFC 3261 18.2.2, RFC 3581).
 func ViaTarget(v *sip.ViaHeader) Target {
-	t := Target{Proto: strings.ToLower(v.Transport), Host: v.Host, Port: v.Port}
+	t := Target{Proto: lowerProto(v.Transport), Host: v.Host, Port: v.Port}
 	if maddr, ok := v.Params.Get("maddr"); ok && maddr != "" {
 		t.Host = maddr
 	} else if rcv, ok := v.Params.Get("received"); ok && rcv != "" {
@@ -231,6 +231,26 @@ func ViaTarget(v *sip.ViaHeader) Target {
 		t.Port = DefaultPort(t.Proto)
 	}
 	return t
+}
+
+// lowerProto is strings.ToLower for a Via transport, without allocating
+// for the usual ones.
+func lowerProto(s string) string {
+	switch s {
+	case "UDP", "udp":
+		return "udp"
+	case "TCP", "tcp":
+		return "tcp"
+	case "TLS", "tls":
+		return "tls"
+	case "WS", "ws":
+		return "ws"
+	case "WSS", "wss":
+		return "wss"
+	case "SCTP", "sctp":
+		return "sctp"
+	}
+	return strings.ToLower(s)
 }
 
 // FixVia adds received/rport to the top Via of a received request (RFC 3261
@@ -248,7 +268,7 @@ func (m *Msg) FixVia() {
 		setReceived(v, m.SrcIP)
 		return
 	}
-	if normHost(v.Host) != normHost(m.SrcIP) {
+	if v.Host != m.SrcIP && normHost(v.Host) != normHost(m.SrcIP) { // equal strings: no normalising
 		setReceived(v, m.SrcIP)
 	}
 }
@@ -289,7 +309,12 @@ func setRport(v *sip.ViaHeader, port int) {
 
 // ReplyOutgoing addresses a reply to request m.
 func (m *Msg) ReplyOutgoing(res *sip.Response, kind OutKind) *Outgoing {
-	o := &Outgoing{Kind: kind, Msg: res}
+	return m.replyOutgoing(&Outgoing{}, res, kind)
+}
+
+// replyOutgoing fills o (zero) as ReplyOutgoing's result.
+func (m *Msg) replyOutgoing(o *Outgoing, res *sip.Response, kind OutKind) *Outgoing {
+	o.Kind, o.Msg = kind, res
 	if v := m.Req.Via(); v != nil {
 		o.Dst = ViaTarget(v)
 	} else {
@@ -363,13 +388,21 @@ func fnvBytes(h uint64, b []byte) uint64 {
 // core_param("server_header", ...) says otherwise.
 const DefaultServerHeader = "kamd (kamgo)"
 
-var serverHeader atomic.Pointer[string]
+// serverHeader holds the value and its header: local replies share the
+// header (nothing edits a generic header in place; removing or replacing
+// it on one reply does not touch the others).
+type serverHdr struct {
+	v string
+	h sip.Header
+}
+
+var serverHeader atomic.Pointer[serverHdr]
 
 func init() { SetServerHeader(DefaultServerHeader) }
 
 // ServerHeader is the value of the Server header added to local replies
 // ("" adds none), as Kamailio's server_header.
-func ServerHeader() string { return *serverHeader.Load() }
+func ServerHeader() string { return serverHeader.Load().v }
 
 // SetServerHeader sets it for the whole process (kamd sets it from the
 // script at every load); "Server: x" is taken as "x", "" disables it.
@@ -378,34 +411,65 @@ func SetServerHeader(v string) {
 	if len(v) > 7 && strings.EqualFold(v[:7], "server:") {
 		v = strings.TrimSpace(v[7:])
 	}
-	serverHeader.Store(&v)
+	s := &serverHdr{v: v}
+	if v != "" {
+		s.h = sip.NewHeader("Server", v)
+	}
+	serverHeader.Store(s)
 }
 
 // BuildReply builds a local reply to req (RFC 3261 8.2.6).
 func BuildReply(req *sip.Request, code int, reason string, extra []sip.Header) *sip.Response {
-	res := sip.NewResponse(code, reason) // always SIP/2.0, whatever the request said
+	return &buildReply(req, code, reason, extra).res
+}
+
+func buildReply(req *sip.Request, code int, reason string, extra []sip.Header) *replyBox {
+	// The reply and the headers it copies live in one allocation (see
+	// replyBox); each header is what sip.HeaderClone would make of it.
+	box := &replyBox{}
+	box.res = *sip.NewResponse(code, reason) // always SIP/2.0, whatever the request said
+	res := &box.res
 	// Hot path: sipgo's GetHeaders("Via") lower-cases every header name;
 	// a type check finds the same headers without allocating.
+	firstVia := true
 	for _, h := range Headers(req) {
-		if isVia(h) {
-			res.AppendHeader(sip.HeaderClone(h))
+		if !isVia(h) {
+			continue
 		}
-	}
-	if h := req.From(); h != nil {
+		if v, ok := h.(*sip.ViaHeader); ok && v != nil && firstVia {
+			firstVia = false
+			box.via = sip.ViaHeader{ProtocolName: v.ProtocolName, ProtocolVersion: v.ProtocolVersion,
+				Transport: v.Transport, Host: v.Host, Params: box.clone(v.Params, 0)}
+			if v.Port > 0 { // as ViaHeader.Clone
+				box.via.Port = v.Port
+			}
+			res.AppendHeader(&box.via)
+			continue
+		}
 		res.AppendHeader(sip.HeaderClone(h))
 	}
+	if h := req.From(); h != nil {
+		box.from = sip.FromHeader{DisplayName: h.DisplayName, Address: box.uri(&h.Address), Params: box.clone(h.Params, 0)}
+		res.AppendHeader(&box.from)
+	}
 	if h := req.To(); h != nil {
-		to := sip.HeaderClone(h).(*sip.ToHeader)
-		if code > 100 && !to.Params.Has("tag") {
-			_ = SetParam(&to.Params, "tag", ToTag(req)) // "kg" + base 36: always a token
+		tag := code > 100 && !h.Params.Has("tag")
+		extra := 0
+		if tag {
+			extra = 1 // room for the tag
 		}
-		res.AppendHeader(to)
+		box.to = sip.ToHeader{DisplayName: h.DisplayName, Address: box.uri(&h.Address), Params: box.clone(h.Params, extra)}
+		if tag {
+			_ = SetParam(&box.to.Params, "tag", ToTag(req)) // "kg" + base 36: always a token
+		}
+		res.AppendHeader(&box.to)
 	}
 	if h := req.CallID(); h != nil {
 		res.AppendHeader(sip.HeaderClone(h))
 	}
 	if h := req.CSeq(); h != nil {
-		res.AppendHeader(sip.HeaderClone(h))
+		box.cseq = sip.CSeqHeader{SeqNo: h.SeqNo, MethodName: h.MethodName}
+		res.AppendHeader(&box.cseq)
 	}
 	if code == 100 {
 		for _, h := range req.GetHeaders("Timestamp") {
@@ -415,21 +479,70 @@ func BuildReply(req *sip.Request, code int, reason string, extra []sip.Header) *
 	for _, h := range extra {
 		res.AppendHeader(h)
 	}
-	if sh := ServerHeader(); sh != "" {
-		res.AppendHeader(sip.NewHeader("Server", sh))
+	if sh := serverHeader.Load(); sh.h != nil {
+		res.AppendHeader(sh.h)
 	}
-	cl := sip.ContentLengthHeader(0)
 	if len(extra) == 0 && code != 100 {
 		// No header above can be a Content-Length: append it directly
 		// (SetBody would scan all headers for one first).
-		res.AppendHeader(&cl)
-		return res
+		res.AppendHeader(&box.cl)
+		return box
 	}
 	res.SetBody(nil)
 	if res.ContentLength() == nil {
-		res.AppendHeader(&cl)
+		res.AppendHeader(&box.cl)
 	}
-	return res
+	return box
+}
+
+// replyBox holds a reply BuildReply makes, the headers it copies from the
+// request, and room for their params, in one allocation instead of one
+// per header and per params list. The copies are independent of the request as before; a
+// params list that outgrows its room is reallocated by append as usual
+// (each has its own capacity, so none can write into another's).
+type replyBox struct {
+	res    sip.Response
+	out    Outgoing // SendReply's
+	via    sip.ViaHeader
+	from   sip.FromHeader
+	to     sip.ToHeader
+	cseq   sip.CSeqHeader
+	cl     sip.ContentLengthHeader
+	params [8]sip.HeaderKV
+	used   int
+}
+
+// clone copies ps as slices.Clone does (nil stays nil), with room for
+// extra more, into the box's params when it fits.
+func (b *replyBox) clone(ps sip.HeaderParams, extra int) sip.HeaderParams {
+	if ps == nil {
+		if extra == 0 {
+			return nil
+		}
+		ps = sip.HeaderParams{}
+	}
+	n := len(ps) + extra
+	if b.used+n > len(b.params) {
+		out := make(sip.HeaderParams, len(ps), n)
+		copy(out, ps)
+		return out
+	}
+	out := b.params[b.used : b.used+len(ps) : b.used+n]
+	b.used += n
+	copy(out, ps)
+	return out
+}
+
+// uri is sip.Uri.Clone, its params in the box.
+func (b *replyBox) uri(u *sip.Uri) sip.Uri {
+	c := *u
+	if u.UriParams != nil {
+		c.UriParams = b.clone(u.UriParams, 0)
+	}
+	if u.Headers != nil {
+		c.Headers = b.clone(u.Headers, 0)
+	}
+	return c
 }
 
 // isVia matches what GetHeaders("Via") matches, without lower-casing.
@@ -465,9 +578,9 @@ func (m *Msg) SendReply(code int, reason string) error {
 	if err := CheckText("reason", reason); err != nil {
 		return err
 	}
-	res := BuildReply(m.Req, code, reason, m.ReplyHeaders)
+	box := buildReply(m.Req, code, reason, m.ReplyHeaders)
 	m.ReplyHeaders = nil
-	if err := m.Env.Sender.Send(m.ReplyOutgoing(res, OutReply)); err != nil {
+	if err := m.Env.Sender.Send(m.replyOutgoing(&box.out, &box.res, OutReply)); err != nil {
 		return err
 	}
 	m.ReplyCode = code

@@ -13,8 +13,11 @@ type Stats struct {
 	mu sync.RWMutex
 	m  map[string]*Counter
 	// byPair finds a counter without building "group:name" (an allocation
-	// per lookup on the per-message path).
-	byPair map[[2]string]*Counter
+	// per lookup on the per-message path) and without the lock: the map is
+	// never changed once stored; a new counter stores a copy (counters are
+	// made at start and rarely after), so every worker's lookup on the
+	// per-message path is one atomic load, not a shared RWMutex.
+	byPair atomic.Pointer[map[[2]string]*Counter]
 }
 
 // Counter is one statistic.
@@ -30,29 +33,38 @@ func (c *Counter) Set(n int64)  { c.v.Store(n) }
 func (c *Counter) Value() int64 { return c.v.Load() }
 
 func NewStats() *Stats {
-	return &Stats{m: map[string]*Counter{}, byPair: map[[2]string]*Counter{}}
+	return &Stats{m: map[string]*Counter{}}
 }
 
 // Counter returns (creating it if needed) the counter "group:name".
 func (s *Stats) Counter(group, name string) *Counter {
 	pair := [2]string{group, name}
-	s.mu.RLock()
-	c := s.byPair[pair]
-	s.mu.RUnlock()
-	if c != nil {
-		return c
+	if bp := s.byPair.Load(); bp != nil {
+		if c := (*bp)[pair]; c != nil {
+			return c
+		}
 	}
 	key := group + ":" + name
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if c = s.m[key]; c == nil {
+	c := s.m[key]
+	if c == nil {
 		c = &Counter{}
 		s.m[key] = c
 	}
-	if s.byPair == nil {
-		s.byPair = map[[2]string]*Counter{}
+	old := s.byPair.Load()
+	n := 1
+	if old != nil {
+		n += len(*old)
 	}
-	s.byPair[pair] = c
+	bp := make(map[[2]string]*Counter, n)
+	if old != nil {
+		for k, v := range *old {
+			bp[k] = v
+		}
+	}
+	bp[pair] = c
+	s.byPair.Store(&bp)
 	return c
 }
 
