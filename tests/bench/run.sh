@@ -40,7 +40,7 @@ fi
 if [ $quick = 1 ]; then CALLS=5000; RATE=1000; ROUNDS=2; DUR=10; RATES="1000 2000 3000 4000 6000"
 else CALLS=20000; RATE=1000; ROUNDS=3; DUR=30; RATES="1000 2000 3000 4000 5000 6000 8000 10000 12000"; fi
 CALLS=${o_calls:-$CALLS}; ROUNDS=${o_rounds:-$ROUNDS}; RATES=${o_rates:-$RATES}; DUR=${o_dur:-$DUR}
-out=$(mktemp -d /tmp/kamgo-bench.XXXXXX); touch "$out/maxrate.txt"
+out=$(mktemp -d /tmp/kamgo-bench.XXXXXX); touch "$out/maxrate.txt" "$out/lat.txt"
 prep_cfgs "$out" # the dispatcher list for route_dlgacc_ds.star
 echo "building kamd..."
 (cd "$root" && go build -o "$out/kamd" ./kamd) || exit 1
@@ -62,7 +62,11 @@ echo "ports: $BP (proxy), $UASP (UAS), $UACP/$REGP (UACs)"
 echo "versions: $(go version | cut -d' ' -f3), $(kamailio -v 2>/dev/null | head -1 | cut -d' ' -f2-3), $(sipp -v 2>/dev/null | grep -o 'v[0-9.]*' | head -1)"
 for sc in $scens; do
   echo "=== $sc: CPU per call ($ROUNDS x $CALLS calls at $RATE/s)"
-  "$here/compare.sh" -k "$(kamd_cmd $sc)" -s $sc -n $CALLS -r $RATE -R $ROUNDS -f "$(flav $sc)" -o "$out/cpu.txt" | tail -n +2
+  # CPU rounds without the latency capture: tcpdump's copy of every packet
+  # is made in the sender's system call and would be charged to the proxy.
+  "$here/compare.sh" -k "$(kamd_cmd $sc)" -s $sc -n $CALLS -r $RATE -R $ROUNDS -f "$(flav $sc)" -L 0 -o "$out/cpu.txt" | tail -n +2
+  echo "=== $sc: response times (1 x $CALLS calls at $RATE/s, captured)"
+  "$here/compare.sh" -k "$(kamd_cmd $sc)" -s $sc -n $CALLS -r $RATE -R 1 -f "$(flav $sc)" -L 1 -o "$out/lat.txt" | tail -n +2
   if [ $rate_search = 1 ]; then
     for p in kamd $(flav $sc); do
       best=0
@@ -95,8 +99,9 @@ echo
 echo "=== summary (medians; ratio = CPU / best Kamailio flavour's CPU, lower is better; p50/p99: INVITE -> 200 at the UAC, px_p99: the proxy's share (compare.sh); max_rate: calls/s sustained ${DUR}s with 0 failures)"
 awk '
   function f(name,  i) { for (i=2;i<=NF;i++) if (index($i, name"=")==1) return substr($i, length(name)+2); return "" }
-  FNR==NR { if ($0 ~ /scen=/) { sc=f("scen"); k=sc" "$1; n[k]++; cpu[k,n[k]]=f("cpu_us_per_call"); rss[k,n[k]]=f("peak_rss_mb")
-              p50[k,n[k]]=f("p50_ms"); p99[k,n[k]]=f("p99_ms"); px99[k,n[k]]=f("px_p99_ms"); keys[k]=1; sc_of[k]=sc; nm[k]=$1 } next }
+  FILENAME ~ /cpu.txt$/ { if ($0 ~ /scen=/) { sc=f("scen"); k=sc" "$1; n[k]++; cpu[k,n[k]]=f("cpu_us_per_call"); rss[k,n[k]]=f("peak_rss_mb")
+              keys[k]=1; sc_of[k]=sc; nm[k]=$1 } next }
+  FILENAME ~ /lat.txt$/ { if ($0 ~ /scen=/) { k=f("scen")" "$1; nl[k]++; p50[k,nl[k]]=f("p50_ms"); p99[k,nl[k]]=f("p99_ms"); px99[k,nl[k]]=f("px_p99_ms") } next }
   { rate[$1" "$2]=$3; hr[$1" "$2]=1 }
   function med(arr,k,cnt,  i,j,t,v,m) { m=0; for(i=1;i<=cnt;i++) if (arr[k,i] ~ /^[0-9.]+$/) v[++m]=arr[k,i]+0
                                      if (m==0) return "-"
@@ -107,8 +112,8 @@ awk '
     for (k in keys) { mc[k]=med(cpu,k,n[k]); s=sc_of[k]; if (nm[k] ~ /^kamailio/ && (!(s in best) || mc[k]<best[s])) best[s]=mc[k] }
     for (k in keys) { s=sc_of[k]; r=(k in hr)?rate[k]:"-"
       printf "%-9s %-22s %10.1f %8.2f %10.1f %8s %8s %9s %10s\n", s, nm[k], mc[k], (best[s]>0)?mc[k]/best[s]:0, med(rss,k,n[k]),
-        med(p50,k,n[k]), med(p99,k,n[k]), med(px99,k,n[k]), r }
-  }' "$out/cpu.txt" "$out/maxrate.txt" 2>/dev/null | (read h; echo "$h"; sort)
+        med(p50,k,nl[k]), med(p99,k,nl[k]), med(px99,k,nl[k]), r }
+  }' "$out/cpu.txt" "$out/lat.txt" "$out/maxrate.txt" 2>/dev/null | (read h; echo "$h"; sort)
 [ -s "$out/txmem.txt" ] && grep -E '^(kamd|kamailio)' "$out/txmem.txt"
 [ -s "$out/soak.txt" ] && grep -E '^soak ' "$out/soak.txt"
 echo "raw results: $out ($(cd "$out" && ls *.txt | tr "\n" " "))"
