@@ -30,6 +30,7 @@
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
+TIMEFORMAT='%U %S' # "time" around the sipp UAC: its user and system CPU seconds
 scen=call; n=10000; rate=1000; rounds=2; kamd_cmd=""; flavours=""; out=""; lat=1
 while getopts "k:s:n:r:R:f:o:L:" o; do
   case $o in
@@ -75,8 +76,8 @@ run_one() { # name command
   [ "$lat" != 0 ] && lat_start $d
   local t0 s0 s1 c0 c1; t0=$(ticks $pp); c0=$(csw $pp); s0=$(date +%s.%N)
   if [ "$scen" = register ]; then
-    sipp -sf "$here/sipp/register.xml" 127.0.0.1:$BP -i 127.0.0.1 -p $REGP -r $rate -rp 1000 -m $n -l 3000 \
-      -recv_timeout 10s $SIPP_BUF -nostdin -timeout $((n / rate + 60))s -trace_screen -screen_file $d/screen.txt >/dev/null 2>$d/sipp.err
+    { time sipp -sf "$here/sipp/register.xml" 127.0.0.1:$BP -i 127.0.0.1 -p $REGP -r $rate -rp 1000 -m $n -l 3000 \
+      -recv_timeout 10s $SIPP_BUF -nostdin -timeout $((n / rate + 60))s -trace_screen -screen_file $d/screen.txt >/dev/null 2>$d/sipp.err ; } 2>$d/uac.time
   else
     sipp -sf "$here/sipp/uas.xml" -i 127.0.0.1 -p $UASP $SIPP_BUF -nostdin >/dev/null 2>$d/uas.err &
     up=$!
@@ -87,11 +88,11 @@ run_one() { # name command
     # loaded box): SIGINT makes it stop and write its screen. And -recv_timeout fails such a
     # call after 10 s, so that sipp ends by itself with the counts (after -timeout, sipp
     # exits without writing its screen).
-    timeout -s INT $((n / rate + 75)) sipp $uac 127.0.0.1:$BP -i 127.0.0.1 -p $UACP -r $rate -rp 1000 -m $n -l 3000 \
-      -recv_timeout 10s $SIPP_BUF -nostdin -timeout $((n / rate + 60))s -trace_screen -screen_file $d/screen.txt >/dev/null 2>$d/sipp.err
+    { time timeout -s INT $((n / rate + 75)) sipp $uac 127.0.0.1:$BP -i 127.0.0.1 -p $UACP -r $rate -rp 1000 -m $n -l 3000 \
+      -recv_timeout 10s $SIPP_BUF -nostdin -timeout $((n / rate + 60))s -trace_screen -screen_file $d/screen.txt >/dev/null 2>$d/sipp.err ; } 2>$d/uac.time
   fi
   s1=$(date +%s.%N)
-  local t1 rss; t1=$(ticks $pp); c1=$(csw $pp); rss=$(rss_kb $pp)
+  local t1 rss uas_t=0; t1=$(ticks $pp); c1=$(csw $pp); rss=$(rss_kb $pp); [ -n "$up" ] && uas_t=$(ticks $up)
   [ -n "$up" ] && kill $up 2>/dev/null
   lat_stop
   kill $pp 2>/dev/null; wait $pp 2>/dev/null; [ -n "$up" ] && wait $up 2>/dev/null
@@ -101,8 +102,8 @@ run_one() { # name command
   fail=$(sipp_count $d/screen.txt "Failed call")
   read -r p50 p99 pmax px50 px99 cnt <<<"$(lat_stats $d)"
   awk -v nm=$name -v a=$t0 -v b=$t1 -v hz=$(getconf CLK_TCK) -v n=$n -v ok=${ok:-0} -v f=${fail:-?} -v rss=$rss \
-      -v el=$(echo "$s1 - $s0" | bc) -v sc=$scen -v r=$rate -v cs=$((c1 - c0)) -v p50=$p50 -v p99=$p99 -v pmax=$pmax -v px50=$px50 -v px99=$px99 -v lc=$cnt \
-    'BEGIN{us=(b-a)*1e6/hz/n; printf "%-20s ok=%-7s failed=%-5s cpu_us_per_call=%-8.1f peak_rss_mb=%-6.1f elapsed_s=%-6.1f csw_per_call=%-5.1f p50_ms=%-6s p99_ms=%-6s max_ms=%-7s px_p50_ms=%-6s px_p99_ms=%-6s lat_calls=%-6s scen=%s rate=%s\n", nm, ok, f, us, rss/1024, el, cs/n, p50, p99, pmax, px50, px99, lc, sc, r}' | tee -a $out
+      -v el=$(echo "$s1 - $s0" | bc) -v sc=$scen -v r=$rate -v cs=$((c1 - c0)) -v p50=$p50 -v p99=$p99 -v pmax=$pmax -v px50=$px50 -v px99=$px99 -v lc=$cnt -v uac="$(tail -1 $d/uac.time 2>/dev/null)" -v uast=$uas_t \
+    'BEGIN{us=(b-a)*1e6/hz/n; split(uac, u, " "); ua=(el>0)?(u[1]+u[2])*100/el:0; uu=(el>0)?uast*100/hz/el:0; printf "%-20s ok=%-7s failed=%-5s cpu_us_per_call=%-8.1f peak_rss_mb=%-6.1f elapsed_s=%-6.1f csw_per_call=%-5.1f p50_ms=%-6s p99_ms=%-6s max_ms=%-7s px_p50_ms=%-6s px_p99_ms=%-6s lat_calls=%-6s uac_cpu_pct=%-5.0f uas_cpu_pct=%-5.0f scen=%s rate=%s\n", nm, ok, f, us, rss/1024, el, cs/n, p50, p99, pmax, px50, px99, lc, ua, uu, sc, r}' | tee -a $out
 }
 
 echo "scenario=$scen calls=$n rate=$rate rounds=$rounds port=$BP  ($(nproc) cpus, $(uname -r))"
