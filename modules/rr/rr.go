@@ -71,6 +71,9 @@ func parseParams(s string) (sip.HeaderParams, error) {
 	if err := core.CheckText("rr params", s); err != nil {
 		return nil, err
 	}
+	if s == "" {
+		return nil, nil // record_route(): nothing to parse, nothing to allocate
+	}
 	out := sip.NewParams()
 	for _, p := range strings.Split(strings.TrimPrefix(strings.TrimSpace(s), ";"), ";") {
 		p = strings.TrimSpace(p)
@@ -111,14 +114,43 @@ func isStrict(u *sip.Uri) bool { return !hasParam(u.UriParams, "lr") }
 
 func is2rr(u *sip.Uri) bool { return hasParam(u.UriParams, "r2") }
 
+// headerIs is core.HeaderIs without its allocation: core lower-cases the
+// name of every header whose length differs from the one asked for (a
+// string per header and call, on every in-dialog request). Only a compact
+// (one-letter) name needs core's table.
+func headerIs(h sip.Header, canonical string) bool {
+	n := strings.TrimSpace(h.Name())
+	if len(n) == 1 {
+		return core.HeaderIs(h, canonical)
+	}
+	return strings.EqualFold(n, canonical)
+}
+
 // routes returns the Route headers in order, turning untyped ones (added
 // as generic text) into typed ones so they can be edited.
 func routes(msg sip.Message) ([]*sip.RouteHeader, error) {
+	// The usual case, every Route parsed already (or none): no copy.
 	var out []*sip.RouteHeader
+	typed := true
+	for _, h := range core.Headers(msg) {
+		if !headerIs(h, "route") {
+			continue
+		}
+		rh, ok := h.(*sip.RouteHeader)
+		if !ok {
+			typed = false
+			break
+		}
+		out = append(out, rh)
+	}
+	if typed {
+		return out, nil
+	}
+	out = nil
 	changed := false
 	hs := append([]sip.Header(nil), core.Headers(msg)...)
 	for i, h := range hs {
-		if !core.HeaderIs(h, "route") {
+		if !headerIs(h, "route") {
 			continue
 		}
 		if rh, ok := h.(*sip.RouteHeader); ok {
@@ -169,10 +201,10 @@ func insertBefore(msg sip.Message, name string, add []sip.Header) {
 	at, lastVia := -1, 0
 	c := core.CanonicalHeader(name)
 	for i, h := range old {
-		if at < 0 && core.HeaderIs(h, c) {
+		if at < 0 && headerIs(h, c) {
 			at = i
 		}
-		if core.HeaderIs(h, "via") {
+		if headerIs(h, "via") {
 			lastVia = i + 1
 		}
 	}
@@ -333,8 +365,12 @@ func (r *module) looseRoute(m *core.Msg, looseOnly bool) (int, error) {
 	if m.Req == nil {
 		return 0, core.ErrNoRequest
 	}
-	st := stateOf(m)
-	st.routed, st.params = false, nil
+	// The state records what this call routes; a message without one has
+	// routed nothing yet (no allocation for the initial requests).
+	if _, ok := m.Ext["rr"].(*state); ok {
+		st := stateOf(m)
+		st.routed, st.params = false, nil
+	}
 	rts, err := routes(m.Req)
 	if err != nil {
 		r.env.Log.Warn("rr: bad Route header", "err", err, "at", m.Pos())
@@ -348,6 +384,7 @@ func (r *module) looseRoute(m *core.Msg, looseOnly bool) (int, error) {
 		return rrError, nil
 	}
 	preloaded := !to.Params.Has("tag")
+	st := stateOf(m)
 	if !preloaded && !looseOnly && r.myself(&m.Req.Recipient) {
 		return r.afterStrict(m, st, rts)
 	}
@@ -414,7 +451,7 @@ func (r *module) afterLoose(m *core.Msg, st *state, rts []*sip.RouteHeader, prel
 		hs := core.Headers(m.Req)
 		lastRoute := -1
 		for i, h := range hs {
-			if core.HeaderIs(h, "route") {
+			if headerIs(h, "route") {
 				lastRoute = i
 			}
 		}
