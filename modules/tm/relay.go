@@ -11,11 +11,16 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
+var noSettings settings
+
 // newTx creates and registers the transaction for m's request.
 func (t *TM) newTx(m *core.Msg, key string) *Tx {
-	origin := &core.Msg{Env: m.Env, Req: m.Req.Clone(), Proto: m.Proto, SrcIP: m.SrcIP, SrcPort: m.SrcPort,
+	origin := &core.Msg{Env: m.Env, Req: cloneReq(m.Req), Proto: m.Proto, SrcIP: m.SrcIP, SrcPort: m.SrcPort,
 		Local: m.Local, ConnID: m.ConnID, Arrived: m.Arrived, SendSocket: m.SendSocket, ReplyFrom: m.ReplyFrom}
-	s := settingsOf(m)
+	s, _ := m.Ext["tm"].(*settings) // t_set_fr's, if any
+	if s == nil {
+		s = &noSettings
+	}
 	tx := &Tx{tm: t, key: key, id: branchID(key, t.seq.Add(1)), origin: origin, prog: m.Prog,
 		up:        *origin.ReplyOutgoing(nil, core.OutReply),
 		invite:    m.Req.IsInvite(),
@@ -353,8 +358,9 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 		}
 	}
 	tx, _ := m.Tx.(*Tx)
+	key := ""
 	if tx == nil {
-		key := txKey(req, methodKey(req))
+		key = txKey(req, methodKey(req))
 		if old := t.lookup(key); old != nil {
 			old.retransmitLastReply()
 			return core.Int(0), nil
@@ -378,7 +384,7 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 		if !t.admit(m) {
 			return core.Int(-1), nil // answered 503
 		}
-		tx = t.newTx(m, txKey(req, methodKey(req)))
+		tx = t.newTx(m, key)
 	}
 	tx.mu.Lock()
 	if tx.finalSent || tx.got6xx || (tx.canceled && len(tx.branches) > 0) {
@@ -399,7 +405,7 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 			// (neither is changed afterwards; the failure route clones it).
 			tx.relayReq = tx.origin.Req
 		} else {
-			tx.relayReq = req.Clone()
+			tx.relayReq = cloneReq(req)
 		}
 	}
 	// The next failure route sees the $du of the latest relay, so it can
@@ -423,7 +429,13 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 	}
 	m.ClearBranches() // consumed, like Kamailio's destination set after t_relay
 	sent := 0
-	err = tx.addBranch(m, req, dst)
+	from := req
+	if created && m.RouteType != core.RouteFailure {
+		// The transaction's copy of the request, as the script left it:
+		// the branch can share its headers (addBranch).
+		from = tx.origin.Req
+	}
+	err = tx.addBranch(m, from, dst)
 	if err != nil {
 		t.env.Log.Warn("tm: relay failed", "dst", dst.String(), "err", err, "at", m.Pos())
 	} else {
@@ -462,11 +474,19 @@ func nextHop(m *core.Msg, to *core.Target) (core.Target, error) {
 
 // addBranch runs the branch route (if any), then sends a new branch.
 func (tx *Tx) addBranch(m *core.Msg, req *sip.Request, dst core.Target) error {
-	breq := req.Clone()
 	tx.mu.Lock()
 	onBranch := tx.onBranch
 	idx := len(tx.branches)
+	// The transaction's own copy of the request is never changed: a branch
+	// can send its headers behind our Via instead of copying them, unless
+	// a script route could change the branch's request (branch route,
+	// ksr_onsend_route) and with it the copy replies are built from.
+	share := req == tx.origin.Req && onBranch == "" && !tx.tm.onsendRoute()
 	tx.mu.Unlock()
+	var breq *sip.Request
+	if !share {
+		breq = cloneReq(req)
+	}
 	if onBranch != "" && tx.tm.env.Router != nil {
 		bm := &core.Msg{Env: m.Env, Req: breq, Proto: m.Proto, SrcIP: m.SrcIP, SrcPort: m.SrcPort, Local: m.Local,
 			DstURI: m.DstURI, SendSocket: m.SendSocket, ViaPort: m.ViaPort, Flags: m.Flags, BFlags: m.BFlags, Tx: tx, Vars: m.Vars,
@@ -498,7 +518,11 @@ func (tx *Tx) addBranch(m *core.Msg, req *sip.Request, dst core.Target) error {
 	if m.ViaPort > 0 {
 		via.Port = m.ViaPort
 	}
-	breq.PrependHeader(via)
+	if share {
+		breq = branchReq(req, via)
+	} else {
+		breq.PrependHeader(via)
+	}
 	b.req = breq
 	tx.mu.Lock()
 	tx.branches = append(tx.branches, b)
@@ -993,7 +1017,7 @@ func (tx *Tx) failureMsg(code int, win *branch) *core.Msg {
 		return nil // finished meanwhile (a CANCEL answered 487): no failure route
 	}
 	o := tx.origin
-	return &core.Msg{Env: o.Env, Req: req.Clone(), Proto: o.Proto, SrcIP: o.SrcIP, SrcPort: o.SrcPort,
+	return &core.Msg{Env: o.Env, Req: cloneReq(req), Proto: o.Proto, SrcIP: o.SrcIP, SrcPort: o.SrcPort,
 		Local: o.Local, ConnID: o.ConnID, Arrived: o.Arrived, Tx: tx, ReplyCode: code, Flags: flags, BFlags: bflags, DstURI: du,
 		Ext: map[string]any{"tm.branch": win}}
 }

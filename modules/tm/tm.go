@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"strconv"
 	"strings"
 	"sync"
@@ -259,9 +258,25 @@ func (t *TM) lookup(key string) *Tx {
 // branchID derives our client branch prefix from the server key, so the
 // same request gives the same branches (deterministic for route tests).
 func branchID(key string, seq uint64) string {
-	h := fnv.New64a()
-	h.Write([]byte(key))
-	return "z9hG4bKkg" + strconv.FormatUint(h.Sum64(), 36) + strconv.FormatUint(seq, 36)
+	// FNV-1a (hash/fnv's New64a) inline: hash/fnv costs two allocations.
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(key); i++ {
+		h ^= uint64(key[i])
+		h *= 1099511628211
+	}
+	var buf [64]byte
+	b := append(buf[:0], "z9hG4bKkg"...)
+	b = strconv.AppendUint(b, h, 36)
+	b = strconv.AppendUint(b, seq, 36)
+	return string(b)
+}
+
+// onsendRoute reports whether the current script has ksr_onsend_route
+// (starlark.OnsendRoute; modules do not import starlark), which runs on
+// every request tm sends and may change it.
+func (t *TM) onsendRoute() bool {
+	r := t.env.Router
+	return r != nil && r.HasCallback(r.Current(), "ksr_onsend_route")
 }
 
 // tRelay is KSR.tm.t_relay.

@@ -1,6 +1,7 @@
 package tm
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,6 +57,7 @@ type Tx struct {
 	flags     uint64
 	bflags    uint64 // branch flags at t_relay (KSR.setbflag), seen by branch and reply routes
 	timers    []core.Timer
+	timerBuf  [6]core.Timer // timers' first backing array: an INVITE arms about five
 	deleted   bool
 	// dnsNext: the DNS targets after the one the next branch goes to (dns.go).
 	dnsNext []core.Target
@@ -94,7 +96,13 @@ func txKey(req *sip.Request, method string) string {
 	}
 	b, _ := v.Params.Get("branch")
 	if strings.HasPrefix(b, "z9hG4bK") {
-		return b + "|" + v.SentBy() + "|" + method
+		// b|SentBy()|method in one allocation (SentBy builds two strings).
+		var pb [24]byte
+		port := pb[:0]
+		if v.Port > 0 {
+			port = strconv.AppendInt(append(port, ':'), int64(v.Port), 10)
+		}
+		return b + "|" + v.Host + string(port) + "|" + method
 	}
 	// RFC 2543 matching: Call-ID, From tag, CSeq number, top Via, R-URI.
 	var sb strings.Builder
@@ -123,6 +131,36 @@ func dlgKey(req *sip.Request) string {
 	return string(*c) + "|" + tag + "|" + strconv.FormatUint(uint64(cs.SeqNo), 10)
 }
 
+// cloneReq is a deep copy of req: sipgo's Clone without what kamgo never
+// reads (Clone computes the copy's transport, source and destination
+// strings: eight allocations a transaction) and without its growing
+// intermediate header list.
+func cloneReq(req *sip.Request) *sip.Request {
+	c := sip.NewRequest(req.Method, req.Recipient) // copies the URI's params
+	c.SipVersion = req.SipVersion
+	for _, h := range req.Headers() {
+		c.AppendHeader(sip.HeaderClone(h))
+	}
+	c.SetBody(slices.Clone(req.Body()))
+	return c
+}
+
+// branchReq is the request a branch sends: via, then req's headers and
+// body, shared with req, not copied. Only for a req that tm owns and no
+// one changes any more (the transaction's copy of the request): a branch
+// route, which may change its branch's request, and ksr_onsend_route get
+// a deep copy instead (addBranch).
+func branchReq(req *sip.Request, via sip.Header) *sip.Request {
+	c := sip.NewRequest(req.Method, req.Recipient)
+	c.SipVersion = req.SipVersion
+	c.AppendHeader(via)
+	for _, h := range req.Headers() {
+		c.AppendHeader(h)
+	}
+	c.SetBody(req.Body())
+	return c
+}
+
 func methodKey(req *sip.Request) string {
 	m := string(req.Method)
 	if m == "ACK" || m == "CANCEL" {
@@ -142,6 +180,9 @@ func (t *Tx) after(d time.Duration, f func()) core.Timer {
 		return noTimer{}
 	}
 	tm := t.tm.env.Clock.AfterFunc(d, t.tm.timerFunc(f))
+	if t.timers == nil {
+		t.timers = t.timerBuf[:0]
+	}
 	t.timers = append(t.timers, tm)
 	return tm
 }
@@ -151,6 +192,7 @@ func (t *Tx) stopTimers() {
 		tm.Stop()
 	}
 	t.timers = nil
+	t.timerBuf = [len(t.timerBuf)]core.Timer{} // the fired timers' closures hold the branches
 }
 
 // pending reports whether any branch still waits for a final reply.
