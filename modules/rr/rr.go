@@ -4,6 +4,7 @@ package rr
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -180,6 +181,9 @@ func routes(msg sip.Message) ([]*sip.RouteHeader, error) {
 }
 
 func removeHeaders(msg sip.Message, drop ...sip.Header) {
+	if removeFirst(msg, drop) {
+		return
+	}
 	hs := core.Headers(msg)
 	out := make([]sip.Header, 0, len(hs))
 outer:
@@ -194,9 +198,58 @@ outer:
 	core.SetHeaders(msg, out)
 }
 
+// headerEditor is what sipgo's messages offer to edit the header list in
+// place (core.SetHeaders rebuilds it: a removal per header, then appends).
+type headerEditor interface {
+	RemoveHeader(name string) bool
+	AppendHeaderAfter(h sip.Header, name string)
+}
+
+// removeFirst removes drop in place when each is, in turn, the first
+// header of its name (our Route at the top of the Route set, as
+// loose_route finds it), and reports whether it did; otherwise it leaves
+// msg alone for the general path.
+func removeFirst(msg sip.Message, drop []sip.Header) bool {
+	ed, ok := msg.(headerEditor)
+	if !ok {
+		return false
+	}
+	hs := core.Headers(msg)
+	for i, d := range drop {
+		// Once drop[:i] are gone, d must be the first header of its name.
+		found := false
+		for _, h := range hs {
+			if h.Name() != d.Name() || slices.Contains(drop[:i], h) {
+				continue
+			}
+			if h != d {
+				return false
+			}
+			found = true
+			break
+		}
+		if !found {
+			return false
+		}
+	}
+	for _, d := range drop {
+		ed.RemoveHeader(d.Name())
+	}
+	return true
+}
+
 // insertBefore puts hs before the first header named name, or after the
 // last Via when there is none.
 func insertBefore(msg sip.Message, name string, add []sip.Header) {
+	if ed, ok := msg.(headerEditor); ok && name == "record-route" && afterViasOnly(msg) {
+		// The usual initial request, no Record-Route yet: after the last
+		// Via, in place. Each goes right after the Vias, so the last
+		// inserted is the first.
+		for i := len(add) - 1; i >= 0; i-- {
+			ed.AppendHeaderAfter(add[i], "Via")
+		}
+		return
+	}
 	old := core.Headers(msg)
 	at, lastVia := -1, 0
 	c := core.CanonicalHeader(name)
@@ -216,6 +269,21 @@ func insertBefore(msg sip.Message, name string, add []sip.Header) {
 	out = append(out, add...)
 	out = append(out, old[at:]...)
 	core.SetHeaders(msg, out)
+}
+
+// afterViasOnly reports whether msg has no Record-Route and has Via
+// headers, all named "Via" (what sipgo's AppendHeaderAfter matches).
+func afterViasOnly(msg sip.Message) bool {
+	vias := 0
+	for _, h := range core.Headers(msg) {
+		if headerIs(h, "record-route") || (headerIs(h, "via") && h.Name() != "Via") {
+			return false
+		}
+		if h.Name() == "Via" {
+			vias++
+		}
+	}
+	return vias > 0 // none: the general path puts it first
 }
 
 // maddrURI is Kamailio's get_maddr_uri: a maddr param turns the hop into sip:maddr[:port].
