@@ -106,6 +106,7 @@ func (t *TM) SendRequest(lr *LocalRequest) error {
 	tx := &Tx{tm: t, key: key + "|" + id, id: id, local: lr, origin: &core.Msg{Env: t.env},
 		invite: req.IsInvite(), branches: []*branch{b},
 		frTimeout: time.Duration(t.frTimer.Load()) * time.Millisecond, frInv: time.Duration(t.frInvTimer.Load()) * time.Millisecond}
+	b.tx = tx
 	t.mu.Lock()
 	t.txs[tx.key] = tx
 	t.clients[id] = tx

@@ -513,7 +513,7 @@ func (tx *Tx) addBranch(m *core.Msg, req *sip.Request, dst core.Target) error {
 	if !ok {
 		return fmt.Errorf("no %s socket", dst.Proto)
 	}
-	b := &branch{idx: idx, dst: dst, via: tx.id + "." + strconv.Itoa(idx), sock: m.ForcedSocket(dst.Proto), bflags: m.BFlags}
+	b := &branch{tx: tx, idx: idx, dst: dst, via: tx.id + "." + strconv.Itoa(idx), sock: m.ForcedSocket(dst.Proto), bflags: m.BFlags}
 	via := core.OurVia(sock, b.via)
 	if m.ViaPort > 0 {
 		via.Port = m.ViaPort
@@ -550,35 +550,42 @@ func (tx *Tx) send(b *branch) error {
 
 // armBranch starts retransmission (UDP) and final-response timers. Called with tx.mu held.
 func (tx *Tx) armBranch(b *branch) {
+	b.frF = tx.tm.timerFunc(b.timeout) // fr_inv_timer re-arms it (onReply)
 	tx.armRetransmit(b)
-	b.fr = tx.after(tx.frTimeout, func() { tx.branchTimeout(b) })
+	b.fr = tx.arm(tx.frTimeout, b.frF)
 }
 
 // armRetransmit is timer A / E on UDP: T1 doubling, for non-INVITE capped
 // at T2 (and T2 once a provisional came). Called with tx.mu held.
 func (tx *Tx) armRetransmit(b *branch) {
 	if b.dst.Proto == "udp" {
-		interval := T1
-		var retr func()
-		retr = func() {
-			tx.mu.Lock()
-			if b.final || tx.deleted || (tx.invite && b.code > 0) {
-				tx.mu.Unlock()
-				return
-			}
-			if interval < T2 || tx.invite {
-				interval *= 2
-			}
-			if !tx.invite && (interval > T2 || b.code > 0) {
-				interval = T2 // Timer E: T2 once a provisional came (RFC 3261 17.1.2.2)
-			}
-			b.retr = tx.after(interval, retr)
-			tx.mu.Unlock()
-			_ = tx.send(b)
-		}
-		b.retr = tx.after(interval, retr)
+		b.retrIv = T1
+		b.retrF = tx.tm.timerFunc(b.retransmit) // one function for every retransmission
+		b.retr = tx.arm(b.retrIv, b.retrF)
 	}
 }
+
+// retransmit is timer A / E firing: resend and arm the next one.
+func (b *branch) retransmit() {
+	tx := b.tx
+	tx.mu.Lock()
+	if b.final || tx.deleted || (tx.invite && b.code > 0) {
+		tx.mu.Unlock()
+		return
+	}
+	if b.retrIv < T2 || tx.invite {
+		b.retrIv *= 2
+	}
+	if !tx.invite && (b.retrIv > T2 || b.code > 0) {
+		b.retrIv = T2 // Timer E: T2 once a provisional came (RFC 3261 17.1.2.2)
+	}
+	b.retr = tx.arm(b.retrIv, b.retrF)
+	tx.mu.Unlock()
+	_ = tx.send(b)
+}
+
+// timeout is fr_timer / fr_inv_timer firing.
+func (b *branch) timeout() { b.tx.branchTimeout(b) }
 
 // branchTimeout is fr_timer / fr_inv_timer firing: the branch fails with 408.
 func (tx *Tx) branchTimeout(b *branch) {
@@ -818,7 +825,7 @@ func (t *TM) onReply(m *core.Msg) bool {
 	if code >= 100 && code < 200 && tx.invite && b.fr != nil {
 		// A provisional moves an INVITE branch to fr_inv_timer.
 		b.fr.Stop()
-		b.fr = tx.after(tx.frInv, func() { tx.branchTimeout(b) })
+		b.fr = tx.arm(tx.frInv, b.frF)
 	}
 	if code >= 200 {
 		b.final = true

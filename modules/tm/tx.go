@@ -68,6 +68,7 @@ type Tx struct {
 }
 
 type branch struct {
+	tx        *Tx
 	idx       int
 	req       *sip.Request // with our Via on top, for retransmission and CANCEL
 	dst       core.Target
@@ -84,6 +85,10 @@ type branch struct {
 	cancelWait bool
 	retr       core.Timer
 	fr         core.Timer
+	retrIv     time.Duration // the next timer A / E interval
+	// retrF and frF are what retr and fr run (timerFunc applied), made
+	// once per branch: they are armed again and again.
+	retrF, frF func()
 	// dnsRest: the DNS targets to try if this branch fails (dns.go).
 	dnsRest []core.Target
 }
@@ -179,7 +184,15 @@ func (t *Tx) after(d time.Duration, f func()) core.Timer {
 	if t.deleted {
 		return noTimer{}
 	}
-	tm := t.tm.env.Clock.AfterFunc(d, t.tm.timerFunc(f))
+	return t.arm(d, t.tm.timerFunc(f))
+}
+
+// arm is after for a function timerFunc has made already.
+func (t *Tx) arm(d time.Duration, f func()) core.Timer {
+	if t.deleted {
+		return noTimer{}
+	}
+	tm := t.tm.env.Clock.AfterFunc(d, f)
 	if t.timers == nil {
 		t.timers = t.timerBuf[:0]
 	}
