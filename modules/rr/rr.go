@@ -31,6 +31,11 @@ type state struct {
 	req     *sip.Request             // the request added points into
 }
 
+// PerMessage tells tm not to keep the state with a transaction's module
+// data (ReplyOut.Data): it is about this message only and points into its
+// request, which it would keep alive.
+func (*state) PerMessage() {}
+
 func stateOf(m *core.Msg) *state {
 	if s, ok := m.Ext["rr"].(*state); ok {
 		if m.RouteType == core.RouteBranch && m.Req != nil && s.req != m.Req {
