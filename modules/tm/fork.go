@@ -180,7 +180,7 @@ func (t *TM) Precheck(m *core.Msg) core.Val {
 	if m.Tx != nil {
 		return core.Int(1)
 	}
-	return core.IntRet(t.lookup(txKey(m.Req, methodKey(m.Req))) != nil)
+	return core.IntRet(t.lookupReq(m.Req, methodKey(m.Req)) != nil)
 }
 
 // FlushFlags is tmx's t_flush_flags: the message flags go to its transaction.

@@ -178,14 +178,12 @@ func (t *TM) checkTrans(m *core.Msg) core.Val {
 	if m.Req == nil {
 		return core.Int(-1)
 	}
-	tx := t.lookup(txKey(m.Req, methodKey(m.Req)))
+	tx := t.lookupReq(m.Req, methodKey(m.Req))
 	switch {
 	case tx == nil && m.Req.IsAck():
 		// An ACK to a 2xx has its own branch: match it to the INVITE
 		// transaction that relayed the 2xx (Kamailio's e2e ACK matching).
-		t.mu.Lock()
-		inv := t.dlgs[dlgKey(m.Req)]
-		t.mu.Unlock()
+		inv := t.lookupDlg(m.Req)
 		if inv != nil {
 			inv.mu.Lock()
 			ok := inv.sent2xx
@@ -221,7 +219,7 @@ func (t *TM) onRequest(m *core.Msg) bool {
 		return false // no transaction at all (stateless scripts): nothing to match
 	}
 	req := m.Req
-	tx := t.lookup(txKey(req, methodKey(req)))
+	tx := t.lookupReq(req, methodKey(req))
 	if tx == nil {
 		return false
 	}
@@ -351,17 +349,15 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 		return core.Int(1), nil
 	}
 	if req.IsCancel() {
-		if tx := t.lookup(txKey(req, "INVITE")); tx != nil {
+		if tx := t.lookupReq(req, "INVITE"); tx != nil {
 			t.cancel(m, tx)
 			m.Forwarded = true
 			return core.Int(1), nil
 		}
 	}
 	tx, _ := m.Tx.(*Tx)
-	key := ""
 	if tx == nil {
-		key = txKey(req, methodKey(req))
-		if old := t.lookup(key); old != nil {
+		if old := t.lookupReq(req, methodKey(req)); old != nil {
 			old.retransmitLastReply()
 			return core.Int(0), nil
 		}
@@ -384,7 +380,7 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 		if !t.admit(m) {
 			return core.Int(-1), nil // answered 503
 		}
-		tx = t.newTx(m, key)
+		tx = t.newTx(m, txKey(req, methodKey(req)))
 	}
 	tx.mu.Lock()
 	if tx.finalSent || tx.got6xx || (tx.canceled && len(tx.branches) > 0) {

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/emiago/sipgo/sip"
 	"github.com/kamgo/kamgo/modules/core"
 )
 
@@ -253,6 +254,24 @@ func (t *TM) lookup(key string) *Tx {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.txs[key]
+}
+
+// lookupReq is lookup(txKey(req, method)) without building the key string.
+func (t *TM) lookupReq(req *sip.Request, method string) *Tx {
+	var buf [128]byte
+	k := appendTxKey(buf[:0], req, method)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.txs[string(k)]
+}
+
+// lookupDlg is the INVITE transaction an end-to-end ACK belongs to.
+func (t *TM) lookupDlg(req *sip.Request) *Tx {
+	var buf [128]byte
+	k := appendDlgKey(buf[:0], req)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.dlgs[string(k)]
 }
 
 // branchID derives our client branch prefix from the server key, so the

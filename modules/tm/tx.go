@@ -95,45 +95,54 @@ type branch struct {
 
 // txKey identifies the server transaction of a request (RFC 3261 17.2.3).
 func txKey(req *sip.Request, method string) string {
+	var buf [128]byte
+	return string(appendTxKey(buf[:0], req, method))
+}
+
+// appendTxKey appends txKey's key to b: a lookup can index the map with
+// it without allocating (lookupReq).
+func appendTxKey(b []byte, req *sip.Request, method string) []byte {
 	v := req.Via()
 	if v == nil {
-		return ""
+		return b
 	}
-	b, _ := v.Params.Get("branch")
-	if strings.HasPrefix(b, "z9hG4bK") {
-		// b|SentBy()|method in one allocation (SentBy builds two strings).
-		var pb [24]byte
-		port := pb[:0]
+	br, _ := v.Params.Get("branch")
+	if strings.HasPrefix(br, "z9hG4bK") {
+		b = append(append(append(b, br...), '|'), v.Host...) // branch|SentBy()|method
 		if v.Port > 0 {
-			port = strconv.AppendInt(append(port, ':'), int64(v.Port), 10)
+			b = strconv.AppendInt(append(b, ':'), int64(v.Port), 10)
 		}
-		return b + "|" + v.Host + string(port) + "|" + method
+		return append(append(b, '|'), method...)
 	}
 	// RFC 2543 matching: Call-ID, From tag, CSeq number, top Via, R-URI.
-	var sb strings.Builder
 	if c := req.CallID(); c != nil {
-		sb.WriteString(string(*c))
+		b = append(b, *c...)
 	}
 	if f := req.From(); f != nil {
 		t, _ := f.Params.Get("tag")
-		sb.WriteString("|" + t)
+		b = append(append(b, '|'), t...)
 	}
 	if cs := req.CSeq(); cs != nil {
-		sb.WriteString("|" + strconv.FormatUint(uint64(cs.SeqNo), 10))
+		b = strconv.AppendUint(append(b, '|'), uint64(cs.SeqNo), 10)
 	}
-	sb.WriteString("|" + v.Value() + "|" + method)
-	return sb.String()
+	return append(append(append(append(b, '|'), v.Value()...), '|'), method...)
 }
 
 // dlgKey matches an end-to-end ACK (its own branch) to the INVITE
 // transaction whose 2xx it acknowledges: Call-ID, From tag, CSeq number.
 func dlgKey(req *sip.Request) string {
+	var buf [128]byte
+	return string(appendDlgKey(buf[:0], req))
+}
+
+func appendDlgKey(b []byte, req *sip.Request) []byte {
 	c, f, cs := req.CallID(), req.From(), req.CSeq()
 	if c == nil || f == nil || cs == nil {
-		return ""
+		return b
 	}
 	tag, _ := f.Params.Get("tag")
-	return string(*c) + "|" + tag + "|" + strconv.FormatUint(uint64(cs.SeqNo), 10)
+	b = append(append(append(append(b, *c...), '|'), tag...), '|')
+	return strconv.AppendUint(b, uint64(cs.SeqNo), 10)
 }
 
 // cloneReq is a deep copy of req: sipgo's Clone without what kamgo never
