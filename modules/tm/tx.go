@@ -145,18 +145,124 @@ func appendDlgKey(b []byte, req *sip.Request) []byte {
 	return strconv.AppendUint(b, uint64(cs.SeqNo), 10)
 }
 
-// cloneReq is a deep copy of req: sipgo's Clone without what kamgo never
-// reads (Clone computes the copy's transport, source and destination
-// strings: eight allocations a transaction) and without its growing
-// intermediate header list.
+// cloneReq is a deep copy of req: what sipgo's Clone makes, without what
+// kamgo never reads (Clone computes the copy's transport, source and
+// destination strings: eight allocations a transaction) and with the
+// usual headers copied into one reqBox instead of two to four
+// allocations each.
 func cloneReq(req *sip.Request) *sip.Request {
 	c := sip.NewRequest(req.Method, req.Recipient) // copies the URI's params
 	c.SipVersion = req.SipVersion
+	box := &reqBox{}
 	for _, h := range req.Headers() {
-		c.AppendHeader(sip.HeaderClone(h))
+		c.AppendHeader(box.clone(h))
 	}
 	c.SetBody(slices.Clone(req.Body()))
 	return c
+}
+
+// reqBox holds cloneReq's copies of a request's usual headers and their
+// params, sized for an initial request's (more go to allocations of their
+// own). Each copy is what sip.HeaderClone makes of the header; a params
+// list has no spare capacity (as after slices.Clone: append reallocates
+// it), so none can write into another's.
+type reqBox struct {
+	via     [1]sip.ViaHeader
+	from    sip.FromHeader
+	to      sip.ToHeader
+	contact sip.ContactHeader
+	rr      [1]sip.RecordRouteHeader
+	cseq    sip.CSeqHeader
+	params  [8]sip.HeaderKV
+	nvia    int
+	nrr     int
+	used    int   // of params
+	has     uint8 // which single headers are taken
+}
+
+const (
+	hasFrom = 1 << iota
+	hasTo
+	hasContact
+	hasCSeq
+)
+
+// clone is sip.HeaderClone(h), in the box when there is room.
+func (b *reqBox) clone(h sip.Header) sip.Header {
+	switch h := h.(type) {
+	case *sip.ViaHeader:
+		if h == nil || b.nvia == len(b.via) {
+			break
+		}
+		v := &b.via[b.nvia]
+		b.nvia++
+		*v = sip.ViaHeader{ProtocolName: h.ProtocolName, ProtocolVersion: h.ProtocolVersion, Transport: h.Transport,
+			Host: h.Host, Params: b.params0(h.Params)}
+		if h.Port > 0 { // as ViaHeader.Clone
+			v.Port = h.Port
+		}
+		return v
+	case *sip.FromHeader:
+		if h == nil || b.has&hasFrom != 0 {
+			break
+		}
+		b.has |= hasFrom
+		b.from = sip.FromHeader{DisplayName: h.DisplayName, Address: b.uri(&h.Address), Params: b.params0(h.Params)}
+		return &b.from
+	case *sip.ToHeader:
+		if h == nil || b.has&hasTo != 0 {
+			break
+		}
+		b.has |= hasTo
+		b.to = sip.ToHeader{DisplayName: h.DisplayName, Address: b.uri(&h.Address), Params: b.params0(h.Params)}
+		return &b.to
+	case *sip.ContactHeader:
+		if h == nil || b.has&hasContact != 0 {
+			break
+		}
+		b.has |= hasContact
+		b.contact = sip.ContactHeader{DisplayName: h.DisplayName, Address: b.uri(&h.Address), Params: b.params0(h.Params)}
+		return &b.contact
+	case *sip.RecordRouteHeader:
+		if h == nil || b.nrr == len(b.rr) {
+			break
+		}
+		r := &b.rr[b.nrr]
+		b.nrr++
+		r.Address = b.uri(&h.Address)
+		return r
+	case *sip.CSeqHeader:
+		if h == nil || b.has&hasCSeq != 0 {
+			break
+		}
+		b.has |= hasCSeq
+		b.cseq = sip.CSeqHeader{SeqNo: h.SeqNo, MethodName: h.MethodName}
+		return &b.cseq
+	}
+	return sip.HeaderClone(h)
+}
+
+// uri is *u.Clone().
+func (b *reqBox) uri(u *sip.Uri) sip.Uri {
+	c := *u
+	c.UriParams = b.params0(u.UriParams)
+	c.Headers = b.params0(u.Headers)
+	return c
+}
+
+// params0 is slices.Clone(ps) (nil stays nil), in the box when it fits.
+func (b *reqBox) params0(ps sip.HeaderParams) sip.HeaderParams {
+	if ps == nil {
+		return nil
+	}
+	n := len(ps)
+	if b.used+n > len(b.params) {
+		return slices.Clone(ps)
+	}
+	out := b.params[b.used : b.used+n : b.used+n]
+	b.used += n
+	copy(out, ps)
+	return out
 }
 
 // branchReq is the request a branch sends: via, then req's headers and
