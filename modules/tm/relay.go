@@ -102,11 +102,13 @@ func (tx *Tx) scheduleRelease() {
 			b.reply = nil // the winner, if any, lives on as lastReply
 		}
 	}
-	wait := time.Duration(tx.tm.waitTimer.Load()) * time.Millisecond
 	if tx.invite && tx.lastCode >= 300 && tx.origin.Proto == "udp" && !tx.acked {
-		wait = 64 * T1 // Timer H: wait for the ACK
+		// Timer H: wait for the ACK, whose arrival frees the transaction
+		// sooner (onRequest): a timer of its own, stopped then.
+		tx.after(64*T1, tx.release)
+		return
 	}
-	tx.after(wait, tx.release)
+	tx.tm.reap.add(tx, time.Duration(tx.tm.waitTimer.Load())*time.Millisecond)
 }
 
 // releaseIfIdle frees a transaction that has no pending branch and sent

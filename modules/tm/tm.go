@@ -40,6 +40,7 @@ type TM struct {
 	maxTxMem   atomic.Int64 // max_transactions_mem, MB (0: no limit)
 	txBytes    atomic.Int64 // estimated bytes of the live transactions (limits.go)
 	pooled     bool         // timers run on firePool (the wall clock; timerpool.go)
+	reap       *reaper      // frees finished transactions after wait_timer (reaper.go)
 
 	st struct {
 		created, freed, rplReceived, rplGenerated, rplSent, relayed, canceled, timeouts *core.Counter
@@ -58,6 +59,7 @@ func New(env *core.Env) *core.Module {
 	t := &TM{env: env, txs: map[string]*Tx{}, clients: map[string]*Tx{}, dlgs: map[string]*Tx{}}
 	instances.Store(env, t)
 	t.pooled = core.IsRealClock(env.Clock)
+	t.reap = newReaper(t)
 	s := env.Stats
 	t.st.created = s.Counter("tm", "created")
 	t.st.freed = s.Counter("tm", "freed")
@@ -237,6 +239,7 @@ func (t *TM) stats() map[string]int64 {
 
 func (t *TM) stop() {
 	t.stopped.Store(true)
+	t.reap.stop()
 	t.mu.Lock()
 	txs := make([]*Tx, 0, len(t.txs))
 	for _, tx := range t.txs {
