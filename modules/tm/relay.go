@@ -417,7 +417,7 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 	tx.mu.Unlock()
 	if firstSend {
 		// RFC 3261 16.2: a stateful proxy answers INVITE with 100 at once.
-		_ = tx.sendLocal(100, "Trying", true)
+		tx.sendTrying()
 	}
 	// The destination set: the R-URI and every appended branch, in
 	// parallel (append_branch, registrar lookup of several contacts).
@@ -606,10 +606,32 @@ func (tx *Tx) branchTimeout(b *branch) {
 func (tx *Tx) retransmitLastReply() {
 	tx.mu.Lock()
 	r := tx.lastReply
+	if r == nil && tx.trying && tx.origin.Req != nil {
+		r = core.BuildReply(tx.origin.Req, 100, "Trying", nil) // as sendTrying built it
+	}
 	tx.mu.Unlock()
 	if r != nil {
 		tx.sendUp(r, core.OutReply)
 	}
+}
+
+// sendTrying sends our 100 Trying. A retransmission of the INVITE gets it
+// again, built anew from the request (retransmitLastReply): an INVITE
+// whose next hop has not answered yet (a flood towards a dead one) keeps
+// no copy of it, ~0.9 KB.
+func (tx *Tx) sendTrying() {
+	res, err := tx.buildLocal(100, "Trying")
+	if err != nil {
+		return
+	}
+	if tx.relayUp(res, core.OutReply) != nil {
+		return
+	}
+	tx.mu.Lock()
+	if tx.lastReply == res { // no later provisional replaced it meanwhile
+		tx.lastReply, tx.trying = nil, true
+	}
+	tx.mu.Unlock()
 }
 
 // sendUp sends a reply to the caller.
@@ -625,13 +647,22 @@ func (tx *Tx) sendUp(res *sip.Response, kind core.OutKind) {
 
 // sendLocal sends a locally generated reply upstream.
 func (tx *Tx) sendLocal(code int, reason string, provisionalOK bool) error {
+	res, err := tx.buildLocal(code, reason)
+	if err != nil {
+		return err
+	}
+	return tx.relayUp(res, core.OutReply)
+}
+
+// buildLocal builds a local reply to the request (counted as generated).
+func (tx *Tx) buildLocal(code int, reason string) (*sip.Response, error) {
 	req := tx.request()
 	if req == nil {
-		return errFinalSent
+		return nil, errFinalSent
 	}
 	res := core.BuildReply(req, code, reason, nil)
 	tx.tm.st.rplGenerated.Inc()
-	return tx.relayUp(res, core.OutReply)
+	return res, nil
 }
 
 // request is the request as received, or nil once the transaction finished.
@@ -697,7 +728,7 @@ func (tx *Tx) relayUp(res *sip.Response, kind core.OutKind) error {
 			tx.retransmitFinal(res)
 		}
 	} else if !final && !tx.finalSent {
-		tx.lastReply = res
+		tx.lastReply, tx.trying = res, false
 		if tx.lastCode < res.StatusCode {
 			tx.lastCode = res.StatusCode
 		}

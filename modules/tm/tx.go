@@ -43,6 +43,7 @@ type Tx struct {
 	state     txState
 	branches  []*branch
 	lastReply *sip.Response
+	trying    bool // the last provisional is our 100 Trying, not kept (sendTrying)
 	lastCode  int
 	finalSent bool
 	canceled  bool
