@@ -98,8 +98,16 @@ func (tx *Tx) scheduleRelease() {
 	tx.relayReq = nil
 	tx.origin.Req = nil // replies go to tx.up; no local reply can follow a final one
 	for _, b := range tx.branches {
-		if b.final {
-			b.reply = nil // the winner, if any, lives on as lastReply
+		if !b.final {
+			continue
+		}
+		b.reply = nil // the winner, if any, lives on as lastReply
+		if !tx.invite || (b.code >= 200 && b.code < 300) {
+			// Nothing sends this branch's request again: no CANCEL or
+			// retransmission once final, and only a negative INVITE
+			// reply (retransmitted) is ACKed. With origin.Req gone, this
+			// frees the request's headers (~2 KB per transaction).
+			b.req = nil
 		}
 	}
 	if tx.invite && tx.lastCode >= 300 && tx.origin.Proto == "udp" && !tx.acked {
@@ -299,11 +307,11 @@ func (tx *Tx) cancelBranches() []*branch {
 // hopRequest starts the CANCEL or ACK a branch sends hop by hop (RFC 3261
 // 9.1, 17.1.1.3): the branch's Request-URI, top Via and Route set, and a
 // fresh Max-Forwards; the caller adds From, To, Call-ID and CSeq.
-func (b *branch) hopRequest(method sip.RequestMethod) *sip.Request {
-	r := sip.NewRequest(method, *b.req.Recipient.Clone())
-	r.SipVersion = b.req.SipVersion
-	r.AppendHeader(sip.HeaderClone(b.req.Via()))
-	for _, h := range b.req.GetHeaders("Route") {
+func hopRequest(req *sip.Request, method sip.RequestMethod) *sip.Request {
+	r := sip.NewRequest(method, *req.Recipient.Clone())
+	r.SipVersion = req.SipVersion
+	r.AppendHeader(sip.HeaderClone(req.Via()))
+	for _, h := range req.GetHeaders("Route") {
 		r.AppendHeader(sip.HeaderClone(h))
 	}
 	mf := sip.MaxForwardsHeader(70)
@@ -312,13 +320,17 @@ func (b *branch) hopRequest(method sip.RequestMethod) *sip.Request {
 }
 
 func (tx *Tx) sendCancel(b *branch) {
-	c := b.hopRequest(sip.CANCEL)
+	req := tx.reqOf(b)
+	if req == nil {
+		return // a finished branch (scheduleRelease)
+	}
+	c := hopRequest(req, sip.CANCEL)
 	for _, name := range []string{"From", "To", "Call-ID"} {
-		if h := b.req.GetHeader(name); h != nil {
+		if h := req.GetHeader(name); h != nil {
 			c.AppendHeader(sip.HeaderClone(h))
 		}
 	}
-	cs := &sip.CSeqHeader{SeqNo: b.req.CSeq().SeqNo, MethodName: sip.CANCEL}
+	cs := &sip.CSeqHeader{SeqNo: req.CSeq().SeqNo, MethodName: sip.CANCEL}
 	c.AppendHeader(cs)
 	c.SetBody(nil)
 	if err := tx.tm.env.Sender.Send(&core.Outgoing{Kind: core.OutLocalRequest, Msg: c, Dst: b.dst, Branch: b.idx, LocalSocket: b.sock}); err != nil {
@@ -521,7 +533,7 @@ func (tx *Tx) addBranch(m *core.Msg, req *sip.Request, dst core.Target) error {
 	} else {
 		breq.PrependHeader(via)
 	}
-	b.req = breq
+	b.req, b.method = breq, breq.Method
 	tx.mu.Lock()
 	tx.branches = append(tx.branches, b)
 	b.dnsRest, tx.dnsNext = tx.dnsNext, nil
@@ -543,7 +555,19 @@ func (tx *Tx) send(b *branch) error {
 	if tx.local != nil {
 		kind = core.OutLocalRequest
 	}
-	return tx.tm.env.Sender.Send(&core.Outgoing{Kind: kind, Msg: b.req, Dst: b.dst, Branch: b.idx, LocalSocket: b.sock})
+	req := tx.reqOf(b)
+	if req == nil {
+		return nil // finished meanwhile (scheduleRelease): nothing to resend
+	}
+	return tx.tm.env.Sender.Send(&core.Outgoing{Kind: kind, Msg: req, Dst: b.dst, Branch: b.idx, LocalSocket: b.sock})
+}
+
+// reqOf is b's request, read under the lock: scheduleRelease drops those
+// of finished branches nothing sends again.
+func (tx *Tx) reqOf(b *branch) *sip.Request {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	return b.req
 }
 
 // armBranch starts retransmission (UDP) and final-response timers. Called with tx.mu held.
@@ -807,7 +831,7 @@ func (t *TM) matchReply(res *sip.Response) (*branch, *Tx, bool) {
 		return nil, nil, false
 	}
 	b := tx.branches[idx]
-	if cs := res.CSeq(); cs == nil || (cs.MethodName != b.req.Method && !(cs.MethodName == sip.CANCEL)) {
+	if cs := res.CSeq(); cs == nil || (cs.MethodName != b.method && !(cs.MethodName == sip.CANCEL)) {
 		return nil, nil, false
 	}
 	return b, tx, true
@@ -944,17 +968,21 @@ func (tx *Tx) replySocket(m *core.Msg) {
 
 // ackBranch sends the hop-by-hop ACK for a negative INVITE reply (RFC 3261 17.1.1.3).
 func (tx *Tx) ackBranch(b *branch, res *sip.Response) {
-	ack := b.hopRequest(sip.ACK)
-	if h := b.req.From(); h != nil {
+	req := tx.reqOf(b)
+	if req == nil {
+		return // a branch that ended with a 2xx (scheduleRelease)
+	}
+	ack := hopRequest(req, sip.ACK)
+	if h := req.From(); h != nil {
 		ack.AppendHeader(sip.HeaderClone(h))
 	}
 	if h := res.To(); h != nil {
 		ack.AppendHeader(sip.HeaderClone(h))
 	}
-	if h := b.req.CallID(); h != nil {
+	if h := req.CallID(); h != nil {
 		ack.AppendHeader(sip.HeaderClone(h))
 	}
-	ack.AppendHeader(&sip.CSeqHeader{SeqNo: b.req.CSeq().SeqNo, MethodName: sip.ACK})
+	ack.AppendHeader(&sip.CSeqHeader{SeqNo: req.CSeq().SeqNo, MethodName: sip.ACK})
 	ack.SetBody(nil)
 	if err := tx.tm.env.Sender.Send(&core.Outgoing{Kind: core.OutLocalRequest, Msg: ack, Dst: b.dst, Branch: b.idx, LocalSocket: b.sock}); err != nil {
 		tx.tm.env.Log.Warn("tm: cannot send ACK", "dst", b.dst.String(), "err", err)

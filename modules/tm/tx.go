@@ -71,7 +71,8 @@ type Tx struct {
 type branch struct {
 	tx        *Tx
 	idx       int
-	req       *sip.Request // with our Via on top, for retransmission and CANCEL
+	req       *sip.Request // with our Via on top, for retransmission, CANCEL and ACK (nil once not needed: scheduleRelease)
+	method    sip.RequestMethod
 	dst       core.Target
 	via       string
 	sock      *core.Socket // forced local socket, nil: the transport's choice
