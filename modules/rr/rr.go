@@ -4,6 +4,7 @@ package rr
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -29,6 +30,11 @@ type state struct {
 	params  sip.HeaderParams         // the params of that Route URI (or of the R-URI after a strict router)
 	req     *sip.Request             // the request added points into
 }
+
+// PerMessage tells tm not to keep the state with a transaction's module
+// data (ReplyOut.Data): it is about this message only and points into its
+// request, which it would keep alive.
+func (*state) PerMessage() {}
 
 func stateOf(m *core.Msg) *state {
 	if s, ok := m.Ext["rr"].(*state); ok {
@@ -71,6 +77,9 @@ func parseParams(s string) (sip.HeaderParams, error) {
 	if err := core.CheckText("rr params", s); err != nil {
 		return nil, err
 	}
+	if s == "" {
+		return nil, nil // record_route(): nothing to parse, nothing to allocate
+	}
 	out := sip.NewParams()
 	for _, p := range strings.Split(strings.TrimPrefix(strings.TrimSpace(s), ";"), ";") {
 		p = strings.TrimSpace(p)
@@ -111,14 +120,43 @@ func isStrict(u *sip.Uri) bool { return !hasParam(u.UriParams, "lr") }
 
 func is2rr(u *sip.Uri) bool { return hasParam(u.UriParams, "r2") }
 
+// headerIs is core.HeaderIs without its allocation: core lower-cases the
+// name of every header whose length differs from the one asked for (a
+// string per header and call, on every in-dialog request). Only a compact
+// (one-letter) name needs core's table.
+func headerIs(h sip.Header, canonical string) bool {
+	n := strings.TrimSpace(h.Name())
+	if len(n) == 1 {
+		return core.HeaderIs(h, canonical)
+	}
+	return strings.EqualFold(n, canonical)
+}
+
 // routes returns the Route headers in order, turning untyped ones (added
 // as generic text) into typed ones so they can be edited.
 func routes(msg sip.Message) ([]*sip.RouteHeader, error) {
+	// The usual case, every Route parsed already (or none): no copy.
 	var out []*sip.RouteHeader
+	typed := true
+	for _, h := range core.Headers(msg) {
+		if !headerIs(h, "route") {
+			continue
+		}
+		rh, ok := h.(*sip.RouteHeader)
+		if !ok {
+			typed = false
+			break
+		}
+		out = append(out, rh)
+	}
+	if typed {
+		return out, nil
+	}
+	out = nil
 	changed := false
 	hs := append([]sip.Header(nil), core.Headers(msg)...)
 	for i, h := range hs {
-		if !core.HeaderIs(h, "route") {
+		if !headerIs(h, "route") {
 			continue
 		}
 		if rh, ok := h.(*sip.RouteHeader); ok {
@@ -148,6 +186,9 @@ func routes(msg sip.Message) ([]*sip.RouteHeader, error) {
 }
 
 func removeHeaders(msg sip.Message, drop ...sip.Header) {
+	if removeFirst(msg, drop) {
+		return
+	}
 	hs := core.Headers(msg)
 	out := make([]sip.Header, 0, len(hs))
 outer:
@@ -162,17 +203,66 @@ outer:
 	core.SetHeaders(msg, out)
 }
 
+// headerEditor is what sipgo's messages offer to edit the header list in
+// place (core.SetHeaders rebuilds it: a removal per header, then appends).
+type headerEditor interface {
+	RemoveHeader(name string) bool
+	AppendHeaderAfter(h sip.Header, name string)
+}
+
+// removeFirst removes drop in place when each is, in turn, the first
+// header of its name (our Route at the top of the Route set, as
+// loose_route finds it), and reports whether it did; otherwise it leaves
+// msg alone for the general path.
+func removeFirst(msg sip.Message, drop []sip.Header) bool {
+	ed, ok := msg.(headerEditor)
+	if !ok {
+		return false
+	}
+	hs := core.Headers(msg)
+	for i, d := range drop {
+		// Once drop[:i] are gone, d must be the first header of its name.
+		found := false
+		for _, h := range hs {
+			if h.Name() != d.Name() || slices.Contains(drop[:i], h) {
+				continue
+			}
+			if h != d {
+				return false
+			}
+			found = true
+			break
+		}
+		if !found {
+			return false
+		}
+	}
+	for _, d := range drop {
+		ed.RemoveHeader(d.Name())
+	}
+	return true
+}
+
 // insertBefore puts hs before the first header named name, or after the
 // last Via when there is none.
 func insertBefore(msg sip.Message, name string, add []sip.Header) {
+	if ed, ok := msg.(headerEditor); ok && name == "record-route" && afterViasOnly(msg) {
+		// The usual initial request, no Record-Route yet: after the last
+		// Via, in place. Each goes right after the Vias, so the last
+		// inserted is the first.
+		for i := len(add) - 1; i >= 0; i-- {
+			ed.AppendHeaderAfter(add[i], "Via")
+		}
+		return
+	}
 	old := core.Headers(msg)
 	at, lastVia := -1, 0
 	c := core.CanonicalHeader(name)
 	for i, h := range old {
-		if at < 0 && core.HeaderIs(h, c) {
+		if at < 0 && headerIs(h, c) {
 			at = i
 		}
-		if core.HeaderIs(h, "via") {
+		if headerIs(h, "via") {
 			lastVia = i + 1
 		}
 	}
@@ -184,6 +274,21 @@ func insertBefore(msg sip.Message, name string, add []sip.Header) {
 	out = append(out, add...)
 	out = append(out, old[at:]...)
 	core.SetHeaders(msg, out)
+}
+
+// afterViasOnly reports whether msg has no Record-Route and has Via
+// headers, all named "Via" (what sipgo's AppendHeaderAfter matches).
+func afterViasOnly(msg sip.Message) bool {
+	vias := 0
+	for _, h := range core.Headers(msg) {
+		if headerIs(h, "record-route") || (headerIs(h, "via") && h.Name() != "Via") {
+			return false
+		}
+		if h.Name() == "Via" {
+			vias++
+		}
+	}
+	return vias > 0 // none: the general path puts it first
 }
 
 // maddrURI is Kamailio's get_maddr_uri: a maddr param turns the hop into sip:maddr[:port].
@@ -333,8 +438,12 @@ func (r *module) looseRoute(m *core.Msg, looseOnly bool) (int, error) {
 	if m.Req == nil {
 		return 0, core.ErrNoRequest
 	}
-	st := stateOf(m)
-	st.routed, st.params = false, nil
+	// The state records what this call routes; a message without one has
+	// routed nothing yet (no allocation for the initial requests).
+	if _, ok := m.Ext["rr"].(*state); ok {
+		st := stateOf(m)
+		st.routed, st.params = false, nil
+	}
 	rts, err := routes(m.Req)
 	if err != nil {
 		r.env.Log.Warn("rr: bad Route header", "err", err, "at", m.Pos())
@@ -348,6 +457,7 @@ func (r *module) looseRoute(m *core.Msg, looseOnly bool) (int, error) {
 		return rrError, nil
 	}
 	preloaded := !to.Params.Has("tag")
+	st := stateOf(m)
 	if !preloaded && !looseOnly && r.myself(&m.Req.Recipient) {
 		return r.afterStrict(m, st, rts)
 	}
@@ -414,7 +524,7 @@ func (r *module) afterLoose(m *core.Msg, st *state, rts []*sip.RouteHeader, prel
 		hs := core.Headers(m.Req)
 		lastRoute := -1
 		for i, h := range hs {
-			if core.HeaderIs(h, "route") {
+			if headerIs(h, "route") {
 				lastRoute = i
 			}
 		}

@@ -27,16 +27,33 @@ type ReplyOut struct {
 // snapshotExt copies a message's module data for the hooks: the script
 // goes on with the message (and its map) while replies arrive on other
 // goroutines.
+//
+// A value that is only about the message itself (rr's Record-Route state,
+// which points into the received request) says so with a PerMessage
+// method and is left out: kept here, it would keep the whole parsed
+// request alive as long as the transaction (2.3 KB of a 9.7 KB pending
+// INVITE transaction), for hooks that never read it.
 func snapshotExt(ext map[string]any) map[string]any {
-	if len(ext) == 0 {
+	n := 0
+	for _, v := range ext {
+		if _, local := v.(perMessage); !local {
+			n++
+		}
+	}
+	if n == 0 {
 		return nil
 	}
-	c := make(map[string]any, len(ext))
+	c := make(map[string]any, n)
 	for k, v := range ext {
-		c[k] = v
+		if _, local := v.(perMessage); !local {
+			c[k] = v
+		}
 	}
 	return c
 }
+
+// perMessage is implemented by module data that snapshotExt leaves out.
+type perMessage interface{ PerMessage() }
 
 // branchExt is the module data a branch route starts with: the relaying
 // message's (rr's Record-Route state, rtpengine's set, ...) plus the
@@ -163,7 +180,7 @@ func (t *TM) Precheck(m *core.Msg) core.Val {
 	if m.Tx != nil {
 		return core.Int(1)
 	}
-	return core.IntRet(t.lookup(txKey(m.Req, methodKey(m.Req))) != nil)
+	return core.IntRet(t.lookupReq(m.Req, methodKey(m.Req)) != nil)
 }
 
 // FlushFlags is tmx's t_flush_flags: the message flags go to its transaction.

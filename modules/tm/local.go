@@ -102,10 +102,11 @@ func (t *TM) SendRequest(lr *LocalRequest) error {
 	id := branchID(key, t.seq.Add(1))
 	b := &branch{dst: dst, via: id + ".0"}
 	req.PrependHeader(core.OurVia(sock, b.via))
-	b.req = req
+	b.req, b.method = req, req.Method
 	tx := &Tx{tm: t, key: key + "|" + id, id: id, local: lr, origin: &core.Msg{Env: t.env},
 		invite: req.IsInvite(), branches: []*branch{b},
 		frTimeout: time.Duration(t.frTimer.Load()) * time.Millisecond, frInv: time.Duration(t.frInvTimer.Load()) * time.Millisecond}
+	b.tx = tx
 	t.mu.Lock()
 	t.txs[tx.key] = tx
 	t.clients[id] = tx

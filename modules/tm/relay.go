@@ -11,11 +11,16 @@ import (
 	"github.com/kamgo/kamgo/modules/core"
 )
 
+var noSettings settings
+
 // newTx creates and registers the transaction for m's request.
 func (t *TM) newTx(m *core.Msg, key string) *Tx {
-	origin := &core.Msg{Env: m.Env, Req: m.Req.Clone(), Proto: m.Proto, SrcIP: m.SrcIP, SrcPort: m.SrcPort,
+	origin := &core.Msg{Env: m.Env, Req: cloneReq(m.Req), Proto: m.Proto, SrcIP: m.SrcIP, SrcPort: m.SrcPort,
 		Local: m.Local, ConnID: m.ConnID, Arrived: m.Arrived, SendSocket: m.SendSocket, ReplyFrom: m.ReplyFrom}
-	s := settingsOf(m)
+	s, _ := m.Ext["tm"].(*settings) // t_set_fr's, if any
+	if s == nil {
+		s = &noSettings
+	}
 	tx := &Tx{tm: t, key: key, id: branchID(key, t.seq.Add(1)), origin: origin, prog: m.Prog,
 		up:        *origin.ReplyOutgoing(nil, core.OutReply),
 		invite:    m.Req.IsInvite(),
@@ -93,15 +98,25 @@ func (tx *Tx) scheduleRelease() {
 	tx.relayReq = nil
 	tx.origin.Req = nil // replies go to tx.up; no local reply can follow a final one
 	for _, b := range tx.branches {
-		if b.final {
-			b.reply = nil // the winner, if any, lives on as lastReply
+		if !b.final {
+			continue
+		}
+		b.reply = nil // the winner, if any, lives on as lastReply
+		if !tx.invite || (b.code >= 200 && b.code < 300) {
+			// Nothing sends this branch's request again: no CANCEL or
+			// retransmission once final, and only a negative INVITE
+			// reply (retransmitted) is ACKed. With origin.Req gone, this
+			// frees the request's headers (~2 KB per transaction).
+			b.req = nil
 		}
 	}
-	wait := time.Duration(tx.tm.waitTimer.Load()) * time.Millisecond
 	if tx.invite && tx.lastCode >= 300 && tx.origin.Proto == "udp" && !tx.acked {
-		wait = 64 * T1 // Timer H: wait for the ACK
+		// Timer H: wait for the ACK, whose arrival frees the transaction
+		// sooner (onRequest): a timer of its own, stopped then.
+		tx.after(64*T1, tx.release)
+		return
 	}
-	tx.after(wait, tx.release)
+	tx.tm.reap.add(tx, time.Duration(tx.tm.waitTimer.Load())*time.Millisecond)
 }
 
 // releaseIfIdle frees a transaction that has no pending branch and sent
@@ -173,14 +188,12 @@ func (t *TM) checkTrans(m *core.Msg) core.Val {
 	if m.Req == nil {
 		return core.Int(-1)
 	}
-	tx := t.lookup(txKey(m.Req, methodKey(m.Req)))
+	tx := t.lookupReq(m.Req, methodKey(m.Req))
 	switch {
 	case tx == nil && m.Req.IsAck():
 		// An ACK to a 2xx has its own branch: match it to the INVITE
 		// transaction that relayed the 2xx (Kamailio's e2e ACK matching).
-		t.mu.Lock()
-		inv := t.dlgs[dlgKey(m.Req)]
-		t.mu.Unlock()
+		inv := t.lookupDlg(m.Req)
 		if inv != nil {
 			inv.mu.Lock()
 			ok := inv.sent2xx
@@ -216,7 +229,7 @@ func (t *TM) onRequest(m *core.Msg) bool {
 		return false // no transaction at all (stateless scripts): nothing to match
 	}
 	req := m.Req
-	tx := t.lookup(txKey(req, methodKey(req)))
+	tx := t.lookupReq(req, methodKey(req))
 	if tx == nil {
 		return false
 	}
@@ -294,11 +307,11 @@ func (tx *Tx) cancelBranches() []*branch {
 // hopRequest starts the CANCEL or ACK a branch sends hop by hop (RFC 3261
 // 9.1, 17.1.1.3): the branch's Request-URI, top Via and Route set, and a
 // fresh Max-Forwards; the caller adds From, To, Call-ID and CSeq.
-func (b *branch) hopRequest(method sip.RequestMethod) *sip.Request {
-	r := sip.NewRequest(method, *b.req.Recipient.Clone())
-	r.SipVersion = b.req.SipVersion
-	r.AppendHeader(sip.HeaderClone(b.req.Via()))
-	for _, h := range b.req.GetHeaders("Route") {
+func hopRequest(req *sip.Request, method sip.RequestMethod) *sip.Request {
+	r := sip.NewRequest(method, *req.Recipient.Clone())
+	r.SipVersion = req.SipVersion
+	r.AppendHeader(sip.HeaderClone(req.Via()))
+	for _, h := range req.GetHeaders("Route") {
 		r.AppendHeader(sip.HeaderClone(h))
 	}
 	mf := sip.MaxForwardsHeader(70)
@@ -307,13 +320,17 @@ func (b *branch) hopRequest(method sip.RequestMethod) *sip.Request {
 }
 
 func (tx *Tx) sendCancel(b *branch) {
-	c := b.hopRequest(sip.CANCEL)
+	req := tx.reqOf(b)
+	if req == nil {
+		return // a finished branch (scheduleRelease)
+	}
+	c := hopRequest(req, sip.CANCEL)
 	for _, name := range []string{"From", "To", "Call-ID"} {
-		if h := b.req.GetHeader(name); h != nil {
+		if h := req.GetHeader(name); h != nil {
 			c.AppendHeader(sip.HeaderClone(h))
 		}
 	}
-	cs := &sip.CSeqHeader{SeqNo: b.req.CSeq().SeqNo, MethodName: sip.CANCEL}
+	cs := &sip.CSeqHeader{SeqNo: req.CSeq().SeqNo, MethodName: sip.CANCEL}
 	c.AppendHeader(cs)
 	c.SetBody(nil)
 	if err := tx.tm.env.Sender.Send(&core.Outgoing{Kind: core.OutLocalRequest, Msg: c, Dst: b.dst, Branch: b.idx, LocalSocket: b.sock}); err != nil {
@@ -346,7 +363,7 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 		return core.Int(1), nil
 	}
 	if req.IsCancel() {
-		if tx := t.lookup(txKey(req, "INVITE")); tx != nil {
+		if tx := t.lookupReq(req, "INVITE"); tx != nil {
 			t.cancel(m, tx)
 			m.Forwarded = true
 			return core.Int(1), nil
@@ -354,8 +371,7 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 	}
 	tx, _ := m.Tx.(*Tx)
 	if tx == nil {
-		key := txKey(req, methodKey(req))
-		if old := t.lookup(key); old != nil {
+		if old := t.lookupReq(req, methodKey(req)); old != nil {
 			old.retransmitLastReply()
 			return core.Int(0), nil
 		}
@@ -399,7 +415,7 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 			// (neither is changed afterwards; the failure route clones it).
 			tx.relayReq = tx.origin.Req
 		} else {
-			tx.relayReq = req.Clone()
+			tx.relayReq = cloneReq(req)
 		}
 	}
 	// The next failure route sees the $du of the latest relay, so it can
@@ -413,7 +429,7 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 	tx.mu.Unlock()
 	if firstSend {
 		// RFC 3261 16.2: a stateful proxy answers INVITE with 100 at once.
-		_ = tx.sendLocal(100, "Trying", true)
+		tx.sendTrying()
 	}
 	// The destination set: the R-URI and every appended branch, in
 	// parallel (append_branch, registrar lookup of several contacts).
@@ -423,7 +439,13 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 	}
 	m.ClearBranches() // consumed, like Kamailio's destination set after t_relay
 	sent := 0
-	err = tx.addBranch(m, req, dst)
+	from := req
+	if created && m.RouteType != core.RouteFailure {
+		// The transaction's copy of the request, as the script left it:
+		// the branch can share its headers (addBranch).
+		from = tx.origin.Req
+	}
+	err = tx.addBranch(m, from, dst)
 	if err != nil {
 		t.env.Log.Warn("tm: relay failed", "dst", dst.String(), "err", err, "at", m.Pos())
 	} else {
@@ -462,11 +484,19 @@ func nextHop(m *core.Msg, to *core.Target) (core.Target, error) {
 
 // addBranch runs the branch route (if any), then sends a new branch.
 func (tx *Tx) addBranch(m *core.Msg, req *sip.Request, dst core.Target) error {
-	breq := req.Clone()
 	tx.mu.Lock()
 	onBranch := tx.onBranch
 	idx := len(tx.branches)
+	// The transaction's own copy of the request is never changed: a branch
+	// can send its headers behind our Via instead of copying them, unless
+	// a script route could change the branch's request (branch route,
+	// ksr_onsend_route) and with it the copy replies are built from.
+	share := req == tx.origin.Req && onBranch == "" && !tx.tm.onsendRoute()
 	tx.mu.Unlock()
+	var breq *sip.Request
+	if !share {
+		breq = cloneReq(req)
+	}
 	if onBranch != "" && tx.tm.env.Router != nil {
 		bm := &core.Msg{Env: m.Env, Req: breq, Proto: m.Proto, SrcIP: m.SrcIP, SrcPort: m.SrcPort, Local: m.Local,
 			DstURI: m.DstURI, SendSocket: m.SendSocket, ViaPort: m.ViaPort, Flags: m.Flags, BFlags: m.BFlags, Tx: tx, Vars: m.Vars,
@@ -493,13 +523,17 @@ func (tx *Tx) addBranch(m *core.Msg, req *sip.Request, dst core.Target) error {
 	if !ok {
 		return fmt.Errorf("no %s socket", dst.Proto)
 	}
-	b := &branch{idx: idx, dst: dst, via: tx.id + "." + strconv.Itoa(idx), sock: m.ForcedSocket(dst.Proto), bflags: m.BFlags}
+	b := &branch{tx: tx, idx: idx, dst: dst, via: tx.id + "." + strconv.Itoa(idx), sock: m.ForcedSocket(dst.Proto), bflags: m.BFlags}
 	via := core.OurVia(sock, b.via)
 	if m.ViaPort > 0 {
 		via.Port = m.ViaPort
 	}
-	breq.PrependHeader(via)
-	b.req = breq
+	if share {
+		breq = branchReq(req, via)
+	} else {
+		breq.PrependHeader(via)
+	}
+	b.req, b.method = breq, breq.Method
 	tx.mu.Lock()
 	tx.branches = append(tx.branches, b)
 	b.dnsRest, tx.dnsNext = tx.dnsNext, nil
@@ -521,40 +555,59 @@ func (tx *Tx) send(b *branch) error {
 	if tx.local != nil {
 		kind = core.OutLocalRequest
 	}
-	return tx.tm.env.Sender.Send(&core.Outgoing{Kind: kind, Msg: b.req, Dst: b.dst, Branch: b.idx, LocalSocket: b.sock})
+	req := tx.reqOf(b)
+	if req == nil {
+		return nil // finished meanwhile (scheduleRelease): nothing to resend
+	}
+	return tx.tm.env.Sender.Send(&core.Outgoing{Kind: kind, Msg: req, Dst: b.dst, Branch: b.idx, LocalSocket: b.sock})
+}
+
+// reqOf is b's request, read under the lock: scheduleRelease drops those
+// of finished branches nothing sends again.
+func (tx *Tx) reqOf(b *branch) *sip.Request {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	return b.req
 }
 
 // armBranch starts retransmission (UDP) and final-response timers. Called with tx.mu held.
 func (tx *Tx) armBranch(b *branch) {
+	b.frF = tx.tm.timerFunc(b.timeout) // fr_inv_timer re-arms it (onReply)
 	tx.armRetransmit(b)
-	b.fr = tx.after(tx.frTimeout, func() { tx.branchTimeout(b) })
+	b.fr = tx.arm(tx.frTimeout, b.frF)
 }
 
 // armRetransmit is timer A / E on UDP: T1 doubling, for non-INVITE capped
 // at T2 (and T2 once a provisional came). Called with tx.mu held.
 func (tx *Tx) armRetransmit(b *branch) {
 	if b.dst.Proto == "udp" {
-		interval := T1
-		var retr func()
-		retr = func() {
-			tx.mu.Lock()
-			if b.final || tx.deleted || (tx.invite && b.code > 0) {
-				tx.mu.Unlock()
-				return
-			}
-			if interval < T2 || tx.invite {
-				interval *= 2
-			}
-			if !tx.invite && (interval > T2 || b.code > 0) {
-				interval = T2 // Timer E: T2 once a provisional came (RFC 3261 17.1.2.2)
-			}
-			b.retr = tx.after(interval, retr)
-			tx.mu.Unlock()
-			_ = tx.send(b)
-		}
-		b.retr = tx.after(interval, retr)
+		b.retrIv = T1
+		b.retrF = tx.tm.timerFunc(b.retransmit) // one function for every retransmission
+		b.retr = tx.arm(b.retrIv, b.retrF)
 	}
 }
+
+// retransmit is timer A / E firing: resend and arm the next one.
+func (b *branch) retransmit() {
+	tx := b.tx
+	tx.mu.Lock()
+	if b.final || tx.deleted || (tx.invite && b.code > 0) {
+		tx.mu.Unlock()
+		return
+	}
+	if b.retrIv < T2 || tx.invite {
+		b.retrIv *= 2
+	}
+	if !tx.invite && (b.retrIv > T2 || b.code > 0) {
+		b.retrIv = T2 // Timer E: T2 once a provisional came (RFC 3261 17.1.2.2)
+	}
+	b.retr = tx.arm(b.retrIv, b.retrF)
+	tx.mu.Unlock()
+	_ = tx.send(b)
+}
+
+// timeout is fr_timer / fr_inv_timer firing.
+func (b *branch) timeout() { b.tx.branchTimeout(b) }
 
 // branchTimeout is fr_timer / fr_inv_timer firing: the branch fails with 408.
 func (tx *Tx) branchTimeout(b *branch) {
@@ -577,10 +630,32 @@ func (tx *Tx) branchTimeout(b *branch) {
 func (tx *Tx) retransmitLastReply() {
 	tx.mu.Lock()
 	r := tx.lastReply
+	if r == nil && tx.trying && tx.origin.Req != nil {
+		r = core.BuildReply(tx.origin.Req, 100, "Trying", nil) // as sendTrying built it
+	}
 	tx.mu.Unlock()
 	if r != nil {
 		tx.sendUp(r, core.OutReply)
 	}
+}
+
+// sendTrying sends our 100 Trying. A retransmission of the INVITE gets it
+// again, built anew from the request (retransmitLastReply): an INVITE
+// whose next hop has not answered yet (a flood towards a dead one) keeps
+// no copy of it, ~0.9 KB.
+func (tx *Tx) sendTrying() {
+	res, err := tx.buildLocal(100, "Trying")
+	if err != nil {
+		return
+	}
+	if tx.relayUp(res, core.OutReply) != nil {
+		return
+	}
+	tx.mu.Lock()
+	if tx.lastReply == res { // no later provisional replaced it meanwhile
+		tx.lastReply, tx.trying = nil, true
+	}
+	tx.mu.Unlock()
 }
 
 // sendUp sends a reply to the caller.
@@ -596,13 +671,22 @@ func (tx *Tx) sendUp(res *sip.Response, kind core.OutKind) {
 
 // sendLocal sends a locally generated reply upstream.
 func (tx *Tx) sendLocal(code int, reason string, provisionalOK bool) error {
+	res, err := tx.buildLocal(code, reason)
+	if err != nil {
+		return err
+	}
+	return tx.relayUp(res, core.OutReply)
+}
+
+// buildLocal builds a local reply to the request (counted as generated).
+func (tx *Tx) buildLocal(code int, reason string) (*sip.Response, error) {
 	req := tx.request()
 	if req == nil {
-		return errFinalSent
+		return nil, errFinalSent
 	}
 	res := core.BuildReply(req, code, reason, nil)
 	tx.tm.st.rplGenerated.Inc()
-	return tx.relayUp(res, core.OutReply)
+	return res, nil
 }
 
 // request is the request as received, or nil once the transaction finished.
@@ -668,7 +752,7 @@ func (tx *Tx) relayUp(res *sip.Response, kind core.OutKind) error {
 			tx.retransmitFinal(res)
 		}
 	} else if !final && !tx.finalSent {
-		tx.lastReply = res
+		tx.lastReply, tx.trying = res, false
 		if tx.lastCode < res.StatusCode {
 			tx.lastCode = res.StatusCode
 		}
@@ -747,7 +831,7 @@ func (t *TM) matchReply(res *sip.Response) (*branch, *Tx, bool) {
 		return nil, nil, false
 	}
 	b := tx.branches[idx]
-	if cs := res.CSeq(); cs == nil || (cs.MethodName != b.req.Method && !(cs.MethodName == sip.CANCEL)) {
+	if cs := res.CSeq(); cs == nil || (cs.MethodName != b.method && !(cs.MethodName == sip.CANCEL)) {
 		return nil, nil, false
 	}
 	return b, tx, true
@@ -794,7 +878,7 @@ func (t *TM) onReply(m *core.Msg) bool {
 	if code >= 100 && code < 200 && tx.invite && b.fr != nil {
 		// A provisional moves an INVITE branch to fr_inv_timer.
 		b.fr.Stop()
-		b.fr = tx.after(tx.frInv, func() { tx.branchTimeout(b) })
+		b.fr = tx.arm(tx.frInv, b.frF)
 	}
 	if code >= 200 {
 		b.final = true
@@ -884,17 +968,21 @@ func (tx *Tx) replySocket(m *core.Msg) {
 
 // ackBranch sends the hop-by-hop ACK for a negative INVITE reply (RFC 3261 17.1.1.3).
 func (tx *Tx) ackBranch(b *branch, res *sip.Response) {
-	ack := b.hopRequest(sip.ACK)
-	if h := b.req.From(); h != nil {
+	req := tx.reqOf(b)
+	if req == nil {
+		return // a branch that ended with a 2xx (scheduleRelease)
+	}
+	ack := hopRequest(req, sip.ACK)
+	if h := req.From(); h != nil {
 		ack.AppendHeader(sip.HeaderClone(h))
 	}
 	if h := res.To(); h != nil {
 		ack.AppendHeader(sip.HeaderClone(h))
 	}
-	if h := b.req.CallID(); h != nil {
+	if h := req.CallID(); h != nil {
 		ack.AppendHeader(sip.HeaderClone(h))
 	}
-	ack.AppendHeader(&sip.CSeqHeader{SeqNo: b.req.CSeq().SeqNo, MethodName: sip.ACK})
+	ack.AppendHeader(&sip.CSeqHeader{SeqNo: req.CSeq().SeqNo, MethodName: sip.ACK})
 	ack.SetBody(nil)
 	if err := tx.tm.env.Sender.Send(&core.Outgoing{Kind: core.OutLocalRequest, Msg: ack, Dst: b.dst, Branch: b.idx, LocalSocket: b.sock}); err != nil {
 		tx.tm.env.Log.Warn("tm: cannot send ACK", "dst", b.dst.String(), "err", err)
@@ -993,7 +1081,7 @@ func (tx *Tx) failureMsg(code int, win *branch) *core.Msg {
 		return nil // finished meanwhile (a CANCEL answered 487): no failure route
 	}
 	o := tx.origin
-	return &core.Msg{Env: o.Env, Req: req.Clone(), Proto: o.Proto, SrcIP: o.SrcIP, SrcPort: o.SrcPort,
+	return &core.Msg{Env: o.Env, Req: cloneReq(req), Proto: o.Proto, SrcIP: o.SrcIP, SrcPort: o.SrcPort,
 		Local: o.Local, ConnID: o.ConnID, Arrived: o.Arrived, Tx: tx, ReplyCode: code, Flags: flags, BFlags: bflags, DstURI: du,
 		Ext: map[string]any{"tm.branch": win}}
 }

@@ -7,13 +7,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/emiago/sipgo/sip"
 	"github.com/kamgo/kamgo/modules/core"
 )
 
@@ -40,6 +40,7 @@ type TM struct {
 	maxTxMem   atomic.Int64 // max_transactions_mem, MB (0: no limit)
 	txBytes    atomic.Int64 // estimated bytes of the live transactions (limits.go)
 	pooled     bool         // timers run on firePool (the wall clock; timerpool.go)
+	reap       *reaper      // frees finished transactions after wait_timer (reaper.go)
 
 	st struct {
 		created, freed, rplReceived, rplGenerated, rplSent, relayed, canceled, timeouts *core.Counter
@@ -58,6 +59,7 @@ func New(env *core.Env) *core.Module {
 	t := &TM{env: env, txs: map[string]*Tx{}, clients: map[string]*Tx{}, dlgs: map[string]*Tx{}}
 	instances.Store(env, t)
 	t.pooled = core.IsRealClock(env.Clock)
+	t.reap = newReaper(t)
 	s := env.Stats
 	t.st.created = s.Counter("tm", "created")
 	t.st.freed = s.Counter("tm", "freed")
@@ -237,6 +239,7 @@ func (t *TM) stats() map[string]int64 {
 
 func (t *TM) stop() {
 	t.stopped.Store(true)
+	t.reap.stop()
 	t.mu.Lock()
 	txs := make([]*Tx, 0, len(t.txs))
 	for _, tx := range t.txs {
@@ -256,12 +259,46 @@ func (t *TM) lookup(key string) *Tx {
 	return t.txs[key]
 }
 
+// lookupReq is lookup(txKey(req, method)) without building the key string.
+func (t *TM) lookupReq(req *sip.Request, method string) *Tx {
+	var buf [128]byte
+	k := appendTxKey(buf[:0], req, method)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.txs[string(k)]
+}
+
+// lookupDlg is the INVITE transaction an end-to-end ACK belongs to.
+func (t *TM) lookupDlg(req *sip.Request) *Tx {
+	var buf [128]byte
+	k := appendDlgKey(buf[:0], req)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.dlgs[string(k)]
+}
+
 // branchID derives our client branch prefix from the server key, so the
 // same request gives the same branches (deterministic for route tests).
 func branchID(key string, seq uint64) string {
-	h := fnv.New64a()
-	h.Write([]byte(key))
-	return "z9hG4bKkg" + strconv.FormatUint(h.Sum64(), 36) + strconv.FormatUint(seq, 36)
+	// FNV-1a (hash/fnv's New64a) inline: hash/fnv costs two allocations.
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(key); i++ {
+		h ^= uint64(key[i])
+		h *= 1099511628211
+	}
+	var buf [64]byte
+	b := append(buf[:0], "z9hG4bKkg"...)
+	b = strconv.AppendUint(b, h, 36)
+	b = strconv.AppendUint(b, seq, 36)
+	return string(b)
+}
+
+// onsendRoute reports whether the current script has ksr_onsend_route
+// (starlark.OnsendRoute; modules do not import starlark), which runs on
+// every request tm sends and may change it.
+func (t *TM) onsendRoute() bool {
+	r := t.env.Router
+	return r != nil && r.HasCallback(r.Current(), "ksr_onsend_route")
 }
 
 // tRelay is KSR.tm.t_relay.

@@ -513,9 +513,13 @@ func TestTM(t *testing.T) {
 		}},
 		{"retransmitted INVITE absorbed, last provisional resent", baseScript, func(t *testing.T, f *fixture) {
 			c := call{}
-			_, b := f.start(c)
+			first, b := f.start(c)
 			o := f.request(c.raw(), "udp")
 			f.wantCodes("retransmission before 180", o, 100)
+			if up, up0 := o.upstream(), first.upstream(); len(up) == 1 && len(up0) == 1 && up[0].text != up0[0].text {
+				// tm keeps no copy of its 100 (sendTrying): the one built again must be the same.
+				t.Errorf("100 resent:\n%s\nfirst 100:\n%s", up[0].text, up0[0].text)
+			}
 			if len(o.of(core.OutBranch)) != 0 {
 				t.Errorf("retransmission relayed again")
 			}

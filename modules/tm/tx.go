@@ -1,6 +1,7 @@
 package tm
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -42,6 +43,7 @@ type Tx struct {
 	state     txState
 	branches  []*branch
 	lastReply *sip.Response
+	trying    bool // the last provisional is our 100 Trying, not kept (sendTrying)
 	lastCode  int
 	finalSent bool
 	canceled  bool
@@ -56,6 +58,7 @@ type Tx struct {
 	flags     uint64
 	bflags    uint64 // branch flags at t_relay (KSR.setbflag), seen by branch and reply routes
 	timers    []core.Timer
+	timerBuf  [6]core.Timer // timers' first backing array: an INVITE arms about five
 	deleted   bool
 	// dnsNext: the DNS targets after the one the next branch goes to (dns.go).
 	dnsNext []core.Target
@@ -66,8 +69,10 @@ type Tx struct {
 }
 
 type branch struct {
+	tx        *Tx
 	idx       int
-	req       *sip.Request // with our Via on top, for retransmission and CANCEL
+	req       *sip.Request // with our Via on top, for retransmission, CANCEL and ACK (nil once not needed: scheduleRelease)
+	method    sip.RequestMethod
 	dst       core.Target
 	via       string
 	sock      *core.Socket // forced local socket, nil: the transport's choice
@@ -82,45 +87,200 @@ type branch struct {
 	cancelWait bool
 	retr       core.Timer
 	fr         core.Timer
+	retrIv     time.Duration // the next timer A / E interval
+	// retrF and frF are what retr and fr run (timerFunc applied), made
+	// once per branch: they are armed again and again.
+	retrF, frF func()
 	// dnsRest: the DNS targets to try if this branch fails (dns.go).
 	dnsRest []core.Target
 }
 
 // txKey identifies the server transaction of a request (RFC 3261 17.2.3).
 func txKey(req *sip.Request, method string) string {
+	var buf [128]byte
+	return string(appendTxKey(buf[:0], req, method))
+}
+
+// appendTxKey appends txKey's key to b: a lookup can index the map with
+// it without allocating (lookupReq).
+func appendTxKey(b []byte, req *sip.Request, method string) []byte {
 	v := req.Via()
 	if v == nil {
-		return ""
+		return b
 	}
-	b, _ := v.Params.Get("branch")
-	if strings.HasPrefix(b, "z9hG4bK") {
-		return b + "|" + v.SentBy() + "|" + method
+	br, _ := v.Params.Get("branch")
+	if strings.HasPrefix(br, "z9hG4bK") {
+		b = append(append(append(b, br...), '|'), v.Host...) // branch|SentBy()|method
+		if v.Port > 0 {
+			b = strconv.AppendInt(append(b, ':'), int64(v.Port), 10)
+		}
+		return append(append(b, '|'), method...)
 	}
 	// RFC 2543 matching: Call-ID, From tag, CSeq number, top Via, R-URI.
-	var sb strings.Builder
 	if c := req.CallID(); c != nil {
-		sb.WriteString(string(*c))
+		b = append(b, *c...)
 	}
 	if f := req.From(); f != nil {
 		t, _ := f.Params.Get("tag")
-		sb.WriteString("|" + t)
+		b = append(append(b, '|'), t...)
 	}
 	if cs := req.CSeq(); cs != nil {
-		sb.WriteString("|" + strconv.FormatUint(uint64(cs.SeqNo), 10))
+		b = strconv.AppendUint(append(b, '|'), uint64(cs.SeqNo), 10)
 	}
-	sb.WriteString("|" + v.Value() + "|" + method)
-	return sb.String()
+	return append(append(append(append(b, '|'), v.Value()...), '|'), method...)
 }
 
 // dlgKey matches an end-to-end ACK (its own branch) to the INVITE
 // transaction whose 2xx it acknowledges: Call-ID, From tag, CSeq number.
 func dlgKey(req *sip.Request) string {
+	var buf [128]byte
+	return string(appendDlgKey(buf[:0], req))
+}
+
+func appendDlgKey(b []byte, req *sip.Request) []byte {
 	c, f, cs := req.CallID(), req.From(), req.CSeq()
 	if c == nil || f == nil || cs == nil {
-		return ""
+		return b
 	}
 	tag, _ := f.Params.Get("tag")
-	return string(*c) + "|" + tag + "|" + strconv.FormatUint(uint64(cs.SeqNo), 10)
+	b = append(append(append(append(b, *c...), '|'), tag...), '|')
+	return strconv.AppendUint(b, uint64(cs.SeqNo), 10)
+}
+
+// cloneReq is a deep copy of req: what sipgo's Clone makes, without what
+// kamgo never reads (Clone computes the copy's transport, source and
+// destination strings: eight allocations a transaction) and with the
+// usual headers copied into one reqBox instead of two to four
+// allocations each.
+func cloneReq(req *sip.Request) *sip.Request {
+	c := sip.NewRequest(req.Method, req.Recipient) // copies the URI's params
+	c.SipVersion = req.SipVersion
+	box := &reqBox{}
+	for _, h := range req.Headers() {
+		c.AppendHeader(box.clone(h))
+	}
+	c.SetBody(slices.Clone(req.Body()))
+	return c
+}
+
+// reqBox holds cloneReq's copies of a request's usual headers and their
+// params, sized for an initial request's (more go to allocations of their
+// own). Each copy is what sip.HeaderClone makes of the header; a params
+// list has no spare capacity (as after slices.Clone: append reallocates
+// it), so none can write into another's.
+type reqBox struct {
+	via     [1]sip.ViaHeader
+	from    sip.FromHeader
+	to      sip.ToHeader
+	contact sip.ContactHeader
+	rr      [1]sip.RecordRouteHeader
+	cseq    sip.CSeqHeader
+	params  [8]sip.HeaderKV
+	nvia    int
+	nrr     int
+	used    int   // of params
+	has     uint8 // which single headers are taken
+}
+
+const (
+	hasFrom = 1 << iota
+	hasTo
+	hasContact
+	hasCSeq
+)
+
+// clone is sip.HeaderClone(h), in the box when there is room.
+func (b *reqBox) clone(h sip.Header) sip.Header {
+	switch h := h.(type) {
+	case *sip.ViaHeader:
+		if h == nil || b.nvia == len(b.via) {
+			break
+		}
+		v := &b.via[b.nvia]
+		b.nvia++
+		*v = sip.ViaHeader{ProtocolName: h.ProtocolName, ProtocolVersion: h.ProtocolVersion, Transport: h.Transport,
+			Host: h.Host, Params: b.params0(h.Params)}
+		if h.Port > 0 { // as ViaHeader.Clone
+			v.Port = h.Port
+		}
+		return v
+	case *sip.FromHeader:
+		if h == nil || b.has&hasFrom != 0 {
+			break
+		}
+		b.has |= hasFrom
+		b.from = sip.FromHeader{DisplayName: h.DisplayName, Address: b.uri(&h.Address), Params: b.params0(h.Params)}
+		return &b.from
+	case *sip.ToHeader:
+		if h == nil || b.has&hasTo != 0 {
+			break
+		}
+		b.has |= hasTo
+		b.to = sip.ToHeader{DisplayName: h.DisplayName, Address: b.uri(&h.Address), Params: b.params0(h.Params)}
+		return &b.to
+	case *sip.ContactHeader:
+		if h == nil || b.has&hasContact != 0 {
+			break
+		}
+		b.has |= hasContact
+		b.contact = sip.ContactHeader{DisplayName: h.DisplayName, Address: b.uri(&h.Address), Params: b.params0(h.Params)}
+		return &b.contact
+	case *sip.RecordRouteHeader:
+		if h == nil || b.nrr == len(b.rr) {
+			break
+		}
+		r := &b.rr[b.nrr]
+		b.nrr++
+		r.Address = b.uri(&h.Address)
+		return r
+	case *sip.CSeqHeader:
+		if h == nil || b.has&hasCSeq != 0 {
+			break
+		}
+		b.has |= hasCSeq
+		b.cseq = sip.CSeqHeader{SeqNo: h.SeqNo, MethodName: h.MethodName}
+		return &b.cseq
+	}
+	return sip.HeaderClone(h)
+}
+
+// uri is *u.Clone().
+func (b *reqBox) uri(u *sip.Uri) sip.Uri {
+	c := *u
+	c.UriParams = b.params0(u.UriParams)
+	c.Headers = b.params0(u.Headers)
+	return c
+}
+
+// params0 is slices.Clone(ps) (nil stays nil), in the box when it fits.
+func (b *reqBox) params0(ps sip.HeaderParams) sip.HeaderParams {
+	if ps == nil {
+		return nil
+	}
+	n := len(ps)
+	if b.used+n > len(b.params) {
+		return slices.Clone(ps)
+	}
+	out := b.params[b.used : b.used+n : b.used+n]
+	b.used += n
+	copy(out, ps)
+	return out
+}
+
+// branchReq is the request a branch sends: via, then req's headers and
+// body, shared with req, not copied. Only for a req that tm owns and no
+// one changes any more (the transaction's copy of the request): a branch
+// route, which may change its branch's request, and ksr_onsend_route get
+// a deep copy instead (addBranch).
+func branchReq(req *sip.Request, via sip.Header) *sip.Request {
+	c := sip.NewRequest(req.Method, req.Recipient)
+	c.SipVersion = req.SipVersion
+	c.AppendHeader(via)
+	for _, h := range req.Headers() {
+		c.AppendHeader(h)
+	}
+	c.SetBody(req.Body())
+	return c
 }
 
 func methodKey(req *sip.Request) string {
@@ -141,7 +301,18 @@ func (t *Tx) after(d time.Duration, f func()) core.Timer {
 	if t.deleted {
 		return noTimer{}
 	}
-	tm := t.tm.env.Clock.AfterFunc(d, t.tm.timerFunc(f))
+	return t.arm(d, t.tm.timerFunc(f))
+}
+
+// arm is after for a function timerFunc has made already.
+func (t *Tx) arm(d time.Duration, f func()) core.Timer {
+	if t.deleted {
+		return noTimer{}
+	}
+	tm := t.tm.env.Clock.AfterFunc(d, f)
+	if t.timers == nil {
+		t.timers = t.timerBuf[:0]
+	}
 	t.timers = append(t.timers, tm)
 	return tm
 }
@@ -151,6 +322,7 @@ func (t *Tx) stopTimers() {
 		tm.Stop()
 	}
 	t.timers = nil
+	t.timerBuf = [len(t.timerBuf)]core.Timer{} // the fired timers' closures hold the branches
 }
 
 // pending reports whether any branch still waits for a final reply.
