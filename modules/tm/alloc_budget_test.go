@@ -14,7 +14,7 @@ var tmStages = []struct {
 	setup  func(tb testing.TB, runs int) func()
 }{
 	// INVITE → 100 (local) → 100, 180, 200 relayed → e2e ACK by loose_route → retired.
-	{"StageTMInvite", 103, func(tb testing.TB, runs int) func() {
+	{"StageTMInvite", 70, func(tb testing.TB, runs int) func() {
 		st := newStage(tb)
 		calls := st.prepInvite(tb, runs)
 		return func() {
@@ -25,7 +25,7 @@ var tmStages = []struct {
 		}
 	}},
 	// In-dialog BYE by loose_route → 200 relayed → retired.
-	{"StageTMNonInvite", 51, func(tb testing.TB, runs int) func() {
+	{"StageTMNonInvite", 39, func(tb testing.TB, runs int) func() {
 		st := newStage(tb)
 		calls := st.prepBye(tb, runs)
 		return func() {
