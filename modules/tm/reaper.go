@@ -108,6 +108,7 @@ func (r *reaper) run() {
 			continue
 		case q.head > len(q.items)/2:
 			q.items = append(q.items[:0], q.items[q.head:]...)
+			clear(q.items[len(q.items):cap(q.items)]) // no stale *Tx behind the live ones
 			q.head = 0
 		}
 		if at := q.items[q.head].at; next.IsZero() || at.Before(next) {
@@ -132,10 +133,14 @@ func (r *reaper) stop() {
 	}
 }
 
+// roundUp rounds t up to a multiple of d. By Add, not Truncate: Truncate
+// drops the monotonic clock reading, and deadlines compared on the wall
+// clock alone move with it (an NTP step back would hold every finished
+// transaction that long, a step forward free them before wait_timer).
 func roundUp(t time.Time, d time.Duration) time.Time {
-	r := t.Truncate(d)
-	if r.Before(t) {
-		r = r.Add(d)
+	rem := time.Duration(t.UnixNano() % int64(d))
+	if rem <= 0 {
+		return t.Add(-rem)
 	}
-	return r
+	return t.Add(d - rem)
 }

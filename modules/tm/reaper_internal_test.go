@@ -2,6 +2,7 @@ package tm
 
 import (
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -109,5 +110,24 @@ func TestReaperWallClock(t *testing.T) {
 		if el := time.Since(start); el < time.Duration(i+1)*30*time.Millisecond {
 			t.Errorf("transaction %d freed after %v, before its wait %v", i, el, time.Duration(i+1)*30*time.Millisecond)
 		}
+	}
+}
+
+// Deadlines keep the monotonic clock reading: compared on the wall clock
+// alone, a clock step would hold finished transactions or free them early.
+func TestRoundUpKeepsMonotonicClock(t *testing.T) {
+	now := time.Now()
+	for _, d := range []time.Duration{time.Millisecond, reapTick, time.Second} {
+		r := roundUp(now, d)
+		if !strings.Contains(r.String(), " m=") {
+			t.Errorf("roundUp(now, %v) = %v: the monotonic reading is gone", d, r)
+		}
+		if r.Before(now) || r.Sub(now) >= d || r.UnixNano()%int64(d) != 0 {
+			t.Errorf("roundUp(%v, %v) = %v: not the next multiple", now, d, r)
+		}
+	}
+	exact := time.Unix(0, 3*int64(reapTick))
+	if got := roundUp(exact, reapTick); !got.Equal(exact) {
+		t.Errorf("roundUp of a multiple = %v, want it unchanged", got)
 	}
 }

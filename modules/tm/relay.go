@@ -426,6 +426,9 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 		tx.frInv, tx.frTimeout = nz(s.frInv, tx.frInv), nz(s.fr, tx.frTimeout)
 	}
 	firstSend := len(tx.branches) == 0 && tx.invite && tx.lastCode == 0
+	// Read under the lock: a CANCEL handled while the 100 goes out may
+	// answer 487 and drop the copy (addBranch then refuses the branch).
+	origin := tx.origin.Req
 	tx.mu.Unlock()
 	if firstSend {
 		// RFC 3261 16.2: a stateful proxy answers INVITE with 100 at once.
@@ -443,7 +446,7 @@ func (t *TM) relay(m *core.Msg, to *core.Target) (core.Val, error) {
 	if created && m.RouteType != core.RouteFailure {
 		// The transaction's copy of the request, as the script left it:
 		// the branch can share its headers (addBranch).
-		from = tx.origin.Req
+		from = origin
 	}
 	err = tx.addBranch(m, from, dst)
 	if err != nil {
@@ -485,6 +488,12 @@ func nextHop(m *core.Msg, to *core.Target) (core.Target, error) {
 // addBranch runs the branch route (if any), then sends a new branch.
 func (tx *Tx) addBranch(m *core.Msg, req *sip.Request, dst core.Target) error {
 	tx.mu.Lock()
+	if tx.finalSent || req == nil {
+		// A CANCEL answered 487 while the branch was being prepared: no
+		// branch after the final reply (Kamailio's E_CANCELED).
+		tx.mu.Unlock()
+		return errFinalSent
+	}
 	onBranch := tx.onBranch
 	idx := len(tx.branches)
 	// The transaction's own copy of the request is never changed: a branch
