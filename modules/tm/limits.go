@@ -18,11 +18,19 @@ const (
 	// of estimated transaction memory (≈ 18 000 pending INVITEs of 500 B).
 	DefaultMaxTransactionsMem = 128
 	// txBaseBytes and txBytesPerByte estimate what a pending transaction
-	// holds: measured 7.1 KB for a 513-byte INVITE relayed over UDP with
-	// no answer (BenchmarkRetainedPerPendingTx): the request as received,
-	// as relayed, the branch copy, timers and bookkeeping.
+	// holds: measured 5.4 KB for a 513-byte INVITE relayed over UDP with
+	// no answer, 7.6 KB once a 180 was relayed (BenchmarkRetainedPerPendingTx,
+	// BenchmarkActiveInviteTx, issue 15): the request as received, the
+	// transaction's copy, timers and bookkeeping.
 	txBaseBytes    = 4096
 	txBytesPerByte = 6
+	// A finished transaction waiting out wait_timer keeps only what answers
+	// a retransmission: measured 3.2 KB (BenchmarkRetainedPerFinishedTx),
+	// about 45 % of a pending one's estimate. At 2000 calls/s the
+	// transactions in wait_timer alone (20 000) were estimated at 136 MB
+	// before, over the 115 MB INVITEs may use: calls were refused 503
+	// with kamd far from that much memory.
+	txFinishedPct = 45
 	// An INVITE may take inviteSharePct % of either bound.
 	inviteSharePct = 90
 )
@@ -35,6 +43,10 @@ func txCost(m *core.Msg) int64 {
 	}
 	return txBaseBytes + txBytesPerByte*int64(size)
 }
+
+// txFinishedCost is the estimate of a finished transaction whose pending
+// estimate was cost.
+func txFinishedCost(cost int64) int64 { return cost * txFinishedPct / 100 }
 
 // admit reports whether a new transaction for m fits; if not it answers
 // 503 (Retry-After) statelessly, counts it and returns false.

@@ -80,3 +80,32 @@ func TestTransactionMemBound(t *testing.T) {
 		t.Errorf("INVITE after the transactions ended not relayed:\n%s", o)
 	}
 }
+
+// TestFinishedTransactionsCountLess: a transaction that sent its final reply
+// keeps only what answers retransmissions during wait_timer, so the bound
+// counts it at txFinishedPct of a pending one: under max_transactions_mem 1
+// about twice as many answered calls fit in wait_timer as pending ones.
+func TestFinishedTransactionsCountLess(t *testing.T) {
+	f := newFixture(t, `modparam("tm", "max_transactions_mem", 1)
+`+baseScript)
+	answered := 0
+	for i := 0; i < 400; i++ {
+		o := f.request(call{user: fmt.Sprintf("a%d", i)}.raw(), "udp")
+		inv := o.requests("INVITE")
+		if len(inv) != 1 {
+			break
+		}
+		f.reply(inv[0], 200, "callee")
+		answered++
+	}
+	// Pending: about 92 fit (TestTransactionMemBound); finished: 92 / 0.45.
+	if answered < 180 || answered > 215 {
+		t.Errorf("%d answered INVITEs fit in wait_timer under max_transactions_mem 1, want about 204", answered)
+	}
+	for i := 0; i < 30; i++ {
+		f.advance(5 * time.Second)
+	}
+	if o := f.request(call{user: "again"}.raw(), "udp"); len(o.requests("INVITE")) != 1 {
+		t.Errorf("INVITE after wait_timer not relayed:\n%s", o)
+	}
+}

@@ -110,6 +110,12 @@ func (tx *Tx) scheduleRelease() {
 			b.req = nil
 		}
 	}
+	// What it holds now is a finished transaction's: the admission bound
+	// counts that from here on (tx.cost is what release gives back).
+	if fc := txFinishedCost(tx.cost); fc < tx.cost {
+		tx.tm.txBytes.Add(fc - tx.cost)
+		tx.cost = fc
+	}
 	if tx.invite && tx.lastCode >= 300 && tx.origin.Proto == "udp" && !tx.acked {
 		// Timer H: wait for the ACK, whose arrival frees the transaction
 		// sooner (onRequest): a timer of its own, stopped then.
