@@ -117,7 +117,7 @@ func New(env *core.Env) *core.Module {
 			msParam("max_inv_lifetime", 180000, "ms an INVITE transaction may live before it is ended (408 on pending branches)", &t.maxInvLife),
 			msParam("max_noninv_lifetime", 32000, "ms a non-INVITE transaction may live before it is ended", &t.maxLife),
 			limitParam("max_transactions", 0, "most live transactions; a new one beyond it gets a stateless 503 (INVITEs: beyond 90%, the rest is kept for non-INVITE requests); 0: no count limit", &t.maxTx),
-			limitParam("max_transactions_mem", DefaultMaxTransactionsMem, "MB of estimated memory all live transactions may hold (about 4 KB + 6× the request's size each); beyond it, as max_transactions; 0: no limit", &t.maxTxMem),
+			limitParam("max_transactions_mem", DefaultMaxTransactionsMem, "MB of estimated memory all live transactions may hold (about 4 KB + 6× the request's size each while pending, 45 % of that in wait_timer); beyond it, as max_transactions; 0: no limit", &t.maxTxMem),
 		},
 		Funcs: []core.Func{
 			{Name: "t_relay", Ret: core.RetInt, Routes: reqRoutes, Doc: "relay statefully to $du or the R-URI; 1 ok, 0 retransmission absorbed, <0 error",
