@@ -66,13 +66,6 @@ func (c *Config) defaults() {
 	}
 }
 
-// Current reports the Ps in use and the most the controller may use.
-func Current() (procs, max int) {
-	return runtime.GOMAXPROCS(0), int(maxProcs.Load())
-}
-
-var maxProcs atomic.Int64
-
 // Enabled reports whether the controller should run: more than one CPU,
 // and GOMAXPROCS not fixed by the environment (the operator's choice wins).
 func Enabled() bool {
@@ -118,7 +111,6 @@ func Start(ctx context.Context, c Config) (stop func()) {
 		return func() {}
 	}
 	c.defaults()
-	maxProcs.Store(int64(c.Max))
 	cur := 1
 	runtime.GOMAXPROCS(cur)
 	ctx, cancel := context.WithCancel(ctx)
