@@ -181,6 +181,13 @@ func (p *phone) send(to *net.UDPAddr, b string) {
 		return
 	}
 	if _, err := p.sip.WriteToUDP([]byte(b), to); err != nil {
+		select {
+		case <-p.bg.stop:
+			// Shut down while answering (a keepalive read just before
+			// the socket closed): nothing is lost.
+			return
+		default:
+		}
 		p.bg.errorf("phone %s: %v", p.user, err)
 	}
 }
