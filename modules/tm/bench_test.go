@@ -140,14 +140,8 @@ func BenchmarkRetainedPerFinishedTx(b *testing.B) {
 		runtime.GC()
 		runtime.ReadMemStats(&before)
 		for i := 0; i < n; i++ {
-			raw := strings.ReplaceAll(benchInviteTmpl, "BRANCH", strconv.Itoa(i)+"x"+strconv.Itoa(b.N))
-			msg, err := parser.ParseSIP([]byte(raw))
-			if err != nil {
-				b.Fatal(err)
-			}
-			eng.HandleRequest(&core.Msg{Env: env, Req: msg.(*sip.Request), Proto: "udp", SrcIP: "127.0.0.1", SrcPort: 5080, Local: env.Sockets()[0]})
-			res := core.BuildReply(s.req, 200, "OK", nil)
-			eng.HandleReply(&core.Msg{Env: env, Res: res, Proto: "udp", SrcIP: "127.0.0.1", SrcPort: 5070, Local: env.Sockets()[0]})
+			benchInvite(b, parser, env, eng, strconv.Itoa(i)+"x"+strconv.Itoa(b.N))
+			benchAnswer(s, env, eng)
 		}
 		s.req = nil
 		runtime.GC()
@@ -171,12 +165,7 @@ func BenchmarkRetainedPerPendingTx(b *testing.B) {
 		runtime.GC()
 		runtime.ReadMemStats(&before)
 		for i := 0; i < n; i++ {
-			raw := strings.ReplaceAll(benchInviteTmpl, "BRANCH", strconv.Itoa(i)+"p"+strconv.Itoa(b.N))
-			msg, err := parser.ParseSIP([]byte(raw))
-			if err != nil {
-				b.Fatal(err)
-			}
-			eng.HandleRequest(&core.Msg{Env: env, Req: msg.(*sip.Request), Proto: "udp", SrcIP: "127.0.0.1", SrcPort: 5080, Local: env.Sockets()[0]})
+			benchInvite(b, parser, env, eng, strconv.Itoa(i)+"p"+strconv.Itoa(b.N))
 		}
 		s.req = nil
 		runtime.GC()
@@ -187,18 +176,28 @@ func BenchmarkRetainedPerPendingTx(b *testing.B) {
 	}
 }
 
+// benchInvite routes one INVITE of benchInviteTmpl with this branch.
+func benchInvite(b *testing.B, parser *sip.Parser, env *core.Env, eng *starlark.Engine, branch string) {
+	raw := strings.ReplaceAll(benchInviteTmpl, "BRANCH", branch)
+	msg, err := parser.ParseSIP([]byte(raw))
+	if err != nil {
+		b.Fatal(err)
+	}
+	eng.HandleRequest(&core.Msg{Env: env, Req: msg.(*sip.Request), Proto: "udp", SrcIP: "127.0.0.1", SrcPort: 5080, Local: env.Sockets()[0]})
+}
+
+// benchAnswer has the next hop answer 200 to the request kamd sent last.
+func benchAnswer(s *lastSender, env *core.Env, eng *starlark.Engine) {
+	res := core.BuildReply(s.req, 200, "OK", nil)
+	eng.HandleReply(&core.Msg{Env: env, Res: res, Proto: "udp", SrcIP: "127.0.0.1", SrcPort: 5070, Local: env.Sockets()[0]})
+}
+
 // warmUp runs a few whole INVITE transactions through eng and frees them.
 func warmUp(b *testing.B, s *lastSender, clk *routetest.FixedClock, env *core.Env, eng *starlark.Engine) {
 	parser := sip.NewParser()
 	for i := 0; i < 64; i++ {
-		raw := strings.ReplaceAll(benchInviteTmpl, "BRANCH", "warm"+strconv.Itoa(i))
-		msg, err := parser.ParseSIP([]byte(raw))
-		if err != nil {
-			b.Fatal(err)
-		}
-		eng.HandleRequest(&core.Msg{Env: env, Req: msg.(*sip.Request), Proto: "udp", SrcIP: "127.0.0.1", SrcPort: 5080, Local: env.Sockets()[0]})
-		res := core.BuildReply(s.req, 200, "OK", nil)
-		eng.HandleReply(&core.Msg{Env: env, Res: res, Proto: "udp", SrcIP: "127.0.0.1", SrcPort: 5070, Local: env.Sockets()[0]})
+		benchInvite(b, parser, env, eng, "warm"+strconv.Itoa(i))
+		benchAnswer(s, env, eng)
 	}
 	s.req = nil
 	clk.Advance(10 * time.Second)
